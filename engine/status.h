@@ -1,0 +1,33 @@
+/* Error reporting for the whole engine: every fallible call returns a sherl_status.
+ * The daemon turns it into a job or RPC status, so nothing here may exit() or abort()
+ * on bad input. */
+#ifndef SHERL_STATUS_H
+#define SHERL_STATUS_H
+
+typedef enum {
+    SHERL_OK = 0,
+    SHERL_EINVAL,       /* bad argument or bad input value */
+    SHERL_EIO,          /* file or system call failed */
+    SHERL_ENOMEM,       /* allocation failed */
+    SHERL_EFORMAT,      /* malformed file content */
+    SHERL_EUNSUPPORTED, /* well-formed but not something we handle */
+} sherl_code;
+
+typedef struct {
+    sherl_code code;
+    char msg[512];
+} sherl_status;
+
+sherl_status sherl_ok(void);
+sherl_status sherl_errorf(sherl_code code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+const char *sherl_code_name(sherl_code code);
+
+#define SHERL_TRY(expr)                              \
+    do {                                             \
+        sherl_status sherl_try_st_ = (expr);         \
+        if (sherl_try_st_.code != SHERL_OK)          \
+            return sherl_try_st_;                    \
+    } while (0)
+
+#endif
