@@ -1,0 +1,23 @@
+#include <string.h>
+
+#include "kernels.h"
+
+#ifndef SHERL_HAVE_CUDA
+/* Builds without nvcc have no CUDA backend at all. */
+const sherl_backend *sherl_backend_cuda(void) { return NULL; }
+#endif
+
+const sherl_backend *sherl_backend_by_name(const char *name)
+{
+    if (!name)
+        return NULL;
+    if (strcmp(name, "cpu") == 0)
+        return sherl_backend_cpu();
+    if (strcmp(name, "cuda") == 0)
+        return sherl_backend_cuda();
+    if (strcmp(name, "auto") == 0) {
+        const sherl_backend *be = sherl_backend_cuda();
+        return be ? be : sherl_backend_cpu();
+    }
+    return NULL;
+}

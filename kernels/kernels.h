@@ -1,0 +1,133 @@
+/* The compute layer: one table of ops over raw float buffers, implemented once per backend
+ * (cpu/ with C + OpenBLAS + OpenMP, cuda/ with CUDA C + cuBLAS). The engine only ever calls
+ * ops through a sherl_backend, so a model runs unchanged on any backend.
+ *
+ * Conventions (all backends):
+ * - Row-major, fp32, shapes given explicitly; pointers are backend memory (host for cpu).
+ * - Every *_backward ACCUMULATES (+=) into every gradient it writes, inputs and parameters
+ *   alike, so micro-batches and branches (residuals, shared weights) add up without copies.
+ *   Callers zero gradient buffers when they start a step.
+ * - A gradient pointer may be NULL when that gradient is not needed (frozen weights).
+ * - Weights are stored as PyTorch stores them: a Linear is weight[OC, C], bias[OC].
+ * - Ops do not validate data (ids, shapes): the engine validates before calling. */
+#ifndef SHERL_KERNELS_H
+#define SHERL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sherl_backend sherl_backend;
+
+struct sherl_backend {
+    const char *name;
+
+    /* ---- memory and execution ---- */
+    void *(*alloc)(size_t bytes);             /* zeroed; NULL on failure */
+    void (*free)(void *p);
+    void (*copy_to_device)(void *dst, const void *src_host, size_t bytes);
+    void (*copy_to_host)(void *dst_host, const void *src, size_t bytes);
+    void (*zero)(void *p, size_t bytes);
+    void (*synchronize)(void);
+    void (*set_threads)(int n);               /* cpu: OpenBLAS + OpenMP threads */
+    int (*get_threads)(void);
+
+    /* ---- general matrix multiply ----
+     * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).
+     * Row-major with leading dimensions lda/ldb/ldc; beta = 1 accumulates.
+     * The batched form repeats it `batch` times with element strides between matrices. */
+    void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    void (*gemm_strided_batched)(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                                 const float *A, int lda, long long stride_a,
+                                 const float *B, int ldb, long long stride_b, float beta,
+                                 float *C, int ldc, long long stride_c, int batch);
+
+    /* ---- Linear: out[N,OC] = inp[N,C] . weight[OC,C]^T + bias[OC] (bias may be NULL) ---- */
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
+                           int N, int C, int OC);
+    /* dinp[N,C] += dout . weight; dweight[OC,C] += dout^T . inp; dbias[OC] += sum_n dout */
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int N, int C, int OC);
+
+    /* ---- bias: x[N,C] += bias[C] ---- */
+    void (*bias_add_forward)(float *x, const float *bias, int N, int C);
+    void (*bias_add_backward)(float *dbias, const float *dout, int N, int C);
+
+    /* ---- LayerNorm over the last dim; mean/rstd [N] saved for backward ---- */
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int N, int C, float eps);
+    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int N, int C);
+
+    /* ---- GELU, exact erf form: 0.5 x (1 + erf(x / sqrt 2)) ---- */
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+
+    /* ---- softmax over the last dim of [B,H,Tq,Tk] of scale * inp + mask[b, k]
+     * (mask: additive [B,Tk], may be NULL). out may alias inp. ---- */
+    void (*softmax_forward)(float *out, const float *inp, const float *mask, float scale,
+                            int B, int H, int Tq, int Tk);
+    /* dinp += scale * out * (dout - sum_k dout * out) */
+    void (*softmax_backward)(float *dinp, const float *dout, const float *out, float scale,
+                             int B, int H, int Tq, int Tk);
+
+    /* ---- multi-head scaled dot-product attention ----
+     * qkv[B,T,3*C]: per token q | k | v, each C = NH*HS wide, heads contiguous in each.
+     * out[B,T,C]; probs[B,NH,T,T] (softmax of q.k^T / sqrt(HS) + mask[b,k]) saved for
+     * backward; mask additive [B,T] or NULL. */
+    void (*attention_forward)(float *out, float *probs, const float *qkv, const float *mask,
+                              int B, int T, int NH, int HS);
+    /* dqkv[B,T,3C] += d(q|k|v) */
+    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv,
+                               const float *probs, int B, int T, int NH, int HS);
+
+    /* ---- embedding gather: out[N,C] = table[ids[n], :] ---- */
+    void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);
+    /* dtable[ids[n], :] += dout[n, :] */
+    void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+
+    /* ---- residual: out[n] = a[n] + b[n] (out may alias a or b) ---- */
+    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+    void (*residual_backward)(float *da, float *db, const float *dout, size_t n);
+
+    /* ---- dropout with a counter-based RNG: element i is kept iff
+     * sherl_dropout_uniform(seed, offset + i) >= p, and then scaled by 1/(1-p). The mask is
+     * recomputed in backward from (seed, offset), never stored. p = 0 copies. ---- */
+    void (*dropout_forward)(float *out, const float *inp, size_t n, float p, uint64_t seed,
+                            uint64_t offset);
+    void (*dropout_backward)(float *dinp, const float *dout, size_t n, float p, uint64_t seed,
+                             uint64_t offset);
+
+    /* ---- masked mean over tokens: out[B,C] = sum_t mask[b,t] inp[b,t,:] / max(sum_t mask, 1e-9)
+     * (sentence-transformers' mean pooling); mask [B,T] of 0/1 ---- */
+    void (*mean_pool_forward)(float *out, const float *inp, const int32_t *mask, int B, int T,
+                              int C);
+    void (*mean_pool_backward)(float *dinp, const float *dout, const int32_t *mask, int B, int T,
+                               int C);
+
+    /* ---- L2 normalisation of rows: out[N,C] = x / max(||x||_2, eps) (torch F.normalize) ---- */
+    void (*l2norm_forward)(float *out, const float *inp, int N, int C, float eps);
+    void (*l2norm_backward)(float *dinp, const float *dout, const float *inp, int N, int C,
+                            float eps);
+};
+
+/* The RNG behind dropout, shared by every backend so masks are identical everywhere:
+ * a splitmix64 hash of (seed, counter), top 24 bits as a uniform float in [0, 1). */
+static inline float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
+{
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (counter + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+/* The CPU backend: always available. */
+const sherl_backend *sherl_backend_cpu(void);
+/* The CUDA backend, or NULL when this build has none or no usable GPU is present. */
+const sherl_backend *sherl_backend_cuda(void);
+/* By name: "cpu", "cuda", or "auto" (cuda when usable, else cpu). NULL for unknown names. */
+const sherl_backend *sherl_backend_by_name(const char *name);
+
+#endif
