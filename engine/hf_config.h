@@ -2,6 +2,8 @@
 #ifndef SHERL_HF_CONFIG_H
 #define SHERL_HF_CONFIG_H
 
+#include <stddef.h>
+
 #include "status.h"
 
 typedef enum { HF_MODEL_BERT = 0 } hf_model_type;

@@ -46,6 +46,8 @@ typedef struct {
     int n_tensors;
     st_tensor *tensors; /* sorted by name, for safetensors_find */
     char path[512];     /* for error messages */
+    int n_metadata;
+    char **metadata;    /* 2 * n_metadata strings: key, value, ...; sorted by key */
 } safetensors_file;
 
 const char *st_dtype_name(st_dtype dt);
@@ -59,8 +61,13 @@ void safetensors_close(safetensors_file *f);
 /* NULL when absent. */
 const st_tensor *safetensors_find(const safetensors_file *f, const char *name);
 
+/* Value of "__metadata__" key `key`; NULL when absent. */
+const char *safetensors_metadata(const safetensors_file *f, const char *key);
+
 /* Copies tensor `name` into dst as fp32 (converting F16/BF16), after checking that its shape is
- * exactly shape[0..ndim). Errors name the tensor, the expected and the actual shape. */
+ * exactly shape[0..ndim). Errors name the tensor, the expected and the actual shape:
+ * SHERL_EFORMAT when the tensor is missing or its shape differs, SHERL_EUNSUPPORTED for a
+ * dtype that is not F32/F16/BF16. dst need not be aligned to anything beyond float. */
 sherl_status safetensors_read_f32(const safetensors_file *f, const char *name, float *dst,
                                   int ndim, const int64_t *shape);
 
@@ -80,5 +87,7 @@ sherl_status safetensors_write_f32(const char *path, const st_write_tensor *tens
 /* Half-precision conversions (round to nearest even), shared with the kernels' tests. */
 float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t h);
+uint16_t st_f32_to_f16(float f);  /* overflow gives inf; NaN stays NaN (quiet) */
+uint16_t st_f32_to_bf16(float f); /* NaN stays NaN (quiet) */
 
 #endif

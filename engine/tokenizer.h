@@ -52,4 +52,29 @@ sherl_status wordpiece_tokenize(const wordpiece_tokenizer *tok, const char *text
                                 int *n);
 void wordpiece_free_tokens(char **tokens, int n);
 
+/* Notes on the loaders above:
+ * - vocab.txt is read as Python reads it (lines split at \n, \r\n or \r; a later duplicate
+ *   of a token wins). It must be valid UTF-8 and hold [PAD] [UNK] [CLS] [SEP] [MASK].
+ *   wordpiece_vocab_size() is the number of lines, so every id is below it.
+ * - tokenizer_config.json: do_lower_case, strip_accents (null/true/false),
+ *   tokenize_chinese_chars, model_max_length. A model_max_length that is missing, not
+ *   positive or above 2^20 (HF writes 1e30 for "no limit") becomes 512. Special tokens
+ *   other than BERT's five, added tokens or never_split are refused (SHERL_EUNSUPPORTED).
+ * - wordpiece_load_vocab: opts NULL means the defaults; model_max_length <= 0 means 512. */
+
+/* For tests: the Unicode facts the tokenizer relies on, as the reference (Python 3.11's
+ * unicodedata, Unicode 14.0) states them, even where the linked utf8proc knows a newer
+ * Unicode (characters assigned later count as unassigned, "Cn"). */
+typedef struct {
+    char category[3];  /* general category, e.g. "Lu" */
+    int is_space;      /* Python's str.isspace() */
+    int n_lower;       /* Python's str.lower() of the one character: 1 or 2 code points */
+    uint32_t lower[2];
+} wordpiece_char_info;
+void wordpiece_unicode_char_info(uint32_t cp, wordpiece_char_info *out);
+/* NFC (nfd == 0) or NFD (nfd != 0) of n code points (each <= 0x10FFFF, no surrogates);
+ * *out is malloc'ed (free()). */
+sherl_status wordpiece_unicode_normalize(const uint32_t *cps, size_t n, int nfd, uint32_t **out,
+                                         size_t *out_n);
+
 #endif

@@ -1,13 +1,19 @@
-/* CPU backend: OpenBLAS for the matrix products, OpenMP for everything elementwise.
+/* CPU backend: OpenBLAS for the matrix products, OpenMP for everything else.
+ *
+ * One thread pool only: OpenBLAS runs single-threaded and we split each product across the
+ * OpenMP threads ourselves. Two pools (OpenBLAS's pthreads spinning in sched_yield while the
+ * OpenMP loops run, and the reverse) cost ~20% of a forward pass on 2 cores.
  * Reductions that feed comparisons with PyTorch (LayerNorm statistics, pooling norms) are
  * accumulated in double so our rounding error stays well below the oracle tolerances. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
+#include "simd_math.h"
 
 /* Below this many elements an OpenMP fork costs more than the loop. */
 #define PAR_MIN 16384
@@ -36,7 +42,7 @@ static void cpu_set_threads(int n)
     if (n < 1)
         n = 1;
     omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    openblas_set_num_threads(1);
 }
 
 static int cpu_get_threads(void) { return omp_get_max_threads(); }
@@ -44,11 +50,40 @@ static int cpu_get_threads(void) { return omp_get_max_threads(); }
 /* ------------------------------------------------------------------------------------------
  * matrix products */
 
-static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static void sgemm1(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                   int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Splits C into one block of rows (or of columns, when C is wide and short) per thread; each
+ * block is a single-threaded sgemm over the full K, so every element has one owner. */
+static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int nt = omp_get_max_threads();
+    if (nt <= 1 || (double)M * N * K < 2e6 || omp_in_parallel()) {
+        sgemm1(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int split_rows = M >= N || M >= 64 * nt;
+    int len = split_rows ? M : N;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        int chunk = ((len + n - 1) / n + 15) & ~15; /* multiples of 16 suit the microkernels */
+        int lo = t * chunk, hi = lo + chunk < len ? lo + chunk : len;
+        if (lo < hi) {
+            if (split_rows)
+                sgemm1(trans_a, trans_b, hi - lo, N, K, alpha,
+                       trans_a ? A + lo : A + (size_t)lo * lda, lda, B, ldb, beta,
+                       C + (size_t)lo * ldc, ldc);
+            else
+                sgemm1(trans_a, trans_b, M, hi - lo, K, alpha, A, lda,
+                       trans_b ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+        }
+    }
 }
 
 static void cpu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -56,9 +91,14 @@ static void cpu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int
                                      int ldb, long long stride_b, float beta, float *C, int ldc,
                                      long long stride_c, int batch)
 {
+    if (batch == 1) {
+        cpu_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < batch; i++)
-        cpu_gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb,
-                 beta, C + i * stride_c, ldc);
+        sgemm1(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb,
+               beta, C + i * stride_c, ldc);
 }
 
 static void cpu_bias_add_forward(float *x, const float *bias, int N, int C)
@@ -95,19 +135,16 @@ static void cpu_matmul_forward(float *out, const float *inp, const float *weight
             memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C, beta,
-                out, OC);
+    cpu_gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
 
 static void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                 const float *inp, const float *weight, int N, int C, int OC)
 {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight,
-                    C, 1.0f, dinp, C);
+        cpu_gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
     if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
-                    1.0f, dweight, C);
+        cpu_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias)
         cpu_bias_add_backward(dbias, dout, N, OC);
 }
@@ -189,24 +226,50 @@ static void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, co
 /* ------------------------------------------------------------------------------------------
  * GELU (erf form, as BERT) */
 
-static void cpu_gelu_forward(float *out, const float *inp, size_t n)
+/* gelu(x) = 0.5 x (1 + erf(x/sqrt2)) = 0.5 x erfc(-x/sqrt2), which keeps full relative
+ * accuracy in the negative tail where 1 + erf cancels. */
+SHERL_SIMD_CLONES
+static void gelu_span(float *out, const float *inp, size_t n)
 {
-#pragma omp parallel for if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+        out[i] = 0.5f * x * simd_erfcf(-x * (float)M_SQRT1_2);
+    }
+}
+
+SHERL_SIMD_CLONES
+static void gelu_grad_span(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * simd_erfcf(-x * (float)M_SQRT1_2);
+        float pdf = inv_sqrt_2pi * simd_expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+#define SPAN 4096
+
+static void cpu_gelu_forward(float *out, const float *inp, size_t n)
+{
+    size_t spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t s = 0; s < spans; s++) {
+        size_t lo = s * SPAN, len = n - lo < SPAN ? n - lo : SPAN;
+        gelu_span(out + lo, inp + lo, len);
     }
 }
 
 static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
-    const float inv_sqrt_2pi = 0.3989422804014327f;
-#pragma omp parallel for if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-        float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
+    size_t spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t s = 0; s < spans; s++) {
+        size_t lo = s * SPAN, len = n - lo < SPAN ? n - lo : SPAN;
+        gelu_grad_span(dinp + lo, inp + lo, dout + lo, len);
     }
 }
 
@@ -214,22 +277,23 @@ static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, 
  * softmax */
 
 /* One row: y = softmax(scale * x + mask). y may alias x. */
+SHERL_SIMD_CLONES
 static void softmax_row(float *y, const float *x, const float *mask, float scale, int Tk)
 {
     float mx = -INFINITY;
     for (int k = 0; k < Tk; k++) {
         float v = scale * x[k] + (mask ? mask[k] : 0.0f);
         y[k] = v;
-        if (v > mx)
-            mx = v;
+        mx = v > mx ? v : mx;
     }
-    double sum = 0.0;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int k = 0; k < Tk; k++) {
-        float e = expf(y[k] - mx);
+        float e = simd_expf(y[k] - mx);
         y[k] = e;
         sum += e;
     }
-    float inv = (float)(1.0 / sum);
+    float inv = 1.0f / sum;
 #pragma omp simd
     for (int k = 0; k < Tk; k++)
         y[k] *= inv;
@@ -271,54 +335,30 @@ static void cpu_softmax_backward(float *dinp, const float *dout, const float *ou
  * contiguously into per-thread scratch so every inner loop is a unit-stride axpy that the
  * compiler vectorises; the [T,T] probabilities go straight into `probs`. */
 
+/* One (batch, head): scores = q.k^T straight into probs[T,T], row softmax, out = probs.v.
+ * Both products are single-threaded sgemm calls on strided views of qkv (heads are
+ * parallelised above), so no gather is needed. */
+static void attention_head_forward(float *out, float *probs, const float *base, const float *mrow,
+                                   int T, int C, int h, int HS, float scale)
+{
+    const int C3 = 3 * C;
+    sgemm1(0, 1, T, T, HS, 1.0f, base + h * HS, C3, base + C + h * HS, C3, 0.0f, probs, T);
+    for (int i = 0; i < T; i++)
+        softmax_row(probs + (size_t)i * T, probs + (size_t)i * T, mrow, scale, T);
+    sgemm1(0, 0, T, HS, T, 1.0f, probs, T, base + 2 * C + h * HS, C3, 0.0f, out + h * HS, C);
+}
+
 static void cpu_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
                                   int B, int T, int NH, int HS)
 {
     const int C = NH * HS, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel
-    {
-        float *kt = malloc(sizeof(float) * (size_t)HS * T); /* [HS, T] */
-        float *v = malloc(sizeof(float) * (size_t)T * HS);  /* [T, HS] */
-        float *o = malloc(sizeof(float) * (size_t)HS);
-#pragma omp for schedule(static)
-        for (int bh = 0; bh < B * NH; bh++) {
-            int b = bh / NH, h = bh % NH;
-            const float *base = qkv + (size_t)b * T * C3;
-            for (int t = 0; t < T; t++) {
-                const float *kr = base + (size_t)t * C3 + C + h * HS;
-                const float *vr = base + (size_t)t * C3 + 2 * C + h * HS;
-                for (int d = 0; d < HS; d++)
-                    kt[(size_t)d * T + t] = kr[d];
-                memcpy(v + (size_t)t * HS, vr, sizeof(float) * HS);
-            }
-            const float *mrow = mask ? mask + (size_t)b * T : NULL;
-            for (int i = 0; i < T; i++) {
-                const float *q = base + (size_t)i * C3 + h * HS;
-                float *p = probs + ((size_t)bh * T + i) * T;
-                memset(p, 0, sizeof(float) * T);
-                for (int d = 0; d < HS; d++) {
-                    float qd = q[d];
-                    const float *kd = kt + (size_t)d * T;
-#pragma omp simd
-                    for (int j = 0; j < T; j++)
-                        p[j] += qd * kd[j];
-                }
-                softmax_row(p, p, mrow, scale, T);
-                memset(o, 0, sizeof(float) * HS);
-                for (int j = 0; j < T; j++) {
-                    float pj = p[j];
-                    const float *vj = v + (size_t)j * HS;
-#pragma omp simd
-                    for (int d = 0; d < HS; d++)
-                        o[d] += pj * vj[d];
-                }
-                memcpy(out + ((size_t)b * T + i) * C + h * HS, o, sizeof(float) * HS);
-            }
-        }
-        free(kt);
-        free(v);
-        free(o);
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        attention_head_forward(out + (size_t)b * T * C, probs + (size_t)bh * T * T,
+                               qkv + (size_t)b * T * C3, mask ? mask + (size_t)b * T : NULL, T, C,
+                               h, HS, scale);
     }
 }
 
@@ -557,4 +597,12 @@ static const sherl_backend cpu_backend = {
     .l2norm_backward = cpu_l2norm_backward,
 };
 
-const sherl_backend *sherl_backend_cpu(void) { return &cpu_backend; }
+/* OpenBLAS starts with a pool of one thread per core; ours is the only pool we want. */
+static void cpu_backend_init(void) { openblas_set_num_threads(1); }
+
+const sherl_backend *sherl_backend_cpu(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, cpu_backend_init);
+    return &cpu_backend;
+}

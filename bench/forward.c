@@ -1,0 +1,104 @@
+/* bench_forward: tokens/s of the frozen encoder forward (all hidden states kept, as the SHERL
+ * early route needs them). Prints numbers; never fails on a timing.
+ *
+ *   bench_forward MODEL_DIR [--batch 32] [--seq 128] [--iters 5] [--threads N] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bert.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fprintf(argc < 2 ? stderr : stdout,
+                "usage: bench_forward MODEL_DIR [--batch 32] [--seq 128] [--iters 5] "
+                "[--threads N]\n");
+        return argc < 2 ? 2 : 0;
+    }
+    const char *dir = argv[1];
+    int B = 32, T = 128, iters = 5, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    for (int i = 2; i + 1 < argc; i += 2) {
+        int v = atoi(argv[i + 1]);
+        if (v <= 0) {
+            fprintf(stderr, "bench_forward: %s needs a positive integer, got '%s'\n", argv[i],
+                    argv[i + 1]);
+            return 2;
+        }
+        if (!strcmp(argv[i], "--batch"))
+            B = v;
+        else if (!strcmp(argv[i], "--seq"))
+            T = v;
+        else if (!strcmp(argv[i], "--iters"))
+            iters = v;
+        else if (!strcmp(argv[i], "--threads"))
+            threads = v;
+        else {
+            fprintf(stderr, "bench_forward: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    const sherl_backend *be = sherl_backend_cpu();
+    be->set_threads(threads);
+    bert_model *m;
+    sherl_status st = bert_load(&m, dir, be);
+    if (st.code) {
+        fprintf(stderr, "bench_forward: %s\n", st.msg);
+        return 1;
+    }
+    int L = m->cfg.num_hidden_layers, D = m->cfg.hidden_size;
+    bert_batch batch = {B, T, malloc(sizeof(int32_t) * B * T), calloc(B * T, sizeof(int32_t)),
+                        malloc(sizeof(int32_t) * B * T)};
+    uint64_t s = 42;
+    for (int k = 0; k < B * T; k++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        batch.input_ids[k] = 1000 + (int32_t)((s >> 33) % (uint64_t)(m->cfg.vocab_size - 1000));
+        batch.attention_mask[k] = 1;
+    }
+    bert_workspace ws;
+    st = bert_workspace_create(&ws, m, B, T);
+    if (st.code) {
+        fprintf(stderr, "bench_forward: %s\n", st.msg);
+        return 1;
+    }
+    float **hidden = calloc(L + 1, sizeof(float *));
+    for (int i = 0; i <= L; i++)
+        hidden[i] = be->alloc(sizeof(float) * B * T * D);
+    double *t = malloc(sizeof(double) * iters);
+    bert_forward(m, &ws, &batch, hidden); /* warm-up: page in weights, spin up threads */
+    for (int it = 0; it < iters; it++) {
+        double t0 = now();
+        st = bert_forward(m, &ws, &batch, hidden);
+        t[it] = now() - t0;
+        if (st.code) {
+            fprintf(stderr, "bench_forward: %s\n", st.msg);
+            return 1;
+        }
+    }
+    qsort(t, iters, sizeof(double), cmp_d);
+    double med = t[iters / 2];
+    printf("sherl   forward B=%d T=%d threads=%d: median %.4f s/batch (min %.4f), %.0f tokens/s\n",
+           B, T, threads, med, t[0], B * T / med);
+    for (int i = 0; i <= L; i++)
+        be->free(hidden[i]);
+    free(hidden), free(t);
+    bert_workspace_free(&ws);
+    bert_batch_free(&batch);
+    bert_free(m);
+    return 0;
+}

@@ -1,0 +1,455 @@
+#include "bert.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+
+/* ------------------------------------------------------------------------------------------
+ * loading */
+
+typedef struct {
+    const safetensors_file *sf;
+    const char *prefix; /* "" or "bert." */
+    const sherl_backend *be;
+    float *arena;       /* all parameters, one backend allocation */
+    size_t used, cap;   /* in floats */
+    float *host;        /* staging buffer, big enough for the largest tensor */
+} loader;
+
+/* Carves n floats from the arena and fills them from tensor `name` of the given shape. */
+static sherl_status load_param(loader *ld, float **dst, const char *name, int ndim, int64_t d0,
+                               int64_t d1)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    if (ld->used + n > ld->cap)
+        return sherl_errorf(SHERL_EINVAL, "internal: parameter arena too small at '%s'", full);
+    SHERL_TRY(safetensors_read_f32(ld->sf, full, ld->host, ndim, shape));
+    *dst = ld->arena + ld->used;
+    ld->be->copy_to_device(*dst, ld->host, n * sizeof(float));
+    ld->used += n;
+    return sherl_ok();
+}
+
+/* Q, K and V stacked into one [3D, D] weight and [3D] bias. */
+static sherl_status load_qkv(loader *ld, bert_layer *ly, int i, int64_t D)
+{
+    static const char *const parts[3] = {"query", "key", "value"};
+    if (ld->used + (size_t)(3 * D * D + 3 * D) > ld->cap)
+        return sherl_errorf(SHERL_EINVAL, "internal: parameter arena too small at layer %d", i);
+    ly->qkv_w = ld->arena + ld->used;
+    ld->used += (size_t)(3 * D * D);
+    ly->qkv_b = ld->arena + ld->used;
+    ld->used += (size_t)(3 * D);
+    for (int p = 0; p < 3; p++) {
+        char name[256];
+        int64_t wshape[2] = {D, D}, bshape[1] = {D};
+        snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.weight", ld->prefix, i,
+                 parts[p]);
+        SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, 2, wshape));
+        ld->be->copy_to_device(ly->qkv_w + (size_t)p * D * D, ld->host,
+                               (size_t)(D * D) * sizeof(float));
+        snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.bias", ld->prefix, i,
+                 parts[p]);
+        SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, 1, bshape));
+        ld->be->copy_to_device(ly->qkv_b + (size_t)p * D, ld->host, (size_t)D * sizeof(float));
+    }
+    return sherl_ok();
+}
+
+static sherl_status load_layer(loader *ld, bert_layer *ly, int i, const hf_config *c)
+{
+    int64_t D = c->hidden_size, F = c->intermediate_size;
+    char n[256];
+#define LP(field, suffix, nd, a, b)                                               \
+    do {                                                                          \
+        snprintf(n, sizeof n, "encoder.layer.%d.%s", i, suffix);                  \
+        SHERL_TRY(load_param(ld, &ly->field, n, nd, a, b));                       \
+    } while (0)
+    SHERL_TRY(load_qkv(ld, ly, i, D));
+    LP(attn_out_w, "attention.output.dense.weight", 2, D, D);
+    LP(attn_out_b, "attention.output.dense.bias", 1, D, 0);
+    LP(ln1_w, "attention.output.LayerNorm.weight", 1, D, 0);
+    LP(ln1_b, "attention.output.LayerNorm.bias", 1, D, 0);
+    LP(ffn_in_w, "intermediate.dense.weight", 2, F, D);
+    LP(ffn_in_b, "intermediate.dense.bias", 1, F, 0);
+    LP(ffn_out_w, "output.dense.weight", 2, D, F);
+    LP(ffn_out_b, "output.dense.bias", 1, D, 0);
+    LP(ln2_w, "output.LayerNorm.weight", 1, D, 0);
+    LP(ln2_b, "output.LayerNorm.bias", 1, D, 0);
+#undef LP
+    return sherl_ok();
+}
+
+static size_t bert_param_count(const hf_config *c)
+{
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    size_t emb = ((size_t)c->vocab_size + c->max_position_embeddings + c->type_vocab_size) * D +
+                 2 * D;
+    size_t layer = 4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D;
+    return emb + layer * (size_t)c->num_hidden_layers;
+}
+
+sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be)
+{
+    *out = NULL;
+    char path[4096];
+    bert_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    m->be = be;
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    sherl_status st = hf_config_load(&m->cfg, path);
+    if (st.code) {
+        free(m);
+        return st;
+    }
+    const hf_config *c = &m->cfg;
+    snprintf(path, sizeof path, "%s/model.safetensors", model_dir);
+    safetensors_file sf;
+    st = safetensors_open(&sf, path);
+    if (st.code) {
+        free(m);
+        return st;
+    }
+    loader ld = {.sf = &sf, .be = be};
+    ld.prefix = safetensors_find(&sf, "embeddings.word_embeddings.weight") ? ""
+              : safetensors_find(&sf, "bert.embeddings.word_embeddings.weight") ? "bert."
+                                                                                 : NULL;
+    if (!ld.prefix) {
+        st = sherl_errorf(SHERL_EFORMAT,
+                          "%s: no 'embeddings.word_embeddings.weight' (nor with a 'bert.' prefix): "
+                          "not a BERT checkpoint",
+                          path);
+        goto fail;
+    }
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    size_t largest = (size_t)c->vocab_size * D;
+    if ((size_t)c->max_position_embeddings * D > largest)
+        largest = (size_t)c->max_position_embeddings * D;
+    if (F * D > largest)
+        largest = F * D;
+    ld.cap = bert_param_count(c);
+    ld.arena = be->alloc(ld.cap * sizeof(float));
+    ld.host = malloc(largest * sizeof(float));
+    m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
+    if (!ld.arena || !ld.host || !m->layers) {
+        st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
+                          ld.cap * 4.0 / 1e6, model_dir);
+        goto fail;
+    }
+    st = load_param(&ld, &m->word_emb, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
+    if (!st.code)
+        st = load_param(&ld, &m->pos_emb, "embeddings.position_embeddings.weight", 2,
+                        c->max_position_embeddings, D);
+    if (!st.code)
+        st = load_param(&ld, &m->type_emb, "embeddings.token_type_embeddings.weight", 2,
+                        c->type_vocab_size, D);
+    if (!st.code)
+        st = load_param(&ld, &m->emb_ln_w, "embeddings.LayerNorm.weight", 1, D, 0);
+    if (!st.code)
+        st = load_param(&ld, &m->emb_ln_b, "embeddings.LayerNorm.bias", 1, D, 0);
+    for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
+        st = load_layer(&ld, &m->layers[i], i, c);
+    if (st.code)
+        goto fail;
+    m->n_params = (long long)ld.used;
+    free(ld.host);
+    safetensors_close(&sf);
+    *out = m;
+    return sherl_ok();
+fail:
+    if (ld.arena)
+        be->free(ld.arena);
+    free(ld.host);
+    free(m->layers);
+    free(m);
+    safetensors_close(&sf);
+    return st;
+}
+
+void bert_free(bert_model *m)
+{
+    if (!m)
+        return;
+    if (m->word_emb)
+        m->be->free(m->word_emb); /* the arena starts with the word embeddings */
+    free(m->layers);
+    free(m);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * batches */
+
+sherl_status bert_batch_from_encodings(bert_batch *batch, const tok_encoding *encs, int n,
+                                       int pad_id)
+{
+    memset(batch, 0, sizeof *batch);
+    if (n <= 0)
+        return sherl_errorf(SHERL_EINVAL, "empty batch");
+    int T = 0;
+    for (int i = 0; i < n; i++)
+        if (encs[i].len > T)
+            T = encs[i].len;
+    if (T == 0)
+        return sherl_errorf(SHERL_EINVAL, "every sequence in the batch is empty");
+    size_t cells = (size_t)n * T;
+    batch->input_ids = malloc(cells * sizeof(int32_t));
+    batch->token_type_ids = calloc(cells, sizeof(int32_t));
+    batch->attention_mask = calloc(cells, sizeof(int32_t));
+    if (!batch->input_ids || !batch->token_type_ids || !batch->attention_mask) {
+        bert_batch_free(batch);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory for a %d x %d batch", n, T);
+    }
+    batch->B = n;
+    batch->T = T;
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < T; t++) {
+            size_t k = (size_t)i * T + t;
+            int in = t < encs[i].len;
+            batch->input_ids[k] = in ? encs[i].input_ids[t] : pad_id;
+            batch->token_type_ids[k] = in ? encs[i].token_type_ids[t] : 0;
+            batch->attention_mask[k] = in ? encs[i].attention_mask[t] : 0;
+        }
+    return sherl_ok();
+}
+
+void bert_batch_free(bert_batch *batch)
+{
+    free(batch->input_ids);
+    free(batch->token_type_ids);
+    free(batch->attention_mask);
+    memset(batch, 0, sizeof *batch);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * workspace */
+
+sherl_status bert_layer_acts_alloc(bert_layer_acts *a, const sherl_backend *be, int B, int T,
+                                   int D, int F, int NH)
+{
+    memset(a, 0, sizeof *a);
+    size_t BT = (size_t)B * T;
+    struct {
+        float **p;
+        size_t n;
+    } bufs[] = {
+        {&a->qkv, BT * 3 * D},  {&a->probs, (size_t)B * NH * T * T},
+        {&a->attn, BT * D},     {&a->res1, BT * D},
+        {&a->ln1, BT * D},      {&a->ln1_mean, BT},
+        {&a->ln1_rstd, BT},     {&a->ffn_pre, BT * F},
+        {&a->ffn_act, BT * F},  {&a->res2, BT * D},
+        {&a->ln2_mean, BT},     {&a->ln2_rstd, BT},
+    };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
+        if (!*bufs[i].p) {
+            bert_layer_acts_free(a, be);
+            return sherl_errorf(SHERL_ENOMEM, "cannot allocate layer activations for %d x %d", B,
+                                T);
+        }
+    }
+    return sherl_ok();
+}
+
+void bert_layer_acts_free(bert_layer_acts *a, const sherl_backend *be)
+{
+    float **all[] = {&a->qkv,      &a->probs,   &a->attn,    &a->res1,
+                     &a->ln1,      &a->ln1_mean, &a->ln1_rstd, &a->ffn_pre,
+                     &a->ffn_act,  &a->res2,    &a->ln2_mean, &a->ln2_rstd};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (*all[i])
+            be->free(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
+{
+    memset(ws, 0, sizeof *ws);
+    const hf_config *c = &m->cfg;
+    if (B <= 0 || T <= 0)
+        return sherl_errorf(SHERL_EINVAL, "batch shape %d x %d: both must be positive", B, T);
+    if (T > c->max_position_embeddings)
+        return sherl_errorf(SHERL_EINVAL,
+                            "sequence length %d exceeds the model's max_position_embeddings %d",
+                            T, c->max_position_embeddings);
+    ws->be = m->be;
+    ws->B = B, ws->T = T, ws->D = c->hidden_size, ws->F = c->intermediate_size;
+    ws->NH = c->num_attention_heads;
+    SHERL_TRY(bert_layer_acts_alloc(&ws->acts, m->be, B, T, ws->D, ws->F, ws->NH));
+    size_t BT = (size_t)B * T;
+    ws->emb = m->be->alloc(BT * ws->D * sizeof(float));
+    ws->tmp = m->be->alloc(BT * ws->D * sizeof(float));
+    ws->mask_add = m->be->alloc(BT * sizeof(float));
+    ws->ids = m->be->alloc(BT * sizeof(int32_t));
+    ws->types = m->be->alloc(BT * sizeof(int32_t));
+    ws->positions = m->be->alloc(BT * sizeof(int32_t));
+    ws->emb_mean = m->be->alloc(BT * sizeof(float));
+    ws->emb_rstd = m->be->alloc(BT * sizeof(float));
+    if (!ws->emb || !ws->tmp || !ws->mask_add || !ws->ids || !ws->types || !ws->positions || !ws->emb_mean ||
+        !ws->emb_rstd) {
+        bert_workspace_free(ws);
+        return sherl_errorf(SHERL_ENOMEM, "cannot allocate the workspace for %d x %d", B, T);
+    }
+    return sherl_ok();
+}
+
+void bert_workspace_free(bert_workspace *ws)
+{
+    if (!ws->be)
+        return;
+    bert_layer_acts_free(&ws->acts, ws->be);
+    void *all[] = {ws->emb, ws->tmp, ws->mask_add, ws->ids, ws->types, ws->positions, ws->emb_mean,
+                   ws->emb_rstd};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i])
+            ws->be->free(all[i]);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * forward */
+
+sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
+                                float *h0)
+{
+    const hf_config *c = &m->cfg;
+    const sherl_backend *be = m->be;
+    int B = batch->B, T = batch->T, D = c->hidden_size;
+    if (B <= 0 || T <= 0 || B > ws->B || T > ws->T)
+        return sherl_errorf(SHERL_EINVAL, "batch %d x %d does not fit the workspace %d x %d", B,
+                            T, ws->B, ws->T);
+    size_t BT = (size_t)B * T;
+    for (size_t k = 0; k < BT; k++) {
+        int32_t id = batch->input_ids[k];
+        if (id < 0 || id >= c->vocab_size)
+            return sherl_errorf(SHERL_EINVAL,
+                                "input_ids[%zu][%zu] = %d is outside the vocabulary [0, %d)",
+                                k / T, k % T, id, c->vocab_size);
+        int32_t ty = batch->token_type_ids ? batch->token_type_ids[k] : 0;
+        if (ty < 0 || ty >= c->type_vocab_size)
+            return sherl_errorf(SHERL_EINVAL,
+                                "token_type_ids[%zu][%zu] = %d is outside [0, %d)", k / T, k % T,
+                                ty, c->type_vocab_size);
+        int32_t mk = batch->attention_mask[k];
+        if (mk != 0 && mk != 1)
+            return sherl_errorf(SHERL_EINVAL, "attention_mask[%zu][%zu] = %d: expected 0 or 1",
+                                k / T, k % T, mk);
+    }
+    int32_t *pos = malloc(BT * sizeof(int32_t));
+    int32_t *types = malloc(BT * sizeof(int32_t));
+    float *madd = malloc(BT * sizeof(float));
+    if (!pos || !types || !madd) {
+        free(pos), free(types), free(madd);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < BT; k++) {
+        pos[k] = (int32_t)(k % T);
+        types[k] = batch->token_type_ids ? batch->token_type_ids[k] : 0;
+        /* as Hugging Face: padded keys get the most negative finite float */
+        madd[k] = batch->attention_mask[k] ? 0.0f : -FLT_MAX;
+    }
+    be->copy_to_device(ws->ids, batch->input_ids, BT * sizeof(int32_t));
+    be->copy_to_device(ws->types, types, BT * sizeof(int32_t));
+    be->copy_to_device(ws->positions, pos, BT * sizeof(int32_t));
+    be->copy_to_device(ws->mask_add, madd, BT * sizeof(float));
+    free(pos), free(types), free(madd);
+
+    /* e = word[ids] + pos[t] + type[tt]; h0 = LayerNorm(e). h0 doubles as scratch. */
+    be->embedding_forward(ws->emb, ws->ids, m->word_emb, (int)BT, D);
+    be->embedding_forward(h0, ws->positions, m->pos_emb, (int)BT, D);
+    be->residual_forward(ws->emb, ws->emb, h0, BT * D);
+    be->embedding_forward(h0, ws->types, m->type_emb, (int)BT, D);
+    be->residual_forward(ws->emb, ws->emb, h0, BT * D);
+    be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, m->emb_ln_w, m->emb_ln_b,
+                          (int)BT, D, c->layer_norm_eps);
+    return sherl_ok();
+}
+
+void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
+                        const float *inp, const float *mask_add, int B, int T)
+{
+    const sherl_backend *be = m->be;
+    const hf_config *c = &m->cfg;
+    int D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
+    int N = B * T;
+    float eps = c->layer_norm_eps;
+    /* attention block: LN1(x + Wo . attention(Wqkv x)) */
+    be->matmul_forward(a->qkv, inp, ly->qkv_w, ly->qkv_b, N, D, 3 * D);
+    be->attention_forward(a->attn, a->probs, a->qkv, mask_add, B, T, NH, D / NH);
+    be->matmul_forward(a->res1, a->attn, ly->attn_out_w, ly->attn_out_b, N, D, D);
+    be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
+    be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
+                          eps);
+    /* feed-forward block: LN2(h + W2 gelu(W1 h)) */
+    be->matmul_forward(a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_b, N, D, F);
+    be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)N * F);
+    be->matmul_forward(a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_b, N, F, D);
+    be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
+    be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
+                          eps);
+}
+
+sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
+                          float **hidden)
+{
+    int L = m->cfg.num_hidden_layers;
+    if (!hidden || !hidden[L])
+        return sherl_errorf(SHERL_EINVAL, "bert_forward: the last hidden state needs a buffer");
+    for (int i = 0; i <= L; i++)
+        for (int j = i + 1; j <= L; j++)
+            if (hidden[i] && hidden[i] == hidden[j])
+                return sherl_errorf(SHERL_EINVAL, "bert_forward: hidden[%d] and hidden[%d] alias",
+                                    i, j);
+    /* States the caller does not keep ping-pong between two workspace buffers. */
+    float *prev = hidden[0] ? hidden[0] : ws->tmp;
+    SHERL_TRY(bert_embed_forward(m, ws, batch, prev));
+    for (int i = 1; i <= L; i++) {
+        float *dst = hidden[i] ? hidden[i] : prev == ws->tmp ? ws->emb : ws->tmp;
+        bert_layer_forward(m, &m->layers[i - 1], &ws->acts, dst, prev, ws->mask_add, batch->B,
+                           batch->T);
+        prev = dst;
+    }
+    return sherl_ok();
+}
+
+sherl_status bert_sentence_embedding(const bert_model *m, bert_workspace *ws,
+                                     const bert_batch *batch, float *out)
+{
+    const sherl_backend *be = m->be;
+    int L = m->cfg.num_hidden_layers, D = m->cfg.hidden_size;
+    size_t BTD = (size_t)batch->B * batch->T * D;
+    float *last = be->alloc(BTD * sizeof(float));
+    float **hidden = calloc((size_t)L + 1, sizeof(float *));
+    int32_t *mask = be->alloc((size_t)batch->B * batch->T * sizeof(int32_t));
+    float *pooled = be->alloc((size_t)batch->B * D * sizeof(float));
+    sherl_status st = sherl_ok();
+    if (!last || !hidden || !mask || !pooled) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory for the sentence embedding");
+        goto done;
+    }
+    hidden[L] = last;
+    st = bert_forward(m, ws, batch, hidden);
+    if (st.code)
+        goto done;
+    be->copy_to_device(mask, batch->attention_mask,
+                       (size_t)batch->B * batch->T * sizeof(int32_t));
+    be->mean_pool_forward(pooled, last, mask, batch->B, batch->T, D);
+    be->l2norm_forward(out, pooled, batch->B, D, 1e-12f);
+done:
+    if (last)
+        be->free(last);
+    if (mask)
+        be->free(mask);
+    if (pooled)
+        be->free(pooled);
+    free(hidden);
+    return st;
+}

@@ -1,0 +1,104 @@
+/* BERT-family encoder (post-LN), forward on any backend. Returns every hidden state
+ * h_0 (embeddings after LayerNorm) .. h_L: these are the SHERL taps.
+ *
+ * Weights live on the model's backend; Q, K and V are fused at load time into one
+ * [3D, D] Linear so a layer does one big product instead of three. */
+#ifndef SHERL_BERT_H
+#define SHERL_BERT_H
+
+#include <stdint.h>
+
+#include "hf_config.h"
+#include "kernels.h"
+#include "status.h"
+#include "tokenizer.h"
+
+typedef struct {
+    float *qkv_w, *qkv_b;           /* [3D, D], [3D]: rows q | k | v */
+    float *attn_out_w, *attn_out_b; /* [D, D], [D] */
+    float *ln1_w, *ln1_b;           /* [D] attention output LayerNorm */
+    float *ffn_in_w, *ffn_in_b;     /* [F, D], [F] */
+    float *ffn_out_w, *ffn_out_b;   /* [D, F], [D] */
+    float *ln2_w, *ln2_b;           /* [D] output LayerNorm */
+} bert_layer;
+
+typedef struct {
+    hf_config cfg;
+    const sherl_backend *be;
+    float *word_emb;  /* [V, D] */
+    float *pos_emb;   /* [P, D] */
+    float *type_emb;  /* [TV, D] */
+    float *emb_ln_w, *emb_ln_b;
+    bert_layer *layers; /* [L] */
+    long long n_params;
+} bert_model;
+
+/* Loads MODEL_DIR/config.json and MODEL_DIR/model.safetensors (names with or without the
+ * "bert." prefix of task models). Every tensor's shape is checked against the config. */
+sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be);
+void bert_free(bert_model *m);
+
+/* A padded batch on the host: [B, T] each, row-major. token_type_ids may be NULL (zeros). */
+typedef struct {
+    int B, T;
+    int32_t *input_ids;
+    int32_t *token_type_ids;
+    int32_t *attention_mask;
+} bert_batch;
+
+/* Pads encodings to the longest one (pad id, type 0, mask 0). Free with bert_batch_free. */
+sherl_status bert_batch_from_encodings(bert_batch *batch, const tok_encoding *encs, int n,
+                                       int pad_id);
+void bert_batch_free(bert_batch *batch);
+
+/* Activations of one layer's forward, kept for its backward. Buffers on the backend. */
+typedef struct {
+    float *qkv;      /* [B,T,3D] */
+    float *probs;    /* [B,NH,T,T] */
+    float *attn;     /* [B,T,D] attention output before the projection */
+    float *res1;     /* [B,T,D] projection + residual (LayerNorm 1 input) */
+    float *ln1;      /* [B,T,D] */
+    float *ln1_mean, *ln1_rstd; /* [B*T] */
+    float *ffn_pre;  /* [B,T,F] before GELU */
+    float *ffn_act;  /* [B,T,F] after GELU */
+    float *res2;     /* [B,T,D] (LayerNorm 2 input) */
+    float *ln2_mean, *ln2_rstd; /* [B*T] */
+} bert_layer_acts;
+
+/* Scratch for the forward of batches up to B x T (one layer's activations, reused). */
+typedef struct {
+    const sherl_backend *be;
+    int B, T, D, F, NH;
+    bert_layer_acts acts;
+    float *emb;      /* [B,T,D] embedding sum, then scratch for states not kept */
+    float *tmp;      /* [B,T,D] second scratch for states not kept */
+    float *mask_add; /* [B,T] additive attention mask */
+    int32_t *ids, *types, *positions; /* [B*T] on the backend */
+    float *emb_mean, *emb_rstd;
+} bert_workspace;
+
+sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
+void bert_workspace_free(bert_workspace *ws);
+sherl_status bert_layer_acts_alloc(bert_layer_acts *a, const sherl_backend *be, int B, int T,
+                                   int D, int F, int NH);
+void bert_layer_acts_free(bert_layer_acts *a, const sherl_backend *be);
+
+/* Validates the batch (ids within the vocabulary, types within type_vocab_size, T within
+ * max_position_embeddings, mask 0/1) and uploads it; fills h0 [B,T,D]. */
+sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
+                                float *h0);
+/* out[B,T,D] = layer(inp); acts receives what backward needs. */
+void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
+                        float *out, const float *inp, const float *mask_add, int B, int T);
+/* Runs the whole encoder. hidden[i] (i = 0..L) are [B,T,D] backend buffers; hidden[i] may be
+ * NULL for states the caller does not need, except that the final state needs somewhere to go:
+ * hidden[L] must not be NULL. */
+sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
+                          float **hidden);
+
+/* Sentence embedding as sentence-transformers defines it for mean pooling:
+ * out[B,D] = normalize(sum_t mask h_L / sum_t mask). */
+sherl_status bert_sentence_embedding(const bert_model *m, bert_workspace *ws,
+                                     const bert_batch *batch, float *out);
+
+#endif

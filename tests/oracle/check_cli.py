@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""End to end through the `sherl` CLI on the real all-MiniLM-L6-v2: `sherl tokenize` must give
+HF BertTokenizer's exact encodings and `sherl embed` sentence-transformers' embeddings
+(mean pooling + L2 normalisation over HF BertModel), cosine >= 0.99999 each.
+
+  check_cli.py SHERL_BIN MODEL_DIR"""
+import json
+import subprocess
+import sys
+
+import torch
+from transformers import BertModel, BertTokenizer
+
+sherl, model_dir = sys.argv[1], sys.argv[2]
+texts = [
+    "A man is eating food.",
+    "the quality of being kind and gentle; \"he showed great tenderness\"",
+    "Über naïve café résumés — 東京 emoji 🙂 and tabs\tinside",
+    "x",
+    " ".join(["word%d" % i for i in range(300)]),  # longer than max_seq_length 256: truncated
+]
+failures = []
+
+# tokenize: one JSON object per line, stdin input path
+out = subprocess.run([sherl, "tokenize", model_dir], input="\n".join(texts) + "\n",
+                     capture_output=True, text=True, check=True).stdout.splitlines()
+tok = BertTokenizer.from_pretrained(model_dir)
+if len(out) != len(texts):
+    failures.append("tokenize printed %d lines for %d texts" % (len(out), len(texts)))
+for text, line in zip(texts, out):
+    got = json.loads(line)
+    want = tok(text, truncation=True)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        if got[key] != want[key]:
+            failures.append("tokenize %r: %s differ" % (text[:40], key))
+
+# embed: arguments input path, the sentence-transformers max_seq_length (256) applies
+got = json.loads(subprocess.run([sherl, "embed", model_dir, *texts], capture_output=True,
+                                text=True, check=True).stdout)
+model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+with torch.no_grad():
+    h = model(**enc).last_hidden_state
+m = enc["attention_mask"].unsqueeze(-1).float()
+want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
+got = torch.tensor(got)
+if got.shape != want.shape:
+    failures.append("embed shape %s, expected %s" % (tuple(got.shape), tuple(want.shape)))
+else:
+    cos = torch.nn.functional.cosine_similarity(got.double(), want.double(), dim=1)
+    for text, c in zip(texts, cos.tolist()):
+        print("embed cosine %.9f  %r" % (c, text[:40]))
+        if not c >= 0.99999:
+            failures.append("embed %r: cosine %.9f < 0.99999" % (text[:40], c))
+
+# bad usage is reported, not crashed on
+bad = subprocess.run([sherl, "embed", "/nonexistent/model", "x"], capture_output=True, text=True)
+if bad.returncode == 0 or "/nonexistent/model" not in bad.stderr:
+    failures.append("missing model folder: rc %d, stderr %r" % (bad.returncode, bad.stderr))
+bad = subprocess.run([sherl, "tokenize", model_dir, "--max-length", "zero", "x"],
+                     capture_output=True, text=True)
+if bad.returncode != 2 or "zero" not in bad.stderr:
+    failures.append("bad --max-length: rc %d, stderr %r" % (bad.returncode, bad.stderr))
+
+for f in failures:
+    print("FAIL:", f)
+print("%d passed, %d failed" % (0 if failures else 1, len(failures)))
+sys.exit(1 if failures else 0)
