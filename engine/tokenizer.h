@@ -41,7 +41,11 @@ typedef struct {
 /* Encodes one text (b may be NULL for single sentences) as HF's
  * tokenizer(a, b, truncation=True, max_length=max_length) would. max_length <= 0 means
  * the tokenizer's model_max_length. text must be valid UTF-8, else SHERL_EINVAL.
- * Free with tok_encoding_free. */
+ * Free with tok_encoding_free.
+ * (Strict UTF-8 as Python decodes it: no overlongs or surrogates; the error names the byte
+ * offset. As C strings, texts cannot hold U+0000 (HF deletes it in its cleanup). b = "" is a
+ * pair with an empty second text, as in HF. Like HF, truncation can leave the result longer
+ * than max_length when max_length is too small to remove enough tokens.) */
 sherl_status wordpiece_encode(const wordpiece_tokenizer *tok, const char *a, const char *b,
                               int max_length, tok_encoding *out);
 void tok_encoding_free(tok_encoding *enc);

@@ -418,7 +418,7 @@ Test(tokenizer, real_minilm_vocab)
     snprintf(probe, sizeof probe, "%s/vocab.txt", SHERL_MINILM_DIR);
     FILE *f = fopen(probe, "rb");
     if (!SHERL_MINILM_DIR[0] || !f)
-        cr_skip_test("all-MiniLM-L6-v2 not installed (scripts/bootstrap)");
+        cr_assert_fail("all-MiniLM-L6-v2 not found at '%s': run scripts/bootstrap", SHERL_MINILM_DIR);
     fclose(f);
     wordpiece_tokenizer *t = NULL;
     sherl_status st = wordpiece_load(&t, SHERL_MINILM_DIR);
