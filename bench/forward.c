@@ -92,6 +92,11 @@ int main(int argc, char **argv)
     }
     qsort(t, iters, sizeof(double), cmp_d);
     double med = t[iters / 2];
+    char desc[256];
+    be->describe(desc, sizeof desc);
+    fprintf(stderr, "bench_forward: %s\n", desc);
+    if (be->performance_advice())
+        fprintf(stderr, "bench_forward: note: %s\n", be->performance_advice());
     printf("sherl   forward B=%d T=%d threads=%d: median %.4f s/batch (min %.4f), %.0f tokens/s\n",
            B, T, threads, med, t[0], B * T / med);
     for (int i = 0; i <= L; i++)

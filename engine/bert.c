@@ -421,29 +421,33 @@ sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_ba
 }
 
 sherl_status bert_sentence_embedding(const bert_model *m, bert_workspace *ws,
-                                     const bert_batch *batch, float *out)
+                                     const bert_batch *batch, pool_mode mode, float *out)
 {
     const sherl_backend *be = m->be;
     int L = m->cfg.num_hidden_layers, D = m->cfg.hidden_size;
-    size_t BTD = (size_t)batch->B * batch->T * D;
-    float *last = be->alloc(BTD * sizeof(float));
+    size_t BT = (size_t)batch->B * batch->T;
+    float *last = be->alloc(BT * D * sizeof(float));
     float **hidden = calloc((size_t)L + 1, sizeof(float *));
-    int32_t *mask = be->alloc((size_t)batch->B * batch->T * sizeof(int32_t));
+    int32_t *mask = be->alloc(BT * sizeof(int32_t));
     float *pooled = be->alloc((size_t)batch->B * D * sizeof(float));
+    pooler pool = {0};
     sherl_status st = sherl_ok();
     if (!last || !hidden || !mask || !pooled) {
         st = sherl_errorf(SHERL_ENOMEM, "out of memory for the sentence embedding");
         goto done;
     }
+    st = pooler_create(&pool, be, mode, batch->B);
+    if (st.code)
+        goto done;
     hidden[L] = last;
     st = bert_forward(m, ws, batch, hidden);
     if (st.code)
         goto done;
-    be->copy_to_device(mask, batch->attention_mask,
-                       (size_t)batch->B * batch->T * sizeof(int32_t));
-    be->mean_pool_forward(pooled, last, mask, batch->B, batch->T, D);
+    be->copy_to_device(mask, batch->attention_mask, BT * sizeof(int32_t));
+    pool_forward(&pool, pooled, last, mask, batch->B, batch->T, D);
     be->l2norm_forward(out, pooled, batch->B, D, 1e-12f);
 done:
+    pooler_free(&pool);
     if (last)
         be->free(last);
     if (mask)

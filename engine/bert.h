@@ -10,6 +10,7 @@
 
 #include "hf_config.h"
 #include "kernels.h"
+#include "pooling.h"
 #include "status.h"
 #include "tokenizer.h"
 
@@ -96,9 +97,9 @@ void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer
 sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
                           float **hidden);
 
-/* Sentence embedding as sentence-transformers defines it for mean pooling:
- * out[B,D] = normalize(sum_t mask h_L / sum_t mask). */
+/* Sentence embedding as sentence-transformers defines it: the last hidden state pooled
+ * (mean: sum_t mask h_L / sum_t mask; cls: h_L[:, 0]) then L2-normalised; out [B,D]. */
 sherl_status bert_sentence_embedding(const bert_model *m, bert_workspace *ws,
-                                     const bert_batch *batch, float *out);
+                                     const bert_batch *batch, pool_mode mode, float *out);
 
 #endif

@@ -24,8 +24,8 @@ static const char USAGE[] =
     "                               token_type_ids, attention_mask (as HF BertTokenizer with\n"
     "                               truncation=True)\n"
     "  embed MODEL_DIR [TEXT...]    a JSON array holding one array of floats per text: the\n"
-    "                               mean-pooled, L2-normalised last hidden state\n"
-    "                               (sentence-transformers' definition)\n"
+    "                               mean-pooled (or --pooling cls), L2-normalised last hidden\n"
+    "                               state (sentence-transformers' definition)\n"
     "\n"
     "With no TEXT, texts are read from standard input, one per line.\n"
     "\n"
@@ -35,11 +35,14 @@ static const char USAGE[] =
     "                   sentence_bert_config.json when present, else the same\n"
     "  --pair           tokenize: consecutive texts are sentence pairs (A B A B ...)\n"
     "  --batch-size N   embed: texts per forward pass (default 32)\n"
+    "  --pooling MODE   embed: mean or cls. Default: what the folder's 1_Pooling/config.json\n"
+    "                   says (sentence-transformers layout), else mean\n"
     "  --threads N      compute threads (default: the number of online CPUs)\n"
     "  -h, --help       this text\n";
 
 typedef struct {
     int max_length, pair, batch_size, threads;
+    const char *pooling; /* NULL: from the model folder */
 } cli_opts;
 
 static int fail(sherl_status st)
@@ -144,6 +147,9 @@ static int cmd_inspect(const char *dir)
         bytes += t->nbytes;
     }
     printf("parameters   %lld (%.1f MB in the file)\n", params, bytes / 1e6);
+    char desc[256];
+    sherl_backend_cpu()->describe(desc, sizeof desc);
+    printf("backend      %s\n", desc);
     safetensors_close(&sf);
     wordpiece_tokenizer *tok;
     st = wordpiece_load(&tok, dir);
@@ -212,6 +218,26 @@ static int sentence_max_length(const char *dir)
     return v;
 }
 
+/* sentence-transformers keeps its pooling choice in 1_Pooling/config.json. */
+static pool_mode folder_pooling(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/1_Pooling/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return POOL_MEAN;
+    char buf[4096];
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    pool_mode mode =
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "pooling_mode_cls_token")) ? POOL_CLS
+                                                                                     : POOL_MEAN;
+    cJSON_Delete(j);
+    return mode;
+}
+
 typedef struct {
     int idx, len;
 } len_idx;
@@ -238,6 +264,9 @@ static int cmd_embed(const char *dir, char **texts, int n, const cli_opts *o)
     if (st.code)
         goto done;
     int D = m->cfg.hidden_size;
+    pool_mode pooling = folder_pooling(dir);
+    if (o->pooling)
+        pool_mode_parse(o->pooling, &pooling); /* validated when the options were read */
     int max_len = o->max_length > 0 ? o->max_length : sentence_max_length(dir);
     if (max_len <= 0)
         max_len = wordpiece_get_options(tok)->model_max_length;
@@ -277,7 +306,7 @@ static int cmd_embed(const char *dir, char **texts, int n, const cli_opts *o)
         st = bert_batch_from_encodings(&batch, chunk, nb, wordpiece_pad_id(tok));
         if (st.code)
             break;
-        st = bert_sentence_embedding(m, &ws, &batch, emb);
+        st = bert_sentence_embedding(m, &ws, &batch, pooling, emb);
         bert_batch_free(&batch);
         for (int k = 0; !st.code && k < nb; k++)
             memcpy(out + (size_t)order[s + k].idx * D, emb + (size_t)k * D, sizeof(float) * D);
@@ -308,7 +337,7 @@ done:
 
 int main(int argc, char **argv)
 {
-    cli_opts o = {.max_length = 0, .pair = 0, .batch_size = 32, .threads = 0};
+    cli_opts o = {.max_length = 0, .pair = 0, .batch_size = 32, .threads = 0, .pooling = NULL};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = ncpu > 0 ? (int)ncpu : 1;
     const char *cmd = NULL, *dir = NULL;
@@ -331,6 +360,14 @@ int main(int argc, char **argv)
             } else if (!strcmp(a, "--batch-size")) {
                 if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 4096, &o.batch_size))
                     return free(rest), 2;
+            } else if (!strcmp(a, "--pooling")) {
+                pool_mode pm;
+                sherl_status pst = pool_mode_parse(i + 1 < argc ? argv[i + 1] : NULL, &pm);
+                if (pst.code) {
+                    fprintf(stderr, "sherl: --pooling: %s\n", pst.msg);
+                    return free(rest), 2;
+                }
+                o.pooling = argv[++i];
             } else if (!strcmp(a, "--threads")) {
                 if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 1024, &o.threads))
                     return free(rest), 2;
@@ -360,6 +397,8 @@ int main(int argc, char **argv)
         return free(rest), 2;
     }
     sherl_backend_cpu()->set_threads(o.threads);
+    if (!strcmp(cmd, "embed") && sherl_backend_cpu()->performance_advice())
+        fprintf(stderr, "sherl: note: %s\n", sherl_backend_cpu()->performance_advice());
     int rc;
     if (!strcmp(cmd, "inspect")) {
         rc = cmd_inspect(dir);

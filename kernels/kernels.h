@@ -30,6 +30,11 @@ struct sherl_backend {
     void (*synchronize)(void);
     void (*set_threads)(int n);               /* cpu: OpenBLAS + OpenMP threads */
     int (*get_threads)(void);
+    /* One line on the compute library and threads, e.g. for logs and benches. */
+    void (*describe)(char *buf, size_t len);
+    /* A line of advice when the backend runs well below what this machine can do (e.g.
+     * OpenBLAS fell back to generic kernels on a CPU it does not know), else NULL. */
+    const char *(*performance_advice)(void);
 
     /* ---- general matrix multiply ----
      * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).

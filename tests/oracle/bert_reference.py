@@ -7,8 +7,9 @@
   bert_reference.py minilm OUT_DIR MODEL_DIR -> OUT_DIR/minilm_ref.safetensors
 
 Each *_ref.safetensors holds input_ids, token_type_ids, attention_mask (I32, [B,T]),
-hidden_<i> (F32, [B,T,D]) for i = 0..L, and for minilm also sentence_embedding (F32, [B,D]):
-mean pooling over the attention mask then L2 normalisation, as sentence-transformers defines it.
+hidden_<i> (F32, [B,T,D]) and hidden64_<i> (F64: the same model run in float64) for i = 0..L, and for minilm also sentence_embedding (F32, [B,D]):
+mean pooling over the attention mask then L2 normalisation, as sentence-transformers defines it,
+and sentence_embedding_cls (the first token's state, L2-normalised).
 """
 import os
 import sys
@@ -26,6 +27,11 @@ def dump(model, ids, types, mask, path, extra=None):
     with torch.no_grad():
         out = model(input_ids=ids, token_type_ids=types, attention_mask=mask,
                     output_hidden_states=True)
+        # The same model in float64: the exact answer, to tell our float32 rounding apart
+        # from the float32 reference's own (which reaches ~1e-4 on MiniLM's deeper layers).
+        out64 = model.double()(input_ids=ids, token_type_ids=types, attention_mask=mask,
+                               output_hidden_states=True)
+        model.float()
     tensors = {
         "input_ids": ids.to(torch.int32).contiguous(),
         "token_type_ids": types.to(torch.int32).contiguous(),
@@ -33,6 +39,8 @@ def dump(model, ids, types, mask, path, extra=None):
     }
     for i, h in enumerate(out.hidden_states):
         tensors["hidden_%d" % i] = h.contiguous()
+    for i, h in enumerate(out64.hidden_states):
+        tensors["hidden64_%d" % i] = h.contiguous()  # stays F64 in the file
     if extra:
         tensors.update(extra(out))
     save_file(tensors, path)
@@ -87,7 +95,9 @@ def minilm(out_dir, model_dir):
     def sentence_embedding(out):
         m = enc["attention_mask"].unsqueeze(-1).float()
         pooled = (out.last_hidden_state * m).sum(1) / torch.clamp(m.sum(1), min=1e-9)
-        return {"sentence_embedding": torch.nn.functional.normalize(pooled, p=2, dim=1).contiguous()}
+        cls = out.last_hidden_state[:, 0]
+        return {"sentence_embedding": torch.nn.functional.normalize(pooled, p=2, dim=1).contiguous(),
+                "sentence_embedding_cls": torch.nn.functional.normalize(cls, p=2, dim=1).contiguous()}
 
     dump(model, enc["input_ids"], enc["token_type_ids"], enc["attention_mask"],
          os.path.join(out_dir, "minilm_ref.safetensors"), sentence_embedding)

@@ -53,7 +53,32 @@ else:
         if not c >= 0.99999:
             failures.append("embed %r: cosine %.9f < 0.99999" % (text[:40], c))
 
+# --pooling cls: the first token's state, normalised
+got_cls = json.loads(subprocess.run([sherl, "embed", "--pooling", "cls", model_dir, *texts],
+                                    capture_output=True, text=True, check=True).stdout)
+want_cls = torch.nn.functional.normalize(h[:, 0], dim=1)
+cos = torch.nn.functional.cosine_similarity(torch.tensor(got_cls).double(), want_cls.double(), dim=1)
+if not bool((cos >= 0.99999).all()):
+    failures.append("embed --pooling cls: cosines %s" % cos.tolist())
+
+# --pair: sentence pairs with token types, truncated longest-first at --max-length
+pairs = ["How old are you?", "What is your age, if I may ask?", texts[1], texts[4]]
+out = subprocess.run([sherl, "tokenize", "--pair", "--max-length", "24", model_dir, *pairs],
+                     capture_output=True, text=True, check=True).stdout.splitlines()
+for k, line in enumerate(out):
+    want = tok(pairs[2 * k], pairs[2 * k + 1], truncation=True, max_length=24)
+    if json.loads(line) != {key: want[key] for key in ("input_ids", "token_type_ids", "attention_mask")}:
+        failures.append("tokenize --pair %d differs" % k)
+if len(out) != 2:
+    failures.append("tokenize --pair printed %d lines for 2 pairs" % len(out))
+
 # bad usage is reported, not crashed on
+bad = subprocess.run([sherl, "embed", "--pooling", "max", model_dir, "x"], capture_output=True, text=True)
+if bad.returncode != 2 or "max" not in bad.stderr:
+    failures.append("bad --pooling: rc %d, stderr %r" % (bad.returncode, bad.stderr))
+bad = subprocess.run([sherl, "tokenize", "--pair", model_dir, "a", "b", "c"], capture_output=True, text=True)
+if bad.returncode != 2 or "even" not in bad.stderr:
+    failures.append("odd --pair: rc %d, stderr %r" % (bad.returncode, bad.stderr))
 bad = subprocess.run([sherl, "embed", "/nonexistent/model", "x"], capture_output=True, text=True)
 if bad.returncode == 0 or "/nonexistent/model" not in bad.stderr:
     failures.append("missing model folder: rc %d, stderr %r" % (bad.returncode, bad.stderr))
@@ -64,5 +89,5 @@ if bad.returncode != 2 or "zero" not in bad.stderr:
 
 for f in failures:
     print("FAIL:", f)
-print("%d passed, %d failed" % (0 if failures else 1, len(failures)))
+print("cli oracle: %d problems" % len(failures))
 sys.exit(1 if failures else 0)

@@ -1,7 +1,16 @@
 /* The C BERT encoder against Hugging Face transformers (tests/oracle/bert_reference.py):
  * every hidden state h_0..h_L, on a random tiny BERT (max abs error <= 1e-5) and on the real
  * all-MiniLM-L6-v2 with a padded batch of real sentences (<= 1e-4), plus the sentence
- * embedding (cosine >= 0.99999 with the HF-computed one). */
+ * embedding (cosine >= 0.99999 with the HF-computed one).
+ *
+ * Every real token of every state must be within the tolerance of both HF's float32 output and
+ * the same model run in float64 (the exact answer); we measure ~4e-6 on MiniLM.
+ *
+ * Padding positions are the exception, checked within 10x the tolerance: their outputs feed
+ * nothing (they are masked out as keys and in pooling), and they are badly conditioned, so
+ * float32 rounding is amplified there: HF's own float32 output is up to 1.2e-4 from the exact
+ * answer at padding positions of MiniLM's layers 4-5, and HF run with two OpenBLAS kernel sets
+ * differs from itself by as much. No float32 implementation can promise 1e-4 there. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -67,26 +76,47 @@ static double compare_hidden_states(const char *model_dir, const char *ref_path,
     for (int i = 0; i <= L; i++) {
         if (!hidden[i])
             continue;
-        char name[32];
+        char name[32], name64[32];
         snprintf(name, sizeof name, "hidden_%d", i);
+        snprintf(name64, sizeof name64, "hidden64_%d", i);
         float *want = read_f32_any(&ref, name, &n);
         cr_assert(n == (int64_t)BTD, "%s has %lld elements, expected %zu", name, (long long)n, BTD);
-        double err = 0.0;
+        const st_tensor *t64 = safetensors_find(&ref, name64);
+        cr_assert(t64 && t64->dtype == ST_F64 && t64->numel == (int64_t)BTD, "%s missing", name64);
+        double *exact = malloc(BTD * sizeof(double));
+        memcpy(exact, t64->data, BTD * sizeof(double));
+        /* real tokens: vs the exact answer and vs HF float32, both within tol;
+         * padding positions: see the note at the top of the file */
+        double err = 0.0, err32 = 0.0, pad_err = 0.0, ref_err = 0.0;
         size_t at = 0;
         for (size_t k = 0; k < BTD; k++) {
-            double e = fabs((double)hidden[i][k] - want[k]);
+            double e = fabs((double)hidden[i][k] - exact[k]);
+            ref_err = fmax(ref_err, fabs((double)want[k] - exact[k]));
+            if (!batch.attention_mask[k / D]) {
+                pad_err = fmax(pad_err, e);
+                continue;
+            }
             if (!(e <= err)) {
                 err = e;
                 at = k;
             }
+            err32 = fmax(err32, fabs((double)hidden[i][k] - want[k]));
         }
         cr_expect(err <= tol, "%s h_%d: max abs error %.3g > %.1g at [%zu,%zu,%zu] (%g vs %g)",
                   model_dir, i, err, tol, at / (batch.T * D), at / D % batch.T, at % D,
-                  (double)hidden[i][at], (double)want[at]);
-        fprintf(stderr, "%s: h_%d max abs error %.3g\n", model_dir, i, err);
+                  (double)hidden[i][at], exact[at]);
+        cr_expect(err32 <= tol, "%s h_%d: max abs error vs HF float32 %.3g > %.1g", model_dir, i,
+                  err32, tol);
+        cr_expect(pad_err <= 10 * tol, "%s h_%d: padding positions off by %.3g > %.1g", model_dir,
+                  i, pad_err, 10 * tol);
+        fprintf(stderr,
+                "%s: h_%d max abs error on real tokens %.3g vs exact, %.3g vs HF float32; "
+                "padding positions %.3g (HF float32 itself: %.3g from exact)\n",
+                model_dir, i, err, err32, pad_err, ref_err);
         if (err > worst)
             worst = err;
         free(want);
+        free(exact);
         free(hidden[i]);
     }
     free(hidden);
@@ -117,7 +147,7 @@ Test(bert_oracle, minilm_all_hidden_states, .timeout = 120)
     compare_hidden_states(SHERL_MINILM_DIR, REF_DIR "/minilm_ref.safetensors", 1e-4, 1);
 }
 
-Test(bert_oracle, minilm_sentence_embedding, .timeout = 120)
+static void check_sentence_embedding(pool_mode mode, const char *ref_name)
 {
     bert_model *m;
     sherl_status st = bert_load(&m, SHERL_MINILM_DIR, sherl_backend_cpu());
@@ -133,9 +163,9 @@ Test(bert_oracle, minilm_sentence_embedding, .timeout = 120)
     bert_workspace ws;
     cr_assert(bert_workspace_create(&ws, m, batch.B, batch.T).code == SHERL_OK);
     float *emb = malloc((size_t)batch.B * D * sizeof(float));
-    st = bert_sentence_embedding(m, &ws, &batch, emb);
+    st = bert_sentence_embedding(m, &ws, &batch, mode, emb);
     cr_assert(st.code == SHERL_OK, "%s", st.msg);
-    float *want = read_f32_any(&ref, "sentence_embedding", &n);
+    float *want = read_f32_any(&ref, ref_name, &n);
     for (int b = 0; b < batch.B; b++) {
         double dot = 0, na = 0, nb = 0;
         for (int k = 0; k < D; k++) {
@@ -144,7 +174,8 @@ Test(bert_oracle, minilm_sentence_embedding, .timeout = 120)
             nb += (double)want[b * D + k] * want[b * D + k];
         }
         double cosv = dot / sqrt(na * nb);
-        cr_expect(cosv >= 0.99999, "sentence %d: cosine %.8f < 0.99999", b, cosv);
+        cr_expect(cosv >= 0.99999, "%s sentence %d: cosine %.8f < 0.99999",
+                  pool_mode_name(mode), b, cosv);
         cr_expect(fabs(sqrt(na) - 1.0) < 1e-5, "sentence %d: norm %.8f, expected 1", b, sqrt(na));
     }
     free(emb), free(want);
@@ -152,6 +183,45 @@ Test(bert_oracle, minilm_sentence_embedding, .timeout = 120)
     bert_workspace_free(&ws);
     safetensors_close(&ref);
     bert_free(m);
+}
+
+Test(bert_oracle, minilm_sentence_embedding_mean, .timeout = 120)
+{
+    check_sentence_embedding(POOL_MEAN, "sentence_embedding");
+}
+
+Test(bert_oracle, minilm_sentence_embedding_cls, .timeout = 120)
+{
+    check_sentence_embedding(POOL_CLS, "sentence_embedding_cls");
+}
+
+/* Pooling backward: CLS scatters into the first token only; mean spreads over real tokens. */
+Test(pooling, backward_matches_definition)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    int B = 2, T = 3, D = 2;
+    int32_t mask[6] = {1, 1, 0, 1, 1, 1};
+    float dout[4] = {1, 2, 3, 4};
+    for (int mode = POOL_MEAN; mode <= POOL_CLS; mode++) {
+        pooler p;
+        cr_assert(pooler_create(&p, be, (pool_mode)mode, B).code == SHERL_OK);
+        float dh[12] = {0};
+        pool_backward(&p, dh, dout, mask, B, T, D);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < D; k++) {
+                    float want = mode == POOL_CLS ? (t == 0 ? dout[b * D + k] : 0.0f)
+                                 : mask[b * T + t] ? dout[b * D + k] / (b == 0 ? 2.0f : 3.0f)
+                                                   : 0.0f;
+                    cr_expect(fabsf(dh[(b * T + t) * D + k] - want) < 1e-6f,
+                              "%s: dhidden[%d,%d,%d] = %g, want %g", pool_mode_name(mode), b, t, k,
+                              dh[(b * T + t) * D + k], want);
+                }
+        pooler_free(&p);
+    }
+    pool_mode pm;
+    sherl_status st = pool_mode_parse("max", &pm);
+    cr_expect(st.code == SHERL_EINVAL && strstr(st.msg, "max"), "%s", st.msg);
 }
 
 /* ---- bad input: clear errors, no crash ---- */

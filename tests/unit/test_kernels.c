@@ -847,3 +847,52 @@ Test(kernels, backend_lookup)
     cr_expect(sherl_backend_by_name("tpu") == NULL);
     cr_expect(sherl_backend_by_name(NULL) == NULL);
 }
+
+/* Every backend fills the whole table: a missing op would only show up as a crash later. */
+Test(kernels, every_backend_fills_every_op)
+{
+    FOR_EACH_BACKEND(be)
+    {
+#define HAS(f) cr_expect(be->f != NULL, "%s backend lacks %s", be->name, #f)
+        HAS(name);
+        HAS(alloc);
+        HAS(free);
+        HAS(copy_to_device);
+        HAS(copy_to_host);
+        HAS(zero);
+        HAS(synchronize);
+        HAS(set_threads);
+        HAS(get_threads);
+        HAS(describe);
+        HAS(performance_advice);
+        HAS(gemm);
+        HAS(gemm_strided_batched);
+        HAS(matmul_forward);
+        HAS(matmul_backward);
+        HAS(bias_add_forward);
+        HAS(bias_add_backward);
+        HAS(layernorm_forward);
+        HAS(layernorm_backward);
+        HAS(gelu_forward);
+        HAS(gelu_backward);
+        HAS(softmax_forward);
+        HAS(softmax_backward);
+        HAS(attention_forward);
+        HAS(attention_backward);
+        HAS(embedding_forward);
+        HAS(embedding_backward);
+        HAS(residual_forward);
+        HAS(residual_backward);
+        HAS(dropout_forward);
+        HAS(dropout_backward);
+        HAS(mean_pool_forward);
+        HAS(mean_pool_backward);
+        HAS(l2norm_forward);
+        HAS(l2norm_backward);
+#undef HAS
+        char desc[256];
+        be->set_threads(2);
+        be->describe(desc, sizeof desc);
+        cr_expect(strstr(desc, "2 ") != NULL, "describe does not show the thread count: %s", desc);
+    }
+}
