@@ -517,15 +517,21 @@ static void cpu_dropout_backward(float *dinp, const float *dout, size_t n, float
 /* ------------------------------------------------------------------------------------------
  * pooling and normalisation */
 
+/* 1 / max(number of real tokens, 1e-9), as sentence-transformers clamps it. */
+static float inv_token_count(const int32_t *mask_row, int T)
+{
+    int cnt = 0;
+    for (int t = 0; t < T; t++)
+        cnt += mask_row[t] != 0;
+    return (float)(1.0 / (cnt > 0 ? (double)cnt : 1e-9));
+}
+
 static void cpu_mean_pool_forward(float *out, const float *inp, const int32_t *mask, int B, int T,
                                   int C)
 {
 #pragma omp parallel for if ((size_t)B * T * C >= PAR_MIN)
     for (int b = 0; b < B; b++) {
-        double cnt = 0.0;
-        for (int t = 0; t < T; t++)
-            cnt += mask[(size_t)b * T + t] != 0;
-        float inv = (float)(1.0 / (cnt > 1e-9 ? cnt : 1e-9));
+        float inv = inv_token_count(mask + (size_t)b * T, T);
         for (int c = 0; c < C; c++) {
             double s = 0.0;
             for (int t = 0; t < T; t++)
@@ -541,10 +547,7 @@ static void cpu_mean_pool_backward(float *dinp, const float *dout, const int32_t
 {
 #pragma omp parallel for if ((size_t)B * T * C >= PAR_MIN)
     for (int b = 0; b < B; b++) {
-        double cnt = 0.0;
-        for (int t = 0; t < T; t++)
-            cnt += mask[(size_t)b * T + t] != 0;
-        float inv = (float)(1.0 / (cnt > 1e-9 ? cnt : 1e-9));
+        float inv = inv_token_count(mask + (size_t)b * T, T);
         for (int t = 0; t < T; t++) {
             if (!mask[(size_t)b * T + t])
                 continue;
@@ -556,15 +559,20 @@ static void cpu_mean_pool_backward(float *dinp, const float *dout, const int32_t
     }
 }
 
+static double row_norm(const float *x, int C)
+{
+    double ss = 0.0;
+    for (int c = 0; c < C; c++)
+        ss += (double)x[c] * x[c];
+    return sqrt(ss);
+}
+
 static void cpu_l2norm_forward(float *out, const float *inp, int N, int C, float eps)
 {
 #pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++)
-            ss += (double)x[c] * x[c];
-        double nrm = sqrt(ss);
+        double nrm = row_norm(x, C);
         float inv = (float)(1.0 / (nrm > eps ? nrm : eps));
         for (int c = 0; c < C; c++)
             out[(size_t)n * C + c] = x[c] * inv;
@@ -578,10 +586,7 @@ static void cpu_l2norm_backward(float *dinp, const float *dout, const float *inp
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++)
-            ss += (double)x[c] * x[c];
-        double nrm = sqrt(ss);
+        double nrm = row_norm(x, C);
         if (nrm > eps) {
             /* y = x/|x|: dx = (dy - y (y . dy)) / |x| */
             double ydy = 0.0;

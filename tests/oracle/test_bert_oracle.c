@@ -244,44 +244,40 @@ Test(bert_load_errors, missing_folder)
               st.msg);
 }
 
-Test(bert_load_errors, config_disagrees_with_weights)
+/* Loads the tiny weights under a config with the given hidden size and layer count; the load
+ * must fail with a message naming `tensor`. */
+static void expect_mismatch(const char *name, int hidden, int layers, const char *tensor)
 {
-    /* The tiny weights (hidden 32) under a config claiming hidden 64. */
-    char dir[] = SHERL_TEST_WORK "/bert/mismatch";
+    char dir[512], path[600], cfg[512];
+    snprintf(dir, sizeof dir, "%s/bert/%s", SHERL_TEST_WORK, name);
     mkdir(dir, 0755);
-    write_file(SHERL_TEST_WORK "/bert/mismatch/config.json",
-               "{\"model_type\": \"bert\", \"vocab_size\": 101, \"hidden_size\": 64, "
-               "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"intermediate_size\": 37, "
-               "\"max_position_embeddings\": 40, \"type_vocab_size\": 2, \"hidden_act\": \"gelu\", "
-               "\"layer_norm_eps\": 1e-12}");
-    unlink(SHERL_TEST_WORK "/bert/mismatch/model.safetensors");
-    cr_assert(symlink(REF_DIR "/tiny/model.safetensors",
-                      SHERL_TEST_WORK "/bert/mismatch/model.safetensors") == 0);
+    snprintf(cfg, sizeof cfg,
+             "{\"model_type\": \"bert\", \"vocab_size\": 101, \"hidden_size\": %d, "
+             "\"num_hidden_layers\": %d, \"num_attention_heads\": 4, \"intermediate_size\": 37, "
+             "\"max_position_embeddings\": 40, \"type_vocab_size\": 2, \"hidden_act\": \"gelu\", "
+             "\"layer_norm_eps\": 1e-12}",
+             hidden, layers);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_file(path, cfg);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    cr_assert(symlink(REF_DIR "/tiny/model.safetensors", path) == 0);
     bert_model *m;
     sherl_status st = bert_load(&m, dir, sherl_backend_cpu());
     cr_expect(st.code != SHERL_OK);
-    cr_expect(strstr(st.msg, "word_embeddings") != NULL, "message does not name the tensor: %s",
-              st.msg);
+    cr_expect(strstr(st.msg, tensor) != NULL, "message does not name %s: %s", tensor, st.msg);
 }
 
+/* The tiny weights (hidden 32) under a config claiming hidden 64. */
+Test(bert_load_errors, config_disagrees_with_weights)
+{
+    expect_mismatch("mismatch", 64, 3, "word_embeddings");
+}
+
+/* The tiny weights under a config claiming 4 layers: layer 3 is absent. */
 Test(bert_load_errors, missing_layer)
 {
-    /* The tiny weights under a config claiming 4 layers: layer 3 is absent. */
-    char dir[] = SHERL_TEST_WORK "/bert/short";
-    mkdir(dir, 0755);
-    write_file(SHERL_TEST_WORK "/bert/short/config.json",
-               "{\"model_type\": \"bert\", \"vocab_size\": 101, \"hidden_size\": 32, "
-               "\"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"intermediate_size\": 37, "
-               "\"max_position_embeddings\": 40, \"type_vocab_size\": 2, \"hidden_act\": \"gelu\", "
-               "\"layer_norm_eps\": 1e-12}");
-    unlink(SHERL_TEST_WORK "/bert/short/model.safetensors");
-    cr_assert(symlink(REF_DIR "/tiny/model.safetensors",
-                      SHERL_TEST_WORK "/bert/short/model.safetensors") == 0);
-    bert_model *m;
-    sherl_status st = bert_load(&m, dir, sherl_backend_cpu());
-    cr_expect(st.code != SHERL_OK);
-    cr_expect(strstr(st.msg, "encoder.layer.3.") != NULL, "message does not name the tensor: %s",
-              st.msg);
+    expect_mismatch("short", 32, 4, "encoder.layer.3.");
 }
 
 Test(bert_forward_errors, bad_batches_are_refused)
