@@ -317,10 +317,20 @@ SHERL_SIMD_CLONES
 static void softmax_row(float *y, const float *x, const float *mask, float scale, int Tk)
 {
     float mx = -INFINITY;
-    for (int k = 0; k < Tk; k++) {
-        float v = scale * x[k] + (mask ? mask[k] : 0.0f);
-        y[k] = v;
-        mx = v > mx ? v : mx;
+    if (mask) {
+#pragma omp simd reduction(max : mx)
+        for (int k = 0; k < Tk; k++) {
+            float v = scale * x[k] + mask[k];
+            y[k] = v;
+            mx = v > mx ? v : mx;
+        }
+    } else {
+#pragma omp simd reduction(max : mx)
+        for (int k = 0; k < Tk; k++) {
+            float v = scale * x[k];
+            y[k] = v;
+            mx = v > mx ? v : mx;
+        }
     }
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)

@@ -587,6 +587,21 @@ Test(kernels, attention_ignores_masked_keys)
 /* ---------------------------------------------------------------------------------------
  * embedding */
 
+typedef struct {
+    int N, C;
+    const int32_t *ids;
+    double *table, *dout;
+} emb_ctx;
+static double emb_loss(void *p)
+{
+    emb_ctx *c = p;
+    double l = 0;
+    for (int n = 0; n < c->N; n++)
+        for (int k = 0; k < c->C; k++)
+            l += c->table[c->ids[n] * c->C + k] * c->dout[n * c->C + k];
+    return l;
+}
+
 Test(kernels, embedding_forward_backward)
 {
     FOR_EACH_BACKEND(be)
@@ -604,15 +619,14 @@ Test(kernels, embedding_forward_backward)
         float *y = malloc(4 * N * C);
         back_f(be, y, dy, N * C);
         expect_close("embedding_forward", y, ref, N * C, 0, 0 + 1e-12);
-        /* gradient of sum(dout . table[ids]) wrt table is exact: a sum of dout rows */
         float *g0 = randv(V * C, 1), *g = dev_f(be, g0, V * C), *dd = dev_f(be, dout, N * C);
         be->embedding_backward(g, dd, di, N, C);
         float *h = malloc(4 * V * C);
         back_f(be, h, g, V * C);
-        double *want = calloc(V * C, 8);
-        for (int n = 0; n < N; n++)
-            for (int k = 0; k < C; k++)
-                want[ids[n] * C + k] += dout[n * C + k];
+        emb_ctx c = {N, C, ids, to_d(table, V * C), to_d(dout, N * C)};
+        double *want = malloc(8 * V * C);
+        fd_grad(want, c.table, V * C, emb_loss, &c);
+        free(c.table), free(c.dout);
         expect_grad("embedding_backward", h, g0, want, V * C);
         be->free(dt), be->free(dy), be->free(di), be->free(g), be->free(dd);
         free(table), free(dout), free(ref), free(y), free(g0), free(h), free(want);
@@ -650,8 +664,80 @@ Test(kernels, residual_forward_backward)
     }
 }
 
+typedef struct {
+    size_t n;
+    double *a, *b, *dout;
+} res_ctx;
+static double res_loss(void *p)
+{
+    res_ctx *c = p;
+    double l = 0;
+    for (size_t i = 0; i < c->n; i++)
+        l += (c->a[i] + c->b[i]) * c->dout[i];
+    return l;
+}
+
+/* The same gradients by finite differences, on a size small enough to perturb every input. */
+Test(kernels, residual_backward_finite_differences)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t n = 37;
+        float *a = randv(n, 1), *b = randv(n, 1), *dout = randv(n, 1);
+        res_ctx c = {n, to_d(a, n), to_d(b, n), to_d(dout, n)};
+        double *fa = malloc(8 * n), *fb = malloc(8 * n);
+        fd_grad(fa, c.a, n, res_loss, &c);
+        fd_grad(fb, c.b, n, res_loss, &c);
+        float *ga0 = randv(n, 1), *gb0 = randv(n, 1);
+        float *ga = dev_f(be, ga0, n), *gb = dev_f(be, gb0, n), *dd = dev_f(be, dout, n);
+        be->residual_backward(ga, gb, dd, n);
+        float *ha = malloc(4 * n), *hb = malloc(4 * n);
+        back_f(be, ha, ga, n), back_f(be, hb, gb, n);
+        expect_grad("residual da (fd)", ha, ga0, fa, n);
+        expect_grad("residual db (fd)", hb, gb0, fb, n);
+        be->free(ga), be->free(gb), be->free(dd);
+        free(a), free(b), free(dout), free(fa), free(fb), free(ga0), free(gb0), free(ha), free(hb);
+        free(c.a), free(c.b), free(c.dout);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * dropout */
+
+typedef struct {
+    size_t n;
+    float p;
+    uint64_t seed, offset;
+    double *x, *dout;
+} drop_ctx;
+static double drop_loss(void *q)
+{
+    drop_ctx *c = q;
+    double l = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (sherl_dropout_uniform(c->seed, c->offset + i) >= c->p)
+            l += c->x[i] / (1.0 - c->p) * c->dout[i];
+    return l;
+}
+
+Test(kernels, dropout_backward_finite_differences)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t n = 200;
+        float *x = randv(n, 1), *dout = randv(n, 1);
+        drop_ctx c = {n, 0.3f, 99, 5, to_d(x, n), to_d(dout, n)};
+        double *fd = malloc(8 * n);
+        fd_grad(fd, c.x, n, drop_loss, &c);
+        float *g0 = randv(n, 1), *g = dev_f(be, g0, n), *dd = dev_f(be, dout, n);
+        be->dropout_backward(g, dd, n, c.p, c.seed, c.offset);
+        float *h = malloc(4 * n);
+        back_f(be, h, g, n);
+        expect_grad("dropout_backward (fd)", h, g0, fd, n);
+        be->free(g), be->free(dd);
+        free(x), free(dout), free(fd), free(g0), free(h), free(c.x), free(c.dout);
+    }
+}
 
 Test(kernels, dropout_forward_backward)
 {
