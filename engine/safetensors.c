@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "json_util.h"
+
 #define ST_MAX_EXACT_INT 9007199254740992.0 /* 2^53: largest range where doubles are exact */
 #define ST_MAX_EXACT_INT_I ((int64_t)1 << 53)
 
@@ -166,35 +168,6 @@ static void fmt_shape(char *buf, size_t cap, const int64_t *shape, int ndim)
         snprintf(buf + n, cap - n, "]");
 }
 
-/* Shortest of %.15g / %.17g that reads back as the same double. */
-static void fmt_double(char *buf, size_t cap, double d)
-{
-    snprintf(buf, cap, "%.15g", d);
-    if (strtod(buf, NULL) != d)
-        snprintf(buf, cap, "%.17g", d);
-}
-
-/* Short description of a JSON value for error messages. */
-static void describe_json(const cJSON *v, char *buf, size_t cap)
-{
-    if (!v)
-        snprintf(buf, cap, "missing");
-    else if (cJSON_IsNumber(v))
-        fmt_double(buf, cap, v->valuedouble);
-    else if (cJSON_IsString(v))
-        snprintf(buf, cap, "the string \"%.40s\"", v->valuestring);
-    else if (cJSON_IsBool(v))
-        snprintf(buf, cap, "%s", cJSON_IsTrue(v) ? "true" : "false");
-    else if (cJSON_IsNull(v))
-        snprintf(buf, cap, "null");
-    else if (cJSON_IsArray(v))
-        snprintf(buf, cap, "an array");
-    else if (cJSON_IsObject(v))
-        snprintf(buf, cap, "an object");
-    else
-        snprintf(buf, cap, "an invalid value");
-}
-
 /* A JSON number that is an exact non-negative integer <= 2^53. */
 static int json_uint53(const cJSON *v, int64_t *out)
 {
@@ -265,35 +238,6 @@ static size_t check_text(const uint8_t *s, size_t n, int allow_control)
     return n;
 }
 
-/* Whether the JSON text nests arrays/objects deeper than `limit` (cJSON refuses those; this
- * only picks the error message). */
-static int json_too_deep(const char *s, size_t n, int limit)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '[' || c == '{') {
-            if (++depth > limit)
-                return 1;
-        } else if (c == ']' || c == '}') {
-            depth--;
-        }
-    }
-    return 0;
-}
-
-static int is_json_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* parsing                                                                                      */
 
@@ -317,7 +261,7 @@ static sherl_status parse_tensor(st_tensor *t, const cJSON *item, const uint8_t 
     const char *name = t->name;
     char desc[96];
     if (!cJSON_IsObject(item)) {
-        describe_json(item, desc, sizeof desc);
+        json_describe(item, desc, sizeof desc);
         return tensor_err(SHERL_EFORMAT, label, name,
                           "entry is %s, expected an object with \"dtype\", \"shape\" and "
                           "\"data_offsets\"", desc);
@@ -346,7 +290,7 @@ static sherl_status parse_tensor(st_tensor *t, const cJSON *item, const uint8_t 
 
     /* dtype */
     if (!cJSON_IsString(jd)) {
-        describe_json(jd, desc, sizeof desc);
+        json_describe(jd, desc, sizeof desc);
         return tensor_err(SHERL_EFORMAT, label, name, "dtype is %s, expected a string", desc);
     }
     int found = -1;
@@ -368,7 +312,7 @@ static sherl_status parse_tensor(st_tensor *t, const cJSON *item, const uint8_t 
 
     /* shape */
     if (!cJSON_IsArray(js)) {
-        describe_json(js, desc, sizeof desc);
+        json_describe(js, desc, sizeof desc);
         return tensor_err(SHERL_EFORMAT, label, name, "shape is %s, expected an array", desc);
     }
     int ndim = 0;
@@ -380,7 +324,7 @@ static sherl_status parse_tensor(st_tensor *t, const cJSON *item, const uint8_t 
                               SAFETENSORS_MAX_DIMS);
         int64_t v;
         if (!json_uint53(c, &v)) {
-            describe_json(c, desc, sizeof desc);
+            json_describe(c, desc, sizeof desc);
             return tensor_err(SHERL_EFORMAT, label, name,
                               "shape dimension %d is %s, expected an integer in [0, 2^53]", ndim,
                               desc);
@@ -400,14 +344,14 @@ static sherl_status parse_tensor(st_tensor *t, const cJSON *item, const uint8_t 
     /* data_offsets */
     int64_t off[2];
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2) {
-        describe_json(jo, desc, sizeof desc);
+        json_describe(jo, desc, sizeof desc);
         return tensor_err(SHERL_EFORMAT, label, name,
                           "data_offsets is %s, expected an array [begin, end]", desc);
     }
     for (int i = 0; i < 2; i++) {
         const cJSON *c = cJSON_GetArrayItem(jo, i);
         if (!json_uint53(c, &off[i])) {
-            describe_json(c, desc, sizeof desc);
+            json_describe(c, desc, sizeof desc);
             return tensor_err(SHERL_EFORMAT, label, name,
                               "data_offsets %s is %s, expected an integer in [0, 2^53]",
                               i ? "end" : "begin", desc);
@@ -435,7 +379,7 @@ static sherl_status parse_metadata(safetensors_file *f, const cJSON *meta, const
 {
     char desc[96];
     if (!cJSON_IsObject(meta)) {
-        describe_json(meta, desc, sizeof desc);
+        json_describe(meta, desc, sizeof desc);
         return sherl_errorf(SHERL_EFORMAT, "%.160s: \"__metadata__\" is %s, expected an object of strings",
                             label, desc);
     }
@@ -449,7 +393,7 @@ static sherl_status parse_metadata(safetensors_file *f, const cJSON *meta, const
         return sherl_errorf(SHERL_ENOMEM, "%.160s: out of memory reading metadata", label);
     for (const cJSON *c = meta->child; c; c = c->next) {
         if (!cJSON_IsString(c)) {
-            describe_json(c, desc, sizeof desc);
+            json_describe(c, desc, sizeof desc);
             return sherl_errorf(SHERL_EFORMAT,
                                 "%.160s: \"__metadata__\" key '%.120s' is %s, expected a string",
                                 label, c->string, desc);
@@ -598,41 +542,13 @@ sherl_status safetensors_parse(safetensors_file *f, const uint8_t *buf, size_t l
                             "%.160s: header byte %zu (0x%02x) is not valid in JSON text "
                             "(control character or invalid UTF-8)", label, bad, hdr[bad]);
 
-    /* cJSON gets a NUL-terminated private copy, so nothing can read past the header. */
-    char *text = malloc((size_t)n + 1);
-    if (!text)
-        return sherl_errorf(SHERL_ENOMEM, "%.160s: out of memory for a %llu-byte header", label,
-                            (unsigned long long)n);
-    memcpy(text, hdr, (size_t)n);
-    text[n] = '\0';
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, (size_t)n, &end, 0);
-    sherl_status st = sherl_ok();
-    if (!root) {
-        size_t pos = end && end >= text && end <= text + n ? (size_t)(end - text) : 0;
-        if (json_too_deep(text, (size_t)n, CJSON_NESTING_LIMIT))
-            st = sherl_errorf(SHERL_EFORMAT,
-                              "%.160s: header JSON nests deeper than %d levels", label,
-                              CJSON_NESTING_LIMIT);
-        else
-            st = sherl_errorf(SHERL_EFORMAT,
-                              "%.160s: header is not valid JSON (error near byte %zu of %llu)",
-                              label, pos, (unsigned long long)n);
-    } else {
-        size_t pos = end && end >= text && end <= text + n ? (size_t)(end - text) : (size_t)n;
-        while (pos < n && is_json_space(text[pos]))
-            pos++;
-        if (pos < n)
-            st = sherl_errorf(SHERL_EFORMAT,
-                              "%.160s: header has unexpected data after the JSON object (byte %zu "
-                              "of %llu)", label, pos, (unsigned long long)n);
-        else if (!cJSON_IsObject(root))
-            st = sherl_errorf(SHERL_EFORMAT, "%.160s: header is not a JSON object", label);
-        else
-            st = build_tables(f, root, hdr + n, len - 8 - (size_t)n, label);
-    }
+    cJSON *root = NULL;
+    sherl_status st = json_parse((const char *)hdr, (size_t)n, label, "header", &root);
+    if (st.code == SHERL_OK)
+        st = json_expect_object(root, label, "header");
+    if (st.code == SHERL_OK)
+        st = build_tables(f, root, hdr + n, len - 8 - (size_t)n, label);
     cJSON_Delete(root);
-    free(text);
     if (st.code != SHERL_OK)
         free_tables(f);
     return st;

@@ -9,6 +9,7 @@
 
 #include "bert.h"
 #include "hf_config.h"
+#include "json_util.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
@@ -197,45 +198,44 @@ static int cmd_tokenize(const char *dir, char **texts, int n, const cli_opts *o)
     return rc;
 }
 
-/* sentence-transformers' max_seq_length, or 0 when the folder has no sentence_bert_config. */
+/* sentence-transformers' small JSON configs in the model folder. */
+#define ST_CONFIG_MAX_BYTES ((size_t)1 << 20)
+
+/* The JSON object in DIR/NAME, or NULL when the file is absent or unusable (unreadable, too
+ * large, not a JSON object): the caller then keeps its default, as before the file existed. */
+static cJSON *folder_config(const char *dir, const char *name, char *path, size_t cap)
+{
+    if ((size_t)snprintf(path, cap, "%s/%s", dir, name) >= cap)
+        return NULL;
+    cJSON *root = NULL;
+    if (json_load_object(path, ST_CONFIG_MAX_BYTES, &root).code != SHERL_OK)
+        return NULL;
+    return root;
+}
+
+/* sentence-transformers' max_seq_length, or 0 when the folder has no sentence_bert_config
+ * (or it holds no usable value). */
 static int sentence_max_length(const char *dir)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/sentence_bert_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    char buf[4096];
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = 0;
-    cJSON *j = cJSON_Parse(buf);
+    cJSON *j = folder_config(dir, "sentence_bert_config.json", path, sizeof path);
     int v = 0;
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "max_seq_length");
-    if (cJSON_IsNumber(m) && m->valuedouble >= 2 && m->valuedouble <= 1 << 20)
-        v = (int)m->valuedouble;
+    if (j && json_get_int(j, path, "max_seq_length", 2, 1 << 20, &v).code != SHERL_OK)
+        v = 0;
     cJSON_Delete(j);
     return v;
 }
 
-/* sentence-transformers keeps its pooling choice in 1_Pooling/config.json. */
+/* sentence-transformers keeps its pooling choice in 1_Pooling/config.json; mean when absent. */
 static pool_mode folder_pooling(const char *dir)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/1_Pooling/config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return POOL_MEAN;
-    char buf[4096];
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = 0;
-    cJSON *j = cJSON_Parse(buf);
-    pool_mode mode =
-        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "pooling_mode_cls_token")) ? POOL_CLS
-                                                                                     : POOL_MEAN;
+    cJSON *j = folder_config(dir, "1_Pooling/config.json", path, sizeof path);
+    int cls = 0;
+    if (j && json_get_bool(j, path, "pooling_mode_cls_token", &cls).code != SHERL_OK)
+        cls = 0;
     cJSON_Delete(j);
-    return mode;
+    return cls ? POOL_CLS : POOL_MEAN;
 }
 
 typedef struct {

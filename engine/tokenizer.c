@@ -26,6 +26,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "json_util.h"
+
 #define WP_MAX_WORD_CHARS 100
 #define WP_DEFAULT_MAX_LENGTH 512
 #define WP_MAX_MODEL_MAX_LENGTH (1 << 20)
@@ -842,62 +844,6 @@ void wordpiece_free_tokens(char **tokens, int n)
 /* ------------------------------------------------------------------------------------ */
 /* Loading                                                                              */
 
-static sherl_status read_file(const char *path, size_t limit, char **data, size_t *len)
-{
-    *data = NULL;
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sherl_errorf(SHERL_EIO, "cannot open %s: %s", path, strerror(errno));
-    size_t cap = 0, n = 0;
-    char *buf = NULL;
-    for (;;) {
-        if (n == cap) {
-            if (cap >= limit + 1) {
-                free(buf);
-                fclose(f);
-                return sherl_errorf(SHERL_EFORMAT, "%s is larger than %zu bytes", path, limit);
-            }
-            size_t nc = cap ? cap * 2 : 65536;
-            if (nc > limit + 1)
-                nc = limit + 1;
-            char *p = realloc(buf, nc + 1);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                return oom();
-            }
-            buf = p;
-            cap = nc;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) {
-            if (ferror(f)) {
-                int e = errno;
-                free(buf);
-                fclose(f);
-                return sherl_errorf(SHERL_EIO, "cannot read %s: %s", path, strerror(e));
-            }
-            break;
-        }
-    }
-    fclose(f);
-    if (n > limit) {
-        free(buf);
-        return sherl_errorf(SHERL_EFORMAT, "%s is larger than %zu bytes", path, limit);
-    }
-    if (!buf) {
-        buf = malloc(1);
-        if (!buf)
-            return oom();
-    }
-    buf[n] = '\0';
-    *data = buf;
-    *len = n;
-    return sherl_ok();
-}
-
 void wordpiece_free(wordpiece_tokenizer *tok)
 {
     if (!tok)
@@ -931,7 +877,7 @@ sherl_status wordpiece_load_vocab(wordpiece_tokenizer **out, const char *vocab_p
 
     char *data;
     size_t len;
-    SHERL_TRY(read_file(vocab_path, WP_MAX_VOCAB_FILE, &data, &len));
+    SHERL_TRY(sherl_read_file(vocab_path, WP_MAX_VOCAB_FILE, &data, &len));
     wordpiece_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
         free(data);
@@ -1083,54 +1029,31 @@ static sherl_status check_special_tokens(const cJSON *root, const char *path)
 
 static sherl_status parse_config(const char *path, wordpiece_options *o)
 {
-    char *data;
-    size_t len;
-    SHERL_TRY(read_file(path, WP_MAX_CONFIG_FILE, &data, &len));
-    cJSON *root = cJSON_ParseWithLength(data, len);
-    free(data);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return sherl_errorf(SHERL_EFORMAT, "%s: not a JSON object", path);
-    }
+    cJSON *root;
+    SHERL_TRY(json_load_object(path, WP_MAX_CONFIG_FILE, &root));
     sherl_status st = sherl_ok();
+    const struct {
+        const char *field;
+        int *out;
+    } flags[] = {
+        {"do_lower_case", &o->do_lower_case},
+        {"strip_accents", &o->strip_accents}, /* null keeps -1: follow do_lower_case */
+        {"tokenize_chinese_chars", &o->tokenize_chinese_chars},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        st = json_get_bool(root, path, flags[i].field, flags[i].out);
+        if (st.code != SHERL_OK)
+            goto done;
+    }
+    /* Out of range (transformers writes 1e30 for "no limit"): the default. */
+    double max_len = o->model_max_length;
+    st = json_get_number(root, path, "model_max_length", &max_len);
+    if (st.code != SHERL_OK)
+        goto done;
+    o->model_max_length = isfinite(max_len) && max_len >= 1 && max_len <= WP_MAX_MODEL_MAX_LENGTH
+                              ? (int)max_len
+                              : WP_DEFAULT_MAX_LENGTH;
     const cJSON *v;
-
-    v = cJSON_GetObjectItemCaseSensitive(root, "do_lower_case");
-    if (v && !cJSON_IsNull(v)) {
-        if (!cJSON_IsBool(v)) {
-            st = sherl_errorf(SHERL_EFORMAT, "%s: do_lower_case is not true/false", path);
-            goto done;
-        }
-        o->do_lower_case = cJSON_IsTrue(v);
-    }
-    v = cJSON_GetObjectItemCaseSensitive(root, "strip_accents");
-    if (v && !cJSON_IsNull(v)) {
-        if (!cJSON_IsBool(v)) {
-            st = sherl_errorf(SHERL_EFORMAT, "%s: strip_accents is not null/true/false", path);
-            goto done;
-        }
-        o->strip_accents = cJSON_IsTrue(v);
-    }
-    v = cJSON_GetObjectItemCaseSensitive(root, "tokenize_chinese_chars");
-    if (v && !cJSON_IsNull(v)) {
-        if (!cJSON_IsBool(v)) {
-            st = sherl_errorf(SHERL_EFORMAT, "%s: tokenize_chinese_chars is not true/false", path);
-            goto done;
-        }
-        o->tokenize_chinese_chars = cJSON_IsTrue(v);
-    }
-    v = cJSON_GetObjectItemCaseSensitive(root, "model_max_length");
-    if (v && !cJSON_IsNull(v)) {
-        if (!cJSON_IsNumber(v)) {
-            st = sherl_errorf(SHERL_EFORMAT, "%s: model_max_length is not a number", path);
-            goto done;
-        }
-        double d = v->valuedouble;
-        if (isfinite(d) && d >= 1 && d <= WP_MAX_MODEL_MAX_LENGTH)
-            o->model_max_length = (int)d;
-        else
-            o->model_max_length = WP_DEFAULT_MAX_LENGTH;
-    }
     v = cJSON_GetObjectItemCaseSensitive(root, "do_basic_tokenize");
     if (v && !cJSON_IsNull(v) && !cJSON_IsTrue(v)) {
         st = sherl_errorf(SHERL_EUNSUPPORTED, "%s: do_basic_tokenize=false is not supported", path);
@@ -1191,16 +1114,9 @@ sherl_status wordpiece_load(wordpiece_tokenizer **out, const char *model_dir)
     }
     snprintf(path, cap, "%s/special_tokens_map.json", model_dir);
     if (file_exists(path)) {
-        char *data;
-        size_t len;
-        st = read_file(path, WP_MAX_CONFIG_FILE, &data, &len);
-        if (st.code != SHERL_OK)
-            goto done;
-        cJSON *root = cJSON_ParseWithLength(data, len);
-        free(data);
-        if (!root || !cJSON_IsObject(root))
-            st = sherl_errorf(SHERL_EFORMAT, "%s: not a JSON object", path);
-        else
+        cJSON *root;
+        st = json_load_object(path, WP_MAX_CONFIG_FILE, &root);
+        if (st.code == SHERL_OK)
             st = check_special_tokens(root, path);
         cJSON_Delete(root);
         if (st.code != SHERL_OK)
@@ -1208,16 +1124,9 @@ sherl_status wordpiece_load(wordpiece_tokenizer **out, const char *model_dir)
     }
     snprintf(path, cap, "%s/added_tokens.json", model_dir);
     if (file_exists(path)) {
-        char *data;
-        size_t len;
-        st = read_file(path, WP_MAX_CONFIG_FILE, &data, &len);
-        if (st.code != SHERL_OK)
-            goto done;
-        cJSON *root = cJSON_ParseWithLength(data, len);
-        free(data);
-        if (!root || !cJSON_IsObject(root))
-            st = sherl_errorf(SHERL_EFORMAT, "%s: not a JSON object", path);
-        else if (cJSON_GetArraySize(root) != 0)
+        cJSON *root;
+        st = json_load_object(path, WP_MAX_CONFIG_FILE, &root);
+        if (st.code == SHERL_OK && cJSON_GetArraySize(root) != 0)
             st = sherl_errorf(SHERL_EUNSUPPORTED, "%s: added tokens are not supported", path);
         cJSON_Delete(root);
         if (st.code != SHERL_OK)

@@ -1,8 +1,11 @@
-# Model files: safetensors reader/writer and Hugging Face config.json (engine/safetensors.c,
-# engine/hf_config.c). Included from tests/CMakeLists.txt.
+# Model files: safetensors reader/writer, Hugging Face config.json and the JSON helpers they
+# share (engine/safetensors.c, engine/hf_config.c, engine/json_util.c). Included from
+# tests/CMakeLists.txt.
 
 sherl_unit_test(test_safetensors SOURCES unit/test_safetensors.c TIMEOUT 120)
 sherl_unit_test(test_hf_config SOURCES unit/test_hf_config.c TIMEOUT 60)
+# Shared JSON helpers (engine/json_util.c): bounded file reading, parse errors, typed getters.
+sherl_unit_test(test_json_util SOURCES unit/test_json_util.c TIMEOUT 60)
 # Deterministic, seeded mutations (truncations, bit flips, byte replacements, oversized and
 # deeply nested headers, duplicated keys). A few seconds, also under SHERL_SANITIZE=ON.
 sherl_unit_test(test_fuzz_model_files SOURCES fuzz/test_fuzz_model_files.c TIMEOUT 300)
@@ -18,6 +21,7 @@ if(SHERL_FUZZ)
       add_executable(${_target} fuzz/${_target}.c
         ${PROJECT_SOURCE_DIR}/engine/safetensors.c
         ${PROJECT_SOURCE_DIR}/engine/hf_config.c
+        ${PROJECT_SOURCE_DIR}/engine/json_util.c
         ${PROJECT_SOURCE_DIR}/engine/status.c)
       target_include_directories(${_target} PRIVATE ${PROJECT_SOURCE_DIR}/engine)
       target_compile_options(${_target} PRIVATE ${_sherl_fuzz_flags})

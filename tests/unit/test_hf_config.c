@@ -5,16 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "hf_config.h"
-
-#ifndef SHERL_TEST_WORK
-#define SHERL_TEST_WORK "/tmp"
-#endif
-#ifndef SHERL_MINILM_DIR
-#define SHERL_MINILM_DIR ""
-#endif
+#include "test_util.h"
 
 /* The MiniLM config, field for field, so variants do not depend on the installed model. */
 static const char *k_base =
@@ -107,10 +100,7 @@ static void expect_field_(const char *field, const char *value, sherl_code code,
 Test(hf_config, real_minilm_config)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/config.json", SHERL_MINILM_DIR);
-    struct stat sb;
-    if (!SHERL_MINILM_DIR[0] || stat(path, &sb) != 0)
-        cr_assert_fail("all-MiniLM-L6-v2 not found at '%s': run scripts/bootstrap", SHERL_MINILM_DIR);
+    minilm_file(path, sizeof path, "config.json");
     hf_config c;
     sherl_status st = hf_config_load(&c, path);
     cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
@@ -279,16 +269,7 @@ Test(hf_config, bad_json)
     cr_assert(strstr(st.msg, "NUL"), "%s", st.msg);
 
     /* deep nesting is refused, not a stack overflow */
-    size_t depth = 100000;
-    char *deep = malloc(2 * depth + 32);
-    size_t k = 0;
-    k += (size_t)sprintf(deep, "{\"a\":");
-    for (size_t i = 0; i < depth; i++)
-        deep[k++] = '[';
-    for (size_t i = 0; i < depth; i++)
-        deep[k++] = ']';
-    deep[k++] = '}';
-    deep[k] = '\0';
+    char *deep = nested_json(100000);
     expect(deep, SHERL_EFORMAT, "deeper");
     free(deep);
 }
@@ -303,11 +284,9 @@ Test(hf_config, load_errors)
     cr_assert_eq(st.code, SHERL_EIO);
 
     const char *path = SHERL_TEST_WORK "/hf_bad_config.json";
-    FILE *fp = fopen(path, "wb");
     char *t = variant("hidden_act", "\"silu\"");
-    fputs(t, fp);
+    write_file(path, t, strlen(t));
     free(t);
-    fclose(fp);
     st = hf_config_load(&c, path);
     cr_assert_eq(st.code, SHERL_EUNSUPPORTED);
     cr_assert(strstr(st.msg, "hf_bad_config.json") && strstr(st.msg, "silu"), "%s", st.msg);

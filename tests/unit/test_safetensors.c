@@ -7,16 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "safetensors.h"
-
-#ifndef SHERL_TEST_WORK
-#define SHERL_TEST_WORK "/tmp"
-#endif
-#ifndef SHERL_MINILM_DIR
-#define SHERL_MINILM_DIR ""
-#endif
+#include "test_util.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* helpers                                                                                     */
@@ -392,10 +385,7 @@ Test(safetensors, read_f16_bf16_unaligned)
 Test(safetensors, real_minilm)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/model.safetensors", SHERL_MINILM_DIR);
-    struct stat sb;
-    if (!SHERL_MINILM_DIR[0] || stat(path, &sb) != 0)
-        cr_assert_fail("all-MiniLM-L6-v2 not found at '%s': run scripts/bootstrap", SHERL_MINILM_DIR);
+    minilm_file(path, sizeof path, "model.safetensors");
     safetensors_file f;
     sherl_status st = safetensors_open(&f, path);
     cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
@@ -463,10 +453,7 @@ Test(safetensors, real_minilm)
 Test(safetensors, real_minilm_rewrite, .timeout = 120)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/model.safetensors", SHERL_MINILM_DIR);
-    struct stat sb;
-    if (!SHERL_MINILM_DIR[0] || stat(path, &sb) != 0)
-        cr_assert_fail("all-MiniLM-L6-v2 not found at '%s': run scripts/bootstrap", SHERL_MINILM_DIR);
+    minilm_file(path, sizeof path, "model.safetensors");
     safetensors_file f;
     sherl_status st = safetensors_open(&f, path);
     cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
@@ -525,15 +512,12 @@ Test(safetensors, open_errors)
     cr_assert_eq(st.code, SHERL_EIO, "%s", st.msg);
 
     const char *tiny = SHERL_TEST_WORK "/st_tiny.safetensors";
-    FILE *fp = fopen(tiny, "wb");
-    fwrite("\x02\0\0", 1, 3, fp);
-    fclose(fp);
+    write_file(tiny, "\x02\0\0", 3);
     st = safetensors_open(&f, tiny);
     cr_assert_eq(st.code, SHERL_EFORMAT);
     cr_assert(strstr(st.msg, "too short"), "%s", st.msg);
 
-    fp = fopen(tiny, "wb"); /* empty file */
-    fclose(fp);
+    write_file(tiny, "", 0); /* empty file */
     st = safetensors_open(&f, tiny);
     cr_assert_eq(st.code, SHERL_EFORMAT, "%s", st.msg);
 }

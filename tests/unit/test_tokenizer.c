@@ -16,24 +16,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "test_util.h"
 #include "tokenizer.h"
 
-#ifndef SHERL_TEST_WORK
-#define SHERL_TEST_WORK "/tmp"
-#endif
-#ifndef SHERL_MINILM_DIR
-#define SHERL_MINILM_DIR ""
-#endif
-
 #ifndef SHERL_TOKENIZER_PARITY
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "cannot create %s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(data, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-}
 
 /* A fresh folder under the build's test work folder. */
 static void work_dir(char *out, size_t cap, const char *name)
@@ -415,11 +401,7 @@ Test(tokenizer, config_file)
 Test(tokenizer, real_minilm_vocab)
 {
     char probe[1024];
-    snprintf(probe, sizeof probe, "%s/vocab.txt", SHERL_MINILM_DIR);
-    FILE *f = fopen(probe, "rb");
-    if (!SHERL_MINILM_DIR[0] || !f)
-        cr_assert_fail("all-MiniLM-L6-v2 not found at '%s': run scripts/bootstrap", SHERL_MINILM_DIR);
-    fclose(f);
+    minilm_file(probe, sizeof probe, "vocab.txt");
     wordpiece_tokenizer *t = NULL;
     sherl_status st = wordpiece_load(&t, SHERL_MINILM_DIR);
     cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
