@@ -115,6 +115,59 @@ struct sherl_backend {
     void (*l2norm_forward)(float *out, const float *inp, int N, int C, float eps);
     void (*l2norm_backward)(float *dinp, const float *dout, const float *inp, int N, int C,
                             float eps);
+
+    /* ---- ReLU ---- */
+    void (*relu_forward)(float *out, const float *inp, size_t n);
+    /* dinp += dout * (inp > 0) */
+    void (*relu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+
+    /* ---- SHERL guidance (DESIGN.md section 2, steps 2-6), independently for each of N tokens.
+     * x[K,N,d]: the K projected taps, tap-major; the guide is g = x[K-1], the shallow set
+     * x[0..K-2] (S = K-1 >= 1 members). With xh = x / (||x||_2 + 1e-8):
+     *   rho_j   = sum_{m in S} relu(xh_j . xh_m)           (m = j included, so rho_j >= 1)
+     *   s_j     = w . (x_j * g) + c[0]
+     *   a_j     = relu(s_j) / rho_j
+     *   alpha_j = a_j / (sum_{m in S} |a_m| + 1e-8)
+     *   z       = g + sum_{j in S} alpha_j x_j
+     * z [N,d]; s, rho, alpha [N,S] saved for backward; w [d], c [1]. */
+    void (*mtsa_guide_forward)(float *z, float *s, float *rho, float *alpha, const float *x,
+                               const float *w, const float *c, int K, int N, int d);
+    /* dx[K,N,d] += dz-propagated (shallow taps and guide); dw[d] += ; dc[1] += (may be NULL) */
+    void (*mtsa_guide_backward)(float *dx, float *dw, float *dc, const float *dz, const float *x,
+                                const float *w, const float *s, const float *rho,
+                                const float *alpha, int K, int N, int d);
+
+    /* ---- tanh gate: out[i] = y[i] + tanh(lambda[0] / temp) * h[i]; lambda on the backend ---- */
+    void (*gate_add_forward)(float *out, const float *y, const float *h, const float *lambda,
+                             float temp, size_t n);
+    /* dy += dout (may be NULL); dlambda[0] += sum_i dout[i] h[i] (1 - tanh^2(lambda/temp)) / temp
+     * (may be NULL). h is frozen: no gradient for it. */
+    void (*gate_add_backward)(float *dy, float *dlambda, const float *dout, const float *h,
+                              const float *lambda, float temp, size_t n);
+
+    /* ---- losses ----
+     * cross-entropy over C classes: losses[b] = -log softmax(logits[b])[labels[b]]; probs [B,C]
+     * saved. labels must be in [0, C) (the engine validates). */
+    void (*crossentropy_forward)(float *losses, float *probs, const float *logits,
+                                 const int32_t *labels, int B, int C);
+    /* dlogits[B,C] += scale * (probs - onehot(labels)); scale = 1/B for a mean loss */
+    void (*crossentropy_backward)(float *dlogits, const float *probs, const int32_t *labels,
+                                  float scale, int B, int C);
+    /* squared error: losses[b] = (pred[b] - target[b])^2 */
+    void (*mse_forward)(float *losses, const float *pred, const float *target, int B);
+    /* dpred[b] += scale * 2 (pred[b] - target[b]) */
+    void (*mse_backward)(float *dpred, const float *pred, const float *target, float scale, int B);
+
+    /* ---- optimizer ----
+     * AdamW at step t (1-based), exactly PyTorch's torch.optim.AdamW order of operations:
+     *   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     *   p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps) */
+    void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int t);
+    /* sum of x[i]^2, accumulated in double (gradient-norm clipping); returns to the host */
+    double (*sumsq)(const float *x, size_t n);
+    /* x[i] *= s */
+    void (*scale)(float *x, size_t n, float s);
 };
 
 /* The RNG behind dropout, shared by every backend so masks are identical everywhere:
