@@ -144,17 +144,17 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
                           ld.cap * 4.0 / 1e6, model_dir);
         goto fail;
     }
-    st = load_param(&ld, &m->word_emb, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
+    st = load_param(&ld, &m->emb.word, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
     if (!st.code)
-        st = load_param(&ld, &m->pos_emb, "embeddings.position_embeddings.weight", 2,
+        st = load_param(&ld, &m->emb.pos, "embeddings.position_embeddings.weight", 2,
                         c->max_position_embeddings, D);
     if (!st.code)
-        st = load_param(&ld, &m->type_emb, "embeddings.token_type_embeddings.weight", 2,
+        st = load_param(&ld, &m->emb.type, "embeddings.token_type_embeddings.weight", 2,
                         c->type_vocab_size, D);
     if (!st.code)
-        st = load_param(&ld, &m->emb_ln_w, "embeddings.LayerNorm.weight", 1, D, 0);
+        st = load_param(&ld, &m->emb.ln_w, "embeddings.LayerNorm.weight", 1, D, 0);
     if (!st.code)
-        st = load_param(&ld, &m->emb_ln_b, "embeddings.LayerNorm.bias", 1, D, 0);
+        st = load_param(&ld, &m->emb.ln_b, "embeddings.LayerNorm.bias", 1, D, 0);
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
     if (st.code)
@@ -178,8 +178,8 @@ void bert_free(bert_model *m)
 {
     if (!m)
         return;
-    if (m->word_emb)
-        m->be->free(m->word_emb); /* the arena starts with the word embeddings */
+    if (m->emb.word)
+        m->be->free(m->emb.word); /* the arena starts with the word embeddings */
     free(m->layers);
     free(m);
 }
@@ -320,6 +320,12 @@ void bert_workspace_free(bert_workspace *ws)
 sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
                                 float *h0)
 {
+    return bert_embed_forward_weights(m, &m->emb, ws, batch, h0);
+}
+
+sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddings *w,
+                                        bert_workspace *ws, const bert_batch *batch, float *h0)
+{
     const hf_config *c = &m->cfg;
     const sherl_backend *be = m->be;
     int B = batch->B, T = batch->T, D = c->hidden_size;
@@ -363,14 +369,31 @@ sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const b
     free(pos), free(types), free(madd);
 
     /* e = word[ids] + pos[t] + type[tt]; h0 = LayerNorm(e). h0 doubles as scratch. */
-    be->embedding_forward(ws->emb, ws->ids, m->word_emb, (int)BT, D);
-    be->embedding_forward(h0, ws->positions, m->pos_emb, (int)BT, D);
+    be->embedding_forward(ws->emb, ws->ids, w->word, (int)BT, D);
+    be->embedding_forward(h0, ws->positions, w->pos, (int)BT, D);
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
-    be->embedding_forward(h0, ws->types, m->type_emb, (int)BT, D);
+    be->embedding_forward(h0, ws->types, w->type, (int)BT, D);
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
-    be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, m->emb_ln_w, m->emb_ln_b,
-                          (int)BT, D, c->layer_norm_eps);
+    be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, w->ln_w, w->ln_b, (int)BT, D,
+                          c->layer_norm_eps);
     return sherl_ok();
+}
+
+void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
+                         const bert_embeddings *grads, bert_workspace *ws, float *d_sum,
+                         const float *dh0, int B, int T)
+{
+    const sherl_backend *be = m->be;
+    int D = m->cfg.hidden_size, N = B * T;
+    be->zero(d_sum, (size_t)N * D * sizeof(float));
+    be->layernorm_backward(d_sum, grads->ln_w, grads->ln_b, dh0, ws->emb, w->ln_w, ws->emb_mean,
+                           ws->emb_rstd, N, D);
+    if (grads->word)
+        be->embedding_backward(grads->word, d_sum, ws->ids, N, D);
+    if (grads->pos)
+        be->embedding_backward(grads->pos, d_sum, ws->positions, N, D);
+    if (grads->type)
+        be->embedding_backward(grads->type, d_sum, ws->types, N, D);
 }
 
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
@@ -395,6 +418,77 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
                           eps);
+}
+
+sherl_status bert_layer_grad_ws_alloc(bert_layer_grad_ws *g, const sherl_backend *be, int B, int T,
+                                      int D, int F)
+{
+    memset(g, 0, sizeof *g);
+    size_t BT = (size_t)B * T;
+    struct {
+        float **p;
+        size_t n;
+    } bufs[] = {{&g->d_res2, BT * D}, {&g->d_ffn_act, BT * F}, {&g->d_ffn_pre, BT * F},
+                {&g->d_ln1, BT * D},  {&g->d_res1, BT * D},    {&g->d_attn, BT * D},
+                {&g->d_qkv, BT * 3 * D}};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
+        if (!*bufs[i].p) {
+            bert_layer_grad_ws_free(g, be);
+            return sherl_errorf(SHERL_ENOMEM, "cannot allocate layer gradients for %d x %d", B, T);
+        }
+    }
+    return sherl_ok();
+}
+
+void bert_layer_grad_ws_free(bert_layer_grad_ws *g, const sherl_backend *be)
+{
+    float **all[] = {&g->d_res2, &g->d_ffn_act, &g->d_ffn_pre, &g->d_ln1,
+                     &g->d_res1, &g->d_attn,    &g->d_qkv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (*all[i])
+            be->free(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,
+                         const bert_layer_acts *a, bert_layer_grad_ws *g, float *dinp,
+                         const float *dout, const float *inp, int B, int T)
+{
+    const sherl_backend *be = m->be;
+    const hf_config *c = &m->cfg;
+    int D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
+    int N = B * T;
+    size_t ND = (size_t)N * D, NF = (size_t)N * F;
+#define GR(field) (gr ? gr->field : NULL)
+    /* backward ops accumulate: every scratch gradient starts at zero */
+    be->zero(g->d_res2, ND * sizeof(float));
+    be->zero(g->d_ffn_act, NF * sizeof(float));
+    be->zero(g->d_ffn_pre, NF * sizeof(float));
+    be->zero(g->d_ln1, ND * sizeof(float));
+    be->zero(g->d_res1, ND * sizeof(float));
+    be->zero(g->d_attn, ND * sizeof(float));
+    be->zero(g->d_qkv, ND * 3 * sizeof(float));
+    /* out = LN2(res2), res2 = W2 gelu(W1 ln1) + ln1 */
+    be->layernorm_backward(g->d_res2, GR(ln2_w), GR(ln2_b), dout, a->res2, ly->ln2_w, a->ln2_mean,
+                           a->ln2_rstd, N, D);
+    be->residual_backward(g->d_ln1, NULL, g->d_res2, ND);
+    be->matmul_backward(g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
+                        ly->ffn_out_w, N, F, D);
+    be->gelu_backward(g->d_ffn_pre, a->ffn_pre, g->d_ffn_act, NF);
+    be->matmul_backward(g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
+                        N, D, F);
+    /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
+    be->layernorm_backward(g->d_res1, GR(ln1_w), GR(ln1_b), g->d_ln1, a->res1, ly->ln1_w,
+                           a->ln1_mean, a->ln1_rstd, N, D);
+    if (dinp)
+        be->residual_backward(dinp, NULL, g->d_res1, ND);
+    be->matmul_backward(g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
+                        ly->attn_out_w, N, D, D);
+    be->attention_backward(g->d_qkv, g->d_attn, a->qkv, a->probs, B, T, NH, D / NH);
+    be->matmul_backward(dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, N, D, 3 * D);
+#undef GR
 }
 
 sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,

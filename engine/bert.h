@@ -24,12 +24,16 @@ typedef struct {
 } bert_layer;
 
 typedef struct {
+    float *word;  /* [V, D] */
+    float *pos;   /* [P, D] */
+    float *type;  /* [TV, D] */
+    float *ln_w, *ln_b;
+} bert_embeddings;
+
+typedef struct {
     hf_config cfg;
     const sherl_backend *be;
-    float *word_emb;  /* [V, D] */
-    float *pos_emb;   /* [P, D] */
-    float *type_emb;  /* [TV, D] */
-    float *emb_ln_w, *emb_ln_b;
+    bert_embeddings emb;
     bert_layer *layers; /* [L] */
     long long n_params;
 } bert_model;
@@ -88,9 +92,36 @@ void bert_layer_acts_free(bert_layer_acts *a, const sherl_backend *be);
  * max_position_embeddings, mask 0/1) and uploads it; fills h0 [B,T,D]. */
 sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const bert_batch *batch,
                                 float *h0);
+/* The same with other embedding weights (a trainable copy). ws->emb keeps the embedding sum
+ * (the LayerNorm input) and ws->emb_mean/emb_rstd its statistics until ws is next used. */
+sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddings *w,
+                                        bert_workspace *ws, const bert_batch *batch, float *h0);
+/* Backward of bert_embed_forward_weights for the batch last embedded with ws: gradients of the
+ * tables and the LayerNorm accumulate into grads; d_sum [B,T,D] is scratch. */
+void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
+                         const bert_embeddings *grads, bert_workspace *ws, float *d_sum,
+                         const float *dh0, int B, int T);
 /* out[B,T,D] = layer(inp); acts receives what backward needs. */
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
                         float *out, const float *inp, const float *mask_add, int B, int T);
+/* Scratch for one layer's backward ([B,T,D] and [B,T,F] gradient buffers), reusable across
+ * layers of the same shape. */
+typedef struct {
+    float *d_res2, *d_ffn_act, *d_ffn_pre, *d_ln1, *d_res1, *d_attn, *d_qkv;
+} bert_layer_grad_ws;
+
+sherl_status bert_layer_grad_ws_alloc(bert_layer_grad_ws *g, const sherl_backend *be, int B, int T,
+                                      int D, int F);
+void bert_layer_grad_ws_free(bert_layer_grad_ws *g, const sherl_backend *be);
+
+/* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
+ * when grads is not NULL, every weight gradient accumulates into the matching field of grads
+ * (a bert_layer whose pointers point at gradient buffers). inp is the layer's input, acts what
+ * its forward saved. */
+void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
+                         const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,
+                         const float *dout, const float *inp, int B, int T);
+
 /* Runs the whole encoder. hidden[i] (i = 0..L) are [B,T,D] backend buffers; hidden[i] may be
  * NULL for states the caller does not need, except that the final state needs somewhere to go:
  * hidden[L] must not be NULL. */

@@ -612,6 +612,485 @@ static void cpu_l2norm_backward(float *dinp, const float *dout, const float *inp
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+ * deterministic reductions
+ *
+ * A sum over many elements is cut into fixed chunks of RED_CHUNK, independent of the thread
+ * count; each chunk is summed in double, in a fixed order, into its own slot and the slots are
+ * then added in order on one thread. The result is the same to the bit for any number of
+ * threads. */
+
+#define RED_CHUNK 8192
+
+static size_t red_chunks(size_t n) { return (n + RED_CHUNK - 1) / RED_CHUNK; }
+
+/* A small array of per-chunk partial sums: on the stack when it fits, else on the heap. */
+typedef struct {
+    double local[64];
+    double *p;
+} partials;
+
+static double *partials_get(partials *pt, size_t count)
+{
+    if (count <= sizeof pt->local / sizeof pt->local[0]) {
+        memset(pt->local, 0, sizeof pt->local);
+        pt->p = pt->local;
+    } else {
+        pt->p = calloc(count, sizeof(double));
+    }
+    return pt->p;
+}
+
+static void partials_put(partials *pt)
+{
+    if (pt->p != pt->local)
+        free(pt->p);
+    pt->p = NULL;
+}
+
+/* Four running sums, combined in a fixed order: exact same rounding on every call. */
+static double chunk_sumsq(const float *x, size_t n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * x[i];
+        s1 += (double)x[i + 1] * x[i + 1];
+        s2 += (double)x[i + 2] * x[i + 2];
+        s3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += (double)x[i] * x[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static double chunk_dot(const float *a, const float *b, size_t n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)a[i] * b[i];
+        s1 += (double)a[i + 1] * b[i + 1];
+        s2 += (double)a[i + 2] * b[i + 2];
+        s3 += (double)a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += (double)a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* sum_i x[i]^2 (y NULL) or sum_i x[i] y[i], chunked as above. */
+static double det_dot(const float *x, const float *y, size_t n)
+{
+    if (n == 0)
+        return 0.0;
+    size_t nc = red_chunks(n);
+    partials pt;
+    double *part = partials_get(&pt, nc);
+    double total = 0.0;
+    if (!part) { /* no memory for the slots: the same chunks, summed on this thread */
+        for (size_t c = 0; c < nc; c++) {
+            size_t lo = c * RED_CHUNK, len = n - lo < RED_CHUNK ? n - lo : RED_CHUNK;
+            total += y ? chunk_dot(x + lo, y + lo, len) : chunk_sumsq(x + lo, len);
+        }
+        return total;
+    }
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        size_t lo = c * RED_CHUNK, len = n - lo < RED_CHUNK ? n - lo : RED_CHUNK;
+        part[c] = y ? chunk_dot(x + lo, y + lo, len) : chunk_sumsq(x + lo, len);
+    }
+    for (size_t c = 0; c < nc; c++)
+        total += part[c];
+    partials_put(&pt);
+    return total;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * ReLU */
+
+static void cpu_relu_forward(float *out, const float *inp, size_t n)
+{
+    /* x < 0 ? 0 : x keeps NaN as NaN, as torch.relu does */
+#pragma omp parallel for simd if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        out[i] = inp[i] < 0.0f ? 0.0f : inp[i];
+}
+
+static void cpu_relu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    /* a select, not a product: relu'(0) = 0 and an infinite dout on a dead unit gives 0 */
+#pragma omp parallel for simd if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * SHERL guidance (kernels.h, DESIGN.md section 2 steps 2-6)
+ *
+ * Per token, everything is done in double from the float inputs. The cosines come from the
+ * Gram matrix G[j,m] = x_j . x_m of the shallow taps: ||x_j|| = sqrt(G[j,j]) and
+ * cos(j,m) = G[j,m] inv_j inv_m with inv_j = 1 / (||x_j|| + 1e-8), so no normalised copy of
+ * the taps is ever stored. Loops over the feature dim keep one double accumulator per
+ * feature (unit stride, vectorisable) and add the taps in a fixed order. */
+
+#define MTSA_EPS 1e-8
+/* Tokens per reduction chunk of dw/dc in backward (fixed, so sums do not depend on threads). */
+#define MTSA_CHUNK 32
+
+/* Per-thread scratch in doubles: G and the coefficient matrix M (S x S each), 8 vectors of S,
+ * 3 vectors of d (about 11 KiB for S = 11, d = 384). Should this small allocation fail, the op
+ * leaves its outputs untouched: it has no error channel. */
+static double *mtsa_scratch(int S, int d)
+{
+    return malloc((2 * (size_t)S * S + 8 * (size_t)S + 3 * (size_t)d) * sizeof(double));
+}
+
+/* sum_e a[e] b[e] for float a, double b, in four fixed lanes */
+static double dot_fd(const float *a, const double *b, int n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* Gram matrix, norms and inverse padded norms of the S shallow taps of one token. */
+static void mtsa_gram(double *G, double *nrm, double *inv, const float *x, int S, size_t tap,
+                      int d)
+{
+    for (int j = 0; j < S; j++)
+        for (int m = j; m < S; m++)
+            G[j * S + m] = G[m * S + j] = chunk_dot(x + (size_t)j * tap, x + (size_t)m * tap, d);
+    for (int j = 0; j < S; j++) {
+        nrm[j] = sqrt(G[j * S + j]);
+        inv[j] = 1.0 / (nrm[j] + MTSA_EPS);
+    }
+}
+
+static double mtsa_cos(const double *G, const double *inv, int S, int j, int m)
+{
+    return G[j * S + m] * inv[j] * inv[m];
+}
+
+/* wg[e] = w[e] g[e] (exact in double) */
+static void mtsa_wg(double *wg, const float *w, const float *g, int d)
+{
+    for (int e = 0; e < d; e++)
+        wg[e] = (double)w[e] * g[e];
+}
+
+static void mtsa_token_forward(float *z, float *s_out, float *rho_out, float *alpha_out,
+                               const float *x, const float *w, float c, int S, size_t tap, int d,
+                               double *scratch)
+{
+    double *G = scratch, *nrm = G + 2 * (size_t)S * S, *inv = nrm + S, *a = inv + S;
+    double *wg = nrm + 8 * (size_t)S, *acc = wg + d;
+    const float *g = x + (size_t)S * tap;
+    mtsa_gram(G, nrm, inv, x, S, tap, d);
+    mtsa_wg(wg, w, g, d);
+    double asum = 0.0;
+    for (int j = 0; j < S; j++) {
+        double rho = 0.0;
+        for (int m = 0; m < S; m++) {
+            double cs = mtsa_cos(G, inv, S, j, m);
+            rho += cs > 0.0 ? cs : 0.0;
+        }
+        double s = c + dot_fd(x + (size_t)j * tap, wg, d);
+        a[j] = (s > 0.0 ? s : 0.0) / rho;
+        asum += fabs(a[j]);
+        s_out[j] = (float)s;
+        rho_out[j] = (float)rho;
+    }
+    double A = asum + MTSA_EPS;
+    for (int e = 0; e < d; e++)
+        acc[e] = g[e];
+    for (int j = 0; j < S; j++) {
+        double al = a[j] / A;
+        const float *xj = x + (size_t)j * tap;
+        alpha_out[j] = (float)al;
+        for (int e = 0; e < d; e++)
+            acc[e] += al * xj[e];
+    }
+    for (int e = 0; e < d; e++)
+        z[e] = (float)acc[e];
+}
+
+static void cpu_mtsa_guide_forward(float *z, float *s, float *rho, float *alpha, const float *x,
+                                   const float *w, const float *c, int K, int N, int d)
+{
+    const int S = K - 1;
+    const size_t tap = (size_t)N * d;
+    if (S < 1 || N <= 0)
+        return;
+    const float c0 = c ? c[0] : 0.0f;
+#pragma omp parallel if ((size_t)K * N * d >= PAR_MIN)
+    {
+        double *scratch = mtsa_scratch(S, d);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++)
+            if (scratch)
+                mtsa_token_forward(z + (size_t)n * d, s + (size_t)n * S, rho + (size_t)n * S,
+                                   alpha + (size_t)n * S, x + (size_t)n * d, w, c0, S, tap, d,
+                                   scratch);
+        free(scratch);
+    }
+}
+
+/* One token's backward. x, dx point at the token's row in tap 0 (taps `tap` floats apart);
+ * dwc (d + 1 doubles: dw then dc) receives this token's parameter gradient, or is NULL. */
+static void mtsa_token_backward(float *dx, double *dwc, const float *dz, const float *x,
+                                const float *w, const float *s, const float *rho,
+                                const float *alpha, int S, size_t tap, int d, double *scratch)
+{
+    double *G = scratch, *M = G + (size_t)S * S, *nrm = M + (size_t)S * S, *inv = nrm + S;
+    double *a = inv + S, *dal = a + S, *ds = dal + S, *drho = ds + S, *q = drho + S,
+           *sg = q + S;
+    double *wg = sg + S, *acc = wg + d, *u = acc + d;
+    const float *g = x + (size_t)S * tap;
+
+    /* z = g + sum_j alpha_j x_j  ->  dalpha_j = dz . x_j */
+    double asum = 0.0, t = 0.0;
+    for (int j = 0; j < S; j++) {
+        dal[j] = chunk_dot(dz, x + (size_t)j * tap, d);
+        t += dal[j] * alpha[j];
+        a[j] = (s[j] > 0.0f ? (double)s[j] : 0.0) / rho[j];
+        asum += fabs(a[j]);
+        sg[j] = a[j] > 0.0 ? 1.0 : (a[j] < 0.0 ? -1.0 : 0.0); /* d|a|/da, sign(0) = 0 */
+    }
+    /* alpha_j = a_j / A, A = sum_m |a_m| + eps:
+     *   da_j = (dalpha_j - sign(a_j) sum_m dalpha_m alpha_m) / A
+     * a_j = relu(s_j) / rho_j: ds_j = [s_j > 0] da_j / rho_j, drho_j = -da_j a_j / rho_j */
+    double A = asum + MTSA_EPS, dcs = 0.0;
+    for (int j = 0; j < S; j++) {
+        double da = (dal[j] - sg[j] * t) / A;
+        ds[j] = s[j] > 0.0f ? da / rho[j] : 0.0;
+        drho[j] = -da * a[j] / rho[j];
+        dcs += ds[j];
+    }
+    /* s_j = w . (x_j * g) + c; u = sum_j ds_j x_j gives dg += w * u, dw += g * u */
+    for (int e = 0; e < d; e++)
+        u[e] = 0.0;
+    for (int j = 0; j < S; j++) {
+        const float *xj = x + (size_t)j * tap;
+        for (int e = 0; e < d; e++)
+            u[e] += ds[j] * xj[e];
+    }
+    if (dwc) {
+        for (int e = 0; e < d; e++)
+            dwc[e] += (double)g[e] * u[e];
+        dwc[d] += dcs;
+    }
+    if (!dx)
+        return;
+    float *dg = dx + (size_t)S * tap;
+    for (int e = 0; e < d; e++)
+        dg[e] += (float)((double)dz[e] + (double)w[e] * u[e]);
+
+    /* rho_j = sum_m relu(cos_jm), cos = xh xh^T with xh_j = x_j inv_j:
+     *   d xh_j = sum_m (drho_j + drho_m) [cos_jm > 0] xh_m   (the diagonal m = j counts twice)
+     * and through xh_j = x_j / (||x_j|| + eps), in terms of the x_m:
+     *   dx_j += sum_m M[j,m] x_m + q_j x_j,  M[j,m] = inv_j [cos_jm > 0] (drho_j + drho_m) inv_m,
+     *   q_j = -(d xh_j . x_j) inv_j^2 / ||x_j||   (0 when ||x_j|| = 0, as torch's norm backward),
+     * where d xh_j . x_j = sum_m [cos_jm > 0] (drho_j + drho_m) inv_m G[j,m]. */
+    mtsa_gram(G, nrm, inv, x, S, tap, d);
+    for (int j = 0; j < S; j++) {
+        double dxh_dot_x = 0.0;
+        for (int m = 0; m < S; m++) {
+            double cm = mtsa_cos(G, inv, S, j, m) > 0.0 ? (drho[j] + drho[m]) * inv[m] : 0.0;
+            dxh_dot_x += cm * G[j * S + m];
+            M[j * S + m] = inv[j] * cm;
+        }
+        q[j] = nrm[j] > 0.0 ? -dxh_dot_x * inv[j] * inv[j] / nrm[j] : 0.0;
+    }
+    /* the rest of dx_j: alpha_j dz (from z) + ds_j w g (from s_j) */
+    mtsa_wg(wg, w, g, d);
+    for (int j = 0; j < S; j++) {
+        const float *xj = x + (size_t)j * tap;
+        double al = alpha[j];
+        for (int e = 0; e < d; e++)
+            acc[e] = al * dz[e] + ds[j] * wg[e] + q[j] * xj[e];
+        for (int m = 0; m < S; m++) {
+            const float *xm = x + (size_t)m * tap;
+            double mjm = M[(size_t)j * S + m];
+            for (int e = 0; e < d; e++)
+                acc[e] += mjm * xm[e];
+        }
+        float *dxj = dx + (size_t)j * tap;
+        for (int e = 0; e < d; e++)
+            dxj[e] += (float)acc[e];
+    }
+}
+
+static void cpu_mtsa_guide_backward(float *dx, float *dw, float *dc, const float *dz,
+                                    const float *x, const float *w, const float *s,
+                                    const float *rho, const float *alpha, int K, int N, int d)
+{
+    const int S = K - 1;
+    const size_t tap = (size_t)N * d;
+    if (S < 1 || N <= 0 || (!dx && !dw && !dc))
+        return;
+    /* dw and dc: one slot of d + 1 doubles per chunk of MTSA_CHUNK tokens, summed in order */
+    const int nchunks = (N + MTSA_CHUNK - 1) / MTSA_CHUNK;
+    double *part = NULL;
+    if (dw || dc) {
+        part = calloc((size_t)nchunks * (d + 1), sizeof(double));
+        if (!part)
+            return;
+    }
+#pragma omp parallel if ((size_t)K * N * d >= PAR_MIN)
+    {
+        double *scratch = mtsa_scratch(S, d);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunks; ch++) {
+            int lo = ch * MTSA_CHUNK, hi = lo + MTSA_CHUNK < N ? lo + MTSA_CHUNK : N;
+            for (int n = lo; n < hi && scratch; n++)
+                mtsa_token_backward(dx ? dx + (size_t)n * d : NULL,
+                                    part ? part + (size_t)ch * (d + 1) : NULL, dz + (size_t)n * d,
+                                    x + (size_t)n * d, w, s + (size_t)n * S, rho + (size_t)n * S,
+                                    alpha + (size_t)n * S, S, tap, d, scratch);
+        }
+        free(scratch);
+    }
+    if (part) {
+        for (int e = 0; e <= d; e++) {
+            double acc = 0.0;
+            for (int ch = 0; ch < nchunks; ch++)
+                acc += part[(size_t)ch * (d + 1) + e];
+            if (e < d && dw)
+                dw[e] += (float)acc;
+            else if (e == d && dc)
+                dc[0] += (float)acc;
+        }
+        free(part);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * tanh gate */
+
+static void cpu_gate_add_forward(float *out, const float *y, const float *h, const float *lambda,
+                                 float temp, size_t n)
+{
+    const float gate = (float)tanh((double)lambda[0] / temp);
+#pragma omp parallel for simd if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        out[i] = y[i] + gate * h[i];
+}
+
+static void cpu_gate_add_backward(float *dy, float *dlambda, const float *dout, const float *h,
+                                  const float *lambda, float temp, size_t n)
+{
+    if (dy) {
+#pragma omp parallel for simd if (n >= PAR_MIN)
+        for (size_t i = 0; i < n; i++)
+            dy[i] += dout[i];
+    }
+    if (dlambda) {
+        double th = tanh((double)lambda[0] / temp);
+        dlambda[0] += (float)(det_dot(dout, h, n) * (1.0 - th * th) / temp);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * losses */
+
+static void cpu_crossentropy_forward(float *losses, float *probs, const float *logits,
+                                     const int32_t *labels, int B, int C)
+{
+#pragma omp parallel for if ((size_t)B * C >= PAR_MIN)
+    for (int b = 0; b < B; b++) {
+        const float *x = logits + (size_t)b * C;
+        float *p = probs + (size_t)b * C;
+        double mx = -INFINITY;
+        for (int c = 0; c < C; c++)
+            mx = x[c] > mx ? x[c] : mx;
+        double sum = 0.0;
+        for (int c = 0; c < C; c++)
+            sum += exp((double)x[c] - mx);
+        double lse = log(sum);
+        for (int c = 0; c < C; c++)
+            p[c] = (float)exp((double)x[c] - mx - lse);
+        losses[b] = (float)(lse - ((double)x[labels[b]] - mx));
+    }
+}
+
+static void cpu_crossentropy_backward(float *dlogits, const float *probs, const int32_t *labels,
+                                      float scale, int B, int C)
+{
+#pragma omp parallel for if ((size_t)B * C >= PAR_MIN)
+    for (int b = 0; b < B; b++) {
+        const float *p = probs + (size_t)b * C;
+        float *dx = dlogits + (size_t)b * C;
+        int y = labels[b];
+        for (int c = 0; c < C; c++)
+            dx[c] += scale * (p[c] - (c == y ? 1.0f : 0.0f));
+    }
+}
+
+static void cpu_mse_forward(float *losses, const float *pred, const float *target, int B)
+{
+#pragma omp parallel for simd if (B >= PAR_MIN)
+    for (int b = 0; b < B; b++) {
+        float r = pred[b] - target[b];
+        losses[b] = r * r;
+    }
+}
+
+static void cpu_mse_backward(float *dpred, const float *pred, const float *target, float scale,
+                             int B)
+{
+#pragma omp parallel for simd if (B >= PAR_MIN)
+    for (int b = 0; b < B; b++)
+        dpred[b] += scale * 2.0f * (pred[b] - target[b]);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * optimizer */
+
+/* torch.optim.AdamW (1.13, single-tensor path): the hyper-parameters are Python floats, so the
+ * scalars are formed in double and rounded to float where a tensor op takes them; the
+ * element-wise steps are float in PyTorch's order (addcmul: value * t1 * t2; addcdiv:
+ * value * t1 / t2). */
+static void cpu_adamw_update(float *param, const float *grad, float *m, float *v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             int t)
+{
+    const float decay = (float)(1.0 - (double)lr * weight_decay);
+    const float b1 = beta1, b2 = beta2;
+    const float one_b1 = (float)(1.0 - (double)beta1), one_b2 = (float)(1.0 - (double)beta2);
+    const double bc1 = 1.0 - pow((double)beta1, t), bc2 = 1.0 - pow((double)beta2, t);
+    const float neg_step = (float)(-((double)lr / bc1));
+    const float bc2_sqrt = (float)sqrt(bc2);
+#pragma omp parallel for simd if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i];
+        float p = param[i] * decay;
+        float mi = m[i] * b1 + one_b1 * g;
+        float vi = v[i] * b2 + one_b2 * g * g;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] = p + neg_step * mi / denom;
+    }
+}
+
+static double cpu_sumsq(const float *x, size_t n) { return det_dot(x, NULL, n); }
+
+static void cpu_scale(float *x, size_t n, float s)
+{
+#pragma omp parallel for simd if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
 static const sherl_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -648,6 +1127,19 @@ static const sherl_backend cpu_backend = {
     .mean_pool_backward = cpu_mean_pool_backward,
     .l2norm_forward = cpu_l2norm_forward,
     .l2norm_backward = cpu_l2norm_backward,
+    .relu_forward = cpu_relu_forward,
+    .relu_backward = cpu_relu_backward,
+    .mtsa_guide_forward = cpu_mtsa_guide_forward,
+    .mtsa_guide_backward = cpu_mtsa_guide_backward,
+    .gate_add_forward = cpu_gate_add_forward,
+    .gate_add_backward = cpu_gate_add_backward,
+    .crossentropy_forward = cpu_crossentropy_forward,
+    .crossentropy_backward = cpu_crossentropy_backward,
+    .mse_forward = cpu_mse_forward,
+    .mse_backward = cpu_mse_backward,
+    .adamw_update = cpu_adamw_update,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
 };
 
 /* OpenBLAS starts with a pool of one thread per core; ours is the only pool we want. */

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -903,6 +904,585 @@ Test(kernels, l2norm_forward_backward)
 }
 
 /* ---------------------------------------------------------------------------------------
+ * ReLU */
+
+Test(kernels, relu_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t n = 50000; /* above the parallel threshold */
+        float *x = randv(n, 1), *dout = randv(n, 1);
+        x[0] = 0.0f, x[1] = -0.0f, x[2] = 1e-30f, x[3] = -1e-30f;
+        double *ref = malloc(8 * n), *gref = malloc(8 * n);
+        for (size_t i = 0; i < n; i++) {
+            ref[i] = x[i] > 0 ? x[i] : 0.0;
+            gref[i] = x[i] > 0 ? dout[i] : 0.0; /* relu'(0) = 0, as PyTorch */
+        }
+        float *dx = dev_f(be, x, n), *dy = be->alloc(4 * n);
+        be->relu_forward(dy, dx, n);
+        float *y = malloc(4 * n);
+        back_f(be, y, dy, n);
+        expect_close("relu_forward", y, ref, n, 1e-30, 1e-12);
+        float *g0 = randv(n, 1), *g = dev_f(be, g0, n), *dd = dev_f(be, dout, n);
+        be->relu_backward(g, dx, dd, n);
+        float *h = malloc(4 * n);
+        back_f(be, h, g, n);
+        expect_grad("relu_backward", h, g0, gref, n);
+        cr_expect(h[0] == g0[0] && h[1] == g0[1] && h[3] == g0[3], "relu'(x <= 0) is not 0");
+        be->free(dx), be->free(dy), be->free(g), be->free(dd);
+        free(x), free(dout), free(ref), free(gref), free(y), free(g0), free(h);
+    }
+}
+
+typedef struct {
+    size_t n;
+    double *x, *dout;
+} relu_ctx;
+static double relu_loss(void *p)
+{
+    relu_ctx *c = p;
+    double l = 0;
+    for (size_t i = 0; i < c->n; i++)
+        l += (c->x[i] > 0 ? c->x[i] : 0.0) * c->dout[i];
+    return l;
+}
+
+Test(kernels, relu_backward_finite_differences)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t n = 41;
+        float *x = randv(n, 1), *dout = randv(n, 1);
+        for (size_t i = 0; i < n; i++) /* keep away from the kink */
+            if (fabsf(x[i]) < 1e-3f)
+                x[i] = 0.5f;
+        relu_ctx c = {n, to_d(x, n), to_d(dout, n)};
+        double *fd = malloc(8 * n);
+        fd_grad(fd, c.x, n, relu_loss, &c);
+        float *g0 = randv(n, 1), *g = dev_f(be, g0, n), *dd = dev_f(be, dout, n),
+              *dx = dev_f(be, x, n);
+        be->relu_backward(g, dx, dd, n);
+        float *h = malloc(4 * n);
+        back_f(be, h, g, n);
+        expect_grad("relu_backward (fd)", h, g0, fd, n);
+        be->free(g), be->free(dd), be->free(dx);
+        free(x), free(dout), free(fd), free(g0), free(h), free(c.x), free(c.dout);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * SHERL guidance: the PyTorch formulation, literally, in double.
+ *   xh = x / (||x|| + 1e-8); sim = xh_S xh_S^T; rho = relu(sim).sum(-1)
+ *   s = w . (x_S * g) + c; a = relu(s) / rho; alpha = a / (sum |a| + 1e-8); z = g + sum alpha x */
+
+typedef struct {
+    int K, N, d;
+    double *x, *w, *c, *dout;
+} mtsa_ctx;
+
+/* s, rho, alpha [N,S] and sim [N,S,S] may be NULL */
+static void ref_mtsa(double *z, double *s, double *rho, double *alpha, double *sim,
+                     const mtsa_ctx *c)
+{
+    int K = c->K, N = c->N, d = c->d, S = K - 1;
+    double *xh = malloc(8 * (size_t)S * d), *sv = malloc(8 * S), *rv = malloc(8 * S),
+           *av = malloc(8 * S);
+    for (int n = 0; n < N; n++) {
+        const double *g = c->x + ((size_t)S * N + n) * d;
+        for (int j = 0; j < S; j++) {
+            const double *xj = c->x + ((size_t)j * N + n) * d;
+            double nn = 0;
+            for (int e = 0; e < d; e++)
+                nn += xj[e] * xj[e];
+            for (int e = 0; e < d; e++)
+                xh[j * d + e] = xj[e] / (sqrt(nn) + 1e-8);
+        }
+        double asum = 0;
+        for (int j = 0; j < S; j++) {
+            const double *xj = c->x + ((size_t)j * N + n) * d;
+            rv[j] = 0;
+            for (int m = 0; m < S; m++) {
+                double cs = dot_d(xh + j * d, xh + m * d, d);
+                if (sim)
+                    sim[((size_t)n * S + j) * S + m] = cs;
+                rv[j] += cs > 0 ? cs : 0;
+            }
+            sv[j] = c->c[0];
+            for (int e = 0; e < d; e++)
+                sv[j] += c->w[e] * xj[e] * g[e];
+            av[j] = (sv[j] > 0 ? sv[j] : 0) / rv[j];
+            asum += fabs(av[j]);
+        }
+        for (int e = 0; e < d; e++)
+            z[(size_t)n * d + e] = g[e];
+        for (int j = 0; j < S; j++) {
+            const double *xj = c->x + ((size_t)j * N + n) * d;
+            double al = av[j] / (asum + 1e-8);
+            for (int e = 0; e < d; e++)
+                z[(size_t)n * d + e] += al * xj[e];
+            if (s)
+                s[n * S + j] = sv[j];
+            if (rho)
+                rho[n * S + j] = rv[j];
+            if (alpha)
+                alpha[n * S + j] = al;
+        }
+    }
+    free(xh), free(sv), free(rv), free(av);
+}
+static double mtsa_loss(void *p)
+{
+    mtsa_ctx *c = p;
+    double *z = malloc(8 * (size_t)c->N * c->d);
+    ref_mtsa(z, NULL, NULL, NULL, NULL, c);
+    double l = dot_d(z, c->dout, (size_t)c->N * c->d);
+    free(z);
+    return l;
+}
+
+/* Forward against the reference, backward (dx of every tap, dw, dc) against finite
+ * differences, accumulating into random gradients; NULL gradients are skipped. */
+static void check_mtsa(const sherl_backend *be, float *x, float *w, float c0, int K, int N, int d)
+{
+    int S = K - 1;
+    size_t nx = (size_t)K * N * d, nz = (size_t)N * d, ns = (size_t)N * S;
+    float *dout = randv(nz, 1);
+    mtsa_ctx c = {K, N, d, to_d(x, nx), to_d(w, d), malloc(8), to_d(dout, nz)};
+    c.c[0] = c0;
+    double *rz = malloc(8 * nz), *rs = malloc(8 * ns), *rr = malloc(8 * ns), *ra = malloc(8 * ns);
+    ref_mtsa(rz, rs, rr, ra, NULL, &c);
+
+    float *dx = dev_f(be, x, nx), *dw = dev_f(be, w, d), *dc = dev_f(be, &c0, 1);
+    float *dz = be->alloc(4 * nz), *ds = be->alloc(4 * ns), *drho = be->alloc(4 * ns),
+          *dalpha = be->alloc(4 * ns);
+    be->mtsa_guide_forward(dz, ds, drho, dalpha, dx, dw, dc, K, N, d);
+    float *hz = malloc(4 * nz), *hs = malloc(4 * ns), *hr = malloc(4 * ns), *ha = malloc(4 * ns);
+    back_f(be, hz, dz, nz), back_f(be, hs, ds, ns), back_f(be, hr, drho, ns),
+        back_f(be, ha, dalpha, ns);
+    expect_close("mtsa_guide z", hz, rz, nz, 1e-5, 1e-5);
+    expect_close("mtsa_guide s", hs, rs, ns, 1e-5, 1e-5);
+    expect_close("mtsa_guide rho", hr, rr, ns, 1e-5, 1e-5);
+    expect_close("mtsa_guide alpha", ha, ra, ns, 1e-5, 1e-5);
+
+    float *g0x = randv(nx, 1), *g0w = randv(d, 1), *g0c = randv(1, 1);
+    float *gx = dev_f(be, g0x, nx), *gw = dev_f(be, g0w, d), *gc = dev_f(be, g0c, 1);
+    float *ddout = dev_f(be, dout, nz);
+    be->mtsa_guide_backward(gx, gw, gc, ddout, dx, dw, ds, drho, dalpha, K, N, d);
+    float *hx = malloc(4 * nx), *hw = malloc(4 * d), hc;
+    back_f(be, hx, gx, nx), back_f(be, hw, gw, d), back_f(be, &hc, gc, 1);
+    double *fx = malloc(8 * nx), *fw = malloc(8 * d), fc;
+    fd_grad(fx, c.x, nx, mtsa_loss, &c);
+    fd_grad(fw, c.w, d, mtsa_loss, &c);
+    fd_grad(&fc, c.c, 1, mtsa_loss, &c);
+    char what[64];
+    for (int k = 0; k < K; k++) {
+        snprintf(what, sizeof what, "mtsa_guide dx tap %d of %d", k, K);
+        expect_grad(what, hx + (size_t)k * N * d, g0x + (size_t)k * N * d, fx + (size_t)k * N * d,
+                    (size_t)N * d);
+    }
+    expect_grad("mtsa_guide dw", hw, g0w, fw, d);
+    expect_grad("mtsa_guide dc", &hc, g0c, &fc, 1);
+
+    /* NULL gradients are skipped; the others still accumulate the same amounts */
+    be->copy_to_device(gx, g0x, 4 * nx);
+    be->mtsa_guide_backward(gx, NULL, NULL, ddout, dx, dw, ds, drho, dalpha, K, N, d);
+    back_f(be, hx, gx, nx);
+    expect_grad("mtsa_guide dx (dw, dc NULL)", hx, g0x, fx, nx);
+    be->copy_to_device(gw, g0w, 4 * d);
+    be->copy_to_device(gc, g0c, 4);
+    be->mtsa_guide_backward(NULL, gw, gc, ddout, dx, dw, ds, drho, dalpha, K, N, d);
+    back_f(be, hw, gw, d), back_f(be, &hc, gc, 1);
+    expect_grad("mtsa_guide dw (dx NULL)", hw, g0w, fw, d);
+    expect_grad("mtsa_guide dc (dx NULL)", &hc, g0c, &fc, 1);
+
+    be->free(dx), be->free(dw), be->free(dc), be->free(dz), be->free(ds), be->free(drho),
+        be->free(dalpha), be->free(gx), be->free(gw), be->free(gc), be->free(ddout);
+    free(dout), free(rz), free(rs), free(rr), free(ra), free(hz), free(hs), free(hr), free(ha),
+        free(g0x), free(g0w), free(g0c), free(hx), free(hw), free(fx), free(fw);
+    free(c.x), free(c.w), free(c.c), free(c.dout);
+}
+
+/* w . (x_j * g) for tap j of token n of a float x[K,N,d] */
+static double mtsa_score(const float *x, const float *w, int K, int N, int d, int j, int n)
+{
+    double p = 0;
+    for (int e = 0; e < d; e++)
+        p += (double)w[e] * x[((size_t)j * N + n) * d + e] * x[((size_t)(K - 1) * N + n) * d + e];
+    return p;
+}
+
+Test(kernels, mtsa_guide_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        int K = 4, N = 3, d = 5, S = K - 1;
+        float *x = randv((size_t)K * N * d, 1), *w = randv(d, 1), c0 = 0.05f;
+        /* token 0: tap 0 scores well above the bias; tap 1 = -tap 0 + noise, nearly opposite
+         * (cos ~ -1), so its score is negative and relu(s) = 0 */
+        if (mtsa_score(x, w, K, N, d, 0, 0) < 0)
+            for (int e = 0; e < d; e++)
+                x[e] = -x[e];
+        for (int e = 0; e < d; e++)
+            x[((size_t)1 * N + 0) * d + e] = -x[e] + 0.05f * (float)(2 * urand() - 1);
+        /* token 2: tap 2 scores negative, the others positive */
+        for (int j = 0; j < S; j++) {
+            double p = mtsa_score(x, w, K, N, d, j, 2);
+            if ((j == 2) != (p < 0))
+                for (int e = 0; e < d; e++)
+                    x[((size_t)j * N + 2) * d + e] *= -1.0f;
+        }
+        /* the premises: s and cos of both signs, each well away from the relu kinks, and an
+         * active tap (s > 0) with a positive cosine to another tap, so rho's off-diagonal
+         * terms carry gradient */
+        mtsa_ctx c = {K, N, d, to_d(x, (size_t)K * N * d), to_d(w, d), malloc(8), NULL};
+        c.c[0] = c0;
+        double *z = malloc(8 * N * d), *s = malloc(8 * N * S), *sim = malloc(8 * N * S * S);
+        ref_mtsa(z, s, NULL, NULL, sim, &c);
+        int s_neg = 0, s_pos = 0, cos_neg = 0, active_pos = 0;
+        double s_min = INFINITY, cos_min = INFINITY, cos_low = 0;
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < S; j++) {
+                double sj = s[n * S + j];
+                s_neg += sj < 0, s_pos += sj > 0, s_min = fmin(s_min, fabs(sj));
+                for (int m = 0; m < S; m++) {
+                    double cs = sim[(n * S + j) * S + m];
+                    cos_neg += cs < 0, cos_min = fmin(cos_min, fabs(cs));
+                    cos_low = fmin(cos_low, cs);
+                    active_pos += sj > 0 && m != j && cs > 0;
+                }
+            }
+        cr_assert(s_neg >= 2 && s_pos >= 2 && s_min > 1e-3, "s: %d neg %d pos, min |s| %g", s_neg,
+                  s_pos, s_min);
+        cr_assert(cos_neg >= 2 && cos_low < -0.9 && cos_min > 1e-3 && active_pos >= 1,
+                  "cos: %d neg, lowest %g, min |cos| %g, active pairs %d", cos_neg, cos_low,
+                  cos_min, active_pos);
+        free(c.x), free(c.w), free(c.c), free(z), free(s), free(sim);
+
+        check_mtsa(be, x, w, c0, K, N, d);
+        free(x), free(w);
+    }
+}
+
+/* One shallow tap (K = 2): rho = cos(x, x) ~ 1 and alpha ~ 1 or 0. */
+Test(kernels, mtsa_guide_single_shallow_tap)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        int K = 2, N = 3, d = 5;
+        float *x = randv((size_t)K * N * d, 1), *w = randv(d, 1), c0 = -0.02f;
+        for (int n = 0; n < N; n++) { /* token 1 negative, the others positive */
+            double p = mtsa_score(x, w, K, N, d, 0, n);
+            if ((n == 1) != (p < 0))
+                for (int e = 0; e < d; e++)
+                    x[(size_t)n * d + e] *= -1.0f;
+            p = fabs(mtsa_score(x, w, K, N, d, 0, n));
+            cr_assert(p > 0.05, "token %d: |w . (x g)| = %g too close to the kink", n, p);
+        }
+        check_mtsa(be, x, w, c0, K, N, d);
+        free(x), free(w);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * tanh gate */
+
+typedef struct {
+    size_t n;
+    double temp;
+    double *y, *h, *lambda, *dout;
+} gate_ctx;
+static double gate_loss(void *p)
+{
+    gate_ctx *c = p;
+    double t = tanh(c->lambda[0] / c->temp), l = 0;
+    for (size_t i = 0; i < c->n; i++)
+        l += (c->y[i] + t * c->h[i]) * c->dout[i];
+    return l;
+}
+
+Test(kernels, gate_add_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t n = 37;
+        float temp = 0.1f, lam = 0.03f;
+        float *y = randv(n, 1), *h = randv(n, 1), *dout = randv(n, 1);
+        gate_ctx c = {n, temp, to_d(y, n), to_d(h, n), malloc(8), to_d(dout, n)};
+        c.lambda[0] = lam;
+        double *ref = malloc(8 * n);
+        for (size_t i = 0; i < n; i++)
+            ref[i] = c.y[i] + tanh(c.lambda[0] / c.temp) * c.h[i];
+        float *dy = dev_f(be, y, n), *dh = dev_f(be, h, n), *dl = dev_f(be, &lam, 1);
+        float *dout_d = be->alloc(4 * n);
+        be->gate_add_forward(dout_d, dy, dh, dl, temp, n);
+        float *o = malloc(4 * n);
+        back_f(be, o, dout_d, n);
+        expect_close("gate_add_forward", o, ref, n, 1e-6, 1e-6);
+
+        float *g0y = randv(n, 1), *g0l = randv(1, 1);
+        float *gy = dev_f(be, g0y, n), *gl = dev_f(be, g0l, 1), *dd = dev_f(be, dout, n);
+        be->gate_add_backward(gy, gl, dd, dh, dl, temp, n);
+        float *hy = malloc(4 * n), hl;
+        back_f(be, hy, gy, n), back_f(be, &hl, gl, 1);
+        double *fy = malloc(8 * n), fl;
+        fd_grad(fy, c.y, n, gate_loss, &c);
+        fd_grad(&fl, c.lambda, 1, gate_loss, &c);
+        expect_grad("gate_add dy", hy, g0y, fy, n);
+        expect_grad("gate_add dlambda", &hl, g0l, &fl, 1);
+        /* NULL dy: dlambda alone; NULL dlambda: dy alone */
+        be->copy_to_device(gl, g0l, 4);
+        be->gate_add_backward(NULL, gl, dd, dh, dl, temp, n);
+        back_f(be, &hl, gl, 1);
+        expect_grad("gate_add dlambda (dy NULL)", &hl, g0l, &fl, 1);
+        be->copy_to_device(gy, g0y, 4 * n);
+        be->gate_add_backward(gy, NULL, dd, dh, dl, temp, n);
+        back_f(be, hy, gy, n);
+        expect_grad("gate_add dy (dlambda NULL)", hy, g0y, fy, n);
+        be->free(dy), be->free(dh), be->free(dl), be->free(dout_d), be->free(gy), be->free(gl),
+            be->free(dd);
+        free(y), free(h), free(dout), free(ref), free(o), free(g0y), free(g0l), free(hy), free(fy);
+        free(c.y), free(c.h), free(c.lambda), free(c.dout);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * losses */
+
+typedef struct {
+    int B, C;
+    const int32_t *labels;
+    double *logits;
+} ce_ctx;
+/* per-row loss into losses (may be NULL) and probs (may be NULL); returns the mean */
+static double ref_crossentropy(double *losses, double *probs, const ce_ctx *c)
+{
+    double mean = 0;
+    for (int b = 0; b < c->B; b++) {
+        const double *x = c->logits + (size_t)b * c->C;
+        double mx = -INFINITY, s = 0;
+        for (int k = 0; k < c->C; k++)
+            mx = fmax(mx, x[k]);
+        for (int k = 0; k < c->C; k++)
+            s += exp(x[k] - mx);
+        double l = log(s) + mx - x[c->labels[b]];
+        if (losses)
+            losses[b] = l;
+        if (probs)
+            for (int k = 0; k < c->C; k++)
+                probs[(size_t)b * c->C + k] = exp(x[k] - mx) / s;
+        mean += l / c->B;
+    }
+    return mean;
+}
+static double ce_loss(void *p) { return ref_crossentropy(NULL, NULL, p); }
+
+Test(kernels, crossentropy_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        int B = 4, C = 5;
+        int32_t labels[4] = {2, 0, 4, 4};
+        float *logits = randv(B * C, 3);
+        for (int k = 0; k < C; k++) /* row 1 far above float exp's range: must stay finite */
+            logits[C + k] += 200.0f;
+        logits[3 * C + 4] = 30.0f; /* row 3: a near-certain right answer, loss ~ 0 */
+        ce_ctx c = {B, C, labels, to_d(logits, B * C)};
+        double *rl = malloc(8 * B), *rp = malloc(8 * B * C);
+        ref_crossentropy(rl, rp, &c);
+        float *dlog = dev_f(be, logits, B * C), *dl = be->alloc(4 * B), *dp = be->alloc(4 * B * C);
+        int32_t *dlab = dev_i(be, labels, B);
+        be->crossentropy_forward(dl, dp, dlog, dlab, B, C);
+        float *hl = malloc(4 * B), *hp = malloc(4 * B * C);
+        back_f(be, hl, dl, B), back_f(be, hp, dp, B * C);
+        expect_close("crossentropy losses", hl, rl, B, 1e-6, 1e-5);
+        expect_close("crossentropy probs", hp, rp, B * C, 1e-7, 1e-5);
+
+        float *g0 = randv(B * C, 1), *g = dev_f(be, g0, B * C);
+        be->crossentropy_backward(g, dp, dlab, 1.0f / B, B, C);
+        float *h = malloc(4 * B * C);
+        back_f(be, h, g, B * C);
+        double *fd = malloc(8 * B * C);
+        fd_grad(fd, c.logits, B * C, ce_loss, &c);
+        expect_grad("crossentropy dlogits (mean loss)", h, g0, fd, B * C);
+        be->free(dlog), be->free(dl), be->free(dp), be->free(dlab), be->free(g);
+        free(logits), free(rl), free(rp), free(hl), free(hp), free(g0), free(h), free(fd),
+            free(c.logits);
+    }
+}
+
+typedef struct {
+    int B;
+    double scale;
+    double *pred, *target;
+} mse_ctx;
+static double mse_loss(void *p)
+{
+    mse_ctx *c = p;
+    double l = 0;
+    for (int b = 0; b < c->B; b++)
+        l += c->scale * (c->pred[b] - c->target[b]) * (c->pred[b] - c->target[b]);
+    return l;
+}
+
+Test(kernels, mse_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        int B = 7;
+        float *pred = randv(B, 2), *target = randv(B, 2);
+        mse_ctx c = {B, 1.0 / B, to_d(pred, B), to_d(target, B)};
+        double *ref = malloc(8 * B);
+        for (int b = 0; b < B; b++)
+            ref[b] = (c.pred[b] - c.target[b]) * (c.pred[b] - c.target[b]);
+        float *dp = dev_f(be, pred, B), *dt = dev_f(be, target, B), *dl = be->alloc(4 * B);
+        be->mse_forward(dl, dp, dt, B);
+        float *hl = malloc(4 * B);
+        back_f(be, hl, dl, B);
+        expect_close("mse_forward", hl, ref, B, 1e-6, 1e-6);
+        float *g0 = randv(B, 1), *g = dev_f(be, g0, B);
+        be->mse_backward(g, dp, dt, 1.0f / B, B);
+        float *h = malloc(4 * B);
+        back_f(be, h, g, B);
+        double *fd = malloc(8 * B);
+        fd_grad(fd, c.pred, B, mse_loss, &c);
+        expect_grad("mse dpred (mean loss)", h, g0, fd, B);
+        be->free(dp), be->free(dt), be->free(dl), be->free(g);
+        free(pred), free(target), free(ref), free(hl), free(g0), free(h), free(fd), free(c.pred),
+            free(c.target);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * optimizer */
+
+/* torch.optim.AdamW's update in double, the hyper-parameters taken as the floats we pass. */
+static void ref_adamw(double *p, const double *g, double *m, double *v, size_t n, double lr,
+                      double b1, double b2, double eps, double wd, int t)
+{
+    double bc1 = 1 - pow(b1, t), bc2 = 1 - pow(b2, t);
+    for (size_t i = 0; i < n; i++) {
+        p[i] *= 1 - lr * wd;
+        m[i] = b1 * m[i] + (1 - b1) * g[i];
+        v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+        p[i] -= lr / bc1 * m[i] / (sqrt(v[i]) / sqrt(bc2) + eps);
+    }
+}
+
+Test(kernels, adamw_update_three_steps)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        const float wds[2] = {0.0f, 0.05f};
+        for (int wi = 0; wi < 2; wi++) {
+            size_t n = 9;
+            float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = wds[wi];
+            float *p = randv(n, 1), *zero = calloc(n, 4);
+            double *rp = to_d(p, n), *rm = calloc(n, 8), *rv = calloc(n, 8);
+            float *dp = dev_f(be, p, n), *dm = dev_f(be, zero, n), *dv = dev_f(be, zero, n);
+            for (int t = 1; t <= 3; t++) {
+                float *g = randv(n, 1);
+                g[0] = t == 1 ? 0.0f : g[0]; /* m = v = 0 at step 1: only the decay moves it */
+                g[1] = 1e-4f;                /* a small gradient: eps matters little */
+                double *gd = to_d(g, n);
+                ref_adamw(rp, gd, rm, rv, n, lr, b1, b2, eps, wd, t);
+                float *dg = dev_f(be, g, n);
+                be->adamw_update(dp, dg, dm, dv, n, lr, b1, b2, eps, wd, t);
+                be->free(dg);
+                free(g), free(gd);
+            }
+            float *hp = malloc(4 * n), *hm = malloc(4 * n), *hv = malloc(4 * n);
+            back_f(be, hp, dp, n), back_f(be, hm, dm, n), back_f(be, hv, dv, n);
+            char what[64];
+            snprintf(what, sizeof what, "adamw param (wd %g)", (double)wd);
+            expect_close(what, hp, rp, n, 1e-12, 1e-6);
+            snprintf(what, sizeof what, "adamw m (wd %g)", (double)wd);
+            expect_close(what, hm, rm, n, 1e-12, 1e-6);
+            snprintf(what, sizeof what, "adamw v (wd %g)", (double)wd);
+            expect_close(what, hv, rv, n, 1e-15, 1e-6);
+            be->free(dp), be->free(dm), be->free(dv);
+            free(p), free(zero), free(rp), free(rm), free(rv), free(hp), free(hm), free(hv);
+        }
+    }
+}
+
+Test(kernels, sumsq_and_scale)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        size_t sizes[3] = {0, 37, 100003}; /* empty, small, above the parallel threshold */
+        for (int si = 0; si < 3; si++) {
+            size_t n = sizes[si];
+            float *x = randv(n, 3);
+            double want = 0;
+            for (size_t i = 0; i < n; i++)
+                want += (double)x[i] * x[i];
+            float *dx = dev_f(be, x, n);
+            double got = be->sumsq(dx, n);
+            cr_expect(fabs(got - want) <= 1e-12 * want, "sumsq n=%zu: got %.17g want %.17g", n,
+                      got, want);
+            double *ref = malloc(8 * n + 8);
+            for (size_t i = 0; i < n; i++)
+                ref[i] = (float)((double)x[i] * -0.37f); /* float product, correctly rounded */
+            be->scale(dx, n, -0.37f);
+            back_f(be, x, dx, n);
+            expect_close("scale", x, ref, n, 1e-30, 1e-12);
+            be->free(dx);
+            free(x), free(ref);
+        }
+    }
+}
+
+/* The new reductions into one shared value (sumsq, dw/dc of the guidance, dlambda of the gate)
+ * do not depend on the thread count, to the bit. The float results are made sensitive to the
+ * order of the double partial sums: their inputs come in mirrored pairs that cancel exactly,
+ * so what is left is the rounding residue of the summation order alone. */
+Test(kernels, training_reductions_threaded_equal_single_thread)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    size_t nsq = ((size_t)1 << 20) + 3, n = 100003, half = n / 2;
+    float *sx = malloc(4 * nsq);
+    for (size_t i = 0; i < nsq; i++) /* magnitudes over 8 decades */
+        sx[i] = (float)((2 * urand() - 1) * pow(10.0, 8 * urand() - 4));
+    float *x = randv(n, 1), *h = randv(n, 1), lam = 0.02f;
+    for (size_t i = 0; i < half; i++)
+        x[half + i] = x[i], h[half + i] = -h[i];
+    h[n - 1] = 0.0f;
+    int K = 4, N = 1000, d = 24, S = K - 1; /* K N d = 96000, above PAR_MIN */
+    size_t nx = (size_t)K * N * d, nz = (size_t)N * d, ns = (size_t)N * S, tok = (size_t)N / 2 * d;
+    float *mx = randv(nx, 1), *w = randv(d, 1), c0 = 0.01f, *dz = randv(nz, 1);
+    for (int k = 0; k < K; k++) /* token n + N/2 = token n, with dz negated */
+        memcpy(mx + (size_t)k * N * d + tok, mx + (size_t)k * N * d, 4 * tok);
+    for (size_t i = 0; i < tok; i++)
+        dz[tok + i] = -dz[i];
+    float *z = malloc(4 * nz), *s = malloc(4 * ns), *rho = malloc(4 * ns), *alpha = malloc(4 * ns);
+    double sq[2];
+    float dlam[2], dw[2][24], dc[2], *dx[2], *z2 = malloc(4 * nz);
+    for (int r = 0; r < 2; r++) {
+        be->set_threads(r + 1);
+        sq[r] = be->sumsq(sx, nsq);
+        dlam[r] = 0.0f;
+        be->gate_add_backward(NULL, &dlam[r], x, h, &lam, 0.1f, n);
+        be->mtsa_guide_forward(r ? z2 : z, s, rho, alpha, mx, w, &c0, K, N, d);
+        dx[r] = calloc(nx, 4);
+        memset(dw[r], 0, sizeof dw[r]);
+        dc[r] = 0.0f;
+        be->mtsa_guide_backward(dx[r], dw[r], &dc[r], dz, mx, w, s, rho, alpha, K, N, d);
+    }
+    cr_expect(be->get_threads() == 2, "set_threads(2) not taken: %d", be->get_threads());
+    cr_expect(memcmp(&sq[0], &sq[1], sizeof sq[0]) == 0, "sumsq: %.17g vs %.17g", sq[0], sq[1]);
+    cr_expect(memcmp(&dlam[0], &dlam[1], 4) == 0, "gate dlambda: %.9g vs %.9g", (double)dlam[0],
+              (double)dlam[1]);
+    cr_expect(memcmp(z, z2, 4 * nz) == 0, "mtsa_guide z differs between 1 and 2 threads");
+    cr_expect(memcmp(dw[0], dw[1], sizeof dw[0]) == 0, "mtsa_guide dw differs: %.9g vs %.9g",
+              (double)dw[0][0], (double)dw[1][0]);
+    cr_expect(memcmp(&dc[0], &dc[1], 4) == 0, "mtsa_guide dc: %.9g vs %.9g", (double)dc[0],
+              (double)dc[1]);
+    cr_expect(memcmp(dx[0], dx[1], 4 * nx) == 0, "mtsa_guide dx differs");
+    free(sx), free(x), free(h), free(mx), free(w), free(dz), free(z), free(z2), free(s), free(rho),
+        free(alpha), free(dx[0]), free(dx[1]);
+}
+
+/* ---------------------------------------------------------------------------------------
  * Sizes above the parallel thresholds run the threaded paths; they must agree with the
  * same op run on one thread to the last bit (each output element has a single owner). */
 
@@ -975,6 +1555,19 @@ Test(kernels, every_backend_fills_every_op)
         HAS(mean_pool_backward);
         HAS(l2norm_forward);
         HAS(l2norm_backward);
+        HAS(relu_forward);
+        HAS(relu_backward);
+        HAS(mtsa_guide_forward);
+        HAS(mtsa_guide_backward);
+        HAS(gate_add_forward);
+        HAS(gate_add_backward);
+        HAS(crossentropy_forward);
+        HAS(crossentropy_backward);
+        HAS(mse_forward);
+        HAS(mse_backward);
+        HAS(adamw_update);
+        HAS(sumsq);
+        HAS(scale);
 #undef HAS
         char desc[256];
         be->set_threads(2);

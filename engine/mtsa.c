@@ -1,0 +1,221 @@
+#include "mtsa.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define P(ps, i) ((ps)->items[(i)].data)
+#define G(ps, i) ((ps)->items[(i)].grad)
+
+sherl_status mtsa_register(mtsa *a, param_set *ps, int K, int D, int d, float out_eps,
+                           float dropout)
+{
+    memset(a, 0, sizeof *a);
+    if (K < 2)
+        return sherl_errorf(SHERL_EINVAL, "MTSA needs at least 2 taps (a shallow one and the "
+                                          "guide), got %d",
+                            K);
+    if (d < 1 || D < 1)
+        return sherl_errorf(SHERL_EINVAL, "MTSA widths must be positive (D %d, side %d)", D, d);
+    a->K = K, a->D = D, a->d = d, a->out_eps = out_eps, a->dropout = dropout;
+    a->proj_w = calloc((size_t)K, sizeof(int));
+    a->proj_b = calloc((size_t)K, sizeof(int));
+    a->proj_ln_w = calloc((size_t)K, sizeof(int));
+    a->proj_ln_b = calloc((size_t)K, sizeof(int));
+    if (!a->proj_w || !a->proj_b || !a->proj_ln_w || !a->proj_ln_b) {
+        mtsa_free(a);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    }
+    char name[96];
+    int bad = 0;
+    for (int i = 0; i < K; i++) {
+        snprintf(name, sizeof name, "mtsa.proj.%d.weight", i);
+        bad |= (a->proj_w[i] = param_set_add(ps, name, d, D, 1)) < 0;
+        snprintf(name, sizeof name, "mtsa.proj.%d.bias", i);
+        bad |= (a->proj_b[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+        snprintf(name, sizeof name, "mtsa.proj_ln.%d.weight", i);
+        bad |= (a->proj_ln_w[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+        snprintf(name, sizeof name, "mtsa.proj_ln.%d.bias", i);
+        bad |= (a->proj_ln_b[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+    }
+    bad |= (a->guide_w = param_set_add(ps, "mtsa.guide.weight", 1, d, 1)) < 0;
+    bad |= (a->guide_c = param_set_add(ps, "mtsa.guide.bias", 1, 0, 0)) < 0;
+    bad |= (a->up_w = param_set_add(ps, "mtsa.up.weight", D, d, 1)) < 0;
+    bad |= (a->up_b = param_set_add(ps, "mtsa.up.bias", D, 0, 0)) < 0;
+    bad |= (a->out_ln_w = param_set_add(ps, "mtsa.out_ln.weight", D, 0, 0)) < 0;
+    bad |= (a->out_ln_b = param_set_add(ps, "mtsa.out_ln.bias", D, 0, 0)) < 0;
+    bad |= (a->gate = param_set_add(ps, "mtsa.gate", 1, 0, 0)) < 0;
+    if (bad) {
+        mtsa_free(a);
+        return sherl_errorf(SHERL_ENOMEM, "cannot register the MTSA parameters");
+    }
+    return sherl_ok();
+}
+
+void mtsa_free(mtsa *a)
+{
+    free(a->proj_w), free(a->proj_b), free(a->proj_ln_w), free(a->proj_ln_b);
+    memset(a, 0, sizeof *a);
+}
+
+/* U(-bound, bound) from the counter-based generator, so init is reproducible anywhere. */
+static void fill_uniform(param_set *ps, int idx, float bound, uint64_t seed)
+{
+    sherl_param *p = &ps->items[idx];
+    float *h = malloc(p->numel * sizeof(float));
+    if (!h)
+        return;
+    for (size_t i = 0; i < p->numel; i++)
+        h[i] = (2.0f * sherl_dropout_uniform(seed, i) - 1.0f) * bound;
+    param_set_upload(ps, idx, h);
+    free(h);
+}
+
+static void fill_const(param_set *ps, int idx, float v)
+{
+    sherl_param *p = &ps->items[idx];
+    float *h = malloc(p->numel * sizeof(float));
+    if (!h)
+        return;
+    for (size_t i = 0; i < p->numel; i++)
+        h[i] = v;
+    param_set_upload(ps, idx, h);
+    free(h);
+}
+
+void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
+{
+    float bD = 1.0f / sqrtf((float)a->D), bd = 1.0f / sqrtf((float)a->d);
+    uint64_t k = seed * 1000003ull;
+    for (int i = 0; i < a->K; i++) {
+        fill_uniform(ps, a->proj_w[i], bD, k++);
+        fill_uniform(ps, a->proj_b[i], bD, k++);
+        fill_const(ps, a->proj_ln_w[i], 1.0f);
+        fill_const(ps, a->proj_ln_b[i], 0.0f);
+    }
+    fill_uniform(ps, a->guide_w, bd, k++);
+    fill_uniform(ps, a->guide_c, bd, k++);
+    fill_uniform(ps, a->up_w, bd, k++);
+    fill_uniform(ps, a->up_b, bd, k++);
+    fill_const(ps, a->out_ln_w, 1.0f);
+    fill_const(ps, a->out_ln_b, 0.0f);
+    fill_const(ps, a->gate, 0.0f);
+}
+
+/* The buffers of mtsa_acts, with their sizes, in one table for alloc, free and bytes. */
+#define MTSA_BUFS(a, t, N)                                                                      \
+    {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},  {&(t)->x, (size_t)(a)->K * (N) * (a)->d},      \
+    {&(t)->ln_mean, (size_t)(a)->K * (N)},        {&(t)->ln_rstd, (size_t)(a)->K * (N)},         \
+    {&(t)->s, (size_t)(N) * ((a)->K - 1)},        {&(t)->rho, (size_t)(N) * ((a)->K - 1)},       \
+    {&(t)->alpha, (size_t)(N) * ((a)->K - 1)},    {&(t)->z, (size_t)(N) * (a)->d},               \
+    {&(t)->rz, (size_t)(N) * (a)->d},             {&(t)->u, (size_t)(N) * (a)->D},               \
+    {&(t)->un, (size_t)(N) * (a)->D},             {&(t)->out_mean, (size_t)(N)},                 \
+    {&(t)->out_rstd, (size_t)(N)},                {&(t)->ud, (size_t)(N) * (a)->D},              \
+    {&(t)->d_ud, (size_t)(N) * (a)->D},           {&(t)->d_un, (size_t)(N) * (a)->D},            \
+    {&(t)->d_u, (size_t)(N) * (a)->D},            {&(t)->d_rz, (size_t)(N) * (a)->d},            \
+    {&(t)->d_z, (size_t)(N) * (a)->d},            {&(t)->d_xpre, (size_t)(N) * (a)->d},          \
+    {&(t)->d_x, (size_t)(a)->K * (N) * (a)->d},
+
+typedef struct {
+    float **p;
+    size_t n;
+} buf_spec;
+
+size_t mtsa_acts_bytes(const mtsa *a, int N)
+{
+    mtsa_acts t;
+    buf_spec bufs[] = {MTSA_BUFS(a, &t, N)};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        total += bufs[i].n * sizeof(float);
+    return total;
+}
+
+sherl_status mtsa_acts_alloc(mtsa_acts *t, const mtsa *a, const sherl_backend *be, int N)
+{
+    memset(t, 0, sizeof *t);
+    t->N = N;
+    buf_spec bufs[] = {MTSA_BUFS(a, t, N)};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
+        if (!*bufs[i].p) {
+            mtsa_acts_free(t, be);
+            return sherl_errorf(SHERL_ENOMEM, "cannot allocate MTSA activations for %d tokens", N);
+        }
+    }
+    return sherl_ok();
+}
+
+void mtsa_acts_free(mtsa_acts *t, const sherl_backend *be)
+{
+    float **all[] = {&t->xpre, &t->x,    &t->ln_mean, &t->ln_rstd, &t->s,    &t->rho,
+                     &t->alpha, &t->z,   &t->rz,      &t->u,       &t->un,   &t->out_mean,
+                     &t->out_rstd, &t->ud, &t->d_ud,  &t->d_un,    &t->d_u,  &t->d_rz,
+                     &t->d_z,  &t->d_xpre, &t->d_x};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (*all[i])
+            be->free(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
+                  const float *const *taps, const float *h_last, int N, int train, uint64_t seed)
+{
+    const sherl_backend *be = ps->be;
+    int K = a->K, D = a->D, d = a->d;
+    size_t Nd = (size_t)N * d, ND = (size_t)N * D;
+    /* 1. x_i = LayerNorm_i(W_i h_i + b_i) */
+    for (int i = 0; i < K; i++) {
+        be->matmul_forward(t->xpre + i * Nd, taps[i], P(ps, a->proj_w[i]), P(ps, a->proj_b[i]), N,
+                           D, d);
+        be->layernorm_forward(t->x + i * Nd, t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N,
+                              t->xpre + i * Nd, P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), N,
+                              d, MTSA_PROJ_LN_EPS);
+    }
+    /* 2-6. guidance and consolidation onto the guide */
+    be->mtsa_guide_forward(t->z, t->s, t->rho, t->alpha, t->x, P(ps, a->guide_w),
+                           P(ps, a->guide_c), K, N, d);
+    /* 7. y = Dropout(LayerNorm_out(W_u relu(z) + b_u)) + tanh(lambda / 0.1) h_last */
+    be->relu_forward(t->rz, t->z, Nd);
+    be->matmul_forward(t->u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
+    be->layernorm_forward(t->un, t->out_mean, t->out_rstd, t->u, P(ps, a->out_ln_w),
+                          P(ps, a->out_ln_b), N, D, a->out_eps);
+    be->dropout_forward(t->ud, t->un, ND, train ? a->dropout : 0.0f, seed, 0);
+    be->gate_add_forward(y, t->ud, h_last, P(ps, a->gate), MTSA_GATE_TEMPERATURE, ND);
+}
+
+void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
+                   const float *const *taps, const float *h_last, int N, int train,
+                   uint64_t seed)
+{
+    const sherl_backend *be = ps->be;
+    int K = a->K, D = a->D, d = a->d;
+    size_t Nd = (size_t)N * d, ND = (size_t)N * D;
+    be->zero(t->d_ud, ND * sizeof(float));
+    be->zero(t->d_un, ND * sizeof(float));
+    be->zero(t->d_u, ND * sizeof(float));
+    be->zero(t->d_rz, Nd * sizeof(float));
+    be->zero(t->d_z, Nd * sizeof(float));
+    be->zero(t->d_x, (size_t)K * Nd * sizeof(float));
+    be->gate_add_backward(t->d_ud, G(ps, a->gate), dy, h_last, P(ps, a->gate),
+                          MTSA_GATE_TEMPERATURE, ND);
+    be->dropout_backward(t->d_un, t->d_ud, ND, train ? a->dropout : 0.0f, seed, 0);
+    be->layernorm_backward(t->d_u, G(ps, a->out_ln_w), G(ps, a->out_ln_b), t->d_un, t->u,
+                           P(ps, a->out_ln_w), t->out_mean, t->out_rstd, N, D);
+    be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz, P(ps, a->up_w), N,
+                        d, D);
+    be->relu_backward(t->d_z, t->z, t->d_rz, Nd);
+    be->mtsa_guide_backward(t->d_x, G(ps, a->guide_w), G(ps, a->guide_c), t->d_z, t->x,
+                            P(ps, a->guide_w), t->s, t->rho, t->alpha, K, N, d);
+    for (int i = 0; i < K; i++) {
+        be->zero(t->d_xpre, Nd * sizeof(float));
+        be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
+                               t->d_x + i * Nd, t->xpre + i * Nd, P(ps, a->proj_ln_w[i]),
+                               t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N, N, d);
+        /* the taps are frozen early-route outputs: no input gradient */
+        be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre, taps[i],
+                            P(ps, a->proj_w[i]), N, D, d);
+    }
+}

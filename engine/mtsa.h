@@ -1,0 +1,64 @@
+/* MTSA, the multi-tiered sensing adapter of SHERL (DESIGN.md section 2): per-tap projections,
+ * redundancy-normalised guidance, consolidation onto the deepest tap, up-projection and the
+ * tanh gate on h_{L-k}. Forward and backward on any backend; parameters live in a param_set. */
+#ifndef SHERL_MTSA_H
+#define SHERL_MTSA_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "params.h"
+#include "status.h"
+
+#define MTSA_GATE_TEMPERATURE 0.1f
+#define MTSA_PROJ_LN_EPS 1e-5f /* the projections' LayerNorm: PyTorch's default, as the reference */
+
+/* Indices into the param_set, per tensor (per tap for the projections). */
+typedef struct {
+    int K, D, d;          /* taps, backbone width, side width */
+    float out_eps;        /* LayerNorm_out eps: the backbone's */
+    float dropout;
+    int *proj_w, *proj_b, *proj_ln_w, *proj_ln_b; /* [K] each */
+    int guide_w, guide_c, up_w, up_b, out_ln_w, out_ln_b, gate;
+} mtsa;
+
+/* Registers the MTSA tensors ("mtsa.*") in ps; call before param_set_alloc. */
+sherl_status mtsa_register(mtsa *a, param_set *ps, int K, int D, int d, float out_eps,
+                           float dropout);
+void mtsa_free(mtsa *a);
+/* PyTorch's default initialisation (Linear: U(+-1/sqrt(fan_in)); LayerNorm 1/0; gate 0), from a
+ * seeded generator. After param_set_alloc. */
+void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
+
+/* Activations for N tokens. */
+typedef struct {
+    int N;
+    float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs) */
+    float *x;     /* [K,N,d] projected taps */
+    float *ln_mean, *ln_rstd; /* [K,N] */
+    float *s, *rho, *alpha;   /* [N,K-1] */
+    float *z, *rz;            /* [N,d] consolidated, relu(z) */
+    float *u, *un;            /* [N,D] up-projection, after LayerNorm_out */
+    float *out_mean, *out_rstd; /* [N] */
+    float *ud;                /* [N,D] after dropout */
+    /* backward scratch */
+    float *d_ud, *d_un, *d_u; /* [N,D] */
+    float *d_rz, *d_z, *d_xpre; /* [N,d] */
+    float *d_x;               /* [K,N,d] */
+} mtsa_acts;
+
+sherl_status mtsa_acts_alloc(mtsa_acts *t, const mtsa *a, const sherl_backend *be, int N);
+void mtsa_acts_free(mtsa_acts *t, const sherl_backend *be);
+/* Bytes mtsa_acts_alloc takes for N tokens (for the memory planner). */
+size_t mtsa_acts_bytes(const mtsa *a, int N);
+
+/* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.
+ * Dropout (p = a->dropout when train) uses the counter-based RNG at (seed, 0). */
+void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
+                  const float *const *taps, const float *h_last, int N, int train, uint64_t seed);
+/* Accumulates every MTSA gradient into ps's grad arena; no gradient flows to the taps. */
+void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
+                   const float *const *taps, const float *h_last, int N, int train,
+                   uint64_t seed);
+
+#endif

@@ -1,0 +1,508 @@
+#include "sherl_model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sherl_options_default(sherl_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->method = METHOD_SHERL;
+    o->late_layers = 1;
+    o->downsample_factor = 2;
+    o->dropout = 0.1f;
+    o->task = TASK_CLASSIFICATION;
+    o->num_labels = 2;
+    o->pooling = POOL_MEAN;
+    o->seed = 17;
+}
+
+static const char *const METHOD_NAMES[] = {"sherl", "full", "late", "linear"};
+
+const char *train_method_name(train_method m)
+{
+    return (unsigned)m < 4 ? METHOD_NAMES[m] : "unknown";
+}
+
+sherl_status train_method_parse(const char *name, train_method *m)
+{
+    for (int i = 0; name && i < 4; i++)
+        if (!strcmp(name, METHOD_NAMES[i])) {
+            *m = (train_method)i;
+            return sherl_ok();
+        }
+    return sherl_errorf(SHERL_EINVAL, "method '%s': expected sherl, full, late or linear",
+                        name ? name : "(null)");
+}
+
+/* ------------------------------------------------------------------------------------------
+ * creation */
+
+/* Registers a trainable copy of backbone layer i ("layer.<i>.*"); returns 0 on failure. */
+static int register_layer(param_set *ps, int i, int D, int F, int idx[12])
+{
+    static const struct {
+        const char *suffix;
+        int rows, cols, decay; /* rows/cols: 1 = D, 3 = 3D, 2 = F */
+    } spec[12] = {
+        {"qkv.weight", 3, 1, 1},     {"qkv.bias", 3, 0, 0},     {"attn_out.weight", 1, 1, 1},
+        {"attn_out.bias", 1, 0, 0},  {"ln1.weight", 1, 0, 0},   {"ln1.bias", 1, 0, 0},
+        {"ffn_in.weight", 2, 1, 1},  {"ffn_in.bias", 2, 0, 0},  {"ffn_out.weight", 1, 2, 1},
+        {"ffn_out.bias", 1, 0, 0},   {"ln2.weight", 1, 0, 0},   {"ln2.bias", 1, 0, 0},
+    };
+    for (int j = 0; j < 12; j++) {
+        char name[96];
+        snprintf(name, sizeof name, "layer.%d.%s", i, spec[j].suffix);
+        int64_t dims[4] = {0, D, F, 3 * (int64_t)D};
+        idx[j] = param_set_add(ps, name, dims[spec[j].rows], dims[spec[j].cols], spec[j].decay);
+        if (idx[j] < 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Field order of bert_layer matches register_layer's spec. */
+static float **layer_field(bert_layer *l, int j)
+{
+    float **f[12] = {&l->qkv_w,  &l->qkv_b,     &l->attn_out_w, &l->attn_out_b,
+                     &l->ln1_w,  &l->ln1_b,     &l->ffn_in_w,   &l->ffn_in_b,
+                     &l->ffn_out_w, &l->ffn_out_b, &l->ln2_w,   &l->ln2_b};
+    return f[j];
+}
+
+static void copy_backend(const sherl_backend *be, float *dst, const float *src, size_t n,
+                         float *host)
+{
+    be->copy_to_host(host, src, n * sizeof(float));
+    be->copy_to_device(dst, host, n * sizeof(float));
+}
+
+static sherl_status validate(const bert_model *bb, const sherl_options *o, int *K_out)
+{
+    int L = bb->cfg.num_hidden_layers;
+    if ((unsigned)o->method > METHOD_LINEAR)
+        return sherl_errorf(SHERL_EINVAL, "unknown method %d", (int)o->method);
+    if (o->method == METHOD_SHERL || o->method == METHOD_LATE) {
+        if (o->late_layers < 1 || o->late_layers >= L + (o->method == METHOD_LATE))
+            return sherl_errorf(SHERL_EINVAL,
+                                "late_layers %d: expected 1..%d for a %d-layer backbone",
+                                o->late_layers, o->method == METHOD_LATE ? L : L - 1, L);
+    }
+    if (o->task == TASK_CLASSIFICATION && (o->num_labels < 2 || o->num_labels > 1000000))
+        return sherl_errorf(SHERL_EINVAL, "num_labels %d: expected 2..1000000", o->num_labels);
+    if (o->dropout < 0.0f || o->dropout >= 1.0f)
+        return sherl_errorf(SHERL_EINVAL, "dropout %g: expected [0, 1)", (double)o->dropout);
+    *K_out = 0;
+    if (o->method != METHOD_SHERL)
+        return sherl_ok();
+    int last = L - o->late_layers;
+    int D = bb->cfg.hidden_size;
+    if (o->side_dim < 0 || o->side_dim > D)
+        return sherl_errorf(SHERL_EINVAL, "side_dim %d: expected 1..%d (or 0 for hidden / "
+                                          "downsample_factor)",
+                            o->side_dim, D);
+    if (!o->side_dim && (o->downsample_factor < 1 || D / o->downsample_factor < 1))
+        return sherl_errorf(SHERL_EINVAL, "downsample_factor %d: expected 1..%d",
+                            o->downsample_factor, D);
+    if (o->n_taps == 0) {
+        *K_out = last + 1;
+        if (*K_out < 2)
+            return sherl_errorf(SHERL_EINVAL, "SHERL needs at least 2 taps; with %d late layers "
+                                              "of %d there is only h_0",
+                                o->late_layers, L);
+        return sherl_ok();
+    }
+    if (o->n_taps < 2 || o->n_taps > SHERL_MAX_TAPS)
+        return sherl_errorf(SHERL_EINVAL, "taps: %d given, expected 2..%d", o->n_taps,
+                            last + 1 < SHERL_MAX_TAPS ? last + 1 : SHERL_MAX_TAPS);
+    for (int i = 0; i < o->n_taps; i++) {
+        if (o->taps[i] < 0 || o->taps[i] > last || (i && o->taps[i] <= o->taps[i - 1]))
+            return sherl_errorf(SHERL_EINVAL, "taps[%d] = %d: expected increasing layer indices "
+                                              "in 0..%d",
+                                i, o->taps[i], last);
+    }
+    if (o->taps[o->n_taps - 1] != last)
+        return sherl_errorf(SHERL_EINVAL, "taps: the last tap must be h_%d (the input of the "
+                                          "first late layer), got h_%d",
+                            last, o->taps[o->n_taps - 1]);
+    *K_out = o->n_taps;
+    return sherl_ok();
+}
+
+sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt)
+{
+    *out = NULL;
+    int K = 0;
+    SHERL_TRY(validate(bb, opt, &K));
+    sherl_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    const hf_config *c = &bb->cfg;
+    m->bb = bb, m->be = bb->be, m->opt = *opt;
+    m->L = c->num_hidden_layers, m->D = c->hidden_size, m->K = K;
+    m->k = (opt->method == METHOD_SHERL || opt->method == METHOD_LATE) ? opt->late_layers : 0;
+    int L = m->L, D = m->D, F = c->intermediate_size;
+    param_set_init(&m->ps, m->be);
+    m->layers = calloc((size_t)L, sizeof(bert_layer));
+    m->grads = calloc((size_t)L, sizeof(bert_layer));
+    m->layer_trainable = calloc((size_t)L, sizeof(int));
+    m->tap_layer = calloc((size_t)(K ? K : 1), sizeof(int));
+    int (*layer_idx)[12] = calloc((size_t)L, sizeof *layer_idx);
+    int emb_idx[5] = {-1, -1, -1, -1, -1};
+    sherl_status st = sherl_ok();
+    if (!m->layers || !m->grads || !m->layer_trainable || !m->tap_layer || !layer_idx) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < L; i++) {
+        m->layers[i] = bb->layers[i];
+        m->layer_trainable[i] = opt->method == METHOD_FULL ||
+                                (opt->method == METHOD_LATE && i >= L - m->k) ||
+                                (opt->method == METHOD_SHERL && opt->tune_late && i >= L - m->k);
+    }
+    /* registration: trainable backbone copies, MTSA, head */
+    if (opt->method == METHOD_FULL) {
+        emb_idx[0] = param_set_add(&m->ps, "emb.word", c->vocab_size, D, 1);
+        emb_idx[1] = param_set_add(&m->ps, "emb.pos", c->max_position_embeddings, D, 1);
+        emb_idx[2] = param_set_add(&m->ps, "emb.type", c->type_vocab_size, D, 1);
+        emb_idx[3] = param_set_add(&m->ps, "emb.ln.weight", D, 0, 0);
+        emb_idx[4] = param_set_add(&m->ps, "emb.ln.bias", D, 0, 0);
+        for (int j = 0; j < 5; j++)
+            if (emb_idx[j] < 0)
+                st = sherl_errorf(SHERL_ENOMEM, "cannot register the embeddings");
+    }
+    for (int i = 0; !st.code && i < L; i++)
+        if (m->layer_trainable[i] && !register_layer(&m->ps, i, D, F, layer_idx[i]))
+            st = sherl_errorf(SHERL_ENOMEM, "cannot register layer %d", i);
+    if (!st.code && opt->method == METHOD_SHERL) {
+        int d = opt->side_dim ? opt->side_dim : D / opt->downsample_factor;
+        for (int i = 0; i < K; i++)
+            m->tap_layer[i] = opt->n_taps ? opt->taps[i] : i;
+        st = mtsa_register(&m->side, &m->ps, K, D, d, c->layer_norm_eps, opt->dropout);
+    }
+    if (st.code)
+        goto fail;
+    m->out_dim = opt->task == TASK_CLASSIFICATION ? opt->num_labels : 1;
+    m->head_w = param_set_add(&m->ps, "head.weight", m->out_dim, D, 1);
+    m->head_b = param_set_add(&m->ps, "head.bias", m->out_dim, 0, 0);
+    if (m->head_w < 0 || m->head_b < 0) {
+        st = sherl_errorf(SHERL_ENOMEM, "cannot register the head");
+        goto fail;
+    }
+    st = param_set_alloc(&m->ps);
+    if (st.code)
+        goto fail;
+
+    /* initial values: copies of the backbone, PyTorch-style init for the new modules */
+    size_t host_n = (size_t)c->vocab_size * D;
+    if ((size_t)F * D * 3 > host_n)
+        host_n = (size_t)F * D * 3;
+    float *host = malloc(host_n * sizeof(float));
+    if (!host) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (opt->method == METHOD_FULL) {
+        const float *src[5] = {bb->emb.word, bb->emb.pos, bb->emb.type, bb->emb.ln_w, bb->emb.ln_b};
+        float **dst[5] = {&m->emb.word, &m->emb.pos, &m->emb.type, &m->emb.ln_w, &m->emb.ln_b};
+        float **gdst[5] = {&m->emb_grads.word, &m->emb_grads.pos, &m->emb_grads.type,
+                           &m->emb_grads.ln_w, &m->emb_grads.ln_b};
+        for (int j = 0; j < 5; j++) {
+            sherl_param *p = &m->ps.items[emb_idx[j]];
+            copy_backend(m->be, p->data, src[j], p->numel, host);
+            *dst[j] = p->data;
+            *gdst[j] = p->grad;
+        }
+    }
+    for (int i = 0; i < L; i++) {
+        if (!m->layer_trainable[i])
+            continue;
+        for (int j = 0; j < 12; j++) {
+            sherl_param *p = &m->ps.items[layer_idx[i][j]];
+            copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host);
+            *layer_field(&m->layers[i], j) = p->data;
+            *layer_field(&m->grads[i], j) = p->grad;
+        }
+    }
+    free(host);
+    if (opt->method == METHOD_SHERL)
+        mtsa_init(&m->side, &m->ps, opt->seed);
+    {
+        /* head: PyTorch's Linear init, U(+-1/sqrt(D)) */
+        float bound = 1.0f / sqrtf((float)D);
+        for (int t = 0; t < 2; t++) {
+            int idx = t ? m->head_b : m->head_w;
+            sherl_param *p = &m->ps.items[idx];
+            float *h = malloc(p->numel * sizeof(float));
+            if (!h) {
+                st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+                goto fail;
+            }
+            for (size_t e = 0; e < p->numel; e++)
+                h[e] = (2.0f * sherl_dropout_uniform(opt->seed * 7919u + 1 + t, e) - 1.0f) * bound;
+            param_set_upload(&m->ps, idx, h);
+            free(h);
+        }
+    }
+    free(layer_idx);
+    *out = m;
+    return sherl_ok();
+fail:
+    free(layer_idx);
+    sherl_model_free(m);
+    return st;
+}
+
+void sherl_model_free(sherl_model *m)
+{
+    if (!m)
+        return;
+    mtsa_free(&m->side);
+    param_set_free(&m->ps);
+    free(m->layers), free(m->grads), free(m->layer_trainable), free(m->tap_layer);
+    free(m);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * step buffers */
+
+/* Which hidden states a method keeps between forward and backward: the taps (sherl), the
+ * late route's input and outputs (sherl, late), every state (full), the last (linear). */
+static int keeps_state(const sherl_model *m, int i)
+{
+    int L = m->L;
+    switch (m->opt.method) {
+    case METHOD_SHERL:
+        for (int t = 0; t < m->K; t++)
+            if (m->tap_layer[t] == i)
+                return 1;
+        return i > L - m->k;
+    case METHOD_LATE:
+        return i >= L - m->k;
+    case METHOD_FULL:
+        return 1;
+    case METHOD_LINEAR:
+        return i == L;
+    }
+    return 0;
+}
+
+/* Whether backprop runs through layer i (0-based), so its activations are kept. */
+static int backprop_layer(const sherl_model *m, int i)
+{
+    if (m->opt.method == METHOD_FULL)
+        return 1;
+    if (m->opt.method == METHOD_SHERL || m->opt.method == METHOD_LATE)
+        return i >= m->L - m->k;
+    return 0;
+}
+
+sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T)
+{
+    memset(s, 0, sizeof *s);
+    const sherl_backend *be = m->be;
+    int L = m->L, D = m->D, F = m->bb->cfg.intermediate_size, NH = m->bb->cfg.num_attention_heads;
+    size_t N = (size_t)B * T, ND = N * D;
+    s->B = B, s->T = T;
+    SHERL_TRY(bert_workspace_create(&s->ws, m->bb, B, T));
+    sherl_status st = sherl_ok();
+    s->hidden = calloc((size_t)L + 1, sizeof(float *));
+    s->acts = calloc((size_t)L, sizeof(bert_layer_acts));
+    if (!s->hidden || !s->acts)
+        goto oom;
+    for (int i = 0; i <= L; i++)
+        if (keeps_state(m, i) && !(s->hidden[i] = be->alloc(ND * sizeof(float))))
+            goto oom;
+    for (int i = 0; i < L; i++)
+        if (backprop_layer(m, i)) {
+            st = bert_layer_acts_alloc(&s->acts[i], be, B, T, D, F, NH);
+            if (st.code)
+                goto fail;
+        }
+    if (!(s->scratch[0] = be->alloc(ND * sizeof(float))) ||
+        !(s->scratch[1] = be->alloc(ND * sizeof(float))))
+        goto oom;
+    if (m->opt.method != METHOD_LINEAR) {
+        st = bert_layer_grad_ws_alloc(&s->gws, be, B, T, D, F);
+        if (st.code)
+            goto fail;
+        if (!(s->d_a = be->alloc(ND * sizeof(float))) || !(s->d_b = be->alloc(ND * sizeof(float))))
+            goto oom;
+    }
+    if (m->opt.method == METHOD_SHERL) {
+        st = mtsa_acts_alloc(&s->side, &m->side, be, (int)N);
+        if (st.code)
+            goto fail;
+        if (!(s->y = be->alloc(ND * sizeof(float))))
+            goto oom;
+    }
+    st = pooler_create(&s->pool, be, m->opt.pooling, B);
+    if (st.code)
+        goto fail;
+    int C = m->out_dim;
+    if (!(s->mask = be->alloc(N * sizeof(int32_t))) ||
+        !(s->pooled = be->alloc((size_t)B * D * sizeof(float))) ||
+        !(s->d_pooled = be->alloc((size_t)B * D * sizeof(float))) ||
+        !(s->logits = be->alloc((size_t)B * C * sizeof(float))) ||
+        !(s->probs = be->alloc((size_t)B * C * sizeof(float))) ||
+        !(s->d_logits = be->alloc((size_t)B * C * sizeof(float))) ||
+        !(s->losses = be->alloc((size_t)B * sizeof(float))) ||
+        !(s->labels = be->alloc((size_t)B * sizeof(int32_t))) ||
+        !(s->targets = be->alloc((size_t)B * sizeof(float))))
+        goto oom;
+    return sherl_ok();
+oom:
+    st = sherl_errorf(SHERL_ENOMEM, "cannot allocate a %d x %d training step", B, T);
+fail:
+    sherl_step_free(s, m);
+    return st;
+}
+
+void sherl_step_free(sherl_step *s, const sherl_model *m)
+{
+    const sherl_backend *be = m->be;
+    bert_workspace_free(&s->ws);
+    for (int i = 0; s->hidden && i <= m->L; i++)
+        if (s->hidden[i])
+            be->free(s->hidden[i]);
+    for (int i = 0; s->acts && i < m->L; i++)
+        bert_layer_acts_free(&s->acts[i], be);
+    free(s->hidden), free(s->acts);
+    bert_layer_grad_ws_free(&s->gws, be);
+    mtsa_acts_free(&s->side, be);
+    pooler_free(&s->pool);
+    void *bufs[] = {s->scratch[0], s->scratch[1], s->d_a,     s->d_b,   s->y,
+                    s->mask,       s->pooled,     s->d_pooled, s->logits, s->probs,
+                    s->d_logits,   s->losses,     s->labels,  s->targets};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            be->free(bufs[i]);
+    memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * forward and backward */
+
+#define PD(i) (m->ps.items[(i)].data)
+#define PG(i) (m->ps.items[(i)].grad)
+
+sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch *batch,
+                           const int32_t *labels, const float *targets, int train,
+                           uint64_t dropout_seed, double *loss, float *logits_out)
+{
+    const sherl_backend *be = m->be;
+    int L = m->L, D = m->D, B = batch->B, T = batch->T, C = m->out_dim;
+    size_t N = (size_t)B * T;
+    if (B > s->B || T > s->T)
+        return sherl_errorf(SHERL_EINVAL, "batch %d x %d exceeds the step's %d x %d", B, T, s->B,
+                            s->T);
+    if (labels && m->opt.task == TASK_CLASSIFICATION)
+        for (int b = 0; b < B; b++)
+            if (labels[b] < 0 || labels[b] >= m->opt.num_labels)
+                return sherl_errorf(SHERL_EINVAL, "label %d of example %d: expected 0..%d",
+                                    labels[b], b, m->opt.num_labels - 1);
+    if (targets && m->opt.task == TASK_REGRESSION)
+        for (int b = 0; b < B; b++)
+            if (!isfinite(targets[b]))
+                return sherl_errorf(SHERL_EINVAL, "target of example %d is not finite", b);
+
+    /* embeddings: the trainable copy for full fine-tuning, else the backbone's */
+    float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
+    SHERL_TRY(bert_embed_forward_weights(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb,
+                                         &s->ws, batch, prev));
+    int first_late = L - m->k; /* layers [first_late, L) are the late route (sherl, late) */
+    for (int i = 0; i < L; i++) {
+        const float *inp = prev;
+        if (m->opt.method == METHOD_SHERL && i == first_late) {
+            const float *taps[SHERL_MAX_TAPS];
+            for (int t = 0; t < m->K; t++)
+                taps[t] = s->hidden[m->tap_layer[t]];
+            mtsa_forward(&m->side, &m->ps, &s->side, s->y, taps, s->hidden[first_late], (int)N,
+                         train, dropout_seed);
+            inp = s->y;
+        }
+        float *dst = s->hidden[i + 1];
+        if (!dst)
+            dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
+        bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
+        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, B, T);
+        prev = dst;
+    }
+    s->final = prev;
+    s->last_B = B, s->last_T = T;
+    be->copy_to_device(s->mask, batch->attention_mask, N * sizeof(int32_t));
+    pool_forward(&s->pool, s->pooled, s->final, s->mask, B, T, D);
+    be->matmul_forward(s->logits, s->pooled, PD(m->head_w), PD(m->head_b), B, D, C);
+    if (logits_out)
+        be->copy_to_host(logits_out, s->logits, (size_t)B * C * sizeof(float));
+    if (!loss)
+        return sherl_ok();
+    float host_losses[1024];
+    float *hl = B <= 1024 ? host_losses : malloc((size_t)B * sizeof(float));
+    if (!hl)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    if (m->opt.task == TASK_CLASSIFICATION && labels) {
+        be->copy_to_device(s->labels, labels, (size_t)B * sizeof(int32_t));
+        be->crossentropy_forward(s->losses, s->probs, s->logits, s->labels, B, C);
+    } else if (m->opt.task == TASK_REGRESSION && targets) {
+        be->copy_to_device(s->targets, targets, (size_t)B * sizeof(float));
+        be->mse_forward(s->losses, s->logits, s->targets, B);
+    } else {
+        if (hl != host_losses)
+            free(hl);
+        return sherl_errorf(SHERL_EINVAL, "a loss needs %s", m->opt.task == TASK_CLASSIFICATION
+                                                                  ? "labels" : "targets");
+    }
+    be->copy_to_host(hl, s->losses, (size_t)B * sizeof(float));
+    double sum = 0.0;
+    for (int b = 0; b < B; b++)
+        sum += hl[b];
+    *loss = sum / B;
+    if (hl != host_losses)
+        free(hl);
+    return sherl_ok();
+}
+
+void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
+{
+    const sherl_backend *be = m->be;
+    int L = m->L, D = m->D, B = s->last_B, T = s->last_T, C = m->out_dim;
+    size_t N = (size_t)B * T, ND = N * D;
+    be->zero(s->d_logits, (size_t)B * C * sizeof(float));
+    if (m->opt.task == TASK_CLASSIFICATION)
+        be->crossentropy_backward(s->d_logits, s->probs, s->labels, 1.0f / B, B, C);
+    else
+        be->mse_backward(s->d_logits, s->logits, s->targets, 1.0f / B, B);
+    int through_backbone = m->opt.method != METHOD_LINEAR;
+    be->zero(s->d_pooled, (size_t)B * D * sizeof(float));
+    be->matmul_backward(through_backbone ? s->d_pooled : NULL, PG(m->head_w), PG(m->head_b),
+                        s->d_logits, s->pooled, PD(m->head_w), B, D, C);
+    if (!through_backbone)
+        return;
+    float *dcur = s->d_a, *dnext = s->d_b;
+    be->zero(dcur, ND * sizeof(float));
+    pool_backward(&s->pool, dcur, s->d_pooled, s->mask, B, T, D);
+    int first = m->opt.method == METHOD_FULL ? 0 : L - m->k;
+    for (int i = L - 1; i >= first; i--) {
+        /* the layer's input: the previous state, or the MTSA output for sherl's first late layer */
+        const float *inp = (m->opt.method == METHOD_SHERL && i == first) ? s->y : s->hidden[i];
+        int need_dinp = i > first || m->opt.method != METHOD_LATE;
+        if (need_dinp)
+            be->zero(dnext, ND * sizeof(float));
+        bert_layer_backward(m->bb, &m->layers[i], m->layer_trainable[i] ? &m->grads[i] : NULL,
+                            &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, B, T);
+        float *t = dcur;
+        dcur = dnext;
+        dnext = t;
+    }
+    if (m->opt.method == METHOD_SHERL) {
+        const float *taps[SHERL_MAX_TAPS];
+        for (int t = 0; t < m->K; t++)
+            taps[t] = s->hidden[m->tap_layer[t]];
+        mtsa_backward(&m->side, &m->ps, &s->side, dcur, taps, s->hidden[first], (int)N, 1,
+                      dropout_seed);
+    } else if (m->opt.method == METHOD_FULL) {
+        bert_embed_backward(m->bb, &m->emb, &m->emb_grads, &s->ws, dnext, dcur, B, T);
+    }
+}

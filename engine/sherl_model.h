@@ -1,0 +1,101 @@
+/* A fine-tuning model around a frozen backbone, for the four training methods that share this
+ * engine so comparisons are honest (DESIGN.md section 2):
+ *   sherl  — early route forward-only keeping the taps, MTSA, the k late layers (frozen unless
+ *            tune_late), head; backprop through late layers into the MTSA
+ *   late   — the last k layers trainable, no side module
+ *   full   — embeddings and every layer trainable
+ *   linear — frozen backbone, head only
+ * The backbone's weights are shared read-only; trainable copies live in the model's param_set.
+ * The backbone runs in inference mode (no dropout) for every method; only the MTSA has dropout. */
+#ifndef SHERL_SHERL_MODEL_H
+#define SHERL_SHERL_MODEL_H
+
+#include <stdint.h>
+
+#include "bert.h"
+#include "mtsa.h"
+#include "params.h"
+#include "pooling.h"
+
+typedef enum { METHOD_SHERL = 0, METHOD_FULL, METHOD_LATE, METHOD_LINEAR } train_method;
+typedef enum { TASK_CLASSIFICATION = 0, TASK_REGRESSION } task_type;
+
+#define SHERL_MAX_TAPS 256
+
+typedef struct {
+    train_method method;
+    int late_layers;       /* k >= 1 (sherl, late) */
+    int side_dim;          /* d'; 0 means hidden / downsample_factor */
+    int downsample_factor; /* r, default 2 */
+    int n_taps;            /* 0: all of h_0..h_{L-k} */
+    int taps[SHERL_MAX_TAPS]; /* increasing, the last one L-k */
+    float dropout;         /* MTSA dropout */
+    int tune_late;
+    task_type task;
+    int num_labels;        /* classification: >= 2 */
+    pool_mode pooling;
+    uint64_t seed;         /* initialisation */
+} sherl_options;
+
+void sherl_options_default(sherl_options *o);
+const char *train_method_name(train_method m);
+sherl_status train_method_parse(const char *name, train_method *m);
+
+typedef struct {
+    const bert_model *bb;
+    const sherl_backend *be;
+    sherl_options opt;
+    int L, D, k;
+    int K;              /* taps (sherl) */
+    int *tap_layer;     /* [K] hidden-state index of each tap */
+    param_set ps;
+    mtsa side;          /* sherl only */
+    bert_layer *layers; /* [L] the weights in use: the backbone's or trainable copies */
+    bert_layer *grads;  /* [L] gradient pointers; all NULL for frozen layers */
+    int *layer_trainable; /* [L] */
+    bert_embeddings emb, emb_grads; /* full only: trainable copies */
+    int head_w, head_b, out_dim;
+} sherl_model;
+
+/* Validates the options against the backbone, registers and initialises every trainable
+ * tensor (copies of trainable backbone weights, MTSA and head from a seeded generator). */
+sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt);
+void sherl_model_free(sherl_model *m);
+
+/* Activations of one training step for batches up to B x T. */
+typedef struct {
+    int B, T;
+    bert_workspace ws;
+    float **hidden;         /* [L+1]: buffers for the states this method keeps, else NULL */
+    float *scratch[2];      /* [N,D] ping-pong for states not kept */
+    bert_layer_acts *acts;  /* [L]: allocated for the layers backprop runs through */
+    bert_layer_grad_ws gws;
+    mtsa_acts side;
+    float *y;               /* [N,D] MTSA output (sherl) */
+    float *d_a, *d_b;       /* [N,D] gradient ping-pong */
+    int32_t *mask;          /* [B,T] on the backend */
+    pooler pool;
+    float *pooled, *d_pooled; /* [B,D] */
+    float *logits, *probs, *d_logits; /* [B,C] */
+    float *losses;          /* [B] */
+    int32_t *labels;        /* [B] */
+    float *targets;         /* [B] */
+    float *final;           /* the last hidden state of the last forward (not owned) */
+    int last_B, last_T;
+} sherl_step;
+
+sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T);
+void sherl_step_free(sherl_step *s, const sherl_model *m);
+
+/* Forward of one batch; *loss is the mean loss. labels (classification, [B], each in
+ * [0, num_labels)) or targets (regression, [B]) are host arrays; either may be NULL for
+ * inference (then *loss is not computed). logits_out (host, [B, out_dim]) may be NULL.
+ * dropout_seed picks the MTSA dropout mask (train only). */
+sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch *batch,
+                           const int32_t *labels, const float *targets, int train,
+                           uint64_t dropout_seed, double *loss, float *logits_out);
+/* Backward of the last forward (train = 1, with labels/targets): accumulates the gradient of
+ * the mean loss into m->ps's grad arena. */
+void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed);
+
+#endif

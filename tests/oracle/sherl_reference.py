@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""PyTorch reference for the C training engine: SHERL per DESIGN.md section 2 written here on top
+of Hugging Face BERT layers, and the baselines full / late / linear, on a random tiny BERT.
+
+  sherl_reference.py OUT_DIR
+
+Writes OUT_DIR/tiny (the backbone as a HF folder), OUT_DIR/batch.safetensors (input_ids,
+token_type_ids, attention_mask, labels, targets) and for every case NAME:
+  NAME_init.safetensors  the trainable tensors' initial values, under the engine's names
+  NAME_ref.safetensors   logits, loss [1], grad.<name> for every trainable tensor (one forward and
+                         backward of the mean loss), grad64.<name> (the same computed in float64:
+                         the exact gradient; float32 PyTorch is itself up to ~2e-4 off it on
+                         gradients that are small sums of cancelling terms, such as the MTSA's
+                         guide bias), losses [STEPS] (the loss before each of STEPS AdamW steps on
+                         the same batch)
+Dropout is off everywhere (the backbone runs in inference mode; MTSA dropout p = 0)."""
+import copy
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+STEPS = 20
+LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
+torch.manual_seed(4321)
+torch.set_num_threads(2)
+
+
+class MTSA(nn.Module):
+    """DESIGN.md section 2, steps 1-7."""
+
+    def __init__(self, K, D, d, eps_out):
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Linear(D, d) for _ in range(K))
+        self.proj_ln = nn.ModuleList(nn.LayerNorm(d) for _ in range(K))
+        self.guide = nn.Linear(d, 1)
+        self.up = nn.Linear(d, D)
+        self.out_ln = nn.LayerNorm(D, eps=eps_out)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, taps, h_last):
+        xs = [ln(p(t)) for p, ln, t in zip(self.proj, self.proj_ln, taps)]
+        X = torch.stack(xs[:-1], dim=2)            # [B,T,S,d] shallow taps
+        g = xs[-1].unsqueeze(2)                    # [B,T,1,d] guide
+        xh = X / (X.norm(dim=-1, keepdim=True) + 1e-8)
+        rho = torch.relu(xh @ xh.transpose(-1, -2)).sum(-1, keepdim=True)
+        a = torch.relu(self.guide(X * g)) / rho    # [B,T,S,1]
+        alpha = a / (a.abs().sum(dim=2, keepdim=True) + 1e-8)
+        z = g.squeeze(2) + (alpha * X).sum(dim=2)
+        return self.out_ln(self.up(torch.relu(z))) + torch.tanh(self.gate / 0.1) * h_last
+
+
+def fused_layer_tensors(layer):
+    """A HF BertLayer's tensors under the engine's names (Q, K, V stacked)."""
+    at, out = layer.attention, layer.output
+    sa = at.self
+    return {
+        "qkv.weight": [sa.query.weight, sa.key.weight, sa.value.weight],
+        "qkv.bias": [sa.query.bias, sa.key.bias, sa.value.bias],
+        "attn_out.weight": [at.output.dense.weight], "attn_out.bias": [at.output.dense.bias],
+        "ln1.weight": [at.output.LayerNorm.weight], "ln1.bias": [at.output.LayerNorm.bias],
+        "ffn_in.weight": [layer.intermediate.dense.weight],
+        "ffn_in.bias": [layer.intermediate.dense.bias],
+        "ffn_out.weight": [out.dense.weight], "ffn_out.bias": [out.dense.bias],
+        "ln2.weight": [out.LayerNorm.weight], "ln2.bias": [out.LayerNorm.bias],
+    }
+
+
+class Model(nn.Module):
+    def __init__(self, bert, method, k, d, n_out, pooling):
+        super().__init__()
+        self.bert, self.method, self.k, self.pooling = bert, method, k, pooling
+        cfg = bert.config
+        L = cfg.num_hidden_layers
+        self.L = L
+        for p in bert.parameters():
+            p.requires_grad_(False)
+        if method == "full":
+            for p in bert.parameters():
+                p.requires_grad_(True)
+        if method == "late":
+            for layer in bert.encoder.layer[L - k:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+        if method == "sherl":
+            self.mtsa = MTSA(L - k + 1, cfg.hidden_size, d, cfg.layer_norm_eps)
+        self.head = nn.Linear(cfg.hidden_size, n_out)
+
+    def named_trainables(self):
+        """(engine name, [torch tensors to concatenate]) for every trainable tensor."""
+        out = []
+        b = self.bert
+        if self.method == "full":
+            e = b.embeddings
+            out += [("emb.word", [e.word_embeddings.weight]), ("emb.pos", [e.position_embeddings.weight]),
+                    ("emb.type", [e.token_type_embeddings.weight]),
+                    ("emb.ln.weight", [e.LayerNorm.weight]), ("emb.ln.bias", [e.LayerNorm.bias])]
+        for i, layer in enumerate(b.encoder.layer):
+            if self.method == "full" or (self.method == "late" and i >= self.L - self.k):
+                out += [("layer.%d.%s" % (i, n), ts) for n, ts in fused_layer_tensors(layer).items()]
+        if self.method == "sherl":
+            out += [("mtsa." + n, [p]) for n, p in self.mtsa.named_parameters()]
+        out += [("head.weight", [self.head.weight]), ("head.bias", [self.head.bias])]
+        return out
+
+    def forward(self, ids, types, mask):
+        b, L, k = self.bert, self.L, self.k
+        ext = b.get_extended_attention_mask(mask, ids.shape)
+        with torch.set_grad_enabled(self.method == "full"):
+            h = [b.embeddings(input_ids=ids, token_type_ids=types)]
+        first_late = L - k if self.method in ("sherl", "late") else L
+        if self.method == "full":
+            first_late = 0
+        with torch.no_grad():
+            for layer in b.encoder.layer[:first_late]:
+                h.append(layer(h[-1], attention_mask=ext)[0])
+        x = h[-1]
+        if self.method == "sherl":
+            x = self.mtsa(h, h[-1])
+        for layer in b.encoder.layer[first_late:]:
+            x = layer(x, attention_mask=ext)[0]
+        if self.pooling == "cls":
+            pooled = x[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return self.head(pooled)
+
+
+def loss_fn(logits, labels, targets, task):
+    if task == "regression":
+        return F.mse_loss(logits.squeeze(-1), targets)
+    return F.cross_entropy(logits, labels)
+
+
+def run_case(out_dir, name, bert_dir, batch, method, task, pooling, k=1, d=16, n_labels=3):
+    bert = BertModel.from_pretrained(bert_dir, add_pooling_layer=False).eval()
+    model = Model(bert, method, k, d, n_labels if task == "classification" else 1, pooling)
+    trainables = model.named_trainables()
+    save_file({n: torch.cat([t.detach() for t in ts]).contiguous() for n, ts in trainables},
+              os.path.join(out_dir, name + "_init.safetensors"))
+    ids, types, mask = batch["input_ids"].long(), batch["token_type_ids"].long(), batch["attention_mask"].long()
+    params = [t for _, ts in trainables for t in ts]
+    logits = model(ids, types, mask)
+    loss = loss_fn(logits, batch["labels"].long(), batch["targets"], task)
+    loss.backward()
+    ref = {"logits": logits.detach().contiguous(), "loss": loss.detach().reshape(1)}
+    for n, ts in trainables:
+        ref["grad." + n] = torch.cat([t.grad for t in ts]).contiguous()
+    m64 = copy.deepcopy(model).double()
+    for p in m64.parameters():
+        p.grad = None
+    loss_fn(m64(ids, types, mask), batch["labels"].long(), batch["targets"].double(), task).backward()
+    for n, ts in m64.named_trainables():
+        ref["grad64." + n] = torch.cat([t.grad for t in ts]).contiguous()
+    # AdamW with no decay on biases, LayerNorm and the gate (the 1-D tensors)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS, eps=EPS)
+    losses = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = loss_fn(model(ids, types, mask), batch["labels"].long(), batch["targets"], task)
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+    ref["losses"] = torch.tensor(losses, dtype=torch.float64)
+    save_file(ref, os.path.join(out_dir, name + "_ref.safetensors"))
+
+
+CASES = [  # name, method, task, pooling
+    ("sherl", "sherl", "classification", "mean"),
+    ("sherl_cls_regression", "sherl", "regression", "cls"),
+    ("full", "full", "classification", "mean"),
+    ("late", "late", "classification", "cls"),
+    ("linear", "linear", "classification", "mean"),
+]
+
+
+def main(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=24, type_vocab_size=2,
+                     hidden_act="gelu", layer_norm_eps=1e-12)
+    bert = BertModel(cfg, add_pooling_layer=False)
+    with torch.no_grad():
+        for n, p in bert.named_parameters():
+            if "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    bert_dir = os.path.join(out_dir, "tiny")
+    bert.save_pretrained(bert_dir, safe_serialization=True)
+    B, T = 5, 9
+    lens = [9, 6, 3, 8, 5]
+    ids = torch.randint(1, cfg.vocab_size, (B, T))
+    types = torch.zeros(B, T, dtype=torch.long)
+    types[:, 5:] = 1
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(lens):
+        mask[b, :n] = 1
+        ids[b, n:] = 0
+        types[b, n:] = 0
+    batch = {"input_ids": ids.int(), "token_type_ids": types.int(), "attention_mask": mask.int(),
+             "labels": torch.tensor([0, 2, 1, 2, 0], dtype=torch.int32),
+             "targets": torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5])}
+    save_file(batch, os.path.join(out_dir, "batch.safetensors"))
+    for name, method, task, pooling in CASES:
+        run_case(out_dir, name, bert_dir, batch, method, task, pooling)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
