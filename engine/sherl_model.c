@@ -305,6 +305,7 @@ sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T
     int L = m->L, D = m->D, F = m->bb->cfg.intermediate_size, NH = m->bb->cfg.num_attention_heads;
     size_t N = (size_t)B * T, ND = N * D;
     s->B = B, s->T = T;
+    s->grad_scale = 1.0f;
     SHERL_TRY(bert_workspace_create(&s->ws, m->bb, B, T));
     sherl_status st = sherl_ok();
     s->hidden = calloc((size_t)L + 1, sizeof(float *));
@@ -471,9 +472,9 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
     size_t N = (size_t)B * T, ND = N * D;
     be->zero(s->d_logits, (size_t)B * C * sizeof(float));
     if (m->opt.task == TASK_CLASSIFICATION)
-        be->crossentropy_backward(s->d_logits, s->probs, s->labels, 1.0f / B, B, C);
+        be->crossentropy_backward(s->d_logits, s->probs, s->labels, s->grad_scale / B, B, C);
     else
-        be->mse_backward(s->d_logits, s->logits, s->targets, 1.0f / B, B);
+        be->mse_backward(s->d_logits, s->logits, s->targets, s->grad_scale / B, B);
     int through_backbone = m->opt.method != METHOD_LINEAR;
     be->zero(s->d_pooled, (size_t)B * D * sizeof(float));
     be->matmul_backward(through_backbone ? s->d_pooled : NULL, PG(m->head_w), PG(m->head_b),

@@ -1,0 +1,1 @@
+sherl_unit_test(test_training_utils SOURCES ${SHERL_TEST_DIR}/unit/test_training_utils.c)

@@ -1,0 +1,78 @@
+/* Metrics, learning-rate schedules and gradient clipping against hand-computed values. */
+#include <criterion/criterion.h>
+#include <math.h>
+
+#include "metrics.h"
+#include "optim.h"
+
+#define NEAR(a, b, tol) cr_expect(fabs((a) - (b)) <= (tol), "%s = %.9g, expected %.9g", #a, (double)(a), (double)(b))
+
+Test(metrics, accuracy_and_macro_f1)
+{
+    int32_t pred[4] = {0, 1, 2, 1}, label[4] = {0, 1, 1, 1};
+    NEAR(metric_accuracy(pred, label, 4), 0.75, 1e-12);
+    /* class 0: F1 1; class 1: P 1, R 2/3, F1 0.8; class 2 (predicted, never true): 0 */
+    NEAR(metric_macro_f1(pred, label, 4, 3), 0.6, 1e-12);
+    /* a class that occurs nowhere does not count */
+    NEAR(metric_macro_f1(pred, label, 4, 10), 0.6, 1e-12);
+    NEAR(metric_accuracy(pred, label, 0), 0.0, 0);
+}
+
+Test(metrics, pearson_and_spearman)
+{
+    float x[4] = {1, 2, 3, 4}, y[4] = {2, 4, 6, 8}, z[4] = {4, 3, 2, 1};
+    NEAR(metric_pearson(x, y, 4), 1.0, 1e-12);
+    NEAR(metric_pearson(x, z, 4), -1.0, 1e-12);
+    float a[3] = {1, 2, 3}, b[3] = {1, 3, 2};
+    NEAR(metric_pearson(a, b, 3), 0.5, 1e-12);
+    /* ties: ranks of x2 are 1, 2.5, 2.5, 4 -> r = 4.5 / sqrt(4.5 * 5) */
+    float x2[4] = {1, 2, 2, 3}, y2[4] = {10, 20, 30, 40};
+    NEAR(metric_spearman(x2, y2, 4), 4.5 / sqrt(22.5), 1e-12);
+    /* monotone but not linear: Spearman 1, Pearson below 1 */
+    float e[5] = {1, 2, 3, 4, 5}, f[5] = {1, 4, 9, 16, 1000};
+    NEAR(metric_spearman(e, f, 5), 1.0, 1e-12);
+    cr_expect(metric_pearson(e, f, 5) < 0.9);
+    float c[3] = {2, 2, 2};
+    cr_expect(isnan(metric_pearson(a, c, 3)) && isnan(metric_spearman(c, a, 3)));
+    cr_expect(isnan(metric_pearson(a, b, 1)));
+}
+
+Test(optim, schedules_match_hugging_face_formulas)
+{
+    cr_expect(lr_warmup_steps(0.06f, 100) == 6);
+    cr_expect(lr_warmup_steps(0.06f, 101) == 7); /* ceil(6.06) */
+    cr_expect(lr_warmup_steps(0.0f, 100) == 0);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 0), 0.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 5), 0.5, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 10), 1.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 55), 0.5, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 100), 0.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 10, 100, 120), 0.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_COSINE, 2.0, 10, 100, 55), 1.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_COSINE, 2.0, 10, 100, 10), 2.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_COSINE, 2.0, 10, 100, 100), 0.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_CONSTANT, 3.0, 10, 100, 5), 1.5, 1e-12);
+    NEAR(lr_at(SCHEDULE_CONSTANT, 3.0, 10, 100, 77), 3.0, 1e-12);
+    NEAR(lr_at(SCHEDULE_LINEAR, 1.0, 0, 4, 1), 0.75, 1e-12); /* no warmup */
+}
+
+Test(optim, clip_grad_norm_scales_to_max_norm)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    param_set ps;
+    param_set_init(&ps, be);
+    cr_assert(param_set_add(&ps, "a", 2, 0, 1) == 0);
+    cr_assert(param_set_add(&ps, "b", 1, 2, 0) == 1);
+    cr_assert(param_set_alloc(&ps).code == SHERL_OK);
+    float ga[2] = {3, 0}, gb[2] = {0, 4}; /* global norm 5 */
+    be->copy_to_device(ps.items[0].grad, ga, sizeof ga);
+    be->copy_to_device(ps.items[1].grad, gb, sizeof gb);
+    NEAR(clip_grad_norm(&ps, 10.0), 5.0, 1e-9); /* below: untouched */
+    NEAR(param_set_grad_norm(&ps), 5.0, 1e-9);
+    NEAR(clip_grad_norm(&ps, 1.0), 5.0, 1e-9);
+    NEAR(param_set_grad_norm(&ps), 1.0 * 5.0 / (5.0 + 1e-6), 1e-6);
+    be->copy_to_host(ga, ps.items[0].grad, sizeof ga);
+    NEAR(ga[0], 3.0 / (5.0 + 1e-6), 1e-6);
+    NEAR(clip_grad_norm(&ps, 0.0), param_set_grad_norm(&ps), 1e-12); /* 0: off */
+    param_set_free(&ps);
+}
