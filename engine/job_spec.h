@@ -20,7 +20,7 @@
  *     weight_decay and warmup_ratio [0, 1), clip_norm >= 0, beta1 and beta2 [0, 1),
  *     eps (0, 1e-2]; train.epochs 1..10000, max_steps >= 0, batch_size 1..65536, grad_accum
  *     1..4096, eval_every "epoch" or an integer >= 1, checkpoint_every >= 0, log_every >= 1,
- *     seed 0..2^53 (exact in a JSON number); data.max_length 2..8192; sherl.late_layers >= 1,
+ *     seed 0..2^53 (exact in a JSON number); data.max_length 3..8192 (room for [CLS] x [SEP]); sherl.late_layers >= 1,
  *     downsample_factor >= 1, side_dim >= 0, dropout [0, 1), taps 2..SHERL_MAX_TAPS increasing
  *     non-negative integers; task.text_fields 1 or 2 non-empty strings and label_field a
  *     non-empty string, each under 64 bytes; resources.device "cpu" or "cuda", precision "fp32"

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "bert.h"
+#include "cli.h"
 #include "hf_config.h"
 #include "json_util.h"
 #include "safetensors.h"
@@ -15,6 +16,7 @@
 
 static const char USAGE[] =
     "usage: sherl <command> [options] MODEL_DIR [TEXT...]\n"
+    "       sherl train [--resume] [--stop-after N] [--threads N] JOB.json\n"
     "\n"
     "Offline tools of the sherl engine for Hugging Face BERT-family model folders\n"
     "(config.json, model.safetensors, vocab.txt, tokenizer_config.json).\n"
@@ -24,6 +26,9 @@ static const char USAGE[] =
     "  tokenize MODEL_DIR [TEXT...] one JSON object per text and line: input_ids,\n"
     "                               token_type_ids, attention_mask (as HF BertTokenizer with\n"
     "                               truncation=True)\n"
+    "  train JOB.json               fine-tune as the job spec says (method, data, optimizer,\n"
+    "                               output folder), with a progress line; writes checkpoints\n"
+    "                               and OUTPUT/metrics.json. Ctrl-C stops with a checkpoint\n"
     "  embed MODEL_DIR [TEXT...]    a JSON array holding one array of floats per text: the\n"
     "                               mean-pooled (or --pooling cls), L2-normalised last hidden\n"
     "                               state (sentence-transformers' definition)\n"
@@ -38,12 +43,16 @@ static const char USAGE[] =
     "  --batch-size N   embed: texts per forward pass (default 32)\n"
     "  --pooling MODE   embed: mean or cls. Default: what the folder's 1_Pooling/config.json\n"
     "                   says (sentence-transformers layout), else mean\n"
-    "  --threads N      compute threads (default: the number of online CPUs)\n"
+    "  --threads N      compute threads (default: the number of online CPUs; for train:\n"
+    "                   resources.threads of the spec)\n"
+    "  --resume         train: continue from the output folder's checkpoint\n"
+    "  --stop-after N   train: stop with a checkpoint after N optimizer steps\n"
     "  -h, --help       this text\n";
 
 typedef struct {
     int max_length, pair, batch_size, threads;
     const char *pooling; /* NULL: from the model folder */
+    int resume, stop_after, threads_given;
 } cli_opts;
 
 static int fail(sherl_status st)
@@ -352,6 +361,11 @@ int main(int argc, char **argv)
                 return 0;
             } else if (!strcmp(a, "--")) {
                 only_positional = 1;
+            } else if (!strcmp(a, "--resume")) {
+                o.resume = 1;
+            } else if (!strcmp(a, "--stop-after")) {
+                if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 1 << 30, &o.stop_after))
+                    return free(rest), 2;
             } else if (!strcmp(a, "--pair")) {
                 o.pair = 1;
             } else if (!strcmp(a, "--max-length")) {
@@ -371,6 +385,7 @@ int main(int argc, char **argv)
             } else if (!strcmp(a, "--threads")) {
                 if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 1024, &o.threads))
                     return free(rest), 2;
+                o.threads_given = 1;
             } else {
                 fprintf(stderr, "sherl: unknown option '%s' (see sherl --help)\n", a);
                 return free(rest), 2;
@@ -387,10 +402,26 @@ int main(int argc, char **argv)
         fputs(USAGE, stderr);
         return free(rest), 2;
     }
-    if (strcmp(cmd, "inspect") && strcmp(cmd, "tokenize") && strcmp(cmd, "embed")) {
-        fprintf(stderr, "sherl: unknown command '%s' (expected inspect, tokenize or embed)\n",
-                cmd);
+    if (strcmp(cmd, "inspect") && strcmp(cmd, "tokenize") && strcmp(cmd, "embed") &&
+        strcmp(cmd, "train")) {
+        fprintf(stderr,
+                "sherl: unknown command '%s' (expected inspect, tokenize, embed or train)\n", cmd);
         return free(rest), 2;
+    }
+    if (!strcmp(cmd, "train")) {
+        if (!dir) {
+            fprintf(stderr, "sherl train: missing JOB.json (see sherl --help)\n");
+            return free(rest), 2;
+        }
+        if (nrest) {
+            fprintf(stderr, "sherl train: unexpected argument '%s'\n", rest[0]);
+            return free(rest), 2;
+        }
+        cli_train_opts to = {o.resume, o.stop_after, o.threads_given ? o.threads : 0};
+        if (sherl_backend_cpu()->performance_advice())
+            fprintf(stderr, "sherl: note: %s\n", sherl_backend_cpu()->performance_advice());
+        free(rest);
+        return cmd_train(dir, &to);
     }
     if (!dir) {
         fprintf(stderr, "sherl %s: missing MODEL_DIR (see sherl --help)\n", cmd);

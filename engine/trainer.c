@@ -1,0 +1,551 @@
+#include "trainer.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bert.h"
+#include "dataset.h"
+#include "json_util.h"
+#include "metrics.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "sherl_model.h"
+#include "tokenizer.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static sherl_status mkdir_p(const char *path)
+{
+    char buf[JOB_PATH_MAX + 64];
+    if (strlen(path) >= sizeof buf)
+        return sherl_errorf(SHERL_EINVAL, "path too long: %.80s...", path);
+    memcpy(buf, path, strlen(path) + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST)
+            return sherl_errorf(SHERL_EIO, "cannot create %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST)
+        return sherl_errorf(SHERL_EIO, "cannot create %s: %s", buf, strerror(errno));
+    return sherl_ok();
+}
+
+/* Atomic text file: temp file in the same folder, fsync, rename, fsync the folder. */
+static sherl_status write_file_atomic(const char *path, const char *text)
+{
+    char tmp[JOB_PATH_MAX + 96];
+    if (strlen(path) + 5 > sizeof tmp)
+        return sherl_errorf(SHERL_EINVAL, "path too long: %.80s...", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return sherl_errorf(SHERL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            close(fd);
+            unlink(tmp);
+            return sherl_errorf(SHERL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) || close(fd)) {
+        unlink(tmp);
+        return sherl_errorf(SHERL_EIO, "cannot flush %s: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return sherl_errorf(SHERL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    }
+    char dir[JOB_PATH_MAX + 64];
+    if (strlen(path) >= sizeof dir)
+        return sherl_ok(); /* written; only the folder sync is skipped */
+    memcpy(dir, path, strlen(path) + 1);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        *slash = 0;
+        int dfd = open(dir[0] ? dir : "/", O_RDONLY | O_DIRECTORY);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    return sherl_ok();
+}
+
+/* ------------------------------------------------------------------------------------------
+ * checkpoints: output/checkpoint/{params,optim}.safetensors + state.json (written last, so a
+ * state.json always describes complete tensor files) */
+
+static sherl_status save_tensors(const param_set *ps, const char *path, int which)
+{
+    const sherl_backend *be = ps->be;
+    st_write_tensor *t = calloc((size_t)ps->n * (which ? 2 : 1), sizeof *t);
+    float *host = malloc((ps->total ? ps->total : 1) * sizeof(float) * (which ? 2 : 1));
+    char(*names)[112] = calloc((size_t)ps->n * 2, sizeof *names);
+    if (!t || !host || !names) {
+        free(t), free(host), free(names);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory writing %s", path);
+    }
+    int n = 0;
+    for (int i = 0; i < ps->n; i++) {
+        const sherl_param *p = &ps->items[i];
+        for (int k = 0; k < (which ? 2 : 1); k++) {
+            const float *src = which ? (k ? p->v : p->m) : p->data;
+            float *dst = host + (size_t)k * ps->total + p->offset;
+            be->copy_to_host(dst, src, p->numel * sizeof(float));
+            if (which)
+                snprintf(names[n], sizeof names[n], "%s.%s", k ? "v" : "m", p->name);
+            else
+                snprintf(names[n], sizeof names[n], "%s", p->name);
+            t[n].name = names[n];
+            t[n].ndim = p->ndim;
+            t[n].shape[0] = p->shape[0];
+            t[n].shape[1] = p->shape[1];
+            t[n].data = dst;
+            n++;
+        }
+    }
+    sherl_status st = safetensors_write_f32(path, t, n, NULL);
+    free(t), free(host), free(names);
+    return st;
+}
+
+static sherl_status load_moments(param_set *ps, const char *path)
+{
+    safetensors_file sf;
+    SHERL_TRY(safetensors_open(&sf, path));
+    sherl_status st = sherl_ok();
+    float *host = NULL;
+    for (int i = 0; !st.code && i < ps->n; i++) {
+        sherl_param *p = &ps->items[i];
+        float *h = realloc(host, p->numel * sizeof(float));
+        if (!h) {
+            st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+            break;
+        }
+        host = h;
+        for (int k = 0; k < 2 && !st.code; k++) {
+            char name[112];
+            snprintf(name, sizeof name, "%s.%s", k ? "v" : "m", p->name);
+            st = safetensors_read_f32(&sf, name, host, p->ndim, p->shape);
+            if (!st.code)
+                ps->be->copy_to_device(k ? p->v : p->m, host, p->numel * sizeof(float));
+        }
+    }
+    free(host);
+    safetensors_close(&sf);
+    return st;
+}
+
+static sherl_status save_checkpoint(const job_spec *spec, const param_set *ps,
+                                    const label_map *labels, int step, int epoch, int pos)
+{
+    char dir[JOB_PATH_MAX + 32], path[JOB_PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/checkpoint", spec->output);
+    SHERL_TRY(mkdir_p(dir));
+    snprintf(path, sizeof path, "%s/params.safetensors", dir);
+    SHERL_TRY(save_tensors(ps, path, 0));
+    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    SHERL_TRY(save_tensors(ps, path, 1));
+    cJSON *st = cJSON_CreateObject();
+    cJSON_AddNumberToObject(st, "step", step);
+    cJSON_AddNumberToObject(st, "epoch", epoch);
+    cJSON_AddNumberToObject(st, "position", pos);
+    cJSON *lab = cJSON_AddArrayToObject(st, "labels");
+    for (int i = 0; labels && i < labels->n; i++)
+        cJSON_AddItemToArray(lab, cJSON_CreateString(labels->names[i]));
+    char *spec_json = job_spec_to_json(spec);
+    cJSON_AddItemToObject(st, "spec", spec_json ? cJSON_Parse(spec_json) : cJSON_CreateNull());
+    free(spec_json);
+    char *text = cJSON_Print(st);
+    cJSON_Delete(st);
+    if (!text)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    sherl_status r = write_file_atomic(path, text);
+    free(text);
+    return r;
+}
+
+/* Returns 1 and fills step/epoch/pos when a checkpoint was restored, 0 when there is none. */
+static sherl_status load_checkpoint(const job_spec *spec, param_set *ps, const label_map *labels,
+                                    int *restored, int *step, int *epoch, int *pos)
+{
+    *restored = 0;
+    char path[JOB_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/checkpoint/state.json", spec->output);
+    if (access(path, F_OK))
+        return sherl_ok();
+    cJSON *root;
+    SHERL_TRY(json_load_object(path, 64u << 20, &root));
+    sherl_status st = sherl_ok();
+    int s = -1, e = -1, p = -1;
+    st = json_require_int(root, path, "step", 0, 1 << 30, &s);
+    if (!st.code)
+        st = json_require_int(root, path, "epoch", 0, 1 << 30, &e);
+    if (!st.code)
+        st = json_require_int(root, path, "position", 0, 1 << 30, &p);
+    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(root, "labels");
+    if (!st.code && labels && labels->n) {
+        int ok = cJSON_IsArray(lab) && cJSON_GetArraySize(lab) == labels->n;
+        for (int i = 0; ok && i < labels->n; i++) {
+            const cJSON *it = cJSON_GetArrayItem(lab, i);
+            ok = cJSON_IsString(it) && !strcmp(it->valuestring, labels->names[i]);
+        }
+        if (!ok)
+            st = sherl_errorf(SHERL_EINVAL, "%s: the checkpoint's labels differ from the "
+                                            "training data's: not the same run",
+                              path);
+    }
+    cJSON_Delete(root);
+    if (st.code)
+        return st;
+    snprintf(path, sizeof path, "%s/checkpoint/params.safetensors", spec->output);
+    SHERL_TRY(param_set_load(ps, path, 1));
+    snprintf(path, sizeof path, "%s/checkpoint/optim.safetensors", spec->output);
+    SHERL_TRY(load_moments(ps, path));
+    *restored = 1, *step = s, *epoch = e, *pos = p;
+    return sherl_ok();
+}
+
+/* ------------------------------------------------------------------------------------------
+ * evaluation */
+
+typedef struct {
+    double loss, accuracy, macro_f1, pearson, spearman;
+} eval_metrics;
+
+static sherl_status evaluate(const sherl_model *m, sherl_step *s, const dataset *ds, int batch_size,
+                             int pad_id, eval_metrics *out)
+{
+    int n = ds->n, C = m->out_dim;
+    int *idx = malloc(sizeof(int) * (size_t)batch_size);
+    float *logits = malloc(sizeof(float) * (size_t)batch_size * C);
+    int32_t *pred = malloc(sizeof(int32_t) * (size_t)n), *lab = malloc(sizeof(int32_t) * batch_size);
+    float *pv = malloc(sizeof(float) * (size_t)n), *tg = malloc(sizeof(float) * batch_size);
+    sherl_status st = sherl_ok();
+    double loss_sum = 0;
+    if (!idx || !logits || !pred || !lab || !pv || !tg) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory evaluating %s", ds->path);
+        goto done;
+    }
+    for (int b0 = 0; b0 < n && !st.code; b0 += batch_size) {
+        int nb = n - b0 < batch_size ? n - b0 : batch_size;
+        for (int k = 0; k < nb; k++)
+            idx[k] = b0 + k;
+        bert_batch batch;
+        int is_cls = m->opt.task == TASK_CLASSIFICATION;
+        st = dataset_batch(ds, idx, nb, pad_id, &batch, is_cls ? lab : NULL, is_cls ? NULL : tg);
+        if (st.code)
+            break;
+        double loss;
+        int cls = m->opt.task == TASK_CLASSIFICATION;
+        st = sherl_forward(m, s, &batch, cls ? lab : NULL, cls ? NULL : tg, 0, 0, &loss, logits);
+        bert_batch_free(&batch);
+        if (st.code)
+            break;
+        loss_sum += loss * nb;
+        for (int k = 0; k < nb; k++) {
+            if (cls) {
+                int best = 0;
+                for (int c = 1; c < C; c++)
+                    if (logits[k * C + c] > logits[k * C + best])
+                        best = c;
+                pred[b0 + k] = best;
+            } else {
+                pv[b0 + k] = logits[k];
+            }
+        }
+    }
+    if (!st.code) {
+        memset(out, 0, sizeof *out);
+        out->loss = loss_sum / (n ? n : 1);
+        if (m->opt.task == TASK_CLASSIFICATION) {
+            out->accuracy = metric_accuracy(pred, ds->labels, n);
+            out->macro_f1 = metric_macro_f1(pred, ds->labels, n, m->opt.num_labels);
+        } else {
+            out->pearson = metric_pearson(pv, ds->targets, n);
+            out->spearman = metric_spearman(pv, ds->targets, n);
+        }
+    }
+done:
+    free(idx), free(logits), free(pred), free(lab), free(pv), free(tg);
+    return st;
+}
+
+static void add_metrics(cJSON *obj, const char *split, const eval_metrics *e, task_type task)
+{
+    cJSON *o = cJSON_AddObjectToObject(obj, split);
+    cJSON_AddNumberToObject(o, "loss", e->loss);
+    if (task == TASK_CLASSIFICATION) {
+        cJSON_AddNumberToObject(o, "accuracy", e->accuracy);
+        cJSON_AddNumberToObject(o, "macro_f1", e->macro_f1);
+    } else {
+        cJSON_AddNumberToObject(o, "pearson", isnan(e->pearson) ? 0 : e->pearson);
+        cJSON_AddNumberToObject(o, "spearman", isnan(e->spearman) ? 0 : e->spearman);
+    }
+}
+
+static void report_eval(const train_hooks *h, train_progress *p, const char *split,
+                        const eval_metrics *e)
+{
+    if (!h || !h->on_progress)
+        return;
+    p->is_eval = 1;
+    p->eval_split = split;
+    p->eval_loss = e->loss, p->eval_accuracy = e->accuracy, p->eval_macro_f1 = e->macro_f1;
+    p->eval_pearson = e->pearson, p->eval_spearman = e->spearman;
+    h->on_progress(h->ctx, p);
+    p->is_eval = 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * the run */
+
+sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *res)
+{
+    memset(res, 0, sizeof *res);
+    double t_start = now_s();
+    const sherl_backend *be = sherl_backend_cpu();
+    if (strcmp(spec->device, "cpu"))
+        return sherl_errorf(SHERL_EUNSUPPORTED, "device '%s': this build trains on the cpu only",
+                            spec->device);
+    if (spec->threads > 0)
+        be->set_threads(spec->threads);
+    bert_model *bb = NULL;
+    wordpiece_tokenizer *tok = NULL;
+    sherl_model *m = NULL;
+    dataset train = {0}, val = {0}, test = {0};
+    label_map labels = {0};
+    sherl_step s;
+    int have_step = 0;
+    int *perm = NULL, *idx = NULL;
+    int32_t *lab = NULL;
+    float *tg = NULL;
+    sherl_status st = bert_load(&bb, spec->backbone, be);
+    if (!st.code)
+        st = wordpiece_load(&tok, spec->backbone);
+    dataset_options dopt = {spec->text_fields[0], spec->n_text_fields > 1 ? spec->text_fields[1] : NULL,
+                            spec->label_field, spec->model.task, spec->max_length};
+    if (!st.code)
+        st = dataset_load(&train, spec->train, &dopt, tok, &labels, 1);
+    if (!st.code && spec->validation[0])
+        st = dataset_load(&val, spec->validation, &dopt, tok, &labels, 0);
+    if (!st.code && spec->test[0])
+        st = dataset_load(&test, spec->test, &dopt, tok, &labels, 0);
+    if (st.code)
+        goto done;
+    sherl_options opt = spec->model;
+    if (opt.task == TASK_CLASSIFICATION) {
+        if (labels.n < 2) {
+            st = sherl_errorf(SHERL_EINVAL, "%s: classification needs at least 2 distinct labels, "
+                                            "found %d",
+                              spec->train, labels.n);
+            goto done;
+        }
+        opt.num_labels = labels.n;
+    }
+    st = sherl_model_create(&m, bb, &opt);
+    if (st.code)
+        goto done;
+    int T = 2;
+    const dataset *all[3] = {&train, &val, &test};
+    for (int d = 0; d < 3; d++)
+        for (int i = 0; i < all[d]->n; i++)
+            if (all[d]->enc[i].len > T)
+                T = all[d]->enc[i].len;
+    int B = spec->batch_size;
+    st = sherl_step_create(&s, m, B, T);
+    if (st.code)
+        goto done;
+    have_step = 1;
+    int n = train.n, accum = spec->grad_accum;
+    int micro_per_epoch = (n + B - 1) / B;
+    int steps_per_epoch = (micro_per_epoch + accum - 1) / accum;
+    int total = spec->max_steps > 0 ? spec->max_steps : steps_per_epoch * spec->epochs;
+    int warmup = lr_warmup_steps(spec->warmup_ratio, total);
+    perm = malloc(sizeof(int) * (size_t)n);
+    idx = malloc(sizeof(int) * (size_t)B);
+    lab = malloc(sizeof(int32_t) * (size_t)B);
+    tg = malloc(sizeof(float) * (size_t)B);
+    if (!perm || !idx || !lab || !tg) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+        goto done;
+    }
+    int step = 0, epoch = 0, pos = 0, restored = 0;
+    if (hooks && hooks->resume) {
+        st = load_checkpoint(spec, &m->ps, &labels, &restored, &step, &epoch, &pos);
+        if (st.code)
+            goto done;
+    }
+    int pad = wordpiece_pad_id(tok);
+    int cls = opt.task == TASK_CLASSIFICATION;
+    train_progress prog = {0};
+    prog.total_steps = total, prog.epochs = spec->epochs;
+    double win_loss = 0, win_t0 = now_s(), run_t0 = now_s();
+    int win_steps = 0, win_samples = 0, steps_this_run = 0;
+    int eval_every = spec->eval_every_steps;
+    int ckpt_every = spec->checkpoint_every;
+    dataset_shuffle(perm, n, spec->seed, epoch);
+    while (step < total && !st.code) {
+        if (pos >= n) { /* epoch boundary: evaluate, checkpoint, reshuffle */
+            epoch++;
+            pos = 0;
+            if (val.n && !eval_every) {
+                eval_metrics e;
+                st = evaluate(m, &s, &val, B, pad, &e);
+                if (st.code)
+                    break;
+                prog.step = step, prog.epoch = epoch;
+                report_eval(hooks, &prog, "validation", &e);
+            }
+            if (!ckpt_every && (st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos)).code)
+                break;
+            dataset_shuffle(perm, n, spec->seed, epoch);
+        }
+        /* one optimizer step: accum micro-batches, each weighted by its share of examples */
+        param_set_zero_grad(&m->ps);
+        double step_loss = 0;
+        int step_examples = 0;
+        /* each micro-batch's mean-loss gradient is weighted by its share of the step's examples,
+         * so the accumulated gradient is the mean over the whole step */
+        int in_step = n - pos < accum * B ? n - pos : accum * B;
+        for (int a = 0; a < accum && pos < n && !st.code; a++) {
+            int nb = n - pos < B ? n - pos : B;
+            for (int k = 0; k < nb; k++)
+                idx[k] = perm[pos + k];
+            bert_batch batch;
+            st = dataset_batch(&train, idx, nb, pad, &batch, cls ? lab : NULL, cls ? NULL : tg);
+            if (st.code)
+                break;
+            double loss;
+            /* a distinct dropout mask per micro-batch, reproducible from (seed, step, a) */
+            uint64_t dseed = spec->seed * 0x9E3779B97F4A7C15ull + (uint64_t)step * 4096u + a;
+            st = sherl_forward(m, &s, &batch, cls ? lab : NULL, cls ? NULL : tg, 1, dseed, &loss,
+                               NULL);
+            bert_batch_free(&batch);
+            if (st.code)
+                break;
+            s.grad_scale = (float)nb / (float)in_step;
+            sherl_backward(m, &s, dseed);
+            step_loss += loss * nb;
+            step_examples += nb;
+            pos += nb;
+        }
+        if (st.code)
+            break;
+        if (!isfinite(step_loss)) {
+            st = sherl_errorf(SHERL_EINVAL, "training diverged at step %d (loss %g): lower "
+                                            "optim.lr or set optim.clip_norm",
+                              step + 1, step_loss);
+            break;
+        }
+        clip_grad_norm(&m->ps, spec->clip_norm);
+        double lr = lr_at(spec->schedule, spec->lr, warmup, total, step);
+        param_set_adamw(&m->ps, (float)lr, spec->beta1, spec->beta2, spec->eps, spec->weight_decay,
+                        step + 1);
+        step++;
+        steps_this_run++;
+        win_loss += step_loss / step_examples;
+        win_steps++;
+        win_samples += step_examples;
+        res->final_train_loss = step_loss / step_examples;
+        if (hooks && hooks->on_progress && (step % spec->log_every == 0 || step == total)) {
+            double t = now_s();
+            prog.step = step, prog.epoch = epoch;
+            prog.loss = win_loss / win_steps;
+            prog.lr = lr;
+            prog.samples_per_s = win_samples / (t - win_t0 > 1e-9 ? t - win_t0 : 1e-9);
+            prog.elapsed_s = t - t_start;
+            prog.eta_s = (t - run_t0) / steps_this_run * (total - step);
+            hooks->on_progress(hooks->ctx, &prog);
+            win_loss = 0, win_steps = 0, win_samples = 0, win_t0 = t;
+        }
+        if (eval_every && step % eval_every == 0 && val.n) {
+            eval_metrics e;
+            st = evaluate(m, &s, &val, B, pad, &e);
+            if (st.code)
+                break;
+            report_eval(hooks, &prog, "validation", &e);
+        }
+        int stop = (hooks && hooks->cancel && *hooks->cancel) ||
+                   (hooks && hooks->stop_after_steps > 0 && steps_this_run >= hooks->stop_after_steps);
+        if ((ckpt_every && step % ckpt_every == 0) || stop) {
+            st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos);
+            if (st.code)
+                break;
+        }
+        if (stop) {
+            res->stopped_early = 1;
+            break;
+        }
+    }
+    if (st.code)
+        goto done;
+    res->steps = step;
+    res->epochs_done = epoch + (pos >= n);
+    if (!res->stopped_early) {
+        st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos);
+        eval_metrics e;
+        cJSON *metrics = cJSON_CreateObject();
+        cJSON_AddStringToObject(metrics, "method", train_method_name(opt.method));
+        cJSON_AddNumberToObject(metrics, "steps", step);
+        cJSON_AddNumberToObject(metrics, "trainable_parameters", (double)m->ps.total);
+        cJSON_AddNumberToObject(metrics, "final_train_loss", res->final_train_loss);
+        if (!st.code && val.n && !(st = evaluate(m, &s, &val, B, pad, &e)).code) {
+            res->has_val = 1;
+            res->val_loss = e.loss, res->val_accuracy = e.accuracy, res->val_macro_f1 = e.macro_f1;
+            res->val_pearson = e.pearson, res->val_spearman = e.spearman;
+            add_metrics(metrics, "validation", &e, opt.task);
+            report_eval(hooks, &prog, "validation", &e);
+        }
+        if (!st.code && test.n && !(st = evaluate(m, &s, &test, B, pad, &e)).code) {
+            res->has_test = 1;
+            res->test_loss = e.loss, res->test_accuracy = e.accuracy, res->test_macro_f1 = e.macro_f1;
+            res->test_pearson = e.pearson, res->test_spearman = e.spearman;
+            add_metrics(metrics, "test", &e, opt.task);
+            report_eval(hooks, &prog, "test", &e);
+        }
+        res->wall_s = now_s() - t_start;
+        cJSON_AddNumberToObject(metrics, "wall_s", res->wall_s);
+        char *text = cJSON_Print(metrics);
+        cJSON_Delete(metrics);
+        if (!st.code && text) {
+            char path[JOB_PATH_MAX + 32];
+            snprintf(path, sizeof path, "%s/metrics.json", spec->output);
+            st = write_file_atomic(path, text);
+        }
+        free(text);
+    }
+done:
+    res->wall_s = now_s() - t_start;
+    free(perm), free(idx), free(lab), free(tg);
+    if (have_step)
+        sherl_step_free(&s, m);
+    sherl_model_free(m);
+    dataset_free(&train), dataset_free(&val), dataset_free(&test);
+    label_map_free(&labels);
+    wordpiece_free(tok);
+    bert_free(bb);
+    return st;
+}

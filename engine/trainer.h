@@ -1,0 +1,43 @@
+/* Runs a training job from its spec: loads the backbone, tokenizer and data, trains with AdamW
+ * (schedule, clipping, gradient accumulation), evaluates, checkpoints atomically, resumes, and
+ * writes the final metrics. Progress goes to a callback (the CLI prints it, the daemon streams
+ * it). */
+#ifndef SHERL_TRAINER_H
+#define SHERL_TRAINER_H
+
+#include <stdint.h>
+
+#include "job_spec.h"
+#include "status.h"
+
+typedef struct {
+    int step, total_steps, epoch, epochs;
+    double loss;          /* mean training loss over the last log window */
+    double lr;
+    double samples_per_s; /* over the last log window */
+    double elapsed_s, eta_s;
+    int is_eval;          /* an evaluation just finished: the fields below are set */
+    const char *eval_split;
+    double eval_loss, eval_accuracy, eval_macro_f1, eval_pearson, eval_spearman;
+} train_progress;
+
+typedef struct {
+    void (*on_progress)(void *ctx, const train_progress *p);
+    void *ctx;
+    volatile int *cancel;  /* set non-zero to stop at the next step (a checkpoint is written) */
+    int stop_after_steps;  /* > 0: stop (with a checkpoint) once this many steps are done */
+    int resume;            /* continue from output/checkpoint when it exists */
+} train_hooks;
+
+typedef struct {
+    int steps, epochs_done, stopped_early;
+    double final_train_loss;
+    double val_accuracy, val_macro_f1, val_pearson, val_spearman, val_loss;
+    double test_accuracy, test_macro_f1, test_pearson, test_spearman, test_loss;
+    int has_val, has_test;
+    double wall_s;
+} train_result;
+
+sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *result);
+
+#endif
