@@ -510,7 +510,10 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         cJSON *metrics = cJSON_CreateObject();
         cJSON_AddStringToObject(metrics, "method", train_method_name(opt.method));
         cJSON_AddNumberToObject(metrics, "steps", step);
-        cJSON_AddNumberToObject(metrics, "trainable_parameters", (double)m->ps.total);
+        size_t trainable = 0;
+        for (int i = 0; i < m->ps.n; i++)
+            trainable += m->ps.items[i].numel;
+        cJSON_AddNumberToObject(metrics, "trainable_parameters", (double)trainable);
         cJSON_AddNumberToObject(metrics, "final_train_loss", res->final_train_loss);
         if (!st.code && val.n && !(st = evaluate(m, &s, &val, B, pad, &e)).code) {
             res->has_val = 1;
