@@ -47,21 +47,48 @@ static int32_t *tensor_i32(const safetensors_file *f, const char *name)
     return v;
 }
 
-static void run_case(const char *name, train_method method, task_type task, pool_mode pooling)
-{
-    const sherl_backend *be = sherl_backend_cpu();
+/* The tiny backbone and the reference batch, shared by every case. */
+typedef struct {
     bert_model *bb;
-    sherl_status st = bert_load(&bb, REF "/tiny", be);
+    bert_batch batch;
+    int32_t *labels;
+    float *targets;
+} fixture;
+
+static void fixture_load(fixture *f)
+{
+    sherl_status st = bert_load(&f->bb, REF "/tiny", sherl_backend_cpu());
     cr_assert(st.code == SHERL_OK, "%s", st.msg);
     safetensors_file bf;
     cr_assert(safetensors_open(&bf, REF "/batch.safetensors").code == SHERL_OK);
     const st_tensor *it = safetensors_find(&bf, "input_ids");
-    bert_batch batch = {(int)it->shape[0], (int)it->shape[1], tensor_i32(&bf, "input_ids"),
-                        tensor_i32(&bf, "token_type_ids"), tensor_i32(&bf, "attention_mask")};
-    int32_t *labels = tensor_i32(&bf, "labels");
+    cr_assert(it && it->ndim == 2, "batch.safetensors: input_ids missing");
+    f->batch = (bert_batch){(int)it->shape[0], (int)it->shape[1], tensor_i32(&bf, "input_ids"),
+                            tensor_i32(&bf, "token_type_ids"), tensor_i32(&bf, "attention_mask")};
+    f->labels = tensor_i32(&bf, "labels");
     int64_t n;
-    float *targets = tensor_f32(&bf, "targets", &n);
+    f->targets = tensor_f32(&bf, "targets", &n);
+    safetensors_close(&bf);
+}
 
+static void fixture_free(fixture *f)
+{
+    free(f->batch.input_ids), free(f->batch.token_type_ids), free(f->batch.attention_mask);
+    free(f->labels), free(f->targets);
+    bert_free(f->bb);
+}
+
+static void run_case(const char *name, train_method method, task_type task, pool_mode pooling)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    fixture fx;
+    fixture_load(&fx);
+    bert_model *bb = fx.bb;
+    bert_batch batch = fx.batch;
+    int32_t *labels = fx.labels;
+    float *targets = fx.targets;
+    int64_t n;
+    sherl_status st;
     sherl_options o;
     sherl_options_default(&o);
     o.method = method, o.task = task, o.pooling = pooling, o.num_labels = 3;
@@ -161,10 +188,7 @@ static void run_case(const char *name, train_method method, task_type task, pool
     sherl_step_free(&s, m);
     sherl_model_free(m);
     safetensors_close(&ref);
-    safetensors_close(&bf);
-    free(batch.input_ids), free(batch.token_type_ids), free(batch.attention_mask), free(labels),
-        free(targets);
-    bert_free(bb);
+    fixture_free(&fx);
 }
 
 Test(sherl_oracle, sherl_classification_mean_pooling, .timeout = 120)
@@ -188,16 +212,12 @@ Test(sherl_oracle, linear, .timeout = 120) { run_case("linear", METHOD_LINEAR, T
 static void fd_case(train_method method, task_type task, pool_mode pooling)
 {
     const sherl_backend *be = sherl_backend_cpu();
-    bert_model *bb;
-    cr_assert(bert_load(&bb, REF "/tiny", be).code == SHERL_OK);
-    safetensors_file bf;
-    cr_assert(safetensors_open(&bf, REF "/batch.safetensors").code == SHERL_OK);
-    const st_tensor *it = safetensors_find(&bf, "input_ids");
-    bert_batch batch = {(int)it->shape[0], (int)it->shape[1], tensor_i32(&bf, "input_ids"),
-                        tensor_i32(&bf, "token_type_ids"), tensor_i32(&bf, "attention_mask")};
-    int32_t *labels = tensor_i32(&bf, "labels");
-    int64_t n;
-    float *targets = tensor_f32(&bf, "targets", &n);
+    fixture fx;
+    fixture_load(&fx);
+    bert_model *bb = fx.bb;
+    bert_batch batch = fx.batch;
+    int32_t *labels = fx.labels;
+    float *targets = fx.targets;
     sherl_options o;
     sherl_options_default(&o);
     o.method = method, o.task = task, o.pooling = pooling, o.num_labels = 3;
@@ -248,10 +268,7 @@ static void fd_case(train_method method, task_type task, pool_mode pooling)
     cr_expect(checked >= m->ps.n, "only %d entries were large enough to check", checked);
     sherl_step_free(&s, m);
     sherl_model_free(m);
-    safetensors_close(&bf);
-    free(batch.input_ids), free(batch.token_type_ids), free(batch.attention_mask), free(labels),
-        free(targets);
-    bert_free(bb);
+    fixture_free(&fx);
 }
 
 Test(sherl_finite_differences, sherl_tune_late_every_tensor, .timeout = 120)
