@@ -1,6 +1,7 @@
 #include "trainer.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -93,8 +94,31 @@ static sherl_status write_file_atomic(const char *path, const char *text)
 }
 
 /* ------------------------------------------------------------------------------------------
- * checkpoints: output/checkpoint/{params,optim}.safetensors + state.json (written last, so a
- * state.json always describes complete tensor files) */
+ * checkpoints: output/checkpoint/params-<step>.safetensors, optim-<step>.safetensors and
+ * state.json naming the step. Each file is written atomically and state.json last, so whenever
+ * the process dies, state.json points at complete tensor files of one step; older step files are
+ * removed only after it. */
+
+static void remove_other_steps(const char *dir, int keep_step)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char keep_p[64], keep_o[64];
+    snprintf(keep_p, sizeof keep_p, "params-%08d.safetensors", keep_step);
+    snprintf(keep_o, sizeof keep_o, "optim-%08d.safetensors", keep_step);
+    while ((e = readdir(d))) {
+        int ours = (!strncmp(e->d_name, "params-", 7) || !strncmp(e->d_name, "optim-", 6)) &&
+                   strstr(e->d_name, ".safetensors");
+        if (ours && strcmp(e->d_name, keep_p) && strcmp(e->d_name, keep_o)) {
+            char path[JOB_PATH_MAX + 320];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
+}
 
 static sherl_status save_tensors(const param_set *ps, const char *path, int which)
 {
@@ -163,9 +187,9 @@ static sherl_status save_checkpoint(const job_spec *spec, const param_set *ps,
     char dir[JOB_PATH_MAX + 32], path[JOB_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/checkpoint", spec->output);
     SHERL_TRY(mkdir_p(dir));
-    snprintf(path, sizeof path, "%s/params.safetensors", dir);
+    snprintf(path, sizeof path, "%s/params-%08d.safetensors", dir, step);
     SHERL_TRY(save_tensors(ps, path, 0));
-    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    snprintf(path, sizeof path, "%s/optim-%08d.safetensors", dir, step);
     SHERL_TRY(save_tensors(ps, path, 1));
     cJSON *st = cJSON_CreateObject();
     cJSON_AddNumberToObject(st, "step", step);
@@ -184,6 +208,8 @@ static sherl_status save_checkpoint(const job_spec *spec, const param_set *ps,
     snprintf(path, sizeof path, "%s/state.json", dir);
     sherl_status r = write_file_atomic(path, text);
     free(text);
+    if (!r.code)
+        remove_other_steps(dir, step);
     return r;
 }
 
@@ -220,9 +246,9 @@ static sherl_status load_checkpoint(const job_spec *spec, param_set *ps, const l
     cJSON_Delete(root);
     if (st.code)
         return st;
-    snprintf(path, sizeof path, "%s/checkpoint/params.safetensors", spec->output);
+    snprintf(path, sizeof path, "%s/checkpoint/params-%08d.safetensors", spec->output, s);
     SHERL_TRY(param_set_load(ps, path, 1));
-    snprintf(path, sizeof path, "%s/checkpoint/optim.safetensors", spec->output);
+    snprintf(path, sizeof path, "%s/checkpoint/optim-%08d.safetensors", spec->output, s);
     SHERL_TRY(load_moments(ps, path));
     *restored = 1, *step = s, *epoch = e, *pos = p;
     return sherl_ok();

@@ -89,7 +89,7 @@ if b1.returncode != 0 or "stopped after step 5" not in b1.stderr:
 b2 = run("--resume", b_spec)
 if b2.returncode != 0:
     failures.append("resumed run failed: rc %d" % b2.returncode)
-for f in ("params.safetensors", "optim.safetensors"):
+for f in ("params-00000012.safetensors", "optim-00000012.safetensors"):
     pa = os.path.join(work, "runs/a/checkpoint", f)
     pb = os.path.join(work, "runs/b/checkpoint", f)
     if not (os.path.exists(pa) and os.path.exists(pb)):
@@ -98,6 +98,14 @@ for f in ("params.safetensors", "optim.safetensors"):
         failures.append("%s differs between the uninterrupted and the resumed run" % f)
     else:
         print("%s: bit-identical after stop at step 5 and resume" % f)
+
+# older steps' files are removed once state.json names the new step
+left = sorted(os.listdir(os.path.join(work, "runs/b/checkpoint")))
+if left != ["optim-00000012.safetensors", "params-00000012.safetensors", "state.json"]:
+    failures.append("checkpoint folder holds %s" % left)
+state = json.load(open(os.path.join(work, "runs/b/checkpoint/state.json")))
+if state.get("step") != 12 or state.get("labels") != ["noun.animal", "noun.food", "verb.motion"]:
+    failures.append("state.json: step %r, labels %r" % (state.get("step"), state.get("labels")))
 
 # bad spec: a clear error, exit code 2
 bad = os.path.join(work, "bad.json")
