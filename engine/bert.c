@@ -231,86 +231,71 @@ void bert_batch_free(bert_batch *batch)
 /* ------------------------------------------------------------------------------------------
  * workspace */
 
-sherl_status bert_layer_acts_alloc(bert_layer_acts *a, const sherl_backend *be, int B, int T,
-                                   int D, int F, int NH)
+void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
+                            int NH)
 {
-    memset(a, 0, sizeof *a);
     size_t BT = (size_t)B * T;
-    struct {
-        float **p;
-        size_t n;
-    } bufs[] = {
-        {&a->qkv, BT * 3 * D},  {&a->probs, (size_t)B * NH * T * T},
-        {&a->attn, BT * D},     {&a->res1, BT * D},
-        {&a->ln1, BT * D},      {&a->ln1_mean, BT},
-        {&a->ln1_rstd, BT},     {&a->ffn_pre, BT * F},
-        {&a->ffn_act, BT * F},  {&a->res2, BT * D},
-        {&a->ln2_mean, BT},     {&a->ln2_rstd, BT},
-    };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
-        if (!*bufs[i].p) {
-            bert_layer_acts_free(a, be);
-            return sherl_errorf(SHERL_ENOMEM, "cannot allocate layer activations for %d x %d", B,
-                                T);
-        }
-    }
-    return sherl_ok();
+    a->qkv = arena_floats(ar, BT * 3 * D);
+    a->probs = arena_floats(ar, (size_t)B * NH * T * T);
+    a->attn = arena_floats(ar, BT * D);
+    a->res1 = arena_floats(ar, BT * D);
+    a->ln1 = arena_floats(ar, BT * D);
+    a->ln1_mean = arena_floats(ar, BT);
+    a->ln1_rstd = arena_floats(ar, BT);
+    a->ffn_pre = arena_floats(ar, BT * F);
+    a->ffn_act = arena_floats(ar, BT * F);
+    a->res2 = arena_floats(ar, BT * D);
+    a->ln2_mean = arena_floats(ar, BT);
+    a->ln2_rstd = arena_floats(ar, BT);
 }
 
-void bert_layer_acts_free(bert_layer_acts *a, const sherl_backend *be)
+sherl_status bert_workspace_check(const hf_config *c, int B, int T)
 {
-    float **all[] = {&a->qkv,      &a->probs,   &a->attn,    &a->res1,
-                     &a->ln1,      &a->ln1_mean, &a->ln1_rstd, &a->ffn_pre,
-                     &a->ffn_act,  &a->res2,    &a->ln2_mean, &a->ln2_rstd};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (*all[i])
-            be->free(*all[i]);
-        *all[i] = NULL;
-    }
-}
-
-sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
-{
-    memset(ws, 0, sizeof *ws);
-    const hf_config *c = &m->cfg;
     if (B <= 0 || T <= 0)
         return sherl_errorf(SHERL_EINVAL, "batch shape %d x %d: both must be positive", B, T);
     if (T > c->max_position_embeddings)
         return sherl_errorf(SHERL_EINVAL,
                             "sequence length %d exceeds the model's max_position_embeddings %d",
                             T, c->max_position_embeddings);
-    ws->be = m->be;
+    return sherl_ok();
+}
+
+void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
+                           int T, sherl_arena *ar)
+{
+    ws->be = be;
     ws->B = B, ws->T = T, ws->D = c->hidden_size, ws->F = c->intermediate_size;
     ws->NH = c->num_attention_heads;
-    SHERL_TRY(bert_layer_acts_alloc(&ws->acts, m->be, B, T, ws->D, ws->F, ws->NH));
+    bert_layer_acts_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
     size_t BT = (size_t)B * T;
-    ws->emb = m->be->alloc(BT * ws->D * sizeof(float));
-    ws->tmp = m->be->alloc(BT * ws->D * sizeof(float));
-    ws->mask_add = m->be->alloc(BT * sizeof(float));
-    ws->ids = m->be->alloc(BT * sizeof(int32_t));
-    ws->types = m->be->alloc(BT * sizeof(int32_t));
-    ws->positions = m->be->alloc(BT * sizeof(int32_t));
-    ws->emb_mean = m->be->alloc(BT * sizeof(float));
-    ws->emb_rstd = m->be->alloc(BT * sizeof(float));
-    if (!ws->emb || !ws->tmp || !ws->mask_add || !ws->ids || !ws->types || !ws->positions || !ws->emb_mean ||
-        !ws->emb_rstd) {
+    ws->emb = arena_floats(ar, BT * ws->D);
+    ws->tmp = arena_floats(ar, BT * ws->D);
+    ws->mask_add = arena_floats(ar, BT);
+    ws->ids = arena_ints(ar, BT);
+    ws->types = arena_ints(ar, BT);
+    ws->positions = arena_ints(ar, BT);
+    ws->emb_mean = arena_floats(ar, BT);
+    ws->emb_rstd = arena_floats(ar, BT);
+}
+
+sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
+{
+    memset(ws, 0, sizeof *ws);
+    SHERL_TRY(bert_workspace_check(&m->cfg, B, T));
+    sherl_arena measure;
+    arena_measure(&measure);
+    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &measure);
+    SHERL_TRY(arena_alloc(&ws->own, m->be, measure.used, "the encoder workspace"));
+    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &ws->own);
+    sherl_status st = arena_check(&ws->own, "encoder workspace");
+    if (st.code)
         bert_workspace_free(ws);
-        return sherl_errorf(SHERL_ENOMEM, "cannot allocate the workspace for %d x %d", B, T);
-    }
-    return sherl_ok();
+    return st;
 }
 
 void bert_workspace_free(bert_workspace *ws)
 {
-    if (!ws->be)
-        return;
-    bert_layer_acts_free(&ws->acts, ws->be);
-    void *all[] = {ws->emb, ws->tmp, ws->mask_add, ws->ids, ws->types, ws->positions, ws->emb_mean,
-                   ws->emb_rstd};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (all[i])
-            ws->be->free(all[i]);
+    arena_release(&ws->own);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -420,36 +405,16 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
                           eps);
 }
 
-sherl_status bert_layer_grad_ws_alloc(bert_layer_grad_ws *g, const sherl_backend *be, int B, int T,
-                                      int D, int F)
+void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, int T, int D, int F)
 {
-    memset(g, 0, sizeof *g);
     size_t BT = (size_t)B * T;
-    struct {
-        float **p;
-        size_t n;
-    } bufs[] = {{&g->d_res2, BT * D}, {&g->d_ffn_act, BT * F}, {&g->d_ffn_pre, BT * F},
-                {&g->d_ln1, BT * D},  {&g->d_res1, BT * D},    {&g->d_attn, BT * D},
-                {&g->d_qkv, BT * 3 * D}};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
-        if (!*bufs[i].p) {
-            bert_layer_grad_ws_free(g, be);
-            return sherl_errorf(SHERL_ENOMEM, "cannot allocate layer gradients for %d x %d", B, T);
-        }
-    }
-    return sherl_ok();
-}
-
-void bert_layer_grad_ws_free(bert_layer_grad_ws *g, const sherl_backend *be)
-{
-    float **all[] = {&g->d_res2, &g->d_ffn_act, &g->d_ffn_pre, &g->d_ln1,
-                     &g->d_res1, &g->d_attn,    &g->d_qkv};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (*all[i])
-            be->free(*all[i]);
-        *all[i] = NULL;
-    }
+    g->d_res2 = arena_floats(ar, BT * D);
+    g->d_ffn_act = arena_floats(ar, BT * F);
+    g->d_ffn_pre = arena_floats(ar, BT * F);
+    g->d_ln1 = arena_floats(ar, BT * D);
+    g->d_res1 = arena_floats(ar, BT * D);
+    g->d_attn = arena_floats(ar, BT * D);
+    g->d_qkv = arena_floats(ar, BT * 3 * D);
 }
 
 void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,

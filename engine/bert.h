@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "arena.h"
 #include "hf_config.h"
 #include "kernels.h"
 #include "pooling.h"
@@ -80,13 +81,19 @@ typedef struct {
     float *mask_add; /* [B,T] additive attention mask */
     int32_t *ids, *types, *positions; /* [B*T] on the backend */
     float *emb_mean, *emb_rstd;
+    sherl_arena own; /* the arena of bert_workspace_create; empty when carved from another */
 } bert_workspace;
 
+/* SHERL_EINVAL unless 0 < B and 0 < T <= max_position_embeddings. */
+sherl_status bert_workspace_check(const hf_config *c, int B, int T);
+/* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked. */
+void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
+                           int T, sherl_arena *ar);
+/* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);
-sherl_status bert_layer_acts_alloc(bert_layer_acts *a, const sherl_backend *be, int B, int T,
-                                   int D, int F, int NH);
-void bert_layer_acts_free(bert_layer_acts *a, const sherl_backend *be);
+void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
+                            int NH);
 
 /* Validates the batch (ids within the vocabulary, types within type_vocab_size, T within
  * max_position_embeddings, mask 0/1) and uploads it; fills h0 [B,T,D]. */
@@ -110,9 +117,7 @@ typedef struct {
     float *d_res2, *d_ffn_act, *d_ffn_pre, *d_ln1, *d_res1, *d_attn, *d_qkv;
 } bert_layer_grad_ws;
 
-sherl_status bert_layer_grad_ws_alloc(bert_layer_grad_ws *g, const sherl_backend *be, int B, int T,
-                                      int D, int F);
-void bert_layer_grad_ws_free(bert_layer_grad_ws *g, const sherl_backend *be);
+void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, int T, int D, int F);
 
 /* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
  * when grads is not NULL, every weight gradient accumulates into the matching field of grads

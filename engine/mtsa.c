@@ -103,7 +103,7 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     fill_const(ps, a->gate, 0.0f);
 }
 
-/* The buffers of mtsa_acts, with their sizes, in one table for alloc, free and bytes. */
+/* The buffers of mtsa_acts with their sizes. */
 #define MTSA_BUFS(a, t, N)                                                                      \
     {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},  {&(t)->x, (size_t)(a)->K * (N) * (a)->d},      \
     {&(t)->ln_mean, (size_t)(a)->K * (N)},        {&(t)->ln_rstd, (size_t)(a)->K * (N)},         \
@@ -117,47 +117,15 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     {&(t)->d_z, (size_t)(N) * (a)->d},            {&(t)->d_xpre, (size_t)(N) * (a)->d},          \
     {&(t)->d_x, (size_t)(a)->K * (N) * (a)->d},
 
-typedef struct {
-    float **p;
-    size_t n;
-} buf_spec;
-
-size_t mtsa_acts_bytes(const mtsa *a, int N)
+void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
-    mtsa_acts t;
-    buf_spec bufs[] = {MTSA_BUFS(a, &t, N)};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        total += bufs[i].n * sizeof(float);
-    return total;
-}
-
-sherl_status mtsa_acts_alloc(mtsa_acts *t, const mtsa *a, const sherl_backend *be, int N)
-{
-    memset(t, 0, sizeof *t);
     t->N = N;
-    buf_spec bufs[] = {MTSA_BUFS(a, t, N)};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float));
-        if (!*bufs[i].p) {
-            mtsa_acts_free(t, be);
-            return sherl_errorf(SHERL_ENOMEM, "cannot allocate MTSA activations for %d tokens", N);
-        }
-    }
-    return sherl_ok();
-}
-
-void mtsa_acts_free(mtsa_acts *t, const sherl_backend *be)
-{
-    float **all[] = {&t->xpre, &t->x,    &t->ln_mean, &t->ln_rstd, &t->s,    &t->rho,
-                     &t->alpha, &t->z,   &t->rz,      &t->u,       &t->un,   &t->out_mean,
-                     &t->out_rstd, &t->ud, &t->d_ud,  &t->d_un,    &t->d_u,  &t->d_rz,
-                     &t->d_z,  &t->d_xpre, &t->d_x};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (*all[i])
-            be->free(*all[i]);
-        *all[i] = NULL;
-    }
+    struct {
+        float **p;
+        size_t n;
+    } bufs[] = {MTSA_BUFS(a, t, N)};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        *bufs[i].p = arena_floats(ar, bufs[i].n);
 }
 
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,

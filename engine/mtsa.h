@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "arena.h"
 #include "kernels.h"
 #include "params.h"
 #include "status.h"
@@ -47,10 +48,7 @@ typedef struct {
     float *d_x;               /* [K,N,d] */
 } mtsa_acts;
 
-sherl_status mtsa_acts_alloc(mtsa_acts *t, const mtsa *a, const sherl_backend *be, int N);
-void mtsa_acts_free(mtsa_acts *t, const sherl_backend *be);
-/* Bytes mtsa_acts_alloc takes for N tokens (for the memory planner). */
-size_t mtsa_acts_bytes(const mtsa *a, int N);
+void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 
 /* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.
  * Dropout (p = a->dropout when train) uses the counter-based RNG at (seed, 0). */

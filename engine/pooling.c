@@ -34,26 +34,36 @@ static void set_first_rows(pooler *p, int T)
     p->T = T;
 }
 
+sherl_status pooler_check(int max_B)
+{
+    if (max_B <= 0)
+        return sherl_errorf(SHERL_EINVAL, "pooler for %d sequences: must be positive", max_B);
+    return sherl_ok();
+}
+
+void pooler_layout(pooler *p, const sherl_backend *be, pool_mode mode, int max_B, sherl_arena *ar)
+{
+    p->be = be, p->mode = mode, p->max_B = max_B, p->T = 0;
+    /* CLS pooling is an embedding gather from the [B*T, D] states at rows b*T, so it reuses
+     * the embedding op (and its scatter-add backward) on every backend. */
+    p->first_rows = mode == POOL_CLS ? arena_ints(ar, (size_t)max_B) : NULL;
+}
+
 sherl_status pooler_create(pooler *p, const sherl_backend *be, pool_mode mode, int max_B)
 {
     memset(p, 0, sizeof *p);
-    if (max_B <= 0)
-        return sherl_errorf(SHERL_EINVAL, "pooler for %d sequences: must be positive", max_B);
-    p->be = be, p->mode = mode, p->max_B = max_B;
-    if (mode == POOL_CLS) {
-        /* CLS pooling is an embedding gather from the [B*T, D] states at rows b*T, so it
-         * reuses the embedding op (and its scatter-add backward) on every backend. */
-        p->first_rows = be->alloc(sizeof(int32_t) * (size_t)max_B);
-        if (!p->first_rows)
-            return sherl_errorf(SHERL_ENOMEM, "out of memory for a pooler of %d rows", max_B);
-    }
-    return sherl_ok();
+    SHERL_TRY(pooler_check(max_B));
+    sherl_arena measure;
+    arena_measure(&measure);
+    pooler_layout(p, be, mode, max_B, &measure);
+    SHERL_TRY(arena_alloc(&p->own, be, measure.used, "a pooler"));
+    pooler_layout(p, be, mode, max_B, &p->own);
+    return arena_check(&p->own, "pooler");
 }
 
 void pooler_free(pooler *p)
 {
-    if (p->be && p->first_rows)
-        p->be->free(p->first_rows);
+    arena_release(&p->own);
     memset(p, 0, sizeof *p);
 }
 

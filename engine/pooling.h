@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "arena.h"
 #include "kernels.h"
 #include "status.h"
 
@@ -20,8 +21,13 @@ typedef struct {
     pool_mode mode;
     int max_B, T;        /* T: the sequence length first_rows was built for */
     int32_t *first_rows; /* [max_B] on the backend: b*T, the rows of the first tokens */
+    sherl_arena own;     /* pooler_create's arena; empty when carved from another */
 } pooler;
 
+sherl_status pooler_check(int max_B);
+/* Carves the pooler's buffers from ar (see arena.h); max_B checked by pooler_check. */
+void pooler_layout(pooler *p, const sherl_backend *be, pool_mode mode, int max_B, sherl_arena *ar);
+/* A pooler in an arena of its own. */
 sherl_status pooler_create(pooler *p, const sherl_backend *be, pool_mode mode, int max_B);
 void pooler_free(pooler *p);
 /* out[B,D] from hidden[B,T,D]; mask [B,T] on the backend (used by mean); B <= max_B. */

@@ -78,9 +78,9 @@ static void copy_backend(const sherl_backend *be, float *dst, const float *src, 
     be->copy_to_device(dst, host, n * sizeof(float));
 }
 
-static sherl_status validate(const bert_model *bb, const sherl_options *o, int *K_out)
+static sherl_status validate(const hf_config *cfg, const sherl_options *o, int *K_out)
 {
-    int L = bb->cfg.num_hidden_layers;
+    int L = cfg->num_hidden_layers;
     if ((unsigned)o->method > METHOD_LINEAR)
         return sherl_errorf(SHERL_EINVAL, "unknown method %d", (int)o->method);
     if (o->method == METHOD_SHERL || o->method == METHOD_LATE) {
@@ -97,7 +97,7 @@ static sherl_status validate(const bert_model *bb, const sherl_options *o, int *
     if (o->method != METHOD_SHERL)
         return sherl_ok();
     int last = L - o->late_layers;
-    int D = bb->cfg.hidden_size;
+    int D = cfg->hidden_size;
     if (o->side_dim < 0 || o->side_dim > D)
         return sherl_errorf(SHERL_EINVAL, "side_dim %d: expected 1..%d (or 0 for hidden / "
                                           "downsample_factor)",
@@ -130,50 +130,48 @@ static sherl_status validate(const bert_model *bb, const sherl_options *o, int *
     return sherl_ok();
 }
 
-sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt)
+sherl_status sherl_model_shape(sherl_model **out, const hf_config *c, const sherl_options *opt)
 {
     *out = NULL;
     int K = 0;
-    SHERL_TRY(validate(bb, opt, &K));
+    SHERL_TRY(validate(c, opt, &K));
     sherl_model *m = calloc(1, sizeof *m);
     if (!m)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
-    const hf_config *c = &bb->cfg;
-    m->bb = bb, m->be = bb->be, m->opt = *opt;
+    m->cfg = *c, m->opt = *opt;
     m->L = c->num_hidden_layers, m->D = c->hidden_size, m->K = K;
     m->k = (opt->method == METHOD_SHERL || opt->method == METHOD_LATE) ? opt->late_layers : 0;
     int L = m->L, D = m->D, F = c->intermediate_size;
-    param_set_init(&m->ps, m->be);
+    param_set_init(&m->ps, NULL);
     m->layers = calloc((size_t)L, sizeof(bert_layer));
     m->grads = calloc((size_t)L, sizeof(bert_layer));
     m->layer_trainable = calloc((size_t)L, sizeof(int));
     m->tap_layer = calloc((size_t)(K ? K : 1), sizeof(int));
-    int (*layer_idx)[12] = calloc((size_t)L, sizeof *layer_idx);
-    int emb_idx[5] = {-1, -1, -1, -1, -1};
+    m->layer_idx = calloc((size_t)L, sizeof *m->layer_idx);
+    for (int j = 0; j < 5; j++)
+        m->emb_idx[j] = -1;
     sherl_status st = sherl_ok();
-    if (!m->layers || !m->grads || !m->layer_trainable || !m->tap_layer || !layer_idx) {
+    if (!m->layers || !m->grads || !m->layer_trainable || !m->tap_layer || !m->layer_idx) {
         st = sherl_errorf(SHERL_ENOMEM, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < L; i++) {
-        m->layers[i] = bb->layers[i];
+    for (int i = 0; i < L; i++)
         m->layer_trainable[i] = opt->method == METHOD_FULL ||
                                 (opt->method == METHOD_LATE && i >= L - m->k) ||
                                 (opt->method == METHOD_SHERL && opt->tune_late && i >= L - m->k);
-    }
     /* registration: trainable backbone copies, MTSA, head */
     if (opt->method == METHOD_FULL) {
-        emb_idx[0] = param_set_add(&m->ps, "emb.word", c->vocab_size, D, 1);
-        emb_idx[1] = param_set_add(&m->ps, "emb.pos", c->max_position_embeddings, D, 1);
-        emb_idx[2] = param_set_add(&m->ps, "emb.type", c->type_vocab_size, D, 1);
-        emb_idx[3] = param_set_add(&m->ps, "emb.ln.weight", D, 0, 0);
-        emb_idx[4] = param_set_add(&m->ps, "emb.ln.bias", D, 0, 0);
+        m->emb_idx[0] = param_set_add(&m->ps, "emb.word", c->vocab_size, D, 1);
+        m->emb_idx[1] = param_set_add(&m->ps, "emb.pos", c->max_position_embeddings, D, 1);
+        m->emb_idx[2] = param_set_add(&m->ps, "emb.type", c->type_vocab_size, D, 1);
+        m->emb_idx[3] = param_set_add(&m->ps, "emb.ln.weight", D, 0, 0);
+        m->emb_idx[4] = param_set_add(&m->ps, "emb.ln.bias", D, 0, 0);
         for (int j = 0; j < 5; j++)
-            if (emb_idx[j] < 0)
+            if (m->emb_idx[j] < 0)
                 st = sherl_errorf(SHERL_ENOMEM, "cannot register the embeddings");
     }
     for (int i = 0; !st.code && i < L; i++)
-        if (m->layer_trainable[i] && !register_layer(&m->ps, i, D, F, layer_idx[i]))
+        if (m->layer_trainable[i] && !register_layer(&m->ps, i, D, F, m->layer_idx[i]))
             st = sherl_errorf(SHERL_ENOMEM, "cannot register layer %d", i);
     if (!st.code && opt->method == METHOD_SHERL) {
         int d = opt->side_dim ? opt->side_dim : D / opt->downsample_factor;
@@ -190,6 +188,24 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
         st = sherl_errorf(SHERL_ENOMEM, "cannot register the head");
         goto fail;
     }
+    *out = m;
+    return sherl_ok();
+fail:
+    sherl_model_free(m);
+    return st;
+}
+
+sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt)
+{
+    *out = NULL;
+    sherl_model *m;
+    SHERL_TRY(sherl_model_shape(&m, &bb->cfg, opt));
+    const hf_config *c = &bb->cfg;
+    int L = m->L, D = m->D, F = c->intermediate_size;
+    m->bb = bb, m->be = bb->be, m->ps.be = bb->be;
+    for (int i = 0; i < L; i++)
+        m->layers[i] = bb->layers[i];
+    sherl_status st;
     st = param_set_alloc(&m->ps);
     if (st.code)
         goto fail;
@@ -209,7 +225,7 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
         float **gdst[5] = {&m->emb_grads.word, &m->emb_grads.pos, &m->emb_grads.type,
                            &m->emb_grads.ln_w, &m->emb_grads.ln_b};
         for (int j = 0; j < 5; j++) {
-            sherl_param *p = &m->ps.items[emb_idx[j]];
+            sherl_param *p = &m->ps.items[m->emb_idx[j]];
             copy_backend(m->be, p->data, src[j], p->numel, host);
             *dst[j] = p->data;
             *gdst[j] = p->grad;
@@ -219,7 +235,7 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
         if (!m->layer_trainable[i])
             continue;
         for (int j = 0; j < 12; j++) {
-            sherl_param *p = &m->ps.items[layer_idx[i][j]];
+            sherl_param *p = &m->ps.items[m->layer_idx[i][j]];
             copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host);
             *layer_field(&m->layers[i], j) = p->data;
             *layer_field(&m->grads[i], j) = p->grad;
@@ -245,11 +261,9 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
             free(h);
         }
     }
-    free(layer_idx);
     *out = m;
     return sherl_ok();
 fail:
-    free(layer_idx);
     sherl_model_free(m);
     return st;
 }
@@ -261,6 +275,7 @@ void sherl_model_free(sherl_model *m)
     mtsa_free(&m->side);
     param_set_free(&m->ps);
     free(m->layers), free(m->grads), free(m->layer_trainable), free(m->tap_layer);
+    free(m->layer_idx);
     free(m);
 }
 
@@ -298,63 +313,107 @@ static int backprop_layer(const sherl_model *m, int i)
     return 0;
 }
 
+const char *const SHERL_STEP_GROUP_NAMES[STEP_GROUPS] = {
+    "kept hidden states", "layer activations", "MTSA activations", "gradient scratch",
+    "forward workspace", "head and loss"};
+
+void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
+                       size_t group_bytes[STEP_GROUPS])
+{
+    const hf_config *c = &m->cfg;
+    int L = m->L, D = m->D, F = c->intermediate_size, NH = c->num_attention_heads;
+    size_t N = (size_t)B * T, ND = N * D;
+    int C = m->out_dim;
+    size_t mark = ar->used;
+    size_t local[STEP_GROUPS];
+    if (!group_bytes)
+        group_bytes = local;
+#define STEP_GROUP_END(g) (group_bytes[g] = ar->used - mark, mark = ar->used)
+    s->B = B, s->T = T;
+    for (int i = 0; i <= L; i++)
+        s->hidden[i] = keeps_state(m, i) ? arena_floats(ar, ND) : NULL;
+    if (m->opt.method == METHOD_SHERL)
+        s->y = arena_floats(ar, ND); /* the gated h_{L-k} that enters the late route */
+    STEP_GROUP_END(STEP_KEPT);
+    for (int i = 0; i < L; i++)
+        if (backprop_layer(m, i))
+            bert_layer_acts_layout(&s->acts[i], ar, B, T, D, F, NH);
+    STEP_GROUP_END(STEP_LAYER_ACTS);
+    if (m->opt.method == METHOD_SHERL)
+        mtsa_acts_layout(&s->side, &m->side, (int)N, ar);
+    STEP_GROUP_END(STEP_MTSA_ACTS);
+    if (m->opt.method != METHOD_LINEAR) {
+        bert_layer_grad_ws_layout(&s->gws, ar, B, T, D, F);
+        s->d_a = arena_floats(ar, ND);
+        s->d_b = arena_floats(ar, ND);
+    }
+    STEP_GROUP_END(STEP_GRAD_SCRATCH);
+    bert_workspace_layout(&s->ws, c, m->be, B, T, ar);
+    s->scratch[0] = arena_floats(ar, ND);
+    s->scratch[1] = arena_floats(ar, ND);
+    s->mask = arena_ints(ar, N);
+    STEP_GROUP_END(STEP_FORWARD_WS);
+    pooler_layout(&s->pool, m->be, m->opt.pooling, B, ar);
+    s->pooled = arena_floats(ar, (size_t)B * D);
+    s->d_pooled = arena_floats(ar, (size_t)B * D);
+    s->logits = arena_floats(ar, (size_t)B * C);
+    s->probs = arena_floats(ar, (size_t)B * C);
+    s->d_logits = arena_floats(ar, (size_t)B * C);
+    s->losses = arena_floats(ar, (size_t)B);
+    s->labels = arena_ints(ar, (size_t)B);
+    s->targets = arena_floats(ar, (size_t)B);
+    STEP_GROUP_END(STEP_HEAD);
+#undef STEP_GROUP_END
+}
+
+sherl_status sherl_step_check(const sherl_model *m, int B, int T)
+{
+    SHERL_TRY(bert_workspace_check(&m->cfg, B, T));
+    return pooler_check(B);
+}
+
+sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
+                              size_t group_bytes[STEP_GROUPS])
+{
+    SHERL_TRY(sherl_step_check(m, B, T));
+    sherl_step s;
+    memset(&s, 0, sizeof s);
+    float *hidden[SHERL_MAX_LAYERS + 1];
+    bert_layer_acts acts[SHERL_MAX_LAYERS];
+    if (m->L > SHERL_MAX_LAYERS)
+        return sherl_errorf(SHERL_EUNSUPPORTED, "%d layers: at most %d", m->L, SHERL_MAX_LAYERS);
+    s.hidden = hidden, s.acts = acts;
+    memset(acts, 0, sizeof acts);
+    sherl_arena measure;
+    arena_measure(&measure);
+    sherl_step_layout(&s, m, B, T, &measure, group_bytes);
+    *total = measure.used;
+    return sherl_ok();
+}
+
 sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T)
 {
     memset(s, 0, sizeof *s);
-    const sherl_backend *be = m->be;
-    int L = m->L, D = m->D, F = m->bb->cfg.intermediate_size, NH = m->bb->cfg.num_attention_heads;
-    size_t N = (size_t)B * T, ND = N * D;
-    s->B = B, s->T = T;
+    size_t total;
+    SHERL_TRY(sherl_step_bytes(m, B, T, &total, NULL));
     s->grad_scale = 1.0f;
-    SHERL_TRY(bert_workspace_create(&s->ws, m->bb, B, T));
-    sherl_status st = sherl_ok();
-    s->hidden = calloc((size_t)L + 1, sizeof(float *));
-    s->acts = calloc((size_t)L, sizeof(bert_layer_acts));
-    if (!s->hidden || !s->acts)
-        goto oom;
-    for (int i = 0; i <= L; i++)
-        if (keeps_state(m, i) && !(s->hidden[i] = be->alloc(ND * sizeof(float))))
-            goto oom;
-    for (int i = 0; i < L; i++)
-        if (backprop_layer(m, i)) {
-            st = bert_layer_acts_alloc(&s->acts[i], be, B, T, D, F, NH);
-            if (st.code)
-                goto fail;
-        }
-    if (!(s->scratch[0] = be->alloc(ND * sizeof(float))) ||
-        !(s->scratch[1] = be->alloc(ND * sizeof(float))))
-        goto oom;
-    if (m->opt.method != METHOD_LINEAR) {
-        st = bert_layer_grad_ws_alloc(&s->gws, be, B, T, D, F);
-        if (st.code)
-            goto fail;
-        if (!(s->d_a = be->alloc(ND * sizeof(float))) || !(s->d_b = be->alloc(ND * sizeof(float))))
-            goto oom;
+    s->hidden = calloc((size_t)m->L + 1, sizeof(float *));
+    s->acts = calloc((size_t)m->L, sizeof(bert_layer_acts));
+    sherl_status st;
+    if (!s->hidden || !s->acts) {
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+        goto fail;
     }
-    if (m->opt.method == METHOD_SHERL) {
-        st = mtsa_acts_alloc(&s->side, &m->side, be, (int)N);
-        if (st.code)
-            goto fail;
-        if (!(s->y = be->alloc(ND * sizeof(float))))
-            goto oom;
-    }
-    st = pooler_create(&s->pool, be, m->opt.pooling, B);
+    char what[96];
+    snprintf(what, sizeof what, "a %d x %d training step", B, T);
+    st = arena_alloc(&s->arena, m->be, total, what);
     if (st.code)
         goto fail;
-    int C = m->out_dim;
-    if (!(s->mask = be->alloc(N * sizeof(int32_t))) ||
-        !(s->pooled = be->alloc((size_t)B * D * sizeof(float))) ||
-        !(s->d_pooled = be->alloc((size_t)B * D * sizeof(float))) ||
-        !(s->logits = be->alloc((size_t)B * C * sizeof(float))) ||
-        !(s->probs = be->alloc((size_t)B * C * sizeof(float))) ||
-        !(s->d_logits = be->alloc((size_t)B * C * sizeof(float))) ||
-        !(s->losses = be->alloc((size_t)B * sizeof(float))) ||
-        !(s->labels = be->alloc((size_t)B * sizeof(int32_t))) ||
-        !(s->targets = be->alloc((size_t)B * sizeof(float))))
-        goto oom;
+    sherl_step_layout(s, m, B, T, &s->arena, NULL);
+    st = arena_check(&s->arena, what);
+    if (st.code)
+        goto fail;
     return sherl_ok();
-oom:
-    st = sherl_errorf(SHERL_ENOMEM, "cannot allocate a %d x %d training step", B, T);
 fail:
     sherl_step_free(s, m);
     return st;
@@ -362,23 +421,9 @@ fail:
 
 void sherl_step_free(sherl_step *s, const sherl_model *m)
 {
-    const sherl_backend *be = m->be;
-    bert_workspace_free(&s->ws);
-    for (int i = 0; s->hidden && i <= m->L; i++)
-        if (s->hidden[i])
-            be->free(s->hidden[i]);
-    for (int i = 0; s->acts && i < m->L; i++)
-        bert_layer_acts_free(&s->acts[i], be);
+    (void)m;
+    arena_release(&s->arena);
     free(s->hidden), free(s->acts);
-    bert_layer_grad_ws_free(&s->gws, be);
-    mtsa_acts_free(&s->side, be);
-    pooler_free(&s->pool);
-    void *bufs[] = {s->scratch[0], s->scratch[1], s->d_a,     s->d_b,   s->y,
-                    s->mask,       s->pooled,     s->d_pooled, s->logits, s->probs,
-                    s->d_logits,   s->losses,     s->labels,  s->targets};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i])
-            be->free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
 

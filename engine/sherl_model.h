@@ -21,6 +21,7 @@ typedef enum { METHOD_SHERL = 0, METHOD_FULL, METHOD_LATE, METHOD_LINEAR } train
 typedef enum { TASK_CLASSIFICATION = 0, TASK_REGRESSION } task_type;
 
 #define SHERL_MAX_TAPS 256
+#define SHERL_MAX_LAYERS 1024
 
 typedef struct {
     train_method method;
@@ -42,8 +43,9 @@ const char *train_method_name(train_method m);
 sherl_status train_method_parse(const char *name, train_method *m);
 
 typedef struct {
-    const bert_model *bb;
+    const bert_model *bb;     /* NULL for a shape-only model (sherl_model_shape) */
     const sherl_backend *be;
+    hf_config cfg;
     sherl_options opt;
     int L, D, k;
     int K;              /* taps (sherl) */
@@ -55,11 +57,16 @@ typedef struct {
     int *layer_trainable; /* [L] */
     bert_embeddings emb, emb_grads; /* full only: trainable copies */
     int head_w, head_b, out_dim;
+    int (*layer_idx)[12]; /* [L] param indices of trainable layers' tensors */
+    int emb_idx[5];       /* full: word, pos, type, ln.weight, ln.bias */
 } sherl_model;
 
 /* Validates the options against the backbone, registers and initialises every trainable
  * tensor (copies of trainable backbone weights, MTSA and head from a seeded generator). */
 sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt);
+/* The same validation and registration without weights or memory: for the memory planner,
+ * which needs the trainable tensors' sizes before anything is loaded. */
+sherl_status sherl_model_shape(sherl_model **out, const hf_config *cfg, const sherl_options *opt);
 void sherl_model_free(sherl_model *m);
 
 /* Activations of one training step for batches up to B x T. */
@@ -84,8 +91,30 @@ typedef struct {
     float grad_scale;       /* multiplies the gradient of the mean loss, e.g. a micro-batch's
                              * share of an accumulated step; 1 after sherl_step_create */
     int last_B, last_T;
+    sherl_arena arena;      /* every buffer above, in one allocation */
 } sherl_step;
 
+/* The step's buffers by what they are for, as the planner reports them. */
+typedef enum {
+    STEP_KEPT = 0,      /* hidden states kept for backward: taps, the late route's states */
+    STEP_LAYER_ACTS,    /* per-layer activations of the layers backprop runs through */
+    STEP_MTSA_ACTS,
+    STEP_GRAD_SCRATCH,  /* one layer's backward scratch and the gradient ping-pong */
+    STEP_FORWARD_WS,    /* forward-only layers' scratch, embeddings, masks */
+    STEP_HEAD,          /* pooling, logits, loss */
+    STEP_GROUPS
+} sherl_step_group;
+extern const char *const SHERL_STEP_GROUP_NAMES[STEP_GROUPS];
+
+sherl_status sherl_step_check(const sherl_model *m, int B, int T);
+/* Bytes of the step arena for batches up to B x T, in total and by group (may be NULL).
+ * Works on a shape-only model. */
+sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
+                              size_t group_bytes[STEP_GROUPS]);
+/* Carves every step buffer from ar; s->hidden [L+1] and s->acts [L] must be allocated. */
+void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
+                       size_t group_bytes[STEP_GROUPS]);
+/* One arena of exactly sherl_step_bytes. */
 sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T);
 void sherl_step_free(sherl_step *s, const sherl_model *m);
 

@@ -29,6 +29,8 @@ const char *sherl_code_name(sherl_code code)
     case SHERL_ENOMEM: return "out of memory";
     case SHERL_EFORMAT: return "bad format";
     case SHERL_EUNSUPPORTED: return "unsupported";
+    case SHERL_ECANCELLED: return "cancelled";
+    case SHERL_EINTERNAL: return "internal error";
     }
     return "unknown";
 }

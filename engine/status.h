@@ -11,6 +11,8 @@ typedef enum {
     SHERL_ENOMEM,       /* allocation failed */
     SHERL_EFORMAT,      /* malformed file content */
     SHERL_EUNSUPPORTED, /* well-formed but not something we handle */
+    SHERL_ECANCELLED,   /* stopped on request */
+    SHERL_EINTERNAL,    /* an invariant of ours broke: a bug, reported rather than crashed on */
 } sherl_code;
 
 typedef struct {
