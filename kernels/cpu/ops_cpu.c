@@ -408,57 +408,65 @@ static void cpu_attention_forward(float *out, float *probs, const float *qkv, co
     }
 }
 
+/* dS for a block of R query rows fits in this many floats on each thread's stack. */
+#define ATTN_BLOCK_FLOATS 16384
+
+/* One (batch, head), query rows i0..i0+R at a time, as single-threaded sgemm calls on strided
+ * views of qkv and dout:
+ *   dP = dO V^T,  dV += P^T dO,  dS = scale * P (dP - rowsum(P dP)),  dQ += dS K,  dK += dS^T Q.
+ * dp holds R x T floats. Row sums are in double; nothing depends on the thread count. */
+static void attention_head_backward(float *dbase, float *dp, int R, const float *dout_b,
+                                    const float *p, const float *base, int T, int C, int h, int HS,
+                                    float scale)
+{
+    const int C3 = 3 * C;
+    const float *q = base + h * HS, *k = base + C + h * HS, *v = base + 2 * C + h * HS;
+    float *dq = dbase + h * HS, *dk = dbase + C + h * HS, *dv = dbase + 2 * C + h * HS;
+    const float *dy = dout_b + h * HS;
+    for (int i0 = 0; i0 < T; i0 += R) {
+        int r = T - i0 < R ? T - i0 : R;
+        const float *pb = p + (size_t)i0 * T, *dyb = dy + (size_t)i0 * C;
+        sgemm1(0, 1, r, T, HS, 1.0f, dyb, C, v, C3, 0.0f, dp, T);
+        sgemm1(1, 0, T, HS, r, 1.0f, pb, T, dyb, C, 1.0f, dv, C3);
+        for (int i = 0; i < r; i++) {
+            const float *pi = pb + (size_t)i * T;
+            float *di = dp + (size_t)i * T;
+            double dot = 0.0;
+            for (int j = 0; j < T; j++)
+                dot += (double)di[j] * pi[j];
+            float fd = (float)dot;
+#pragma omp simd
+            for (int j = 0; j < T; j++)
+                di[j] = scale * pi[j] * (di[j] - fd);
+        }
+        sgemm1(0, 0, r, HS, T, 1.0f, dp, T, k, C3, 1.0f, dq + (size_t)i0 * C3, C3);
+        sgemm1(1, 0, T, HS, r, 1.0f, dp, T, q + (size_t)i0 * C3, C3, 1.0f, dk, C3);
+    }
+}
+
+/* Per-thread scratch for dS lives on the stack (ATTN_BLOCK_FLOATS, so no allocation for any
+ * T up to that); a longer row takes one row from the heap, and should even that fail the op
+ * cannot report it (no error channel): the engine caps T at max_length 8192 well below. */
 static void cpu_attention_backward(float *dqkv, const float *dout, const float *qkv,
                                    const float *probs, int B, int T, int NH, int HS)
 {
     const int C = NH * HS, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
+    const int R = T <= ATTN_BLOCK_FLOATS ? (ATTN_BLOCK_FLOATS / T < T ? ATTN_BLOCK_FLOATS / T : T) : 1;
 #pragma omp parallel
     {
-        float *ds = malloc(sizeof(float) * (size_t)T); /* one row of d(scores) */
+        float local[ATTN_BLOCK_FLOATS];
+        float *dp = T <= ATTN_BLOCK_FLOATS ? local : malloc(sizeof(float) * (size_t)T);
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * NH; bh++) {
             int b = bh / NH, h = bh % NH;
-            const float *base = qkv + (size_t)b * T * C3;
-            float *dbase = dqkv + (size_t)b * T * C3;
-            for (int i = 0; i < T; i++) {
-                const float *p = probs + ((size_t)bh * T + i) * T;
-                const float *dy = dout + ((size_t)b * T + i) * C + h * HS;
-                const float *q = base + (size_t)i * C3 + h * HS;
-                float *dq = dbase + (size_t)i * C3 + h * HS;
-                /* dP[i,j] = dy . v_j; dV[j] += P[i,j] dy */
-                double dot = 0.0;
-                for (int j = 0; j < T; j++) {
-                    const float *vj = base + (size_t)j * C3 + 2 * C + h * HS;
-                    float *dvj = dbase + (size_t)j * C3 + 2 * C + h * HS;
-                    float acc = 0.0f;
-                    float pij = p[j];
-#pragma omp simd reduction(+ : acc)
-                    for (int d = 0; d < HS; d++) {
-                        acc += dy[d] * vj[d];
-                        dvj[d] += pij * dy[d];
-                    }
-                    ds[j] = acc;
-                    dot += (double)acc * pij;
-                }
-                /* dS = P (dP - sum_j P dP), times the score scale */
-                float fd = (float)dot;
-                for (int j = 0; j < T; j++)
-                    ds[j] = scale * p[j] * (ds[j] - fd);
-                /* dQ[i] += dS[i,:] K; dK[j] += dS[i,j] q_i */
-                for (int j = 0; j < T; j++) {
-                    const float *kj = base + (size_t)j * C3 + C + h * HS;
-                    float *dkj = dbase + (size_t)j * C3 + C + h * HS;
-                    float g = ds[j];
-#pragma omp simd
-                    for (int d = 0; d < HS; d++) {
-                        dq[d] += g * kj[d];
-                        dkj[d] += g * q[d];
-                    }
-                }
-            }
+            if (dp)
+                attention_head_backward(dqkv + (size_t)b * T * C3, dp, R, dout + (size_t)b * T * C,
+                                        probs + (size_t)bh * T * T, qkv + (size_t)b * T * C3, T,
+                                        C, h, HS, scale);
         }
-        free(ds);
+        if (dp != local)
+            free(dp);
     }
 }
 

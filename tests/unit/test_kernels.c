@@ -557,6 +557,72 @@ Test(kernels, attention_forward_backward)
     }
 }
 
+/* The analytic gradient of attention in double, for rows too long for finite differences:
+ * the CPU backend cuts them into blocks of query rows, and T = 300 leaves a partial block. */
+static void ref_attention_backward(double *dqkv, const at_ctx *c)
+{
+    int C = c->NH * c->HS, C3 = 3 * C, T = c->T, HS = c->HS;
+    double *p = malloc(8 * (size_t)T), *dp = malloc(8 * (size_t)T);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int i = 0; i < T; i++) {
+                const double *q = c->qkv + ((size_t)b * T + i) * C3 + h * HS;
+                const double *dy = c->dout + ((size_t)b * T + i) * C + h * HS;
+                double mx = -INFINITY, s = 0, dot = 0;
+                for (int j = 0; j < T; j++) {
+                    const double *k = c->qkv + ((size_t)b * T + j) * C3 + C + h * HS;
+                    double d = 0;
+                    for (int e = 0; e < HS; e++)
+                        d += q[e] * k[e];
+                    p[j] = d / sqrt((double)HS);
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < T; j++)
+                    s += (p[j] = exp(p[j] - mx));
+                for (int j = 0; j < T; j++) {
+                    p[j] /= s;
+                    const double *v = c->qkv + ((size_t)b * T + j) * C3 + 2 * C + h * HS;
+                    dp[j] = 0;
+                    for (int e = 0; e < HS; e++) {
+                        dp[j] += dy[e] * v[e];
+                        dqkv[((size_t)b * T + j) * C3 + 2 * C + h * HS + e] += p[j] * dy[e];
+                    }
+                    dot += p[j] * dp[j];
+                }
+                for (int j = 0; j < T; j++) {
+                    double ds = p[j] * (dp[j] - dot) / sqrt((double)HS);
+                    const double *k = c->qkv + ((size_t)b * T + j) * C3 + C + h * HS;
+                    for (int e = 0; e < HS; e++) {
+                        dqkv[((size_t)b * T + i) * C3 + h * HS + e] += ds * k[e];
+                        dqkv[((size_t)b * T + j) * C3 + C + h * HS + e] += ds * q[e];
+                    }
+                }
+            }
+    free(p), free(dp);
+}
+
+Test(kernels, attention_backward_long_rows)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        int B = 2, T = 300, NH = 2, HS = 4, C = NH * HS;
+        size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+        float *qkv = randv(nqkv, 1.5), *dout = randv(nout, 1), *g0 = randv(nqkv, 1);
+        at_ctx c = {B, T, NH, HS, to_d(qkv, nqkv), NULL, to_d(dout, nout)};
+        double *ref = to_d(g0, nqkv);
+        ref_attention_backward(ref, &c);
+        float *dq = dev_f(be, qkv, nqkv), *dy = be->alloc(4 * nout), *dd = dev_f(be, dout, nout);
+        float *probs = be->alloc(4 * (size_t)B * NH * T * T), *g = dev_f(be, g0, nqkv);
+        be->attention_forward(dy, probs, dq, NULL, B, T, NH, HS);
+        be->attention_backward(g, dd, dq, probs, B, T, NH, HS);
+        float *h = malloc(4 * nqkv);
+        back_f(be, h, g, nqkv);
+        expect_close("attention_backward (long rows)", h, ref, nqkv, 1e-4, 1e-5);
+        be->free(dq), be->free(dy), be->free(dd), be->free(probs), be->free(g);
+        free(qkv), free(dout), free(g0), free(h), free(ref), free(c.qkv), free(c.dout);
+    }
+}
+
 /* Softmax over padded keys gives them exactly zero weight: padding cannot leak. */
 Test(kernels, attention_ignores_masked_keys)
 {
