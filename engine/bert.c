@@ -20,6 +20,18 @@ typedef struct {
     float *host;        /* staging buffer, big enough for the largest tensor */
 } loader;
 
+/* Reads a tensor into backend memory: directly when the backend's memory is host memory,
+ * else through the staging buffer. */
+static sherl_status read_tensor(loader *ld, float *dst, const char *name, int ndim,
+                                const int64_t *shape, size_t n)
+{
+    if (ld->be->host_memory)
+        return safetensors_read_f32(ld->sf, name, dst, ndim, shape);
+    SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, ndim, shape));
+    ld->be->copy_to_device(dst, ld->host, n * sizeof(float));
+    return sherl_ok();
+}
+
 /* Carves n floats from the arena and fills them from tensor `name` of the given shape. */
 static sherl_status load_param(loader *ld, float **dst, const char *name, int ndim, int64_t d0,
                                int64_t d1)
@@ -30,9 +42,8 @@ static sherl_status load_param(loader *ld, float **dst, const char *name, int nd
     size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
     if (ld->used + n > ld->cap)
         return sherl_errorf(SHERL_EINVAL, "internal: parameter arena too small at '%s'", full);
-    SHERL_TRY(safetensors_read_f32(ld->sf, full, ld->host, ndim, shape));
     *dst = ld->arena + ld->used;
-    ld->be->copy_to_device(*dst, ld->host, n * sizeof(float));
+    SHERL_TRY(read_tensor(ld, *dst, full, ndim, shape, n));
     ld->used += n;
     return sherl_ok();
 }
@@ -52,13 +63,11 @@ static sherl_status load_qkv(loader *ld, bert_layer *ly, int i, int64_t D)
         int64_t wshape[2] = {D, D}, bshape[1] = {D};
         snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.weight", ld->prefix, i,
                  parts[p]);
-        SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, 2, wshape));
-        ld->be->copy_to_device(ly->qkv_w + (size_t)p * D * D, ld->host,
-                               (size_t)(D * D) * sizeof(float));
+        SHERL_TRY(read_tensor(ld, ly->qkv_w + (size_t)p * D * D, name, 2, wshape,
+                              (size_t)(D * D)));
         snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.bias", ld->prefix, i,
                  parts[p]);
-        SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, 1, bshape));
-        ld->be->copy_to_device(ly->qkv_b + (size_t)p * D, ld->host, (size_t)D * sizeof(float));
+        SHERL_TRY(read_tensor(ld, ly->qkv_b + (size_t)p * D, name, 1, bshape, (size_t)D));
     }
     return sherl_ok();
 }
@@ -87,13 +96,26 @@ static sherl_status load_layer(loader *ld, bert_layer *ly, int i, const hf_confi
     return sherl_ok();
 }
 
-static size_t bert_param_count(const hf_config *c)
+size_t bert_param_count(const hf_config *c)
 {
     size_t D = c->hidden_size, F = c->intermediate_size;
     size_t emb = ((size_t)c->vocab_size + c->max_position_embeddings + c->type_vocab_size) * D +
                  2 * D;
     size_t layer = 4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D;
     return emb + layer * (size_t)c->num_hidden_layers;
+}
+
+size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
+{
+    if (be->host_memory)
+        return 0;
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    size_t largest = (size_t)c->vocab_size * D;
+    if ((size_t)c->max_position_embeddings * D > largest)
+        largest = (size_t)c->max_position_embeddings * D;
+    if (F * D > largest)
+        largest = F * D;
+    return largest * sizeof(float);
 }
 
 sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be)
@@ -129,17 +151,13 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
                           path);
         goto fail;
     }
-    size_t D = c->hidden_size, F = c->intermediate_size;
-    size_t largest = (size_t)c->vocab_size * D;
-    if ((size_t)c->max_position_embeddings * D > largest)
-        largest = (size_t)c->max_position_embeddings * D;
-    if (F * D > largest)
-        largest = F * D;
+    size_t D = c->hidden_size;
     ld.cap = bert_param_count(c);
     ld.arena = be->alloc(ld.cap * sizeof(float));
-    ld.host = malloc(largest * sizeof(float));
+    size_t staging = bert_load_staging_bytes(c, be);
+    ld.host = staging ? malloc(staging) : NULL;
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
-    if (!ld.arena || !ld.host || !m->layers) {
+    if (!ld.arena || (staging && !ld.host) || !m->layers) {
         st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
                           ld.cap * 4.0 / 1e6, model_dir);
         goto fail;

@@ -42,6 +42,10 @@ typedef struct {
 /* Loads MODEL_DIR/config.json and MODEL_DIR/model.safetensors (names with or without the
  * "bert." prefix of task models). Every tensor's shape is checked against the config. */
 sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be);
+/* Floats of the weights bert_load keeps (Q, K, V fused), from the config alone. */
+size_t bert_param_count(const hf_config *c);
+/* Host staging bert_load needs while loading onto be (0 for host-memory backends). */
+size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be);
 void bert_free(bert_model *m);
 
 /* A padded batch on the host: [B, T] each, row-major. token_type_ids may be NULL (zeros). */

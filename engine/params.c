@@ -124,6 +124,10 @@ sherl_status param_set_load(param_set *ps, const char *path, int require_all)
                 st = sherl_errorf(SHERL_EFORMAT, "%s: tensor '%s' is missing", path, p->name);
             continue;
         }
+        if (ps->be->host_memory) { /* straight into the tensor: no staging copy */
+            st = safetensors_read_f32(&sf, p->name, p->data, p->ndim, p->shape);
+            continue;
+        }
         if (p->numel > host_n) {
             float *h = realloc(host, p->numel * sizeof(float));
             if (!h) {

@@ -640,6 +640,16 @@ const char *safetensors_metadata(const safetensors_file *f, const char *key)
     return NULL;
 }
 
+/* Drops the whole pages inside [p, p + len) of a private read-only mapping from this process's
+ * resident set; they are read again from the page cache if touched. Advisory: errors ignored. */
+static void drop_pages(const uint8_t *p, size_t len)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + len) & ~(page - 1);
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 sherl_status safetensors_read_f32(const safetensors_file *f, const char *name, float *dst,
                                   int ndim, const int64_t *shape)
 {
@@ -668,29 +678,38 @@ sherl_status safetensors_read_f32(const safetensors_file *f, const char *name, f
     }
     if (t->numel > 0 && !dst)
         return sherl_errorf(SHERL_EINVAL, "%.160s: tensor '%.120s': NULL destination", f->path, name);
-    const uint8_t *p = t->data;
-    size_t n = (size_t)t->numel;
-    switch (t->dtype) {
-    case ST_F32:
+    /* Chunk by chunk, dropping each chunk's pages of a mapped file once converted: a tensor is
+     * read once, and this keeps the loader's resident memory at the copy it makes (the page
+     * cache keeps the file) rather than copy + mapping, which the memory planner relies on. */
+    const size_t chunk = (size_t)1 << 20; /* elements */
+    for (size_t lo = 0; lo < (size_t)t->numel; lo += chunk) {
+        size_t n = (size_t)t->numel - lo < chunk ? (size_t)t->numel - lo : chunk;
+        size_t esz = st_dtype_size(t->dtype);
+        const uint8_t *p = t->data + lo * esz;
+        float *out = dst + lo;
+        switch (t->dtype) {
+        case ST_F32:
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        if (n)
-            memcpy(dst, p, n * sizeof(float));
+            memcpy(out, p, n * sizeof(float));
 #else
-        for (size_t i = 0; i < n; i++, p += 4)
-            dst[i] = bits_to_f32((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                                 (uint32_t)p[3] << 24);
+            for (size_t i = 0; i < n; i++, p += 4)
+                out[i] = bits_to_f32((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                                     (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
 #endif
-        break;
-    case ST_F16:
-        for (size_t i = 0; i < n; i++, p += 2)
-            dst[i] = st_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
-        break;
-    case ST_BF16:
-        for (size_t i = 0; i < n; i++, p += 2)
-            dst[i] = st_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
-        break;
-    default:
-        break;
+            break;
+        case ST_F16:
+            for (size_t i = 0; i < n; i++, p += 2)
+                out[i] = st_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            break;
+        case ST_BF16:
+            for (size_t i = 0; i < n; i++, p += 2)
+                out[i] = st_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            break;
+        default:
+            break;
+        }
+        if (f->map)
+            drop_pages(t->data + lo * esz, n * esz);
     }
     return sherl_ok();
 }

@@ -71,11 +71,19 @@ static float **layer_field(bert_layer *l, int j)
     return f[j];
 }
 
+/* Backend-to-backend copy: direct on host memory, else through a small host buffer. */
 static void copy_backend(const sherl_backend *be, float *dst, const float *src, size_t n,
-                         float *host)
+                         float *host, size_t host_n)
 {
-    be->copy_to_host(host, src, n * sizeof(float));
-    be->copy_to_device(dst, host, n * sizeof(float));
+    if (be->host_memory) {
+        be->copy_to_device(dst, src, n * sizeof(float));
+        return;
+    }
+    for (size_t lo = 0; lo < n; lo += host_n) {
+        size_t k = n - lo < host_n ? n - lo : host_n;
+        be->copy_to_host(host, src + lo, k * sizeof(float));
+        be->copy_to_device(dst + lo, host, k * sizeof(float));
+    }
 }
 
 static sherl_status validate(const hf_config *cfg, const sherl_options *o, int *K_out)
@@ -200,8 +208,7 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
     *out = NULL;
     sherl_model *m;
     SHERL_TRY(sherl_model_shape(&m, &bb->cfg, opt));
-    const hf_config *c = &bb->cfg;
-    int L = m->L, D = m->D, F = c->intermediate_size;
+    int L = m->L, D = m->D;
     m->bb = bb, m->be = bb->be, m->ps.be = bb->be;
     for (int i = 0; i < L; i++)
         m->layers[i] = bb->layers[i];
@@ -211,11 +218,9 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
         goto fail;
 
     /* initial values: copies of the backbone, PyTorch-style init for the new modules */
-    size_t host_n = (size_t)c->vocab_size * D;
-    if ((size_t)F * D * 3 > host_n)
-        host_n = (size_t)F * D * 3;
-    float *host = malloc(host_n * sizeof(float));
-    if (!host) {
+    const size_t host_n = SHERL_COPY_CHUNK;
+    float *host = m->be->host_memory ? NULL : malloc(host_n * sizeof(float));
+    if (!m->be->host_memory && !host) {
         st = sherl_errorf(SHERL_ENOMEM, "out of memory");
         goto fail;
     }
@@ -226,7 +231,7 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
                            &m->emb_grads.ln_w, &m->emb_grads.ln_b};
         for (int j = 0; j < 5; j++) {
             sherl_param *p = &m->ps.items[m->emb_idx[j]];
-            copy_backend(m->be, p->data, src[j], p->numel, host);
+            copy_backend(m->be, p->data, src[j], p->numel, host, host_n);
             *dst[j] = p->data;
             *gdst[j] = p->grad;
         }
@@ -236,7 +241,8 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
             continue;
         for (int j = 0; j < 12; j++) {
             sherl_param *p = &m->ps.items[m->layer_idx[i][j]];
-            copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host);
+            copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host,
+                         host_n);
             *layer_field(&m->layers[i], j) = p->data;
             *layer_field(&m->grads[i], j) = p->grad;
         }

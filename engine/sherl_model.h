@@ -22,6 +22,9 @@ typedef enum { TASK_CLASSIFICATION = 0, TASK_REGRESSION } task_type;
 
 #define SHERL_MAX_TAPS 256
 #define SHERL_MAX_LAYERS 1024
+/* Floats of the host buffer that copies backbone weights into trainable copies on device
+ * backends (transient, in the memory plan). */
+#define SHERL_COPY_CHUNK ((size_t)1 << 18)
 
 typedef struct {
     train_method method;

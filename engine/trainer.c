@@ -120,23 +120,30 @@ static void remove_other_steps(const char *dir, int keep_step)
     closedir(d);
 }
 
+/* Writes the parameters (which = 0) or the AdamW moments (which = 1, "m.<name>", "v.<name>").
+ * Host-memory backends are written in place; others through one staging copy. */
 static sherl_status save_tensors(const param_set *ps, const char *path, int which)
 {
     const sherl_backend *be = ps->be;
-    st_write_tensor *t = calloc((size_t)ps->n * (which ? 2 : 1), sizeof *t);
-    float *host = malloc((ps->total ? ps->total : 1) * sizeof(float) * (which ? 2 : 1));
+    int per = which ? 2 : 1;
+    st_write_tensor *t = calloc((size_t)ps->n * per, sizeof *t);
+    float *host = be->host_memory ? NULL
+                                  : malloc((ps->total ? ps->total : 1) * sizeof(float) * per);
     char(*names)[112] = calloc((size_t)ps->n * 2, sizeof *names);
-    if (!t || !host || !names) {
+    if (!t || (!be->host_memory && !host) || !names) {
         free(t), free(host), free(names);
         return sherl_errorf(SHERL_ENOMEM, "out of memory writing %s", path);
     }
     int n = 0;
     for (int i = 0; i < ps->n; i++) {
         const sherl_param *p = &ps->items[i];
-        for (int k = 0; k < (which ? 2 : 1); k++) {
+        for (int k = 0; k < per; k++) {
             const float *src = which ? (k ? p->v : p->m) : p->data;
-            float *dst = host + (size_t)k * ps->total + p->offset;
-            be->copy_to_host(dst, src, p->numel * sizeof(float));
+            if (host) {
+                float *dst = host + (size_t)k * ps->total + p->offset;
+                be->copy_to_host(dst, src, p->numel * sizeof(float));
+                src = dst;
+            }
             if (which)
                 snprintf(names[n], sizeof names[n], "%s.%s", k ? "v" : "m", p->name);
             else
@@ -145,7 +152,7 @@ static sherl_status save_tensors(const param_set *ps, const char *path, int whic
             t[n].ndim = p->ndim;
             t[n].shape[0] = p->shape[0];
             t[n].shape[1] = p->shape[1];
-            t[n].data = dst;
+            t[n].data = src;
             n++;
         }
     }
@@ -162,18 +169,21 @@ static sherl_status load_moments(param_set *ps, const char *path)
     float *host = NULL;
     for (int i = 0; !st.code && i < ps->n; i++) {
         sherl_param *p = &ps->items[i];
-        float *h = realloc(host, p->numel * sizeof(float));
-        if (!h) {
-            st = sherl_errorf(SHERL_ENOMEM, "out of memory");
-            break;
+        if (!ps->be->host_memory) {
+            float *h = realloc(host, p->numel * sizeof(float));
+            if (!h) {
+                st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+                break;
+            }
+            host = h;
         }
-        host = h;
         for (int k = 0; k < 2 && !st.code; k++) {
             char name[112];
             snprintf(name, sizeof name, "%s.%s", k ? "v" : "m", p->name);
-            st = safetensors_read_f32(&sf, name, host, p->ndim, p->shape);
-            if (!st.code)
-                ps->be->copy_to_device(k ? p->v : p->m, host, p->numel * sizeof(float));
+            float *dst = k ? p->v : p->m;
+            st = safetensors_read_f32(&sf, name, host ? host : dst, p->ndim, p->shape);
+            if (!st.code && host)
+                ps->be->copy_to_device(dst, host, p->numel * sizeof(float));
         }
     }
     free(host);

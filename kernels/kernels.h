@@ -18,6 +18,14 @@
 
 typedef struct sherl_backend sherl_backend;
 
+/* The shapes a training step runs its ops at, for the memory planner's scratch line. */
+typedef struct {
+    int B, T, NH, HS;     /* attention */
+    int K, N, d;          /* MTSA guidance: taps, tokens, side width (K = 0: none) */
+    size_t max_reduce;    /* the longest reduction (sumsq over every trainable element) */
+    int threads;
+} sherl_scratch_shape;
+
 struct sherl_backend {
     const char *name;
 
@@ -35,6 +43,12 @@ struct sherl_backend {
     /* A line of advice when the backend runs well below what this machine can do (e.g.
      * OpenBLAS fell back to generic kernels on a CPU it does not know), else NULL. */
     const char *(*performance_advice)(void);
+    /* Non-zero when backend memory is host memory the CPU may read and write directly (so
+     * loaders and checkpoints need no staging copies). */
+    int host_memory;
+    /* The most memory any single op allocates for itself during a step of these shapes (its
+     * transient scratch beyond its arguments), for the memory planner. */
+    size_t (*scratch_bytes)(const sherl_scratch_shape *shape);
 
     /* ---- general matrix multiply ----
      * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).

@@ -1099,6 +1099,29 @@ static void cpu_scale(float *x, size_t n, float s)
         x[i] *= s;
 }
 
+/* What the ops above allocate on the heap for themselves; the largest single op bounds the
+ * step's transient scratch. glibc's per-allocation header is counted too. */
+static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
+{
+    size_t threads = q->threads > 0 ? (size_t)q->threads : (size_t)cpu_get_threads();
+    size_t most = 0, b;
+    /* attention backward: a heap row only past the stack block */
+    if (q->T > ATTN_BLOCK_FLOATS && (b = threads * (sizeof(float) * (size_t)q->T + 16)) > most)
+        most = b;
+    if (q->K >= 2) {
+        size_t S = (size_t)q->K - 1, d = (size_t)q->d;
+        size_t per_thread = (2 * S * S + 8 * S + 3 * d) * sizeof(double) + 16;
+        size_t chunks = ((size_t)q->N + MTSA_CHUNK - 1) / MTSA_CHUNK;
+        b = threads * per_thread + chunks * (d + 1) * sizeof(double) + 16;
+        if (b > most)
+            most = b;
+    }
+    size_t nc = red_chunks(q->max_reduce);
+    if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
+        most = b;
+    return most;
+}
+
 static const sherl_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -1111,6 +1134,8 @@ static const sherl_backend cpu_backend = {
     .get_threads = cpu_get_threads,
     .describe = cpu_describe,
     .performance_advice = cpu_performance_advice,
+    .host_memory = 1,
+    .scratch_bytes = cpu_scratch_bytes,
     .gemm = cpu_gemm,
     .gemm_strided_batched = cpu_gemm_strided_batched,
     .matmul_forward = cpu_matmul_forward,

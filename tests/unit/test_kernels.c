@@ -1597,6 +1597,7 @@ Test(kernels, every_backend_fills_every_op)
         HAS(get_threads);
         HAS(describe);
         HAS(performance_advice);
+        HAS(scratch_bytes);
         HAS(gemm);
         HAS(gemm_strided_batched);
         HAS(matmul_forward);
