@@ -56,3 +56,9 @@ sherl_status arena_check(const sherl_arena *a, const char *what)
                             what, a->cap);
     return sherl_ok();
 }
+
+size_t arena_malloc_size(size_t bytes)
+{
+    size_t r = (bytes + 8 + 15) & ~(size_t)15;
+    return r < 32 ? 32 : r;
+}

@@ -31,6 +31,9 @@ void *arena_take(sherl_arena *a, size_t bytes);
 float *arena_floats(sherl_arena *a, size_t n);
 int32_t *arena_ints(sherl_arena *a, size_t n);
 size_t arena_round(size_t bytes);
+/* What a glibc malloc of `bytes` occupies: the request plus its 8-byte header, in 16-byte
+ * granules, at least 32 bytes. For host-side lines of the memory plan. */
+size_t arena_malloc_size(size_t bytes);
 /* SHERL_EINTERNAL when a take overflowed the arena (the layout and its measure disagreed). */
 sherl_status arena_check(const sherl_arena *a, const char *what);
 

@@ -1,10 +1,16 @@
-/* `sherl train JOB.json`: runs a training job locally with a progress line. */
+/* `sherl train JOB.json`: runs a training job locally with a progress line.
+ * `sherl plan JOB.json`: the job's memory plan, without running it. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+#include <stdlib.h>
+
 #include "cli.h"
+#include "kernels.h"
+#include "planner.h"
 #include "job_spec.h"
 #include "trainer.h"
 
@@ -70,6 +76,14 @@ int cmd_train(const char *job_path, const cli_train_opts *o)
         fprintf(stderr, "sherl train: %s\n", st.msg);
         return 1;
     }
+    if (r.resumed_from_step >= 0)
+        fprintf(stderr, "resumed from the checkpoint at step %d\n", r.resumed_from_step);
+    else if (o->resume)
+        fprintf(stderr, "no checkpoint in %s/checkpoint: started from the beginning\n",
+                spec.output);
+    fprintf(stderr, "memory: planned peak %.1f MiB, measured %.1f MiB%s\n",
+            r.plan.peak_bytes / 1048576.0, r.measured_peak_bytes / 1048576.0,
+            r.peak_reset ? "" : " (since process start: the kernel refused a reset)");
     if (r.stopped_early) {
         fprintf(stderr, "sherl train: stopped after step %d; checkpoint in %s/checkpoint "
                         "(continue with --resume)\n",
@@ -78,5 +92,42 @@ int cmd_train(const char *job_path, const cli_train_opts *o)
     }
     printf("%s: %d steps in %.1f s; metrics in %s/metrics.json\n", spec.name, r.steps, r.wall_s,
            spec.output);
+    return 0;
+}
+
+int cmd_plan(const char *job_path, const cli_train_opts *o)
+{
+    job_spec spec;
+    sherl_status st = job_spec_load(&spec, job_path);
+    if (st.code) {
+        fprintf(stderr, "sherl plan: %s\n", st.msg);
+        return 2;
+    }
+    if (o->threads > 0)
+        spec.threads = o->threads;
+    if (strcmp(spec.device, "cpu")) {
+        fprintf(stderr, "sherl plan: device '%s': this build plans for the cpu only\n",
+                spec.device);
+        return 2;
+    }
+    memory_plan p;
+    st = plan_job(&p, &spec, sherl_backend_cpu());
+    if (st.code) {
+        fprintf(stderr, "sherl plan: %s\n", st.msg);
+        return 1;
+    }
+    if (o->json) {
+        cJSON *j = memory_plan_to_json(&p);
+        char *text = j ? cJSON_Print(j) : NULL;
+        cJSON_Delete(j);
+        if (!text) {
+            fprintf(stderr, "sherl plan: out of memory\n");
+            return 1;
+        }
+        printf("%s\n", text);
+        free(text);
+    } else {
+        memory_plan_print(stdout, &p);
+    }
     return 0;
 }

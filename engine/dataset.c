@@ -1,6 +1,8 @@
 /* Labelled text datasets: JSON lines and GLUE-style TSV; see dataset.h. */
 #include "dataset.h"
 
+#include "arena.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <float.h>
@@ -728,6 +730,11 @@ sherl_status dataset_load(dataset *ds, const char *path, const dataset_options *
     ds->enc = L.enc;
     ds->labels = L.labels;
     ds->targets = L.targets;
+    /* what stays resident: the arrays at their capacity, each encoding's three id arrays, and
+     * glibc's 16-byte header per allocation (for the memory plan) */
+    ds->mem_bytes = (size_t)L.cap * (sizeof *L.enc + sizeof(int32_t)) + 2 * 16;
+    for (int i = 0; i < L.n; i++)
+        ds->mem_bytes += 3 * (arena_malloc_size((size_t)L.enc[i].len * sizeof(int32_t)));
     memcpy(ds->path, path, strlen(path) + 1);
     return sherl_ok();
 }

@@ -35,6 +35,7 @@ typedef struct {
     int32_t *labels;   /* [n] classification */
     float *targets;    /* [n] regression */
     char path[1024];
+    size_t mem_bytes;  /* host memory the loaded set holds (for the memory plan) */
 } dataset;
 
 /* Loads and tokenizes path (.jsonl / .json: JSON lines; .tsv: tab-separated with a header).

@@ -29,6 +29,8 @@ static const char USAGE[] =
     "  train JOB.json               fine-tune as the job spec says (method, data, optimizer,\n"
     "                               output folder), with a progress line; writes checkpoints\n"
     "                               and OUTPUT/metrics.json. Ctrl-C stops with a checkpoint\n"
+    "  plan JOB.json                the memory the job will use, by buffer group, before\n"
+    "                               anything is allocated (reads config, tokenizer, data)\n"
     "  embed MODEL_DIR [TEXT...]    a JSON array holding one array of floats per text: the\n"
     "                               mean-pooled (or --pooling cls), L2-normalised last hidden\n"
     "                               state (sentence-transformers' definition)\n"
@@ -52,7 +54,7 @@ static const char USAGE[] =
 typedef struct {
     int max_length, pair, batch_size, threads;
     const char *pooling; /* NULL: from the model folder */
-    int resume, stop_after, threads_given;
+    int resume, stop_after, threads_given, json;
 } cli_opts;
 
 static int fail(sherl_status st)
@@ -363,6 +365,8 @@ int main(int argc, char **argv)
                 only_positional = 1;
             } else if (!strcmp(a, "--resume")) {
                 o.resume = 1;
+            } else if (!strcmp(a, "--json")) {
+                o.json = 1;
             } else if (!strcmp(a, "--stop-after")) {
                 if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 1 << 30, &o.stop_after))
                     return free(rest), 2;
@@ -403,21 +407,26 @@ int main(int argc, char **argv)
         return free(rest), 2;
     }
     if (strcmp(cmd, "inspect") && strcmp(cmd, "tokenize") && strcmp(cmd, "embed") &&
-        strcmp(cmd, "train")) {
+        strcmp(cmd, "train") && strcmp(cmd, "plan")) {
         fprintf(stderr,
-                "sherl: unknown command '%s' (expected inspect, tokenize, embed or train)\n", cmd);
+                "sherl: unknown command '%s' (expected inspect, tokenize, embed, train or plan)\n",
+                cmd);
         return free(rest), 2;
     }
-    if (!strcmp(cmd, "train")) {
+    if (!strcmp(cmd, "train") || !strcmp(cmd, "plan")) {
         if (!dir) {
-            fprintf(stderr, "sherl train: missing JOB.json (see sherl --help)\n");
+            fprintf(stderr, "sherl %s: missing JOB.json (see sherl --help)\n", cmd);
             return free(rest), 2;
         }
         if (nrest) {
-            fprintf(stderr, "sherl train: unexpected argument '%s'\n", rest[0]);
+            fprintf(stderr, "sherl %s: unexpected argument '%s'\n", cmd, rest[0]);
             return free(rest), 2;
         }
-        cli_train_opts to = {o.resume, o.stop_after, o.threads_given ? o.threads : 0};
+        cli_train_opts to = {o.resume, o.stop_after, o.threads_given ? o.threads : 0, o.json};
+        if (!strcmp(cmd, "plan")) {
+            free(rest);
+            return cmd_plan(dir, &to);
+        }
         if (sherl_backend_cpu()->performance_advice())
             fprintf(stderr, "sherl: note: %s\n", sherl_backend_cpu()->performance_advice());
         free(rest);

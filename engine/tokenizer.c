@@ -51,7 +51,10 @@ struct wordpiece_tokenizer {
     size_t slot_mask;
     size_t max_key_len; /* longest token in bytes: longer substrings cannot match */
     int32_t special_id[SP_COUNT];
+    size_t mem_bytes;   /* what the loaded tokenizer holds, for the memory plan */
 };
+
+size_t wordpiece_memory_bytes(const wordpiece_tokenizer *tok) { return tok->mem_bytes; }
 
 /* ------------------------------------------------------------------------------------ */
 /* Growable buffers                                                                     */
@@ -916,6 +919,7 @@ sherl_status wordpiece_load_vocab(wordpiece_tokenizer **out, const char *vocab_p
     }
     t->slot_mask = nslots - 1;
     t->arena = data;
+    t->mem_bytes = sizeof *t + len + 1 + lines * 2 * sizeof(uint32_t) + nslots * sizeof(uint32_t);
     size_t id = 0, w = 0;
     for (size_t i = 0; i < len && id < lines;) {
         size_t start = i;

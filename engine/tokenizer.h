@@ -30,6 +30,8 @@ void wordpiece_free(wordpiece_tokenizer *tok);
 const wordpiece_options *wordpiece_get_options(const wordpiece_tokenizer *tok);
 int wordpiece_vocab_size(const wordpiece_tokenizer *tok);
 int wordpiece_pad_id(const wordpiece_tokenizer *tok);
+/* Host bytes the loaded tokenizer holds. */
+size_t wordpiece_memory_bytes(const wordpiece_tokenizer *tok);
 
 typedef struct {
     int32_t *input_ids;

@@ -1,5 +1,7 @@
 #include "trainer.h"
 
+#include "memstat.h"
+
 #include <cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -358,9 +360,18 @@ static void report_eval(const train_hooks *h, train_progress *p, const char *spl
 /* ------------------------------------------------------------------------------------------
  * the run */
 
+/* The peak resident memory of the run: VmHWM minus the RSS when the run started. */
+static void measure_peak(train_result *res, const memstat *start)
+{
+    memstat now;
+    if (memstat_read(&now) == 0 && now.hwm > start->rss)
+        res->measured_peak_bytes = now.hwm - start->rss;
+}
+
 sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *res)
 {
     memset(res, 0, sizeof *res);
+    res->resumed_from_step = -1;
     double t_start = now_s();
     const sherl_backend *be = sherl_backend_cpu();
     if (strcmp(spec->device, "cpu"))
@@ -368,54 +379,42 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
                             spec->device);
     if (spec->threads > 0)
         be->set_threads(spec->threads);
+    /* the peak is measured from here: what the process held before is the baseline */
+    memstat ms0;
+    res->peak_reset = memstat_reset_peak() == 0;
+    memstat_read(&ms0);
     bert_model *bb = NULL;
-    wordpiece_tokenizer *tok = NULL;
     sherl_model *m = NULL;
-    dataset train = {0}, val = {0}, test = {0};
-    label_map labels = {0};
+    job_inputs in;
     sherl_step s;
-    int have_step = 0;
+    int have_step = 0, have_inputs = 0;
     int *perm = NULL, *idx = NULL;
     int32_t *lab = NULL;
     float *tg = NULL;
-    sherl_status st = bert_load(&bb, spec->backbone, be);
+    sherl_status st = job_inputs_load(&in, spec);
+    if (st.code)
+        return st;
+    have_inputs = 1;
+    st = memory_plan_job(&res->plan, spec, &in, be);
     if (!st.code)
-        st = wordpiece_load(&tok, spec->backbone);
-    dataset_options dopt = {spec->text_fields[0], spec->n_text_fields > 1 ? spec->text_fields[1] : NULL,
-                            spec->label_field, spec->model.task, spec->max_length};
+        st = bert_load(&bb, spec->backbone, be);
     if (!st.code)
-        st = dataset_load(&train, spec->train, &dopt, tok, &labels, 1);
-    if (!st.code && spec->validation[0])
-        st = dataset_load(&val, spec->validation, &dopt, tok, &labels, 0);
-    if (!st.code && spec->test[0])
-        st = dataset_load(&test, spec->test, &dopt, tok, &labels, 0);
+        st = sherl_model_create(&m, bb, &in.opt);
     if (st.code)
         goto done;
-    sherl_options opt = spec->model;
-    if (opt.task == TASK_CLASSIFICATION) {
-        if (labels.n < 2) {
-            st = sherl_errorf(SHERL_EINVAL, "%s: classification needs at least 2 distinct labels, "
-                                            "found %d",
-                              spec->train, labels.n);
-            goto done;
-        }
-        opt.num_labels = labels.n;
-    }
-    st = sherl_model_create(&m, bb, &opt);
-    if (st.code)
-        goto done;
-    int T = 2;
-    const dataset *all[3] = {&train, &val, &test};
-    for (int d = 0; d < 3; d++)
-        for (int i = 0; i < all[d]->n; i++)
-            if (all[d]->enc[i].len > T)
-                T = all[d]->enc[i].len;
-    int B = spec->batch_size;
+    const sherl_options opt = in.opt;
+    int T = in.T, B = spec->batch_size;
     st = sherl_step_create(&s, m, B, T);
     if (st.code)
         goto done;
     have_step = 1;
-    int n = train.n, accum = spec->grad_accum;
+    if (s.arena.cap != res->plan.step_bytes) { /* the planner and the trainer disagree: a bug */
+        st = sherl_errorf(SHERL_EINTERNAL, "the step arena (%zu bytes) differs from its plan "
+                                           "(%zu bytes)",
+                          s.arena.cap, res->plan.step_bytes);
+        goto done;
+    }
+    int n = in.train.n, accum = spec->grad_accum;
     int micro_per_epoch = (n + B - 1) / B;
     int steps_per_epoch = (micro_per_epoch + accum - 1) / accum;
     int total = spec->max_steps > 0 ? spec->max_steps : steps_per_epoch * spec->epochs;
@@ -430,11 +429,13 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     }
     int step = 0, epoch = 0, pos = 0, restored = 0;
     if (hooks && hooks->resume) {
-        st = load_checkpoint(spec, &m->ps, &labels, &restored, &step, &epoch, &pos);
+        st = load_checkpoint(spec, &m->ps, &in.labels, &restored, &step, &epoch, &pos);
         if (st.code)
             goto done;
+        if (restored)
+            res->resumed_from_step = step;
     }
-    int pad = wordpiece_pad_id(tok);
+    int pad = wordpiece_pad_id(in.tok);
     int cls = opt.task == TASK_CLASSIFICATION;
     train_progress prog = {0};
     prog.total_steps = total, prog.epochs = spec->epochs;
@@ -447,15 +448,15 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         if (pos >= n) { /* epoch boundary: evaluate, checkpoint, reshuffle */
             epoch++;
             pos = 0;
-            if (val.n && !eval_every) {
+            if (in.val.n && !eval_every) {
                 eval_metrics e;
-                st = evaluate(m, &s, &val, B, pad, &e);
+                st = evaluate(m, &s, &in.val, B, pad, &e);
                 if (st.code)
                     break;
                 prog.step = step, prog.epoch = epoch;
                 report_eval(hooks, &prog, "validation", &e);
             }
-            if (!ckpt_every && (st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos)).code)
+            if (!ckpt_every && (st = save_checkpoint(spec, &m->ps, &in.labels, step, epoch, pos)).code)
                 break;
             dataset_shuffle(perm, n, spec->seed, epoch);
         }
@@ -471,7 +472,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             for (int k = 0; k < nb; k++)
                 idx[k] = perm[pos + k];
             bert_batch batch;
-            st = dataset_batch(&train, idx, nb, pad, &batch, cls ? lab : NULL, cls ? NULL : tg);
+            st = dataset_batch(&in.train, idx, nb, pad, &batch, cls ? lab : NULL, cls ? NULL : tg);
             if (st.code)
                 break;
             double loss;
@@ -517,9 +518,9 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             hooks->on_progress(hooks->ctx, &prog);
             win_loss = 0, win_steps = 0, win_samples = 0, win_t0 = t;
         }
-        if (eval_every && step % eval_every == 0 && val.n) {
+        if (eval_every && step % eval_every == 0 && in.val.n) {
             eval_metrics e;
-            st = evaluate(m, &s, &val, B, pad, &e);
+            st = evaluate(m, &s, &in.val, B, pad, &e);
             if (st.code)
                 break;
             report_eval(hooks, &prog, "validation", &e);
@@ -527,7 +528,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         int stop = (hooks && hooks->cancel && *hooks->cancel) ||
                    (hooks && hooks->stop_after_steps > 0 && steps_this_run >= hooks->stop_after_steps);
         if ((ckpt_every && step % ckpt_every == 0) || stop) {
-            st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos);
+            st = save_checkpoint(spec, &m->ps, &in.labels, step, epoch, pos);
             if (st.code)
                 break;
         }
@@ -541,7 +542,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     res->steps = step;
     res->epochs_done = epoch + (pos >= n);
     if (!res->stopped_early) {
-        st = save_checkpoint(spec, &m->ps, &labels, step, epoch, pos);
+        st = save_checkpoint(spec, &m->ps, &in.labels, step, epoch, pos);
         eval_metrics e;
         cJSON *metrics = cJSON_CreateObject();
         cJSON_AddStringToObject(metrics, "method", train_method_name(opt.method));
@@ -551,14 +552,14 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             trainable += m->ps.items[i].numel;
         cJSON_AddNumberToObject(metrics, "trainable_parameters", (double)trainable);
         cJSON_AddNumberToObject(metrics, "final_train_loss", res->final_train_loss);
-        if (!st.code && val.n && !(st = evaluate(m, &s, &val, B, pad, &e)).code) {
+        if (!st.code && in.val.n && !(st = evaluate(m, &s, &in.val, B, pad, &e)).code) {
             res->has_val = 1;
             res->val_loss = e.loss, res->val_accuracy = e.accuracy, res->val_macro_f1 = e.macro_f1;
             res->val_pearson = e.pearson, res->val_spearman = e.spearman;
             add_metrics(metrics, "validation", &e, opt.task);
             report_eval(hooks, &prog, "validation", &e);
         }
-        if (!st.code && test.n && !(st = evaluate(m, &s, &test, B, pad, &e)).code) {
+        if (!st.code && in.test.n && !(st = evaluate(m, &s, &in.test, B, pad, &e)).code) {
             res->has_test = 1;
             res->test_loss = e.loss, res->test_accuracy = e.accuracy, res->test_macro_f1 = e.macro_f1;
             res->test_pearson = e.pearson, res->test_spearman = e.spearman;
@@ -567,6 +568,14 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         }
         res->wall_s = now_s() - t_start;
         cJSON_AddNumberToObject(metrics, "wall_s", res->wall_s);
+        measure_peak(res, &ms0);
+        cJSON *mem = memory_plan_to_json(&res->plan);
+        if (mem) {
+            cJSON_AddNumberToObject(mem, "measured_peak_bytes", (double)res->measured_peak_bytes);
+            cJSON_AddNumberToObject(mem, "baseline_rss_bytes", (double)ms0.rss);
+            cJSON_AddBoolToObject(mem, "peak_counts_from_run_start", res->peak_reset);
+            cJSON_AddItemToObject(metrics, "memory", mem);
+        }
         char *text = cJSON_Print(metrics);
         cJSON_Delete(metrics);
         if (!st.code && text) {
@@ -578,13 +587,13 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     }
 done:
     res->wall_s = now_s() - t_start;
+    measure_peak(res, &ms0);
     free(perm), free(idx), free(lab), free(tg);
     if (have_step)
         sherl_step_free(&s, m);
     sherl_model_free(m);
-    dataset_free(&train), dataset_free(&val), dataset_free(&test);
-    label_map_free(&labels);
-    wordpiece_free(tok);
+    if (have_inputs)
+        job_inputs_free(&in);
     bert_free(bb);
     return st;
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "job_spec.h"
+#include "planner.h"
 #include "status.h"
 
 typedef struct {
@@ -31,11 +32,16 @@ typedef struct {
 
 typedef struct {
     int steps, epochs_done, stopped_early;
+    int resumed_from_step;       /* the checkpoint's step when the run resumed, else -1 */
     double final_train_loss;
     double val_accuracy, val_macro_f1, val_pearson, val_spearman, val_loss;
     double test_accuracy, test_macro_f1, test_pearson, test_spearman, test_loss;
     int has_val, has_test;
     double wall_s;
+    memory_plan plan;            /* the planner's numbers for this run */
+    size_t measured_peak_bytes;  /* VmHWM during the run minus the RSS when it started */
+    int peak_reset;              /* the high-water mark was restarted at the run's start (else
+                                  * it counts from process start: an upper bound) */
 } train_result;
 
 sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *result);

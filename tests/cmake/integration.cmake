@@ -1,3 +1,15 @@
 add_test(NAME train_resume COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/train_resume.py
   $<TARGET_FILE:sherl_cli> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/train_resume)
 set_tests_properties(train_resume PROPERTIES TIMEOUT 600)
+
+# Under the sanitizers resident memory is ASan's (shadow, redzones, quarantine), not ours: that
+# build checks that `sherl plan` and the trainer agree; the release build also measures.
+if(SHERL_SANITIZE)
+  set(SHERL_PLANNER_MODE --plan-only)
+else()
+  set(SHERL_PLANNER_MODE --measure)
+endif()
+add_test(NAME planner_truth COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/planner_truth.py
+  $<TARGET_FILE:sherl_cli> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/planner_truth
+  ${SHERL_PLANNER_MODE})
+set_tests_properties(planner_truth PROPERTIES TIMEOUT 600)

@@ -1,47 +1,28 @@
 #!/usr/bin/env python3
 """`sherl train` end to end on the real all-MiniLM-L6-v2 and real WordNet glosses (3 supersenses),
-then the kill-and-resume check: a run stopped after 5 steps and resumed from its checkpoint must
-end with bit-identical parameters and optimizer state to an uninterrupted run (one thread).
+then the stop-and-resume checks: a run stopped after 5 steps, and a run killed with SIGKILL after
+its step-4 checkpoint, each resumed from its checkpoint, must end with bit-identical parameters
+and optimizer state to an uninterrupted run (one thread).
 
   train_resume.py SHERL_BIN MODEL_DIR WORK_DIR"""
 import json
 import os
-import random
 import shutil
+import signal
 import subprocess
 import sys
+
+from wordnet_data import write_split
 
 sherl, model_dir, work = sys.argv[1], sys.argv[2], sys.argv[3]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
 failures = []
 
-# WordNet (Debian wordnet-base): gloss -> lexicographer file, for three supersenses
-LEX = {5: "noun.animal", 13: "noun.food", 38: "verb.motion"}
-by_label = {name: [] for name in LEX.values()}
-for pos in ("noun", "verb"):
-    with open("/usr/share/wordnet/data." + pos, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("  "):
-                continue
-            fields = line.split(" ", 3)
-            lex = int(fields[1])
-            if lex in LEX and " | " in line:
-                by_label[LEX[lex]].append(line.split(" | ", 1)[1].strip())
-rng = random.Random(7)
-train, val = [], []
-for label, glosses in sorted(by_label.items()):
-    rng.shuffle(glosses)
-    train += [{"text": g, "label": label} for g in glosses[:64]]
-    val += [{"text": g, "label": label} for g in glosses[64:96]]
-rng.shuffle(train)
-for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
-    with open(os.path.join(work, name), "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+write_split(work, 64, 32)
 
 
-def job(name, out):
+def job(name, out, **train_extra):
     spec = {
         "name": name, "backbone": model_dir, "method": "sherl",
         "sherl": {"late_layers": 1, "downsample_factor": 2, "dropout": 0.1},
@@ -49,7 +30,8 @@ def job(name, out):
                  "label_field": "label"},
         "data": {"train": "train.jsonl", "validation": "val.jsonl", "max_length": 32},
         "optim": {"lr": 2e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "clip_norm": 1.0},
-        "train": {"epochs": 2, "batch_size": 16, "grad_accum": 2, "seed": 3, "log_every": 2},
+        "train": dict({"epochs": 2, "batch_size": 16, "grad_accum": 2, "seed": 3,
+                       "log_every": 2}, **train_extra),
         "resources": {"threads": 1},
         "output": out,
     }
@@ -98,6 +80,40 @@ for f in ("params-00000012.safetensors", "optim-00000012.safetensors"):
         failures.append("%s differs between the uninterrupted and the resumed run" % f)
     else:
         print("%s: bit-identical after stop at step 5 and resume" % f)
+
+# SIGKILL mid-epoch, after a checkpoint: nothing but the checkpoint survives, and resuming from
+# it gives the same final state. The kill waits until state.json names step >= 4 (each
+# checkpoint is complete before state.json names it), so it lands while training goes on.
+c_spec = job("killed", "runs/c", checkpoint_every=2)
+state_c = os.path.join(work, "runs/c/checkpoint/state.json")
+proc = subprocess.Popen([sherl, "train", c_spec], stderr=subprocess.PIPE, text=True)
+killed_at = None
+for line in proc.stderr:  # progress lines arrive every 2 steps: a natural polling point
+    try:
+        with open(state_c) as f:
+            st = json.load(f)["step"]
+    except (OSError, ValueError, KeyError):
+        continue
+    if st >= 4:
+        killed_at = st
+        proc.send_signal(signal.SIGKILL)
+        break
+proc.wait()
+if killed_at is None or proc.returncode != -signal.SIGKILL:
+    failures.append("the run to kill ended first (rc %s)" % proc.returncode)
+else:
+    c2 = run("--resume", c_spec)
+    if c2.returncode != 0 or "resumed from the checkpoint at step" not in c2.stderr:
+        failures.append("resume after SIGKILL failed: rc %d" % c2.returncode)
+    for f in ("params-00000012.safetensors", "optim-00000012.safetensors"):
+        pa = os.path.join(work, "runs/a/checkpoint", f)
+        pc = os.path.join(work, "runs/c/checkpoint", f)
+        if not os.path.exists(pc) or open(pa, "rb").read() != open(pc, "rb").read():
+            failures.append("%s differs after SIGKILL at checkpoint step %d and resume" %
+                            (f, killed_at))
+        else:
+            print("%s: bit-identical after SIGKILL (checkpoint step %d) and resume" %
+                  (f, killed_at))
 
 # older steps' files are removed once state.json names the new step
 left = sorted(os.listdir(os.path.join(work, "runs/b/checkpoint")))
