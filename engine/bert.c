@@ -279,15 +279,16 @@ sherl_status bert_workspace_check(const hf_config *c, int B, int T)
 }
 
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
-                           int T, sherl_arena *ar)
+                           int T, sherl_arena *ar, int for_step)
 {
     ws->be = be;
     ws->B = B, ws->T = T, ws->D = c->hidden_size, ws->F = c->intermediate_size;
     ws->NH = c->num_attention_heads;
-    bert_layer_acts_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
     size_t BT = (size_t)B * T;
+    if (!for_step)
+        bert_layer_acts_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
     ws->emb = arena_floats(ar, BT * ws->D);
-    ws->tmp = arena_floats(ar, BT * ws->D);
+    ws->tmp = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->mask_add = arena_floats(ar, BT);
     ws->ids = arena_ints(ar, BT);
     ws->types = arena_ints(ar, BT);
@@ -302,9 +303,9 @@ sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int 
     SHERL_TRY(bert_workspace_check(&m->cfg, B, T));
     sherl_arena measure;
     arena_measure(&measure);
-    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &measure);
+    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &measure, 0);
     SHERL_TRY(arena_alloc(&ws->own, m->be, measure.used, "the encoder workspace"));
-    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &ws->own);
+    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &ws->own, 0);
     sherl_status st = arena_check(&ws->own, "encoder workspace");
     if (st.code)
         bert_workspace_free(ws);

@@ -90,9 +90,11 @@ typedef struct {
 
 /* SHERL_EINVAL unless 0 < B and 0 < T <= max_position_embeddings. */
 sherl_status bert_workspace_check(const hf_config *c, int B, int T);
-/* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked. */
+/* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked by
+ * bert_workspace_check. for_step: a training step's, which carves ws->acts itself (shared
+ * with its backward scratch) and has its own state buffers (no tmp). */
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
-                           int T, sherl_arena *ar);
+                           int T, sherl_arena *ar, int for_step);
 /* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);

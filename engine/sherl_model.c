@@ -320,8 +320,8 @@ static int backprop_layer(const sherl_model *m, int i)
 }
 
 const char *const SHERL_STEP_GROUP_NAMES[STEP_GROUPS] = {
-    "kept hidden states", "layer activations", "MTSA activations", "gradient scratch",
-    "forward workspace", "head and loss"};
+    "kept hidden states", "layer activations", "MTSA activations", "layer scratch",
+    "embeddings and masks", "head and loss"};
 
 void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
                        size_t group_bytes[STEP_GROUPS])
@@ -348,15 +348,29 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     if (m->opt.method == METHOD_SHERL)
         mtsa_acts_layout(&s->side, &m->side, (int)N, ar);
     STEP_GROUP_END(STEP_MTSA_ACTS);
-    if (m->opt.method != METHOD_LINEAR) {
+    /* Buffers of the forward and of the backward that are never live together share memory
+     * (the backward reads only kept states and its own scratch):
+     *   the forward-only layers' activations  |  one layer's backward scratch
+     *   the ping-pong for states not kept     |  the gradient ping-pong */
+    size_t at = ar->used, end;
+    bert_layer_acts_layout(&s->ws.acts, ar, B, T, D, F, NH);
+    end = ar->used, ar->used = at;
+    if (m->opt.method != METHOD_LINEAR)
         bert_layer_grad_ws_layout(&s->gws, ar, B, T, D, F);
+    if (ar->used < end)
+        ar->used = end;
+    at = ar->used;
+    s->scratch[0] = arena_floats(ar, ND);
+    s->scratch[1] = arena_floats(ar, ND);
+    end = ar->used, ar->used = at;
+    if (m->opt.method != METHOD_LINEAR) {
         s->d_a = arena_floats(ar, ND);
         s->d_b = arena_floats(ar, ND);
     }
-    STEP_GROUP_END(STEP_GRAD_SCRATCH);
-    bert_workspace_layout(&s->ws, c, m->be, B, T, ar);
-    s->scratch[0] = arena_floats(ar, ND);
-    s->scratch[1] = arena_floats(ar, ND);
+    if (ar->used < end)
+        ar->used = end;
+    STEP_GROUP_END(STEP_LAYER_SCRATCH);
+    bert_workspace_layout(&s->ws, c, m->be, B, T, ar, 1);
     s->mask = arena_ints(ar, N);
     STEP_GROUP_END(STEP_FORWARD_WS);
     pooler_layout(&s->pool, m->be, m->opt.pooling, B, ar);

@@ -102,8 +102,9 @@ typedef enum {
     STEP_KEPT = 0,      /* hidden states kept for backward: taps, the late route's states */
     STEP_LAYER_ACTS,    /* per-layer activations of the layers backprop runs through */
     STEP_MTSA_ACTS,
-    STEP_GRAD_SCRATCH,  /* one layer's backward scratch and the gradient ping-pong */
-    STEP_FORWARD_WS,    /* forward-only layers' scratch, embeddings, masks */
+    STEP_LAYER_SCRATCH, /* forward-only layers' scratch, shared with one layer's backward
+                         * scratch; state and gradient ping-pong */
+    STEP_FORWARD_WS,    /* the embedding sum and its statistics, ids, masks */
     STEP_HEAD,          /* pooling, logits, loss */
     STEP_GROUPS
 } sherl_step_group;
