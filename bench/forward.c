@@ -8,20 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "bert.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {
@@ -33,26 +21,10 @@ int main(int argc, char **argv)
     }
     const char *dir = argv[1];
     int B = 32, T = 128, iters = 5, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    for (int i = 2; i + 1 < argc; i += 2) {
-        int v = atoi(argv[i + 1]);
-        if (v <= 0) {
-            fprintf(stderr, "bench_forward: %s needs a positive integer, got '%s'\n", argv[i],
-                    argv[i + 1]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--batch"))
-            B = v;
-        else if (!strcmp(argv[i], "--seq"))
-            T = v;
-        else if (!strcmp(argv[i], "--iters"))
-            iters = v;
-        else if (!strcmp(argv[i], "--threads"))
-            threads = v;
-        else {
-            fprintf(stderr, "bench_forward: unknown option %s\n", argv[i]);
-            return 2;
-        }
-    }
+    bench_int_opt opts[] = {{"--batch", &B}, {"--seq", &T}, {"--iters", &iters},
+                            {"--threads", &threads}};
+    if (bench_parse("bench_forward", argc, argv, 2, opts, 4, NULL, NULL, 0))
+        return 2;
     const sherl_backend *be = sherl_backend_cpu();
     be->set_threads(threads);
     bert_model *m;
@@ -82,16 +54,15 @@ int main(int argc, char **argv)
     double *t = malloc(sizeof(double) * iters);
     bert_forward(m, &ws, &batch, hidden); /* warm-up: page in weights, spin up threads */
     for (int it = 0; it < iters; it++) {
-        double t0 = now();
+        double t0 = bench_now();
         st = bert_forward(m, &ws, &batch, hidden);
-        t[it] = now() - t0;
+        t[it] = bench_now() - t0;
         if (st.code) {
             fprintf(stderr, "bench_forward: %s\n", st.msg);
             return 1;
         }
     }
-    qsort(t, iters, sizeof(double), cmp_d);
-    double med = t[iters / 2];
+    double med = bench_median(t, iters);
     char desc[256];
     be->describe(desc, sizeof desc);
     fprintf(stderr, "bench_forward: %s\n", desc);

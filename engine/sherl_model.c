@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void sherl_options_default(sherl_options *o)
 {
@@ -450,6 +451,29 @@ void sherl_step_free(sherl_step *s, const sherl_model *m)
 /* ------------------------------------------------------------------------------------------
  * forward and backward */
 
+const char *const SHERL_PHASE_NAMES[SHERL_PHASES] = {
+    "embeddings", "frozen layers (forward only)", "MTSA forward", "backprop layers forward",
+    "head and loss (fwd + bwd)", "backprop layers backward", "MTSA backward",
+    "embeddings backward"};
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Ends the current phase (when profiling): charges the time since *t0 to phase. */
+static void phase_end(const sherl_model *m, sherl_step *s, int phase, double *t0)
+{
+    if (!s->profile)
+        return;
+    m->be->synchronize();
+    double t = mono_s();
+    s->phase_s[phase] += t - *t0;
+    *t0 = t;
+}
+
 #define PD(i) (m->ps.items[(i)].data)
 #define PG(i) (m->ps.items[(i)].grad)
 
@@ -473,10 +497,12 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
             if (!isfinite(targets[b]))
                 return sherl_errorf(SHERL_EINVAL, "target of example %d is not finite", b);
 
+    double t0 = s->profile ? mono_s() : 0;
     /* embeddings: the trainable copy for full fine-tuning, else the backbone's */
     float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
     SHERL_TRY(bert_embed_forward_weights(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb,
                                          &s->ws, batch, prev));
+    phase_end(m, s, PH_EMBED, &t0);
     int first_late = L - m->k; /* layers [first_late, L) are the late route (sherl, late) */
     for (int i = 0; i < L; i++) {
         const float *inp = prev;
@@ -487,6 +513,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
             mtsa_forward(&m->side, &m->ps, &s->side, s->y, taps, s->hidden[first_late], (int)N,
                          train, dropout_seed);
             inp = s->y;
+            phase_end(m, s, PH_MTSA_FWD, &t0);
         }
         float *dst = s->hidden[i + 1];
         if (!dst)
@@ -494,6 +521,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
         bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, B, T);
         prev = dst;
+        phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, &t0);
     }
     s->final = prev;
     s->last_B = B, s->last_T = T;
@@ -527,6 +555,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
     *loss = sum / B;
     if (hl != host_losses)
         free(hl);
+    phase_end(m, s, PH_HEAD, &t0);
     return sherl_ok();
 }
 
@@ -535,6 +564,7 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
     const sherl_backend *be = m->be;
     int L = m->L, D = m->D, B = s->last_B, T = s->last_T, C = m->out_dim;
     size_t N = (size_t)B * T, ND = N * D;
+    double t0 = s->profile ? mono_s() : 0;
     be->zero(s->d_logits, (size_t)B * C * sizeof(float));
     if (m->opt.task == TASK_CLASSIFICATION)
         be->crossentropy_backward(s->d_logits, s->probs, s->labels, s->grad_scale / B, B, C);
@@ -544,6 +574,7 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
     be->zero(s->d_pooled, (size_t)B * D * sizeof(float));
     be->matmul_backward(through_backbone ? s->d_pooled : NULL, PG(m->head_w), PG(m->head_b),
                         s->d_logits, s->pooled, PD(m->head_w), B, D, C);
+    phase_end(m, s, PH_HEAD, &t0);
     if (!through_backbone)
         return;
     float *dcur = s->d_a, *dnext = s->d_b;
@@ -562,13 +593,16 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
         dcur = dnext;
         dnext = t;
     }
+    phase_end(m, s, PH_LATE_BWD, &t0);
     if (m->opt.method == METHOD_SHERL) {
         const float *taps[SHERL_MAX_TAPS];
         for (int t = 0; t < m->K; t++)
             taps[t] = s->hidden[m->tap_layer[t]];
         mtsa_backward(&m->side, &m->ps, &s->side, dcur, taps, s->hidden[first], (int)N, 1,
                       dropout_seed);
+        phase_end(m, s, PH_MTSA_BWD, &t0);
     } else if (m->opt.method == METHOD_FULL) {
         bert_embed_backward(m->bb, &m->emb, &m->emb_grads, &s->ws, dnext, dcur, B, T);
+        phase_end(m, s, PH_EMBED_BWD, &t0);
     }
 }

@@ -95,7 +95,14 @@ typedef struct {
                              * share of an accumulated step; 1 after sherl_step_create */
     int last_B, last_T;
     sherl_arena arena;      /* every buffer above, in one allocation */
+    int profile;            /* non-zero: phase_s accumulates seconds per phase (the backend is
+                             * synchronised at each phase boundary) */
+    double phase_s[8];      /* see SHERL_PHASE_NAMES */
 } sherl_step;
+
+enum { PH_EMBED = 0, PH_FROZEN, PH_MTSA_FWD, PH_LATE_FWD, PH_HEAD, PH_LATE_BWD, PH_MTSA_BWD,
+       PH_EMBED_BWD, SHERL_PHASES };
+extern const char *const SHERL_PHASE_NAMES[SHERL_PHASES];
 
 /* The step's buffers by what they are for, as the planner reports them. */
 typedef enum {

@@ -71,9 +71,10 @@ def fused_layer_tensors(layer):
 
 
 class Model(nn.Module):
-    def __init__(self, bert, method, k, d, n_out, pooling):
+    def __init__(self, bert, method, k, d, n_out, pooling, taps=None, tune_late=False):
         super().__init__()
         self.bert, self.method, self.k, self.pooling = bert, method, k, pooling
+        self.tune_late = tune_late
         cfg = bert.config
         L = cfg.num_hidden_layers
         self.L = L
@@ -82,12 +83,14 @@ class Model(nn.Module):
         if method == "full":
             for p in bert.parameters():
                 p.requires_grad_(True)
-        if method == "late":
+        if method == "late" or (method == "sherl" and tune_late):
             for layer in bert.encoder.layer[L - k:]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
+        # taps: hidden-state indices, increasing, the last L-k (default: all of h_0..h_{L-k})
+        self.taps = list(taps) if taps else list(range(L - k + 1))
         if method == "sherl":
-            self.mtsa = MTSA(L - k + 1, cfg.hidden_size, d, cfg.layer_norm_eps)
+            self.mtsa = MTSA(len(self.taps), cfg.hidden_size, d, cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.hidden_size, n_out)
 
     def named_trainables(self):
@@ -100,7 +103,9 @@ class Model(nn.Module):
                     ("emb.type", [e.token_type_embeddings.weight]),
                     ("emb.ln.weight", [e.LayerNorm.weight]), ("emb.ln.bias", [e.LayerNorm.bias])]
         for i, layer in enumerate(b.encoder.layer):
-            if self.method == "full" or (self.method == "late" and i >= self.L - self.k):
+            late = i >= self.L - self.k
+            if self.method == "full" or (late and (self.method == "late" or
+                                                   (self.method == "sherl" and self.tune_late))):
                 out += [("layer.%d.%s" % (i, n), ts) for n, ts in fused_layer_tensors(layer).items()]
         if self.method == "sherl":
             out += [("mtsa." + n, [p]) for n, p in self.mtsa.named_parameters()]
@@ -120,7 +125,7 @@ class Model(nn.Module):
                 h.append(layer(h[-1], attention_mask=ext)[0])
         x = h[-1]
         if self.method == "sherl":
-            x = self.mtsa(h, h[-1])
+            x = self.mtsa([h[t] for t in self.taps], h[-1])
         for layer in b.encoder.layer[first_late:]:
             x = layer(x, attention_mask=ext)[0]
         if self.pooling == "cls":
@@ -137,9 +142,11 @@ def loss_fn(logits, labels, targets, task):
     return F.cross_entropy(logits, labels)
 
 
-def run_case(out_dir, name, bert_dir, batch, method, task, pooling, k=1, d=16, n_labels=3):
+def run_case(out_dir, name, bert_dir, batch, method, task, pooling, k=1, taps=None,
+             tune_late=False, d=16, n_labels=3):
     bert = BertModel.from_pretrained(bert_dir, add_pooling_layer=False).eval()
-    model = Model(bert, method, k, d, n_labels if task == "classification" else 1, pooling)
+    model = Model(bert, method, k, d, n_labels if task == "classification" else 1, pooling,
+                  taps, tune_late)
     trainables = model.named_trainables()
     save_file({n: torch.cat([t.detach() for t in ts]).contiguous() for n, ts in trainables},
               os.path.join(out_dir, name + "_init.safetensors"))
@@ -173,18 +180,20 @@ def run_case(out_dir, name, bert_dir, batch, method, task, pooling, k=1, d=16, n
     save_file(ref, os.path.join(out_dir, name + "_ref.safetensors"))
 
 
-CASES = [  # name, method, task, pooling
-    ("sherl", "sherl", "classification", "mean"),
-    ("sherl_cls_regression", "sherl", "regression", "cls"),
-    ("full", "full", "classification", "mean"),
-    ("late", "late", "classification", "cls"),
-    ("linear", "linear", "classification", "mean"),
+CASES = [  # name, method, task, pooling, options (late layers k, taps, tune_late)
+    ("sherl", "sherl", "classification", "mean", {}),
+    ("sherl_cls_regression", "sherl", "regression", "cls", {}),
+    ("sherl_tap_subset", "sherl", "classification", "mean", {"taps": [0, 1, 3]}),
+    ("sherl_k2_tune_late", "sherl", "classification", "cls", {"k": 2, "tune_late": True}),
+    ("full", "full", "classification", "mean", {}),
+    ("late", "late", "classification", "cls", {}),
+    ("linear", "linear", "classification", "mean", {}),
 ]
 
 
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    cfg = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+    cfg = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                      intermediate_size=37, max_position_embeddings=24, type_vocab_size=2,
                      hidden_act="gelu", layer_norm_eps=1e-12)
     bert = BertModel(cfg, add_pooling_layer=False)
@@ -208,8 +217,8 @@ def main(out_dir):
              "labels": torch.tensor([0, 2, 1, 2, 0], dtype=torch.int32),
              "targets": torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5])}
     save_file(batch, os.path.join(out_dir, "batch.safetensors"))
-    for name, method, task, pooling in CASES:
-        run_case(out_dir, name, bert_dir, batch, method, task, pooling)
+    for name, method, task, pooling, options in CASES:
+        run_case(out_dir, name, bert_dir, batch, method, task, pooling, **options)
 
 
 if __name__ == "__main__":

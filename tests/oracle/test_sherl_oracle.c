@@ -78,7 +78,15 @@ static void fixture_free(fixture *f)
     bert_free(f->bb);
 }
 
-static void run_case(const char *name, train_method method, task_type task, pool_mode pooling)
+typedef struct {
+    int k;          /* late layers; 0 means 1 */
+    int n_taps;     /* 0: all */
+    int taps[4];
+    int tune_late;
+} case_options;
+
+static void run_case_with(const char *name, train_method method, task_type task, pool_mode pooling,
+                          case_options co)
 {
     const sherl_backend *be = sherl_backend_cpu();
     fixture fx;
@@ -92,7 +100,9 @@ static void run_case(const char *name, train_method method, task_type task, pool
     sherl_options o;
     sherl_options_default(&o);
     o.method = method, o.task = task, o.pooling = pooling, o.num_labels = 3;
-    o.late_layers = 1, o.side_dim = 16, o.dropout = 0.0f;
+    o.late_layers = co.k ? co.k : 1, o.side_dim = 16, o.dropout = 0.0f;
+    o.n_taps = co.n_taps, o.tune_late = co.tune_late;
+    memcpy(o.taps, co.taps, sizeof co.taps);
     sherl_model *m;
     st = sherl_model_create(&m, bb, &o);
     cr_assert(st.code == SHERL_OK, "%s: %s", name, st.msg);
@@ -191,6 +201,11 @@ static void run_case(const char *name, train_method method, task_type task, pool
     fixture_free(&fx);
 }
 
+static void run_case(const char *name, train_method method, task_type task, pool_mode pooling)
+{
+    run_case_with(name, method, task, pooling, (case_options){0});
+}
+
 Test(sherl_oracle, sherl_classification_mean_pooling, .timeout = 120)
 {
     run_case("sherl", METHOD_SHERL, TASK_CLASSIFICATION, POOL_MEAN);
@@ -199,6 +214,21 @@ Test(sherl_oracle, sherl_classification_mean_pooling, .timeout = 120)
 Test(sherl_oracle, sherl_regression_cls_pooling, .timeout = 120)
 {
     run_case("sherl_cls_regression", METHOD_SHERL, TASK_REGRESSION, POOL_CLS);
+}
+
+/* a subset of taps: h_0, h_1 and h_3 of 4 layers, skipping h_2 (at least 3 taps: with 2, the
+ * L1-normalised weight of the single shallow tap is 1 and the guide's gradient vanishes) */
+Test(sherl_oracle, sherl_tap_subset, .timeout = 120)
+{
+    run_case_with("sherl_tap_subset", METHOD_SHERL, TASK_CLASSIFICATION, POOL_MEAN,
+                  (case_options){.n_taps = 3, .taps = {0, 1, 3}});
+}
+
+/* two late layers whose weights train too (tune_late); taps h_0, h_1, h_2 */
+Test(sherl_oracle, sherl_two_late_layers_tuned, .timeout = 120)
+{
+    run_case_with("sherl_k2_tune_late", METHOD_SHERL, TASK_CLASSIFICATION, POOL_CLS,
+                  (case_options){.k = 2, .tune_late = 1});
 }
 
 Test(sherl_oracle, full, .timeout = 120) { run_case("full", METHOD_FULL, TASK_CLASSIFICATION, POOL_MEAN); }
