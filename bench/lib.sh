@@ -6,7 +6,7 @@ machine_line() {
 }
 
 # value_before UNIT: the number before the word UNIT in the input line
-value_before() { awk -v u="$1" '{for(i=1;i<=NF;i++) if($i==u) print $(i-1)}'; }
+value_before() { awk -v u="$1" '{for(i=1;i<=NF;i++) {t=$i; sub(/,$/, "", t); if(t==u) print $(i-1)}}'; }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

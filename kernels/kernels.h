@@ -1,5 +1,5 @@
 /* The compute layer: one table of ops over raw float buffers, implemented once per backend
- * (cpu/ with C + OpenBLAS + OpenMP, cuda/ with CUDA C + cuBLAS). The engine only ever calls
+ * (cpu/ with C + BLIS + OpenMP, cuda/ with CUDA C + cuBLAS). The engine only ever calls
  * ops through a sherl_backend, so a model runs unchanged on any backend.
  *
  * Conventions (all backends):
@@ -36,12 +36,12 @@ struct sherl_backend {
     void (*copy_to_host)(void *dst_host, const void *src, size_t bytes);
     void (*zero)(void *p, size_t bytes);
     void (*synchronize)(void);
-    void (*set_threads)(int n);               /* cpu: OpenBLAS + OpenMP threads */
+    void (*set_threads)(int n);               /* cpu: OpenMP threads (BLIS is serial) */
     int (*get_threads)(void);
     /* One line on the compute library and threads, e.g. for logs and benches. */
     void (*describe)(char *buf, size_t len);
     /* A line of advice when the backend runs well below what this machine can do (e.g.
-     * OpenBLAS fell back to generic kernels on a CPU it does not know), else NULL. */
+     * the BLAS fell back to generic kernels on a CPU it does not know), else NULL. */
     const char *(*performance_advice)(void);
     /* Non-zero when backend memory is host memory the CPU may read and write directly (so
      * loaders and checkpoints need no staging copies). */

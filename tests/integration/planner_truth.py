@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Planner truth: for three training configurations on the real all-MiniLM-L6-v2 and WordNet
-glosses, the peak resident memory measured during `sherl train` (VmHWM minus the RSS when the
+"""Planner truth: for four training configurations on the real all-MiniLM-L6-v2 and WordNet
+glosses (the last a sentence-pair task read from a GLUE-style TSV: do two glosses share a
+supersense?), the peak resident memory measured during `sherl train` (VmHWM minus the RSS when the
 run started, from metrics.json) must be within 10% of the planner's number, and `sherl plan`,
 which reads only the spec, its config, tokenizer and data, must give the trainer's plan
 byte for byte.
@@ -11,6 +12,7 @@ byte for byte.
 and checks only that the plan and the trainer agree."""
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -25,18 +27,37 @@ os.makedirs(work)
 write_split(work, 96, 16)
 failures = []
 
-CONFIGS = [  # method, batch size, max_length, extra method options
+
+def write_pairs(src, dst, seed):
+    """Pairs of glosses from src (JSONL), labelled same/different supersense, as TSV."""
+    rows = [json.loads(l) for l in open(os.path.join(work, src), encoding="utf-8")]
+    rng = random.Random(seed)
+    with open(os.path.join(work, dst), "w", encoding="utf-8") as f:
+        f.write("sentence1\tsentence2\tlabel\n")
+        for a in rows:
+            b = rng.choice(rows)
+            f.write("%s\t%s\t%s\n" % (a["text"].replace("\t", " "), b["text"].replace("\t", " "),
+                                      "same" if a["label"] == b["label"] else "different"))
+
+
+write_pairs("train.jsonl", "pairs_train.tsv", 1)
+write_pairs("val.jsonl", "pairs_val.tsv", 2)
+
+CONFIGS = [  # method, batch size, max_length, extra spec fields
     ("sherl", 32, 64, {"sherl": {"late_layers": 1, "downsample_factor": 2}}),
     ("full", 16, 48, {}),
     ("linear", 32, 64, {}),
+    ("late", 16, 96, {"task": {"text_fields": ["sentence1", "sentence2"]},
+                      "data": {"train": "pairs_train.tsv", "validation": "pairs_val.tsv"}}),
 ]
 print("%-8s %6s %14s %14s %8s" % ("method", "batch", "planned MiB", "measured MiB", "ratio"))
 for method, batch, max_len, extra in CONFIGS:
-    spec = dict({"name": method, "backbone": model_dir, "method": method,
-                 "data": {"train": "train.jsonl", "validation": "val.jsonl",
-                          "max_length": max_len},
-                 "train": {"epochs": 1, "max_steps": 3, "batch_size": batch, "seed": 5},
-                 "resources": {"threads": 2}, "output": "out-" + method}, **extra)
+    spec = {"name": method, "backbone": model_dir, "method": method,
+            "data": {"train": "train.jsonl", "validation": "val.jsonl", "max_length": max_len},
+            "train": {"epochs": 1, "max_steps": 3, "batch_size": batch, "seed": 5},
+            "resources": {"threads": 2}, "output": "out-" + method}
+    for key, value in extra.items():
+        spec[key] = dict(spec.get(key, {}), **value)
     path = os.path.join(work, method + ".json")
     with open(path, "w") as f:
         json.dump(spec, f)
