@@ -1,9 +1,12 @@
 # The daemon's parts (daemon/): the option table, file and flag parsing, and that
-# deploy/sherld.conf.example documents every option at its default. Included from
+# deploy/sherld.conf.example documents every option at its default; the SQLite job store
+# (round trips, paging, tenants, crash safety under SIGKILL). Included from
 # tests/CMakeLists.txt when the service is built.
 if(SHERL_SERVICE)
   sherl_unit_test(test_config SOURCES ${SHERL_TEST_DIR}/unit/test_config.c LIBS sherld_core
     TIMEOUT 60)
   target_compile_definitions(test_config PRIVATE
     SHERL_EXAMPLE_CONFIG="${CMAKE_SOURCE_DIR}/deploy/sherld.conf.example")
+  sherl_unit_test(test_job_store SOURCES ${SHERL_TEST_DIR}/unit/test_job_store.c
+    LIBS sherld_core TIMEOUT 120)
 endif()
