@@ -1,7 +1,7 @@
 # The daemon's parts (daemon/): the option table, file and flag parsing, and that
 # deploy/sherld.conf.example documents every option at its default; the SQLite job store
 # (round trips, paging, tenants, crash safety under SIGKILL); path confinement to the
-# data roots. Included from
+# data roots; the tokens file and bearer-token lookups. Included from
 # tests/CMakeLists.txt when the service is built.
 if(SHERL_SERVICE)
   sherl_unit_test(test_config SOURCES ${SHERL_TEST_DIR}/unit/test_config.c LIBS sherld_core
@@ -10,6 +10,8 @@ if(SHERL_SERVICE)
     SHERL_EXAMPLE_CONFIG="${CMAKE_SOURCE_DIR}/deploy/sherld.conf.example")
   sherl_unit_test(test_job_store SOURCES ${SHERL_TEST_DIR}/unit/test_job_store.c
     LIBS sherld_core TIMEOUT 120)
+  sherl_unit_test(test_auth SOURCES ${SHERL_TEST_DIR}/unit/test_auth.c LIBS sherld_core
+    TIMEOUT 60)
   sherl_unit_test(test_confine SOURCES ${SHERL_TEST_DIR}/unit/test_confine.c LIBS sherld_core
     TIMEOUT 60)
 endif()
