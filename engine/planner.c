@@ -109,7 +109,8 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
     for (int i = 0; i < m->ps.n; i++)
         p->trainable_params += (long long)m->ps.items[i].numel;
 
-    add(p, "frozen backbone weights", PLAN_ARENA, arena_round(bert_param_count(cfg) * sizeof(float)));
+    p->backbone_bytes = arena_round(bert_param_count(cfg) * sizeof(float));
+    add(p, "frozen backbone weights", PLAN_ARENA, p->backbone_bytes);
     size_t ps_bytes = arena_round((m->ps.total ? m->ps.total : 16) * sizeof(float));
     add(p, "trainable parameters", PLAN_ARENA, ps_bytes);
     add(p, "gradients", PLAN_ARENA, ps_bytes);
@@ -211,6 +212,7 @@ cJSON *memory_plan_to_json(const memory_plan *p)
     cJSON_AddNumberToObject(o, "trainable_params", (double)p->trainable_params);
     cJSON_AddNumberToObject(o, "peak_bytes", (double)p->peak_bytes);
     cJSON_AddNumberToObject(o, "arena_bytes", (double)p->arena_bytes);
+    cJSON_AddNumberToObject(o, "backbone_bytes", (double)p->backbone_bytes);
     for (int i = 0; i < p->n; i++) {
         cJSON *it = cJSON_CreateObject();
         if (!it)

@@ -42,6 +42,8 @@ typedef struct {
     plan_item items[PLAN_MAX_ITEMS];
     size_t arena_bytes;     /* sum of the PLAN_ARENA items */
     size_t step_bytes;      /* of which the training step's arena (sherl_step_bytes) */
+    size_t backbone_bytes;  /* of which the frozen backbone, which jobs on one backbone share:
+                             * a job's own bytes are peak_bytes - backbone_bytes */
     size_t peak_bytes;      /* everything: the run's planned peak resident memory */
 } memory_plan;
 

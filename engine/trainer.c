@@ -396,10 +396,26 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         return st;
     have_inputs = 1;
     st = memory_plan_job(&res->plan, spec, &in, be);
-    if (!st.code)
+    const bert_model *backbone = hooks ? hooks->backbone : NULL;
+    if (!st.code && backbone) {
+        /* a shared backbone must be the one the spec names: same config as the folder's */
+        const hf_config *a = &backbone->cfg, *b = &in.cfg;
+        if (a->vocab_size != b->vocab_size || a->hidden_size != b->hidden_size ||
+            a->num_hidden_layers != b->num_hidden_layers ||
+            a->num_attention_heads != b->num_attention_heads ||
+            a->intermediate_size != b->intermediate_size ||
+            a->max_position_embeddings != b->max_position_embeddings ||
+            a->type_vocab_size != b->type_vocab_size || a->layer_norm_eps != b->layer_norm_eps ||
+            backbone->be != be)
+            st = sherl_errorf(SHERL_EINVAL, "backbone: the loaded backbone differs from %s "
+                                            "(config or device)",
+                              spec->backbone);
+    } else if (!st.code) {
         st = bert_load(&bb, spec->backbone, be);
+        backbone = bb;
+    }
     if (!st.code)
-        st = sherl_model_create(&m, bb, &in.opt);
+        st = sherl_model_create(&m, backbone, &in.opt);
     if (st.code)
         goto done;
     const sherl_options opt = in.opt;

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "bert.h"
 #include "job_spec.h"
 #include "planner.h"
 #include "status.h"
@@ -28,6 +29,9 @@ typedef struct {
     volatile int *cancel;  /* set non-zero to stop at the next step (a checkpoint is written) */
     int stop_after_steps;  /* > 0: stop (with a checkpoint) once this many steps are done */
     int resume;            /* continue from output/checkpoint when it exists */
+    const bert_model *backbone; /* NULL: load spec->backbone; else this resident copy, shared
+                                 * read-only (it must be the same model; the daemon's
+                                 * registry passes it) */
 } train_hooks;
 
 typedef struct {
