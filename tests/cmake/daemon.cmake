@@ -15,3 +15,8 @@ if(SHERL_SERVICE)
   sherl_unit_test(test_confine SOURCES ${SHERL_TEST_DIR}/unit/test_confine.c LIBS sherld_core
     TIMEOUT 60)
 endif()
+
+if(SHERL_SERVICE)
+  sherl_unit_test(test_rpc SOURCES ${SHERL_TEST_DIR}/unit/test_rpc.c
+    LIBS sherld_core sherl_rpc_client TIMEOUT 180)
+endif()
