@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include "fsutil.h"
 #include "memstat.h"
 
 #include <cJSON.h>
@@ -30,70 +31,6 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static sherl_status mkdir_p(const char *path)
-{
-    char buf[JOB_PATH_MAX + 64];
-    if (strlen(path) >= sizeof buf)
-        return sherl_errorf(SHERL_EINVAL, "path too long: %.80s...", path);
-    memcpy(buf, path, strlen(path) + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST)
-            return sherl_errorf(SHERL_EIO, "cannot create %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) && errno != EEXIST)
-        return sherl_errorf(SHERL_EIO, "cannot create %s: %s", buf, strerror(errno));
-    return sherl_ok();
-}
-
-/* Atomic text file: temp file in the same folder, fsync, rename, fsync the folder. */
-static sherl_status write_file_atomic(const char *path, const char *text)
-{
-    char tmp[JOB_PATH_MAX + 96];
-    if (strlen(path) + 5 > sizeof tmp)
-        return sherl_errorf(SHERL_EINVAL, "path too long: %.80s...", path);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return sherl_errorf(SHERL_EIO, "cannot write %s: %s", tmp, strerror(errno));
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            close(fd);
-            unlink(tmp);
-            return sherl_errorf(SHERL_EIO, "cannot write %s: %s", tmp, strerror(errno));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) || close(fd)) {
-        unlink(tmp);
-        return sherl_errorf(SHERL_EIO, "cannot flush %s: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, path)) {
-        unlink(tmp);
-        return sherl_errorf(SHERL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    }
-    char dir[JOB_PATH_MAX + 64];
-    if (strlen(path) >= sizeof dir)
-        return sherl_ok(); /* written; only the folder sync is skipped */
-    memcpy(dir, path, strlen(path) + 1);
-    char *slash = strrchr(dir, '/');
-    if (slash) {
-        *slash = 0;
-        int dfd = open(dir[0] ? dir : "/", O_RDONLY | O_DIRECTORY);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-    }
-    return sherl_ok();
-}
 
 /* ------------------------------------------------------------------------------------------
  * checkpoints: output/checkpoint/params-<step>.safetensors, optim-<step>.safetensors and
@@ -198,7 +135,7 @@ static sherl_status save_checkpoint(const job_spec *spec, const param_set *ps,
 {
     char dir[JOB_PATH_MAX + 32], path[JOB_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/checkpoint", spec->output);
-    SHERL_TRY(mkdir_p(dir));
+    SHERL_TRY(fs_mkdir_p(dir));
     snprintf(path, sizeof path, "%s/params-%08d.safetensors", dir, step);
     SHERL_TRY(save_tensors(ps, path, 0));
     snprintf(path, sizeof path, "%s/optim-%08d.safetensors", dir, step);
@@ -218,7 +155,7 @@ static sherl_status save_checkpoint(const job_spec *spec, const param_set *ps,
     if (!text)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
     snprintf(path, sizeof path, "%s/state.json", dir);
-    sherl_status r = write_file_atomic(path, text);
+    sherl_status r = fs_write_atomic(path, text);
     free(text);
     if (!r.code)
         remove_other_steps(dir, step);
@@ -597,7 +534,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         if (!st.code && text) {
             char path[JOB_PATH_MAX + 32];
             snprintf(path, sizeof path, "%s/metrics.json", spec->output);
-            st = write_file_atomic(path, text);
+            st = fs_write_atomic(path, text);
         }
         free(text);
     }

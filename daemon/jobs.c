@@ -1,0 +1,693 @@
+/* Jobs: validation and admission, the scheduler, the job threads, recovery after a restart and
+ * the drain on SIGTERM. Every state change goes to the store (committed) before anyone hears
+ * of it. */
+#include <cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "confine.h"
+#include "events.h"
+#include "fsutil.h"
+#include "json_util.h"
+#include "memstat.h"
+#include "rpc.h"
+#include "sherld.h"
+
+struct queued_job {
+    queued_job *next;
+    char id[JOB_ID_LEN + 1];
+    int priority;
+    int64_t order;            /* FIFO within a priority */
+    int64_t own_bytes;        /* planned peak minus the backbone */
+    int64_t backbone_bytes;
+    char backbone[PATH_MAX];
+};
+
+struct running_job {
+    running_job *next;
+    sherld *d;
+    char id[JOB_ID_LEN + 1];
+    volatile int cancel;      /* the trainer stops at its next step, with a checkpoint */
+    int user_cancel;          /* CancelJob asked (else the drain did) */
+    int64_t own_bytes, reserved_backbone;
+    int64_t planned_bytes;
+    size_t rss_at_start;
+    char backbone[PATH_MAX];
+};
+
+static int64_t g_order;
+
+int64_t sherld_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static job_result ok_result(void)
+{
+    job_result r = {RPC_OK, ""};
+    return r;
+}
+
+static job_result fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static job_result fail(int code, const char *fmt, ...)
+{
+    job_result r;
+    r.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r.msg, sizeof r.msg, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static void new_job_id(char *id)
+{
+    uint8_t b[8];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) { /* fall back: time and a counter */
+        uint64_t t = (uint64_t)sherld_now_ms() * 2654435761u + (uint64_t)++g_order;
+        memcpy(b, &t, sizeof b);
+    }
+    snprintf(id, JOB_ID_LEN + 1, "j-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3],
+             b[4], b[5], b[6], b[7]);
+}
+
+sherl_status jobs_event(sherld *d, const char *id, int kind, const uint8_t *payload, size_t len,
+                        job_state new_state, const char *error)
+{
+    int64_t seq;
+    sherl_status st = job_store_append(d->store, id, sherld_now_ms(), kind, payload, len,
+                                       new_state, error, &seq);
+    pthread_mutex_lock(&d->mu);
+    d->events++;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+    return st;
+}
+
+static sherl_status state_event(sherld *d, const char *id, job_state s, const char *error)
+{
+    size_t len;
+    uint8_t *p = events_state(s, &len);
+    if (!p)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    sherl_status st = jobs_event(d, id, EV_STATE, p, len, s, error);
+    free(p);
+    return st;
+}
+
+static sherl_status message_event(sherld *d, const char *id, const char *text)
+{
+    size_t len;
+    uint8_t *p = events_message(text, &len);
+    if (!p)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    sherl_status st = jobs_event(d, id, EV_MESSAGE, p, len, 0, NULL);
+    free(p);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * validation */
+
+/* A data field: "sha256:<hex>" of a file this tenant uploaded, or a path inside a data root. */
+static job_result resolve_data(sherld *d, const char *tenant, const char *field, char *path)
+{
+    if (!path[0])
+        return ok_result();
+    char resolved[PATH_MAX];
+    if (!strncmp(path, "sha256:", 7)) {
+        const char *hex = path + 7;
+        int ok = strlen(hex) == 64;
+        for (int i = 0; ok && i < 64; i++)
+            ok = (hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f');
+        if (!ok)
+            return fail(RPC_INVALID_ARGUMENT, "%s: '%.80s' is not sha256:<64 lowercase hex>",
+                        field, path);
+        char name[256];
+        if (!job_store_has_file(d->store, path, tenant, name, sizeof name, NULL))
+            return fail(RPC_INVALID_ARGUMENT, "%s: no uploaded file %.80s", field, path);
+        /* the upload's extension says its format (see the UploadFile handler) */
+        const char *dot = strrchr(name, '.');
+        snprintf(resolved, sizeof resolved, "%s/%s%s", d->files_dir, hex,
+                 dot && strlen(dot) < 8 ? dot : "");
+        if (access(resolved, R_OK))
+            snprintf(resolved, sizeof resolved, "%s/%s", d->files_dir, hex);
+    } else {
+        sherl_status st = confine_path(field, path, NULL,
+                                       (const char(*)[1024])d->cfg.data_roots,
+                                       d->cfg.n_data_roots, resolved);
+        if (st.code)
+            return fail(RPC_INVALID_ARGUMENT, "%s", st.msg);
+    }
+    if (strlen(resolved) >= JOB_PATH_MAX)
+        return fail(RPC_INVALID_ARGUMENT, "%s: path too long", field);
+    memcpy(path, resolved, strlen(resolved) + 1);
+    return ok_result();
+}
+
+/* Parses the spec JSON, confines its paths and plans its memory. */
+static job_result prepare(sherld *d, const char *tenant, const char *spec_json, job_spec *spec,
+                          memory_plan *plan)
+{
+    if (!spec_json || !*spec_json)
+        return fail(RPC_INVALID_ARGUMENT, "spec: empty; give spec or spec_json");
+    sherl_status st = job_spec_parse(spec, spec_json, strlen(spec_json), "spec", NULL);
+    if (st.code)
+        return fail(RPC_INVALID_ARGUMENT, "%s", st.msg);
+    job_result r = resolve_data(d, tenant, "data.train", spec->train);
+    if (r.code == RPC_OK)
+        r = resolve_data(d, tenant, "data.validation", spec->validation);
+    if (r.code == RPC_OK)
+        r = resolve_data(d, tenant, "data.test", spec->test);
+    if (r.code != RPC_OK)
+        return r;
+    char bb[PATH_MAX];
+    if (!strchr(spec->backbone, '/') && backbones_find_name(&d->backbones, spec->backbone, bb)) {
+        /* the name of a loaded backbone */
+    } else {
+        st = confine_path("backbone", spec->backbone, NULL, (const char(*)[1024])d->cfg.data_roots,
+                          d->cfg.n_data_roots, bb);
+        if (st.code)
+            return fail(RPC_INVALID_ARGUMENT, "%s", st.msg);
+    }
+    if (strlen(bb) >= JOB_PATH_MAX)
+        return fail(RPC_INVALID_ARGUMENT, "backbone: path too long");
+    memcpy(spec->backbone, bb, strlen(bb) + 1);
+    if (strcmp(spec->device, "cpu"))
+        return fail(RPC_INVALID_ARGUMENT, "resources.device: '%s', this daemon has only 'cpu'",
+                    spec->device);
+    if (!spec->threads)
+        spec->threads = d->cfg.threads;
+    st = plan_job(plan, spec, sherl_backend_cpu());
+    if (st.code)
+        return fail(st.code == SHERL_ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_INVALID_ARGUMENT, "%s",
+                    st.msg);
+    return ok_result();
+}
+
+int64_t jobs_used_bytes(sherld *d)
+{
+    int64_t used = backbones_bytes(&d->backbones);
+    pthread_mutex_lock(&d->mu);
+    for (running_job *r = d->running; r; r = r->next)
+        used += r->own_bytes + r->reserved_backbone;
+    pthread_mutex_unlock(&d->mu);
+    return used;
+}
+
+void jobs_counts(sherld *d, int *queued, int *running)
+{
+    pthread_mutex_lock(&d->mu);
+    int q = 0;
+    for (queued_job *j = d->queue; j; j = j->next)
+        q++;
+    *queued = q, *running = d->n_running;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static int64_t mib(int64_t b) { return (b + (1 << 20) - 1) >> 20; }
+
+job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, memory_plan *plan,
+                         int *fits_now, int *fits_ever, int64_t *free_bytes, char *reason,
+                         size_t reason_cap)
+{
+    job_spec spec;
+    job_result r = prepare(d, tenant, spec_json, &spec, plan);
+    if (r.code != RPC_OK)
+        return r;
+    int64_t used = jobs_used_bytes(d);
+    int64_t need = (int64_t)plan->peak_bytes -
+                   (backbones_is_loaded(&d->backbones, spec.backbone) ? (int64_t)plan->backbone_bytes
+                                                                      : 0);
+    *free_bytes = d->budget - used;
+    *fits_ever = (int64_t)plan->peak_bytes <= d->budget;
+    int queued, running;
+    jobs_counts(d, &queued, &running);
+    *fits_now = *fits_ever && need <= *free_bytes && running < d->cfg.max_concurrent_jobs &&
+                queued == 0;
+    reason[0] = 0;
+    if (!*fits_ever)
+        snprintf(reason, reason_cap, "needs %lld MiB at peak, the memory budget is %lld MiB",
+                 (long long)mib((int64_t)plan->peak_bytes), (long long)mib(d->budget));
+    else if (!*fits_now)
+        snprintf(reason, reason_cap, "would wait: %d running of %d, %d queued, %lld MiB free of "
+                                     "%lld MiB needed",
+                 running, d->cfg.max_concurrent_jobs, queued, (long long)mib(*free_bytes),
+                 (long long)mib(need));
+    return ok_result();
+}
+
+static void enqueue_locked(sherld *d, queued_job *q)
+{
+    queued_job **p = &d->queue;
+    while (*p && ((*p)->priority > q->priority ||
+                  ((*p)->priority == q->priority && (*p)->order < q->order)))
+        p = &(*p)->next;
+    q->next = *p;
+    *p = q;
+}
+
+job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int priority,
+                       char *id)
+{
+    job_spec spec;
+    memory_plan plan;
+    job_result r = prepare(d, tenant, spec_json, &spec, &plan);
+    if (r.code != RPC_OK)
+        return r;
+    if ((int64_t)plan.peak_bytes > d->budget)
+        return fail(RPC_RESOURCE_EXHAUSTED, "the job needs %lld MiB at peak (planned: %s, batch "
+                                            "%d x %d), the memory budget is %lld MiB",
+                    (long long)mib((int64_t)plan.peak_bytes), plan.method, plan.B, plan.T,
+                    (long long)mib(d->budget));
+    int queued, running;
+    jobs_counts(d, &queued, &running);
+    pthread_mutex_lock(&d->mu);
+    int draining = d->draining;
+    pthread_mutex_unlock(&d->mu);
+    if (draining)
+        return fail(RPC_UNAVAILABLE, "the daemon is stopping; submit again after it restarts");
+    if (queued >= d->cfg.max_queued_jobs)
+        return fail(RPC_RESOURCE_EXHAUSTED, "the queue is full (%d jobs; max-queued-jobs)", queued);
+    new_job_id(id);
+    snprintf(spec.output, sizeof spec.output, "%s/%s", d->jobs_dir, id);
+    char *resolved = job_spec_to_json(&spec);
+    cJSON *pj = memory_plan_to_json(&plan);
+    char *plan_text = pj ? cJSON_PrintUnformatted(pj) : NULL;
+    cJSON_Delete(pj);
+    queued_job *q = calloc(1, sizeof *q);
+    size_t len;
+    uint8_t *ev = events_state(JOB_QUEUED, &len);
+    if (!resolved || !plan_text || !q || !ev) {
+        free(resolved), free(plan_text), free(q), free(ev);
+        return fail(RPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    job_record rec;
+    memset(&rec, 0, sizeof rec);
+    snprintf(rec.id, sizeof rec.id, "%s", id);
+    snprintf(rec.tenant, sizeof rec.tenant, "%s", tenant ? tenant : "");
+    snprintf(rec.name, sizeof rec.name, "%s", spec.name);
+    rec.state = JOB_QUEUED;
+    rec.priority = priority;
+    rec.created_ms = sherld_now_ms();
+    rec.planned_bytes = (int64_t)plan.peak_bytes;
+    rec.spec_json = resolved;
+    rec.plan_json = plan_text;
+    sherl_status st = job_store_insert(d->store, &rec, rec.created_ms, EV_STATE, ev, len);
+    free(ev), free(resolved), free(plan_text);
+    if (st.code) {
+        free(q);
+        return fail(RPC_INTERNAL, "%s", st.msg);
+    }
+    snprintf(q->id, sizeof q->id, "%s", id);
+    q->priority = priority;
+    q->own_bytes = (int64_t)(plan.peak_bytes - plan.backbone_bytes);
+    q->backbone_bytes = (int64_t)plan.backbone_bytes;
+    snprintf(q->backbone, sizeof q->backbone, "%s", spec.backbone);
+    pthread_mutex_lock(&d->mu);
+    q->order = ++g_order;
+    enqueue_locked(d, q);
+    d->events++;
+    pthread_cond_broadcast(&d->changed);
+    pthread_cond_signal(&d->sched);
+    pthread_mutex_unlock(&d->mu);
+    return ok_result();
+}
+
+job_result jobs_get(sherld *d, const char *tenant, const char *id, job_record *out)
+{
+    sherl_status st = job_store_get(d->store, id, out);
+    if (st.code == SHERL_EINVAL)
+        return fail(RPC_NOT_FOUND, "job '%.40s' not found", id);
+    if (st.code)
+        return fail(RPC_INTERNAL, "%s", st.msg);
+    if (tenant && strcmp(out->tenant, tenant)) { /* another tenant's job does not exist for you */
+        job_record_free(out);
+        return fail(RPC_NOT_FOUND, "job '%.40s' not found", id);
+    }
+    return ok_result();
+}
+
+job_result jobs_cancel(sherld *d, const char *tenant, const char *id)
+{
+    job_record rec;
+    job_result r = jobs_get(d, tenant, id, &rec);
+    if (r.code != RPC_OK)
+        return r;
+    job_state s = rec.state;
+    job_record_free(&rec);
+    if (job_state_is_final(s))
+        return fail(RPC_FAILED_PRECONDITION, "job %s is already %s", id, job_state_name(s));
+    pthread_mutex_lock(&d->mu);
+    queued_job **p = &d->queue, *found = NULL;
+    for (; *p; p = &(*p)->next)
+        if (!strcmp((*p)->id, id)) {
+            found = *p;
+            *p = found->next;
+            break;
+        }
+    running_job *rj = NULL;
+    for (running_job *x = d->running; x && !found; x = x->next)
+        if (!strcmp(x->id, id))
+            rj = x;
+    if (rj)
+        rj->cancel = 1, rj->user_cancel = 1;
+    pthread_mutex_unlock(&d->mu);
+    sherl_status st = sherl_ok();
+    if (found) {
+        free(found);
+        st = state_event(d, id, JOB_CANCELLED, NULL);
+    } else if (rj) {
+        st = state_event(d, id, JOB_STOPPING, NULL);
+    }
+    if (st.code)
+        return fail(RPC_INTERNAL, "%s", st.msg);
+    return ok_result();
+}
+
+/* ------------------------------------------------------------------------------------------
+ * job threads */
+
+static void on_progress(void *ctx, const train_progress *p)
+{
+    running_job *rj = ctx;
+    memstat m;
+    int64_t mem = 0;
+    if (memstat_read(&m) == 0 && m.rss > rj->rss_at_start)
+        mem = (int64_t)(m.rss - rj->rss_at_start);
+    int kind;
+    size_t len;
+    uint8_t *ev = events_progress(p, mem, rj->planned_bytes, &kind, &len);
+    if (ev)
+        jobs_event(rj->d, rj->id, kind, ev, len, 0, NULL);
+    free(ev);
+}
+
+/* The artifact of a succeeded job, in the shape of a PEFT adapter: adapter_model.safetensors
+ * (the trainable tensors) and adapter_config.json (how to rebuild the module around the
+ * backbone). */
+static sherl_status write_artifact(const job_spec *spec)
+{
+    char path[JOB_PATH_MAX + 64], dir[JOB_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/checkpoint/state.json", spec->output);
+    cJSON *state;
+    SHERL_TRY(json_load_object(path, 64u << 20, &state));
+    int step = -1;
+    sherl_status st = json_require_int(state, path, "step", 0, 1 << 30, &step);
+    snprintf(dir, sizeof dir, "%s/artifact", spec->output);
+    if (!st.code)
+        st = fs_mkdir_p(dir);
+    if (!st.code) {
+        char src[JOB_PATH_MAX + 64], dst[JOB_PATH_MAX + 64];
+        snprintf(src, sizeof src, "%s/checkpoint/params-%08d.safetensors", spec->output, step);
+        snprintf(dst, sizeof dst, "%s/adapter_model.safetensors", dir);
+        st = fs_copy_atomic(src, dst);
+    }
+    char *spec_text = st.code ? NULL : job_spec_to_json(spec);
+    cJSON *cfg = cJSON_CreateObject();
+    if (!st.code && (!spec_text || !cfg))
+        st = sherl_errorf(SHERL_ENOMEM, "out of memory");
+    if (!st.code) {
+        cJSON_AddStringToObject(cfg, "format", "sherl-adapter");
+        cJSON_AddNumberToObject(cfg, "format_version", 1);
+        cJSON_AddStringToObject(cfg, "base_model_name_or_path", spec->backbone);
+        cJSON_AddStringToObject(cfg, "method", train_method_name(spec->model.method));
+        cJSON *labels = cJSON_DetachItemFromObject(state, "labels");
+        if (labels)
+            cJSON_AddItemToObject(cfg, "labels", labels);
+        cJSON_AddNumberToObject(cfg, "step", step);
+        cJSON *sp = cJSON_Parse(spec_text);
+        if (sp)
+            cJSON_AddItemToObject(cfg, "spec", sp);
+        char *text = cJSON_Print(cfg);
+        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+        st = text ? fs_write_atomic(path, text) : sherl_errorf(SHERL_ENOMEM, "out of memory");
+        free(text);
+    }
+    cJSON_Delete(cfg);
+    cJSON_Delete(state);
+    free(spec_text);
+    return st;
+}
+
+static void finish_job(sherld *d, running_job *rj)
+{
+    pthread_mutex_lock(&d->mu);
+    for (running_job **p = &d->running; *p; p = &(*p)->next)
+        if (*p == rj) {
+            *p = rj->next;
+            break;
+        }
+    d->n_running--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_cond_signal(&d->sched);
+    pthread_mutex_unlock(&d->mu);
+    free(rj);
+}
+
+static void *job_thread(void *arg)
+{
+    running_job *rj = arg;
+    sherld *d = rj->d;
+    job_record rec;
+    job_spec spec;
+    sherl_status st = job_store_get(d->store, rj->id, &rec);
+    if (st.code) {
+        finish_job(d, rj);
+        return NULL;
+    }
+    st = job_spec_parse(&spec, rec.spec_json, strlen(rec.spec_json), "stored spec", NULL);
+    job_record_free(&rec);
+    if (!st.code)
+        st = state_event(d, rj->id, JOB_LOADING, NULL);
+    bert_model *bb = NULL;
+    if (!st.code)
+        st = backbones_acquire(&d->backbones, spec.backbone, 0, &bb);
+    pthread_mutex_lock(&d->mu);
+    rj->reserved_backbone = 0;
+    int cancelled_early = rj->cancel && rj->user_cancel;
+    pthread_mutex_unlock(&d->mu);
+    if (st.code) {
+        state_event(d, rj->id, JOB_FAILED, st.msg);
+        finish_job(d, rj);
+        return NULL;
+    }
+    if (cancelled_early) {
+        backbones_release(&d->backbones, bb);
+        state_event(d, rj->id, JOB_CANCELLED, NULL);
+        finish_job(d, rj);
+        return NULL;
+    }
+    state_event(d, rj->id, JOB_RUNNING, NULL);
+    memstat m;
+    memstat_read(&m);
+    rj->rss_at_start = m.rss;
+    train_hooks hooks = {.on_progress = on_progress, .ctx = rj, .cancel = &rj->cancel,
+                         .resume = 1, .backbone = bb};
+    train_result res;
+    st = train_run(&spec, &hooks, &res);
+    backbones_release(&d->backbones, bb);
+    if (res.resumed_from_step >= 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "resumed from the checkpoint at step %d", res.resumed_from_step);
+        message_event(d, rj->id, msg);
+    }
+    pthread_mutex_lock(&d->mu);
+    int user = rj->user_cancel, stopped = rj->cancel;
+    pthread_mutex_unlock(&d->mu);
+    if (st.code) {
+        state_event(d, rj->id, JOB_FAILED, st.msg);
+    } else if (res.stopped_early && user) {
+        state_event(d, rj->id, JOB_CANCELLED, NULL);
+    } else if (res.stopped_early || stopped) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "stopped by the daemon's shutdown after step %d; it resumes "
+                                  "from its checkpoint when the daemon restarts",
+                 res.steps);
+        message_event(d, rj->id, msg);
+        state_event(d, rj->id, JOB_QUEUED, NULL);
+    } else {
+        st = write_artifact(&spec);
+        state_event(d, rj->id, st.code ? JOB_FAILED : JOB_SUCCEEDED, st.code ? st.msg : NULL);
+    }
+    finish_job(d, rj);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * scheduler */
+
+static void *scheduler(void *arg)
+{
+    sherld *d = arg;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stopping) {
+        queued_job *q = d->queue;
+        running_job *rj = NULL;
+        if (q && !d->draining && d->n_running < d->cfg.max_concurrent_jobs) {
+            /* the head of the queue only: a big job is not starved by smaller ones behind it */
+            int64_t used = backbones_bytes(&d->backbones);
+            for (running_job *r = d->running; r; r = r->next)
+                used += r->own_bytes + r->reserved_backbone;
+            int loaded = backbones_is_loaded(&d->backbones, q->backbone);
+            int64_t need = q->own_bytes + (loaded ? 0 : q->backbone_bytes);
+            if (used + need <= d->budget && (rj = calloc(1, sizeof *rj))) {
+                d->queue = q->next;
+                rj->d = d;
+                snprintf(rj->id, sizeof rj->id, "%s", q->id);
+                rj->own_bytes = q->own_bytes;
+                rj->reserved_backbone = loaded ? 0 : q->backbone_bytes;
+                rj->planned_bytes = q->own_bytes + q->backbone_bytes;
+                snprintf(rj->backbone, sizeof rj->backbone, "%s", q->backbone);
+                rj->next = d->running;
+                d->running = rj;
+                d->n_running++;
+                free(q);
+            }
+        }
+        if (!rj) {
+            pthread_cond_wait(&d->sched, &d->mu);
+            continue;
+        }
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pthread_mutex_unlock(&d->mu);
+        int err = pthread_create(&th, &at, job_thread, rj);
+        pthread_attr_destroy(&at);
+        if (err) {
+            state_event(d, rj->id, JOB_FAILED, "the daemon could not start a thread for the job");
+            finish_job(d, rj);
+        }
+        pthread_mutex_lock(&d->mu);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * start, recovery, stop */
+
+static sherl_status requeue(sherld *d, const job_record *r)
+{
+    queued_job *q = calloc(1, sizeof *q);
+    if (!q)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    snprintf(q->id, sizeof q->id, "%s", r->id);
+    q->priority = r->priority;
+    cJSON *plan = r->plan_json ? cJSON_Parse(r->plan_json) : NULL;
+    cJSON *spec = cJSON_Parse(r->spec_json);
+    const cJSON *peak = cJSON_GetObjectItemCaseSensitive(plan, "peak_bytes");
+    const cJSON *bbb = cJSON_GetObjectItemCaseSensitive(plan, "backbone_bytes");
+    const cJSON *bbp = cJSON_GetObjectItemCaseSensitive(spec, "backbone");
+    q->backbone_bytes = cJSON_IsNumber(bbb) ? (int64_t)bbb->valuedouble : 0;
+    q->own_bytes = (cJSON_IsNumber(peak) ? (int64_t)peak->valuedouble : r->planned_bytes) -
+                   q->backbone_bytes;
+    snprintf(q->backbone, sizeof q->backbone, "%s", cJSON_IsString(bbp) ? bbp->valuestring : "");
+    cJSON_Delete(plan), cJSON_Delete(spec);
+    pthread_mutex_lock(&d->mu);
+    q->order = ++g_order;
+    enqueue_locked(d, q);
+    pthread_mutex_unlock(&d->mu);
+    return sherl_ok();
+}
+
+static sherl_status recover(sherld *d)
+{
+    job_state live[] = {JOB_QUEUED, JOB_LOADING, JOB_RUNNING, JOB_STOPPING};
+    job_record *recs;
+    int n;
+    SHERL_TRY(job_store_list(d->store, NULL, live, 4, 0, NULL, 1000000, &recs, &n));
+    sherl_status st = sherl_ok();
+    for (int i = n - 1; i >= 0 && !st.code; i--) { /* oldest first keeps FIFO order */
+        job_record *r = &recs[i];
+        if (r->state == JOB_STOPPING) {
+            st = message_event(d, r->id, "the daemon restarted while the job was stopping");
+            if (!st.code)
+                st = state_event(d, r->id, JOB_CANCELLED, NULL);
+            continue;
+        }
+        if (r->state == JOB_LOADING || r->state == JOB_RUNNING) {
+            st = message_event(d, r->id, "the daemon restarted: the job resumes from its last "
+                                         "checkpoint");
+            if (!st.code)
+                st = job_store_count_resume(d->store, r->id);
+            if (!st.code)
+                st = state_event(d, r->id, JOB_QUEUED, NULL);
+        }
+        if (!st.code)
+            st = requeue(d, r);
+    }
+    for (int i = 0; i < n; i++)
+        job_record_free(&recs[i]);
+    free(recs);
+    return st;
+}
+
+static int64_t default_budget(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    long long kb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb > 0 ? (int64_t)(kb * 1024 * 0.8) : (int64_t)4 << 30;
+}
+
+sherl_status jobs_start(sherld *d)
+{
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->changed, NULL);
+    pthread_cond_init(&d->sched, NULL);
+    backbones_init(&d->backbones);
+    d->started_ms = sherld_now_ms();
+    d->budget = d->cfg.memory_budget ? d->cfg.memory_budget : default_budget();
+    snprintf(d->files_dir, sizeof d->files_dir, "%s/files", d->cfg.state_dir);
+    snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s/jobs", d->cfg.state_dir);
+    SHERL_TRY(fs_mkdir_p(d->files_dir));
+    SHERL_TRY(fs_mkdir_p(d->jobs_dir));
+    char db[PATH_MAX];
+    snprintf(db, sizeof db, "%s/sherld.db", d->cfg.state_dir);
+    SHERL_TRY(job_store_open(&d->store, db));
+    if (d->cfg.tokens_file[0])
+        SHERL_TRY(auth_load(&d->tokens, d->cfg.tokens_file));
+    SHERL_TRY(recover(d));
+    if (pthread_create(&d->sched_thread, NULL, scheduler, d))
+        return sherl_errorf(SHERL_ENOMEM, "cannot start the scheduler thread");
+    d->sched_started = 1;
+    return sherl_ok();
+}
+
+void jobs_stop(sherld *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->draining = 1;
+    for (running_job *r = d->running; r; r = r->next)
+        r->cancel = 1;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += d->cfg.drain_timeout_s;
+    while (d->n_running > 0)
+        if (pthread_cond_timedwait(&d->changed, &d->mu, &until) == ETIMEDOUT)
+            break; /* still RUNNING in the store: recovered as resumable on the next start */
+    d->stopping = 1;
+    pthread_cond_broadcast(&d->sched);
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+    if (d->sched_started)
+        pthread_join(d->sched_thread, NULL);
+}
