@@ -21,9 +21,11 @@ static const char USAGE[] =
     "usage: sherlctl [--addr HOST:PORT] [--token T] [--json] [--timeout S] COMMAND ...\n"
     "\n"
     "commands:\n"
-    "  submit JOB.json [--watch] [--priority N]   validate, plan and queue a job; local data\n"
-    "                                             files are uploaded first\n"
-    "  estimate JOB.json                          the memory plan and whether it fits\n"
+    "  submit JOB.json [--watch] [--priority N] [--no-upload]\n"
+    "                                             validate, plan and queue a job; data files\n"
+    "                                             found here are uploaded first (--no-upload:\n"
+    "                                             paths are the daemon's, under its data roots)\n"
+    "  estimate JOB.json [--no-upload]            the memory plan and whether it fits\n"
     "  list [--state STATE]...                    jobs, newest first\n"
     "  get ID                                     one job: state, progress, metrics, plan\n"
     "  watch ID                                   follow a job's progress to its end\n"
@@ -267,6 +269,8 @@ static int upload(const char *path, char *ref)
 
 /* Reads the spec, makes relative paths absolute (against the spec's folder) and uploads data
  * files that exist here. Returns the JSON text to send (malloc'd) or NULL. */
+static int g_no_upload;
+
 static char *prepare_spec(const char *path, int *rc)
 {
     cJSON *root;
@@ -290,8 +294,11 @@ static char *prepare_spec(const char *path, int *rc)
         snprintf(local, sizeof local, "%s%s%s", v->valuestring[0] == '/' ? "" : absdir,
                  v->valuestring[0] == '/' ? "" : "/", v->valuestring);
         struct stat sb;
-        if (stat(local, &sb) || !S_ISREG(sb.st_mode))
-            continue; /* not here: the daemon resolves it under its data roots */
+        if (g_no_upload || stat(local, &sb) || !S_ISREG(sb.st_mode)) {
+            /* not uploaded: the daemon resolves the path under its data roots */
+            cJSON_SetValuestring(v, local);
+            continue;
+        }
         char ref[80];
         if ((*rc = upload(local, ref))) {
             cJSON_Delete(root);
@@ -319,6 +326,8 @@ static int cmd_submit(int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--watch"))
             do_watch = 1;
+        else if (!strcmp(argv[i], "--no-upload"))
+            g_no_upload = 1;
         else if (!strcmp(argv[i], "--priority") && i + 1 < argc)
             priority = atoi(argv[++i]);
         else if (!path)
@@ -354,6 +363,8 @@ static int cmd_submit(int argc, char **argv)
 
 static int cmd_estimate(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "--no-upload"))
+        g_no_upload = 1, argc = 1;
     if (argc != 1)
         return fprintf(stderr, "sherlctl estimate: expected JOB.json\n"), 2;
     int rc = 0;

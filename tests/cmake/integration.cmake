@@ -13,3 +13,11 @@ add_test(NAME planner_truth COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integratio
   $<TARGET_FILE:sherl_cli> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/planner_truth
   ${SHERL_PLANNER_MODE})
 set_tests_properties(planner_truth PROPERTIES TIMEOUT 600)
+
+# sherld + sherlctl end to end: submit/watch/artifact/predict, the bad-input matrix, a second
+# daemon on a taken port, SIGKILL at 5 points with exact resume, auth, SIGTERM drain.
+if(SHERL_SERVICE)
+  add_test(NAME service_e2e COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/service_e2e.py
+    $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_e2e)
+  set_tests_properties(service_e2e PROPERTIES TIMEOUT 900)
+endif()
