@@ -21,3 +21,10 @@ if(SHERL_SERVICE)
     $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_e2e)
   set_tests_properties(service_e2e PROPERTIES TIMEOUT 900)
 endif()
+
+# An independent client: Python grpcio with stubs generated from proto/ by grpc_tools.
+if(SHERL_SERVICE)
+  add_test(NAME python_client COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/python_client.py
+    $<TARGET_FILE:sherld> ${CMAKE_SOURCE_DIR}/proto ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/python_client)
+  set_tests_properties(python_client PROPERTIES TIMEOUT 600)
+endif()

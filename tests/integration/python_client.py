@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""An independent client: Python grpcio with stubs generated here from proto/ by Debian's
+grpc_tools, against a real sherld. It checks health, submits a job (typed spec, data uploaded
+with UploadFile), watches it to SUCCEEDED, lists, cancels a queued job, and checks error codes —
+proving the contract works for clients we did not write.
+
+  python_client.py SHERLD PROTO_DIR MODEL_DIR WORK_DIR"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import grpc
+from grpc_tools import protoc
+
+sherld, proto_dir, model_dir, work = sys.argv[1:5]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(os.path.join(work, "gen"))
+for p in ("sherl/v1/sherl.proto", "grpc/health/v1/health.proto"):
+    rc = protoc.main(["protoc", "-I", proto_dir, "--python_out=" + os.path.join(work, "gen"),
+                      "--grpc_python_out=" + os.path.join(work, "gen"), os.path.join(proto_dir, p)])
+    if rc:
+        sys.exit("protoc failed on %s" % p)
+sys.path.insert(0, os.path.join(work, "gen"))
+from sherl.v1 import sherl_pb2, sherl_pb2_grpc  # noqa: E402
+
+
+def load_generated(name, rel):
+    """The generated health modules live under gen/grpc/..., which the installed grpc package
+    shadows: load them by path (the _grpc module imports the _pb2 one by its package name)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(work, "gen", rel))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+import types  # noqa: E402
+for pkg in ("grpc.health", "grpc.health.v1"):
+    sys.modules.setdefault(pkg, types.ModuleType(pkg))
+health_pb2 = load_generated("grpc.health.v1.health_pb2", "grpc/health/v1/health_pb2.py")
+sys.modules["grpc.health.v1"].health_pb2 = health_pb2
+health_pb2_grpc = load_generated("grpc.health.v1.health_pb2_grpc",
+                                 "grpc/health/v1/health_pb2_grpc.py")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wordnet_data import write_split  # noqa: E402
+
+data = os.path.join(work, "data")
+os.makedirs(data)
+write_split(data, 16, 8)
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+log = open(os.path.join(work, "sherld.log"), "w")
+d = subprocess.Popen([sherld, "--listen", "127.0.0.1:0", "--state-dir", os.path.join(work, "state"),
+                      "--data-roots", "%s:%s" % (os.path.dirname(model_dir), data)],
+                     stdout=subprocess.PIPE, stderr=log, text=True)
+addr = d.stdout.readline().split()[-1]
+ch = grpc.insecure_channel(addr)
+grpc.channel_ready_future(ch).result(timeout=30)
+stub = sherl_pb2_grpc.SherlStub(ch)
+health = health_pb2_grpc.HealthStub(ch)
+try:
+    r = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    check(r.status == health_pb2.HealthCheckResponse.SERVING, "health: %s" % r)
+    r = health.Check(health_pb2.HealthCheckRequest(service="sherl.v1.Sherl"), timeout=10)
+    check(r.status == health_pb2.HealthCheckResponse.SERVING, "health sherl.v1.Sherl: %s" % r)
+
+    def upload(path):
+        content = open(path, "rb").read()
+        digest = hashlib.sha256(content).hexdigest()
+
+        def chunks():
+            half = len(content) // 2
+            yield sherl_pb2.UploadChunk(name=os.path.basename(path), size=len(content),
+                                        data=content[:half])
+            yield sherl_pb2.UploadChunk(data=content[half:], sha256=digest)
+        info = stub.UploadFile(chunks(), timeout=30)
+        check(info.ref == "sha256:" + digest and info.size == len(content), "upload: %s" % info)
+        return info.ref
+
+    train_ref = upload(os.path.join(data, "train.jsonl"))
+    val_ref = upload(os.path.join(data, "val.jsonl"))
+    try:  # a wrong digest is refused
+        stub.UploadFile(iter([sherl_pb2.UploadChunk(name="x.jsonl", size=3, data=b"abc",
+                                                     sha256="0" * 64)]), timeout=30)
+        check(False, "a wrong sha256 was accepted")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in e.details(),
+              "wrong sha256: %s %s" % (e.code(), e.details()))
+
+    spec = sherl_pb2.JobSpec(
+        name="from-python", backbone=model_dir, method="sherl",
+        sherl=sherl_pb2.SherlOptions(late_layers=1, downsample_factor=2),
+        data=sherl_pb2.DataSpec(train=train_ref, validation=val_ref, max_length=32),
+        train=sherl_pb2.TrainSpec(epochs=4, batch_size=8, log_every=1, seed=5),
+        resources=sherl_pb2.ResourceSpec(threads=1))
+    est = stub.EstimateJob(sherl_pb2.EstimateJobRequest(spec=spec), timeout=60)
+    check(est.fits_ever and est.plan.peak_bytes > est.plan.backbone_bytes > 0, "estimate: %s" % est)
+    job = stub.SubmitJob(sherl_pb2.SubmitJobRequest(spec=spec), timeout=60)
+    check(job.state == sherl_pb2.QUEUED and job.id.startswith("j-"), "submit: %s" % job)
+    # a second job waits in QUEUED behind the first (one job at a time; the first runs 24
+    # steps, seconds, while this takes milliseconds): cancel it there
+    job2 = stub.SubmitJob(sherl_pb2.SubmitJobRequest(spec=spec), timeout=60)
+    c = stub.CancelJob(sherl_pb2.CancelJobRequest(id=job2.id), timeout=30)
+    check(c.state == sherl_pb2.CANCELLED, "cancel queued: %s" % sherl_pb2.JobState.Name(c.state))
+    states, steps = [], []
+    for ev in stub.WatchJob(sherl_pb2.WatchJobRequest(id=job.id), timeout=300):
+        kind = ev.WhichOneof("kind")
+        if kind == "state":
+            states.append(sherl_pb2.JobState.Name(ev.state))
+        elif kind == "progress":
+            steps.append(ev.progress.step)
+    check(states == ["QUEUED", "LOADING", "RUNNING", "SUCCEEDED"], "states: %s" % states)
+    check(steps == sorted(steps) and steps and steps[-1] == 24, "progress steps: %s" % steps)
+    got = stub.GetJob(sherl_pb2.GetJobRequest(id=job.id), timeout=30)
+    check(got.state == sherl_pb2.SUCCEEDED and got.evals and got.evals[0].accuracy > 0,
+          "get: %s" % got.state)
+    listed = stub.ListJobs(sherl_pb2.ListJobsRequest(page_size=1), timeout=30)
+    check(len(listed.jobs) == 1 and listed.next_page_token, "list page 1: %s" % listed)
+    rest = stub.ListJobs(sherl_pb2.ListJobsRequest(page_size=1,
+                                                   page_token=listed.next_page_token), timeout=30)
+    check(len(rest.jobs) == 1 and rest.jobs[0].id != listed.jobs[0].id and not rest.next_page_token,
+          "list page 2: %s" % rest)
+    done = stub.ListJobs(sherl_pb2.ListJobsRequest(states=[sherl_pb2.SUCCEEDED]), timeout=30)
+    check([j.id for j in done.jobs] == [job.id], "list SUCCEEDED: %s" % [j.id for j in done.jobs])
+    for call, req, code in [
+        (stub.GetJob, sherl_pb2.GetJobRequest(id="j-0000000000000000"), grpc.StatusCode.NOT_FOUND),
+        (stub.CancelJob, sherl_pb2.CancelJobRequest(id=job.id), grpc.StatusCode.FAILED_PRECONDITION),
+        (stub.SubmitJob, sherl_pb2.SubmitJobRequest(spec_json='{"backbone": 3}'),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (stub.ListJobs, sherl_pb2.ListJobsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        try:
+            call(req, timeout=30)
+            check(False, "%s succeeded" % req)
+        except grpc.RpcError as e:
+            check(e.code() == code, "%s: %s %s (expected %s)" % (type(req).__name__, e.code(),
+                                                                 e.details(), code))
+    print("python grpcio %s client: health SERVING, 2 uploads, estimate, submit, cancel a queued "
+          "job, watch %s, list with paging and a state filter, 4 error codes" %
+          (grpc.__version__, " -> ".join(states)))
+finally:
+    d.terminate()
+    check(d.wait(timeout=60) == 0, "sherld exit code")
+sys.exit(1 if failures else 0)
