@@ -28,3 +28,10 @@ if(SHERL_SERVICE)
     $<TARGET_FILE:sherld> ${CMAKE_SOURCE_DIR}/proto ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/python_client)
   set_tests_properties(python_client PROPERTIES TIMEOUT 600)
 endif()
+
+# Two concurrent jobs share one resident backbone: RSS grows by the backbone once + the arenas.
+if(SHERL_SERVICE AND NOT SHERL_SANITIZE)
+  add_test(NAME service_sharing COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/service_sharing.py
+    $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_sharing)
+  set_tests_properties(service_sharing PROPERTIES TIMEOUT 600)
+endif()
