@@ -14,6 +14,14 @@ static inline double bench_now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Wall-clock milliseconds since the epoch (comparable with the daemon's event times). */
+static inline double bench_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 static int bench_cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
