@@ -41,6 +41,7 @@ static const char USAGE[] =
     "  --token     bearer token (default $SHERL_TOKEN)\n"
     "  --json      machine-readable output\n"
     "  --timeout   seconds per call (default 60; watch has none)\n"
+    "  --ca FILE   the server's CA certificate (PEM) for TLS (default $SHERL_CA; none: plaintext)\n"
     "exit codes: 0 ok, 1 error from the daemon, 2 usage, 3 job FAILED/CANCELLED, 4 unreachable\n";
 
 static int g_json;
@@ -823,6 +824,7 @@ static int cmd_health(void)
 int main(int argc, char **argv)
 {
     const char *addr = getenv("SHERL_ADDR"), *token = getenv("SHERL_TOKEN");
+    const char *ca_file = getenv("SHERL_CA");
     if (!addr || !*addr)
         addr = "127.0.0.1:7070";
     int i = 1;
@@ -836,6 +838,8 @@ int main(int argc, char **argv)
             addr = argv[++i];
         } else if (!strcmp(argv[i], "--token") && i + 1 < argc) {
             token = argv[++i];
+        } else if (!strcmp(argv[i], "--ca") && i + 1 < argc) {
+            ca_file = argv[++i];
         } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
             g_timeout = atof(argv[++i]);
         } else {
@@ -850,16 +854,31 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     int n = argc - i;
     char **rest = argv + i;
-    for (int k = 0; k < n; k++)
+    for (int k = 0; k < n; k++) {
         if (!strcmp(rest[k], "--json"))
             g_json = 1;
+        if (!strcmp(rest[k], "--help") || !strcmp(rest[k], "-h")) { /* sherlctl CMD --help */
+            fputs(USAGE, stdout);
+            return 0;
+        }
+    }
     /* --json may follow the command too; drop it from the command's arguments */
     int m = 0;
     for (int k = 0; k < n; k++)
         if (strcmp(rest[k], "--json"))
             rest[m++] = rest[k];
     n = m;
-    sherl_status st = rpc_client_open(&g_cl, addr, token, NULL);
+    char *ca = NULL;
+    size_t ca_len;
+    if (ca_file && *ca_file) {
+        sherl_status cst = sherl_read_file(ca_file, 1 << 20, &ca, &ca_len);
+        if (cst.code) {
+            fprintf(stderr, "sherlctl: --ca: %s\n", cst.msg);
+            return 2;
+        }
+    }
+    sherl_status st = rpc_client_open(&g_cl, addr, token, ca);
+    free(ca);
     if (st.code) {
         fprintf(stderr, "sherlctl: %s\n", st.msg);
         return 4;

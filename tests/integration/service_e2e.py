@@ -10,7 +10,8 @@
      job resumes from its checkpoint and ends with the same final metrics and parameters as an
      uninterrupted run; no acknowledged event is lost;
   5. auth: with a tokens file, no token -> UNAUTHENTICATED; tenant B cannot see tenant A's job;
-  6. SIGTERM drains and exits 0; a restart keeps the finished jobs.
+  6. SIGTERM drains and exits 0; a restart keeps the finished jobs;
+  7. TLS: with tls-cert/tls-key, a client given the CA is served, a plaintext one is not.
 
   service_e2e.py SHERLD SHERLCTL MODEL_DIR WORK_DIR"""
 import json
@@ -282,6 +283,20 @@ p = d.ctl("watch", aid, token="tenant-a-token-0123456789")
 check(p.returncode == 0, "tenant a's job: %s" % p.stderr[-200:])
 d.term()
 print("5. auth: no or bad token UNAUTHENTICATED; tenant b gets NOT_FOUND for tenant a's job")
+
+# ---- 7. TLS ---------------------------------------------------------------------------------
+cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"], capture_output=True, text=True)
+if check(p.returncode == 0, "openssl: %s" % p.stderr[-200:]):
+    d = Daemon(os.path.join(work, "state-tls"), extra=("--tls-cert", cert, "--tls-key", key))
+    p = d.ctl("--ca", cert, "health")
+    check(p.returncode == 0 and p.stdout.strip() == "SERVING", "TLS health: %r" % p.stderr)
+    p = d.ctl("--timeout", "5", "health")
+    check(p.returncode != 0, "a plaintext client reached the TLS daemon")
+    d.term()
+    print("7. TLS: a client with the CA gets SERVING; a plaintext client is refused")
 
 for f in failures:
     print("FAIL:", f)
