@@ -11,7 +11,9 @@
      uninterrupted run; no acknowledged event is lost;
   5. auth: with a tokens file, no token -> UNAUTHENTICATED; tenant B cannot see tenant A's job;
   6. SIGTERM drains and exits 0; a restart keeps the finished jobs;
-  7. TLS: with tls-cert/tls-key, a client given the CA is served, a plaintext one is not.
+  7. TLS: with tls-cert/tls-key, a client given the CA is served, a plaintext one is not;
+  8. memory admission (a job that fits later waits in QUEUED; one that never fits is refused),
+     SIGHUP reopens the log file, the systemd notify handshake.
 
   service_e2e.py SHERLD SHERLCTL MODEL_DIR WORK_DIR"""
 import json
@@ -41,13 +43,14 @@ def check(cond, what):
 
 
 class Daemon:
-    def __init__(self, state, port=0, extra=()):
+    def __init__(self, state, port=0, extra=(), env=None):
         self.state = state
         args = [sherld, "--listen", "127.0.0.1:%d" % port, "--state-dir", state,
                 "--data-roots", "%s:%s" % (os.path.dirname(model_dir), data),
                 "--drain-timeout", "20", *extra]
         self.log = open(os.path.join(work, "sherld-%d.log" % len(os.listdir(work))), "w")
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                  env=env)
         line = self.p.stdout.readline()  # "sherld: listening on 127.0.0.1:PORT", or EOF
         if not line.startswith("sherld: listening on "):
             raise RuntimeError("sherld did not start: %r (see %s)" % (line, self.log.name))
@@ -283,6 +286,51 @@ p = d.ctl("watch", aid, token="tenant-a-token-0123456789")
 check(p.returncode == 0, "tenant a's job: %s" % p.stderr[-200:])
 d.term()
 print("5. auth: no or bad token UNAUTHENTICATED; tenant b gets NOT_FOUND for tenant a's job")
+
+# ---- 8. admission, log reopening, systemd notify ------------------------------------------------
+import socket  # noqa: E402
+peak, own_bytes = g["plan"]["peak_bytes"], g["plan"]["job_bytes"]
+notify = os.path.join(work, "notify.sock")
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(notify)
+sock.settimeout(60)
+logfile = os.path.join(work, "sherld-file.log")
+# room for one job (backbone + its arenas) and half of a second one's arenas (the backbone is
+# shared): the second waits in QUEUED though two may run at a time
+d = Daemon(os.path.join(work, "state-budget"),
+           extra=("--memory-budget", str(int(peak + own_bytes / 2)), "--max-concurrent-jobs", "2",
+                  "--log-file", logfile),
+           env=dict(os.environ, NOTIFY_SOCKET=notify))
+check(sock.recv(4096).decode().startswith("READY=1"), "sd_notify READY=1")
+long_job = write_job("long", epochs=6)
+first = d.ctl_json("submit", long_job)["id"]
+env = dict(os.environ, SHERL_ADDR=d.addr)
+w = subprocess.Popen([sherlctl, "--json", "watch", first], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True, env=env)
+for line in w.stdout:  # the first job is running once it reports progress
+    if "progress" in json.loads(line):
+        break
+second = d.ctl_json("submit", long_job)["id"]
+st2 = d.ctl_json("get", second)["state"]
+check(st2 == "QUEUED", "second job admitted beyond the memory budget: %s" % st2)
+w.stdout.read()
+w.wait()
+p = d.ctl("watch", second)
+check(p.returncode == 0, "the queued job did not run after the first: %s" % p.stderr[-200:])
+os.rename(logfile, logfile + ".1")
+d.p.send_signal(signal.SIGHUP)
+d.term()
+check("STOPPING=1" in sock.recv(4096).decode(), "sd_notify STOPPING=1")
+check(os.path.exists(logfile) and "SIGHUP: log reopened" in open(logfile).read(),
+      "SIGHUP did not reopen the log file")
+d = Daemon(os.path.join(work, "state-small"), extra=("--memory-budget", str(int(peak * 0.5))))
+p = d.ctl("submit", job)
+check(p.returncode == 1 and "RESOURCE_EXHAUSTED" in p.stderr and "memory budget" in p.stderr,
+      "a job over the budget: %r" % p.stderr.strip()[-200:])
+d.term()
+print("8. admission: with room for one plan the second job waited in QUEUED, then ran; a job "
+      "over the budget gets RESOURCE_EXHAUSTED; SIGHUP reopened the log; sd_notify READY and "
+      "STOPPING")
 
 # ---- 7. TLS ---------------------------------------------------------------------------------
 cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
