@@ -567,6 +567,16 @@ static int watch(const char *id, int quiet_end)
         return rpc_fail(&st);
     if (bar)
         fputc('\n', stderr);
+    if (final && !g_json) { /* end with the job's final state and metrics */
+        Sherl__V1__GetJobRequest req2 = SHERL__V1__GET_JOB_REQUEST__INIT;
+        req2.id = (char *)id;
+        Sherl__V1__Job *job;
+        if (!call("/sherl.v1.Sherl/GetJob", &req2.base, (void **)&job,
+                  UNPACK(sherl__v1__job__unpack))) {
+            print_job(job);
+            sherl__v1__job__free_unpacked(job, NULL);
+        }
+    }
     return final == 5 ? 0 : final ? 3 : 1;
 }
 

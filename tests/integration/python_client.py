@@ -115,6 +115,12 @@ try:
     job2 = stub.SubmitJob(sherl_pb2.SubmitJobRequest(spec=spec), timeout=60)
     c = stub.CancelJob(sherl_pb2.CancelJobRequest(id=job2.id), timeout=30)
     check(c.state == sherl_pb2.CANCELLED, "cancel queued: %s" % sherl_pb2.JobState.Name(c.state))
+    # priority: behind the running job, a later job of higher priority runs before an earlier one
+    short = sherl_pb2.JobSpec()
+    short.CopyFrom(spec)
+    short.train.epochs = 1
+    low = stub.SubmitJob(sherl_pb2.SubmitJobRequest(spec=short, priority=0), timeout=60)
+    high = stub.SubmitJob(sherl_pb2.SubmitJobRequest(spec=short, priority=5), timeout=60)
     states, steps = [], []
     for ev in stub.WatchJob(sherl_pb2.WatchJobRequest(id=job.id), timeout=300):
         kind = ev.WhichOneof("kind")
@@ -124,17 +130,26 @@ try:
             steps.append(ev.progress.step)
     check(states == ["QUEUED", "LOADING", "RUNNING", "SUCCEEDED"], "states: %s" % states)
     check(steps == sorted(steps) and steps and steps[-1] == 24, "progress steps: %s" % steps)
+    for j in (low, high):
+        for _ in stub.WatchJob(sherl_pb2.WatchJobRequest(id=j.id), timeout=300):
+            pass
+    lo = stub.GetJob(sherl_pb2.GetJobRequest(id=low.id), timeout=30)
+    hi = stub.GetJob(sherl_pb2.GetJobRequest(id=high.id), timeout=30)
+    check(lo.state == hi.state == sherl_pb2.SUCCEEDED and hi.started_ms <= lo.started_ms,
+          "priority: high started %d, low %d" % (hi.started_ms, lo.started_ms))
     got = stub.GetJob(sherl_pb2.GetJobRequest(id=job.id), timeout=30)
     check(got.state == sherl_pb2.SUCCEEDED and got.evals and got.evals[0].accuracy > 0,
           "get: %s" % got.state)
-    listed = stub.ListJobs(sherl_pb2.ListJobsRequest(page_size=1), timeout=30)
-    check(len(listed.jobs) == 1 and listed.next_page_token, "list page 1: %s" % listed)
-    rest = stub.ListJobs(sherl_pb2.ListJobsRequest(page_size=1,
-                                                   page_token=listed.next_page_token), timeout=30)
-    check(len(rest.jobs) == 1 and rest.jobs[0].id != listed.jobs[0].id and not rest.next_page_token,
-          "list page 2: %s" % rest)
-    done = stub.ListJobs(sherl_pb2.ListJobsRequest(states=[sherl_pb2.SUCCEEDED]), timeout=30)
-    check([j.id for j in done.jobs] == [job.id], "list SUCCEEDED: %s" % [j.id for j in done.jobs])
+    seen, token = [], ""
+    while True:  # pages of 2 over the 4 jobs, newest first
+        page = stub.ListJobs(sherl_pb2.ListJobsRequest(page_size=2, page_token=token), timeout=30)
+        seen += [j.id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    check(seen == [high.id, low.id, job2.id, job.id], "list pages: %s" % seen)
+    done = stub.ListJobs(sherl_pb2.ListJobsRequest(states=[sherl_pb2.CANCELLED]), timeout=30)
+    check([j.id for j in done.jobs] == [job2.id], "list CANCELLED: %s" % [j.id for j in done.jobs])
     for call, req, code in [
         (stub.GetJob, sherl_pb2.GetJobRequest(id="j-0000000000000000"), grpc.StatusCode.NOT_FOUND),
         (stub.CancelJob, sherl_pb2.CancelJobRequest(id=job.id), grpc.StatusCode.FAILED_PRECONDITION),
@@ -152,7 +167,7 @@ try:
             check(e.code() == code, "%s: %s %s (expected %s)" % (type(req).__name__, e.code(),
                                                                  e.details(), code))
     print("python grpcio %s client: health SERVING, 2 uploads, estimate, submit, cancel a queued "
-          "job, watch %s, list with paging and a state filter, 6 error codes" %
+          "job, run by priority, watch %s, list with paging and a state filter, 6 error codes" %
           (grpc.__version__, " -> ".join(states)))
 finally:
     d.terminate()

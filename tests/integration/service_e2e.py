@@ -122,6 +122,18 @@ check(ac["labels"] == ["noun.animal", "noun.food", "verb.motion"] and ac["method
 preds = d.ctl_json("predict", jid, "a large cat of the jungle", "to run fast")
 check(len(preds) == 2 and all(q["label"] in ac["labels"] for q in preds) and
       all(abs(sum(q["scores"]) - 1) < 1e-4 for q in preds), "predict: %s" % preds)
+p = d.ctl("watch", jid)
+check(p.returncode == 0 and "validation" in p.stdout and "SUCCEEDED" in p.stdout,
+      "watch of a finished job ends with its metrics: %r" % p.stdout)
+bbs = d.ctl_json("backbones", "load", model_dir)
+check(len(bbs) == 1 and bbs[0]["loaded"] and bbs[0]["jobs"] == 0 and bbs[0]["bytes"] > 80 << 20,
+      "backbones load: %s" % bbs)
+listed = d.ctl_json("backbones", "list")
+check([b["name"] for b in listed] == [os.path.basename(model_dir)], "backbones list: %s" % listed)
+p = d.ctl("backbones", "unload", "no-such-backbone")
+check(p.returncode == 1 and "NOT_FOUND" in p.stderr, "unload unknown: %r" % p.stderr)
+p = d.ctl("backbones", "unload", os.path.basename(model_dir))
+check(p.returncode == 0 and d.ctl_json("backbones", "list") == [], "unload: %r" % p.stderr)
 print("1. submitted %s, SUCCEEDED, validation accuracy %.3f; artifact %d bytes; predict %s" %
       (jid, val[0]["accuracy"] if val else -1, art["bytes"], [q["label"] for q in preds]))
 
