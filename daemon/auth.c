@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "config.h"
 #include "json_util.h"
 
 typedef struct {
@@ -69,14 +70,8 @@ sherl_status auth_load(auth_tokens **out, const char *path)
     int cap = 0;
     sherl_status st = t ? sherl_ok() : sherl_errorf(SHERL_ENOMEM, "out of memory");
     int lineno = 0;
-    for (char *line = data, *next; line && !st.code; line = next) {
-        next = strchr(line, '\n');
-        if (next)
-            *next++ = 0;
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = 0;
+    char *cursor = data, *line;
+    while (!st.code && (line = config_next_line(&cursor, &lineno))) {
         char *tok = strtok(line, " \t\r"), *ten = tok ? strtok(NULL, " \t\r") : NULL;
         char *extra = ten ? strtok(NULL, " \t\r") : NULL;
         if (!tok)

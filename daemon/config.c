@@ -187,14 +187,8 @@ sherl_status config_load_file(sherld_config *c, const char *path)
     SHERL_TRY(sherl_read_file(path, 1 << 20, &data, &len));
     sherl_status st = sherl_ok();
     int lineno = 0;
-    for (char *line = data, *next; line && !st.code; line = next) {
-        next = strchr(line, '\n');
-        if (next)
-            *next++ = 0;
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = 0;
+    char *cursor = data, *line;
+    while (!st.code && (line = config_next_line(&cursor, &lineno))) {
         char *name = line;
         while (isspace((unsigned char)*name))
             name++;
@@ -217,6 +211,22 @@ sherl_status config_load_file(sherld_config *c, const char *path)
     }
     free(data);
     return st;
+}
+
+char *config_next_line(char **cursor, int *lineno)
+{
+    char *line = *cursor;
+    if (!line)
+        return NULL;
+    char *next = strchr(line, '\n');
+    if (next)
+        *next++ = 0;
+    *cursor = next;
+    (*lineno)++;
+    char *hash = strchr(line, '#');
+    if (hash)
+        *hash = 0;
+    return line;
 }
 
 static int is_loopback(const char *listen)

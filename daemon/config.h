@@ -40,6 +40,10 @@ sherl_status config_defaults(sherld_config *c);
 sherl_status config_set(sherld_config *c, const char *name, const char *value, const char *where);
 /* Reads "name value" lines ('#' starts a comment; blank lines skipped). */
 sherl_status config_load_file(sherld_config *c, const char *path);
+/* Line reader for "name value" files (config, tokens): the next line of the text at *cursor
+ * (modified in place: NUL-terminated, '#' comment cut), advancing *cursor and *lineno; NULL at
+ * the end. */
+char *config_next_line(char **cursor, int *lineno);
 /* Cross-option checks after everything is applied (TLS pairs, non-loopback listeners). */
 sherl_status config_validate(const sherld_config *c);
 /* The option table as help text: name, type, default, bounds, description. */

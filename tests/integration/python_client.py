@@ -8,7 +8,6 @@ proving the contract works for clients we did not write.
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 
 import grpc
@@ -46,25 +45,14 @@ health_pb2_grpc = load_generated("grpc.health.v1.health_pb2_grpc",
                                  "grpc/health/v1/health_pb2_grpc.py")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sherld_harness import Daemon, check, failures  # noqa: E402
 from wordnet_data import write_split  # noqa: E402
 
 data = os.path.join(work, "data")
 os.makedirs(data)
 write_split(data, 16, 8)
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-log = open(os.path.join(work, "sherld.log"), "w")
-d = subprocess.Popen([sherld, "--listen", "127.0.0.1:0", "--state-dir", os.path.join(work, "state"),
-                      "--data-roots", "%s:%s" % (os.path.dirname(model_dir), data)],
-                     stdout=subprocess.PIPE, stderr=log, text=True)
-addr = d.stdout.readline().split()[-1]
+d = Daemon(sherld, None, work, os.path.join(work, "state"), (os.path.dirname(model_dir), data))
+addr = d.addr
 ch = grpc.insecure_channel(addr)
 grpc.channel_ready_future(ch).result(timeout=30)
 stub = sherl_pb2_grpc.SherlStub(ch)
@@ -170,6 +158,5 @@ try:
           "job, run by priority, watch %s, list with paging and a state filter, 6 error codes" %
           (grpc.__version__, " -> ".join(states)))
 finally:
-    d.terminate()
-    check(d.wait(timeout=60) == 0, "sherld exit code")
+    check(d.term() == 0, "sherld exit code")
 sys.exit(1 if failures else 0)

@@ -24,6 +24,8 @@ import struct
 import subprocess
 import sys
 
+import sherld_harness
+from sherld_harness import check, failures
 from wordnet_data import write_split
 
 sherld, sherlctl, model_dir, work = sys.argv[1:5]
@@ -32,51 +34,11 @@ os.makedirs(work)
 data = os.path.join(work, "data")
 os.makedirs(data)
 write_split(data, 32, 16)
-failures = []
+ROOTS = (os.path.dirname(model_dir), data)
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-    return cond
-
-
-class Daemon:
-    def __init__(self, state, port=0, extra=(), env=None):
-        self.state = state
-        args = [sherld, "--listen", "127.0.0.1:%d" % port, "--state-dir", state,
-                "--data-roots", "%s:%s" % (os.path.dirname(model_dir), data),
-                "--drain-timeout", "20", *extra]
-        self.log = open(os.path.join(work, "sherld-%d.log" % len(os.listdir(work))), "w")
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                  env=env)
-        line = self.p.stdout.readline()  # "sherld: listening on 127.0.0.1:PORT", or EOF
-        if not line.startswith("sherld: listening on "):
-            raise RuntimeError("sherld did not start: %r (see %s)" % (line, self.log.name))
-        self.addr = line.split()[-1]
-
-    def ctl(self, *args, token=None, timeout=180):
-        env = dict(os.environ, SHERL_ADDR=self.addr)
-        env.pop("SHERL_TOKEN", None)
-        if token:
-            env["SHERL_TOKEN"] = token
-        return subprocess.run([sherlctl, *args], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=work)
-
-    def ctl_json(self, *args, **kw):
-        p = self.ctl("--json", *args, **kw)
-        if p.returncode != 0:
-            raise RuntimeError("sherlctl %s: rc %d: %s" % (" ".join(args), p.returncode, p.stderr))
-        return json.loads(p.stdout)
-
-    def kill(self):
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait()
-
-    def term(self):
-        self.p.send_signal(signal.SIGTERM)
-        return self.p.wait(timeout=60)
+def Daemon(state, port=0, extra=(), env=None):
+    return sherld_harness.Daemon(sherld, sherlctl, work, state, ROOTS, port, extra, env)
 
 
 def write_job(name, **train):
@@ -221,7 +183,7 @@ print("6. SIGTERM: exit 0; after a restart the job is still SUCCEEDED; an upload
 # ---- 4. crash safety ------------------------------------------------------------------------
 def final_state(dm, job_id):
     g = dm.ctl_json("get", job_id)
-    m = dm.ctl_json("artifact", "get", job_id, "--file", "metrics.json", "-o",
+    dm.ctl_json("artifact", "get", job_id, "--file", "metrics.json", "-o",
                     os.path.join(work, job_id + "-metrics.json"))
     with open(os.path.join(work, job_id + "-metrics.json")) as f:
         metrics = json.load(f)
@@ -245,9 +207,7 @@ for k, kill_at in enumerate([2, 5, 9, 14, 20]):  # progress events seen before t
     d = Daemon(state)
     sub = d.ctl_json("submit", ref_job)
     kid = sub["id"]
-    env = dict(os.environ, SHERL_ADDR=d.addr)
-    watcher = subprocess.Popen([sherlctl, "--json", "watch", kid], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=env)
+    watcher = d.watch_events(kid)
     acked = []
     for line in watcher.stdout:
         ev = json.loads(line)
@@ -316,9 +276,7 @@ d = Daemon(os.path.join(work, "state-budget"),
 check(sock.recv(4096).decode().startswith("READY=1"), "sd_notify READY=1")
 long_job = write_job("long", epochs=6)
 first = d.ctl_json("submit", long_job)["id"]
-env = dict(os.environ, SHERL_ADDR=d.addr)
-w = subprocess.Popen([sherlctl, "--json", "watch", first], stdout=subprocess.PIPE,
-                     stderr=subprocess.DEVNULL, text=True, env=env)
+w = d.watch_events(first)
 for line in w.stdout:  # the first job is running once it reports progress
     if "progress" in json.loads(line):
         break

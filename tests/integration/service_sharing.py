@@ -7,9 +7,9 @@ planned arenas, not by a second backbone; the registry shows one backbone used b
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+from sherld_harness import Daemon, check, failures
 from wordnet_data import write_split
 
 sherld, sherlctl, model_dir, work = sys.argv[1:5]
@@ -17,30 +17,9 @@ shutil.rmtree(work, ignore_errors=True)
 data = os.path.join(work, "data")
 os.makedirs(data)
 write_split(data, 96, 8)
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-log = open(os.path.join(work, "sherld.log"), "w")
-d = subprocess.Popen([sherld, "--listen", "127.0.0.1:0", "--state-dir", os.path.join(work, "state"),
-                      "--data-roots", "%s:%s" % (os.path.dirname(model_dir), data),
-                      "--max-concurrent-jobs", "2"], stdout=subprocess.PIPE, stderr=log, text=True)
-addr = d.stdout.readline().split()[-1]
-env = dict(os.environ, SHERL_ADDR=addr)
-
-
-def ctl(*args):
-    p = subprocess.run([sherlctl, "--json", *args], capture_output=True, text=True, env=env,
-                       cwd=work, timeout=120)
-    if p.returncode:
-        raise RuntimeError("sherlctl %s: %s" % (args, p.stderr))
-    return json.loads(p.stdout) if p.stdout.strip() else None
-
+d = Daemon(sherld, sherlctl, work, os.path.join(work, "state"),
+           (os.path.dirname(model_dir), data), extra=("--max-concurrent-jobs", "2"))
+ctl = d.ctl_json
 
 spec = {"name": "share", "backbone": model_dir, "method": "sherl",
         "data": {"train": os.path.join(data, "train.jsonl"), "max_length": 32},
@@ -51,8 +30,7 @@ with open(os.path.join(work, "job.json"), "w") as f:
 rss0 = ctl("node")["rss_bytes"]
 ids = [ctl("submit", "--no-upload", "job.json")["id"] for _ in range(2)]
 # synchronise on the event streams: both jobs RUNNING with a first progress event
-watchers = [subprocess.Popen([sherlctl, "--json", "watch", i], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env) for i in ids]
+watchers = [d.watch_events(i) for i in ids]
 for w in watchers:
     for line in w.stdout:
         if "progress" in json.loads(line):
@@ -83,6 +61,5 @@ print("resident memory grew %.1f MiB with 2 jobs running; backbone %.1f MiB + 2 
 check(grew <= expected * 1.10, "grew %d bytes, more than backbone + arenas %d (+10%%)" %
       (grew, expected))
 check(grew >= (backbone + own / 2) * 0.9, "grew only %d bytes: the measurement is off" % grew)
-d.terminate()
-check(d.wait(timeout=60) == 0, "sherld exit code")
+check(d.term() == 0, "sherld exit code")
 sys.exit(1 if failures else 0)
