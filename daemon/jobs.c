@@ -45,6 +45,8 @@ struct running_job {
 
 static int64_t g_order;
 
+static void wake_scheduler(sherld *d);
+
 int64_t sherld_now_ms(void)
 {
     struct timespec ts;
@@ -319,8 +321,8 @@ job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int
     enqueue_locked(d, q);
     d->events++;
     pthread_cond_broadcast(&d->changed);
-    pthread_cond_signal(&d->sched);
     pthread_mutex_unlock(&d->mu);
+    wake_scheduler(d);
     return ok_result();
 }
 
@@ -450,9 +452,9 @@ static void finish_job(sherld *d, running_job *rj)
         }
     d->n_running--;
     pthread_cond_broadcast(&d->changed);
-    pthread_cond_signal(&d->sched);
     pthread_mutex_unlock(&d->mu);
     free(rj);
+    wake_scheduler(d);
 }
 
 static void *job_thread(void *arg)
@@ -527,15 +529,17 @@ static void *job_thread(void *arg)
 /* ------------------------------------------------------------------------------------------
  * scheduler */
 
-static void *scheduler(void *arg)
+/* Starts every queued job that may start now: a free slot, the head of the queue (FIFO within a
+ * priority; a big job is not starved by smaller ones behind it) and its planned memory within
+ * the budget. Runs on the libuv loop thread, woken by uv_async_send from submit, cancel and
+ * finishing jobs, and by a timer. */
+static void schedule(sherld *d)
 {
-    sherld *d = arg;
-    pthread_mutex_lock(&d->mu);
-    while (!d->stopping) {
+    for (;;) {
+        pthread_mutex_lock(&d->mu);
         queued_job *q = d->queue;
         running_job *rj = NULL;
         if (q && !d->draining && d->n_running < d->cfg.max_concurrent_jobs) {
-            /* the head of the queue only: a big job is not starved by smaller ones behind it */
             int64_t used = backbones_bytes(&d->backbones);
             for (running_job *r = d->running; r; r = r->next)
                 used += r->own_bytes + r->reserved_backbone;
@@ -555,25 +559,32 @@ static void *scheduler(void *arg)
                 free(q);
             }
         }
-        if (!rj) {
-            pthread_cond_wait(&d->sched, &d->mu);
-            continue;
-        }
+        pthread_mutex_unlock(&d->mu);
+        if (!rj)
+            return;
         pthread_t th;
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        pthread_mutex_unlock(&d->mu);
         int err = pthread_create(&th, &at, job_thread, rj);
         pthread_attr_destroy(&at);
         if (err) {
             state_event(d, rj->id, JOB_FAILED, "the daemon could not start a thread for the job");
             finish_job(d, rj);
         }
-        pthread_mutex_lock(&d->mu);
     }
+}
+
+static void on_wake(uv_async_t *h) { schedule(h->data); }
+static void on_tick(uv_timer_t *h) { schedule(h->data); }
+
+/* From any thread: have the loop run the scheduler. */
+static void wake_scheduler(sherld *d)
+{
+    pthread_mutex_lock(&d->mu);
+    if (d->loop_handles && !d->handles_closed)
+        uv_async_send(&d->wake);
     pthread_mutex_unlock(&d->mu);
-    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -648,11 +659,10 @@ static int64_t default_budget(void)
     return kb > 0 ? (int64_t)(kb * 1024 * 0.8) : (int64_t)4 << 30;
 }
 
-sherl_status jobs_start(sherld *d)
+sherl_status jobs_start(sherld *d, uv_loop_t *loop)
 {
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->changed, NULL);
-    pthread_cond_init(&d->sched, NULL);
     backbones_init(&d->backbones);
     d->started_ms = sherld_now_ms();
     d->budget = d->cfg.memory_budget ? d->cfg.memory_budget : default_budget();
@@ -666,9 +676,15 @@ sherl_status jobs_start(sherld *d)
     if (d->cfg.tokens_file[0])
         SHERL_TRY(auth_load(&d->tokens, d->cfg.tokens_file));
     SHERL_TRY(recover(d));
-    if (pthread_create(&d->sched_thread, NULL, scheduler, d))
-        return sherl_errorf(SHERL_ENOMEM, "cannot start the scheduler thread");
-    d->sched_started = 1;
+    if (uv_async_init(loop, &d->wake, on_wake) || uv_timer_init(loop, &d->tick))
+        return sherl_errorf(SHERL_EIO, "cannot set up the scheduler's event loop handles");
+    d->wake.data = d, d->tick.data = d;
+    /* a periodic pass besides the wake-ups: cheap, and no wake-up can ever be missed */
+    uv_timer_start(&d->tick, on_tick, 1000, 1000);
+    pthread_mutex_lock(&d->mu);
+    d->loop_handles = 1;
+    pthread_mutex_unlock(&d->mu);
+    wake_scheduler(d); /* recovered jobs start on the loop's first turn */
     return sherl_ok();
 }
 
@@ -685,9 +701,13 @@ void jobs_stop(sherld *d)
         if (pthread_cond_timedwait(&d->changed, &d->mu, &until) == ETIMEDOUT)
             break; /* still RUNNING in the store: recovered as resumable on the next start */
     d->stopping = 1;
-    pthread_cond_broadcast(&d->sched);
     pthread_cond_broadcast(&d->changed);
+    int handles = d->loop_handles && !d->handles_closed;
+    d->handles_closed = 1; /* job threads still running no longer wake the loop */
     pthread_mutex_unlock(&d->mu);
-    if (d->sched_started)
-        pthread_join(d->sched_thread, NULL);
+    if (handles) {
+        uv_timer_stop(&d->tick);
+        uv_close((uv_handle_t *)&d->tick, NULL);
+        uv_close((uv_handle_t *)&d->wake, NULL);
+    }
 }

@@ -131,7 +131,8 @@ int main(int argc, char **argv)
         snprintf(g_log_path, sizeof g_log_path, "%s", cfg->log_file);
         reopen_log();
     }
-    st = jobs_start(&g_d);
+    uv_loop_t *loop = uv_default_loop();
+    st = jobs_start(&g_d, loop);
     if (st.code) {
         log_line("error", "%s", st.msg);
         return 1;
@@ -168,7 +169,6 @@ int main(int argc, char **argv)
              cfg->max_concurrent_jobs, g_d.tokens ? ", bearer tokens required" : "");
     sd_notify(0, "READY=1");
 
-    uv_loop_t *loop = uv_default_loop();
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);

@@ -1,5 +1,6 @@
 /* The daemon's shared state and the job machinery behind the RPC handlers:
- *   jobs.c       validation and admission, the scheduler, job threads, recovery and drain
+ *   jobs.c       validation and admission, the scheduler (on the libuv loop), job threads,
+ *                recovery and drain
  *   backbones.c  the registry of resident backbones, shared and reference counted
  *   events.c     the encoded JobEvent payloads of the per-job event log
  *   service.c    the sherl.v1 and grpc.health.v1 handlers
@@ -10,6 +11,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "auth.h"
 #include "bert.h"
@@ -61,13 +63,13 @@ typedef struct {
     backbone_registry backbones;
     pthread_mutex_t mu;
     pthread_cond_t changed;    /* broadcast on every job event (watchers wait on it) */
-    pthread_cond_t sched;      /* the scheduler's wake-up */
+    uv_async_t wake;           /* wakes the scheduler on the loop thread (any thread may send) */
+    uv_timer_t tick;           /* and a periodic pass */
+    int loop_handles, handles_closed;
     queued_job *queue;         /* in memory: QUEUED jobs, for the scheduler */
     running_job *running;
     int n_running;
     int draining, stopping;
-    pthread_t sched_thread;
-    int sched_started;
     int64_t budget;            /* bytes */
     int64_t started_ms;
     int64_t events;            /* count of events appended (watchers' cheap change check) */
@@ -79,10 +81,11 @@ int64_t sherld_now_ms(void);
 
 /* Opens the store, loads tokens, recovers jobs a previous daemon left (RUNNING and LOADING
  * jobs resume from their checkpoints; STOPPING ones end CANCELLED; QUEUED stay queued), and
- * starts the scheduler. */
-sherl_status jobs_start(sherld *d);
-/* Drain: no new jobs; running ones checkpoint and are recorded as resumable (QUEUED) within
- * drain-timeout; then the scheduler stops. */
+ * sets up the scheduler on the libuv loop (it runs while the loop runs). */
+sherl_status jobs_start(sherld *d, uv_loop_t *loop);
+/* Drain, on the loop's thread after the loop stopped: no new jobs; running ones checkpoint and
+ * are recorded as resumable (QUEUED) within drain-timeout; the scheduler's handles close (run
+ * the loop once more to finish closing them). */
 void jobs_stop(sherld *d);
 
 /* Results carry a gRPC status code (rpc.h) and a message naming the field and the problem. */
