@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 
 import sherld_harness
 from sherld_harness import check, failures
@@ -289,10 +290,17 @@ p = d.ctl("watch", second)
 check(p.returncode == 0, "the queued job did not run after the first: %s" % p.stderr[-200:])
 os.rename(logfile, logfile + ".1")
 d.p.send_signal(signal.SIGHUP)
+# the reopened file is the effect to wait for (signals reach the loop asynchronously; a SIGTERM
+# sent right behind could overtake this one)
+reopened = False
+for _ in range(600):
+    if os.path.exists(logfile) and "SIGHUP: log reopened" in open(logfile).read():
+        reopened = True
+        break
+    time.sleep(0.05)
+check(reopened, "SIGHUP did not reopen the log file within 30 s")
 d.term()
 check("STOPPING=1" in sock.recv(4096).decode(), "sd_notify STOPPING=1")
-check(os.path.exists(logfile) and "SIGHUP: log reopened" in open(logfile).read(),
-      "SIGHUP did not reopen the log file")
 d = Daemon(os.path.join(work, "state-small"), extra=("--memory-budget", str(int(peak * 0.5))))
 p = d.ctl("submit", job)
 check(p.returncode == 1 and "RESOURCE_EXHAUSTED" in p.stderr and "memory budget" in p.stderr,
