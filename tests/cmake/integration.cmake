@@ -35,3 +35,11 @@ if(SHERL_SERVICE AND NOT SHERL_SANITIZE)
     $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_sharing)
   set_tests_properties(service_sharing PROPERTIES TIMEOUT 600)
 endif()
+
+# The README's demo at a reduced size: linear, sherl and full through sherld on a few hundred
+# WordNet glosses; every job SUCCEEDED and the table has its fields.
+if(SHERL_SERVICE)
+  add_test(NAME demo_small COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/demo_small.py
+    ${CMAKE_SOURCE_DIR}/tools/demo.py ${CMAKE_BINARY_DIR} ${SHERL_TEST_WORK}/demo_small)
+  set_tests_properties(demo_small PROPERTIES TIMEOUT 900)
+endif()
