@@ -43,3 +43,7 @@ if(SHERL_SERVICE)
     ${CMAKE_SOURCE_DIR}/tools/demo.py ${CMAKE_BINARY_DIR} ${SHERL_TEST_WORK}/demo_small)
   set_tests_properties(demo_small PROPERTIES TIMEOUT 900)
 endif()
+
+add_test(NAME converters COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/converters.py
+  ${CMAKE_SOURCE_DIR}/tools ${SHERL_TEST_WORK}/converters)
+set_tests_properties(converters PROPERTIES TIMEOUT 120)
