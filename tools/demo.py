@@ -3,7 +3,7 @@
 supersense data through sherld, with SHERL and the baselines on the same split and budget, and
 prints one comparison table (also written as Markdown, JSON and a PNG figure).
 
-  demo.py [--build DIR] [--out DIR] [--methods linear,sherl,full] [--classes N]
+  demo.py [--build DIR] [--out DIR] [--methods linear,sherl,late,full] [--classes N]
           [--per-class N] [--epochs N] [--full] [--tiny]
 
 --full uses every gloss of every one of the 45 supersenses (long); --tiny a few hundred examples
@@ -45,7 +45,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "demo"))
-    ap.add_argument("--methods", default="linear,sherl,full")
+    ap.add_argument("--methods", default="linear,sherl,late,full")
     ap.add_argument("--classes", type=int, default=12)
     ap.add_argument("--per-class", type=int, default=250)
     ap.add_argument("--epochs", type=int, default=3)

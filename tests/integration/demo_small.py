@@ -20,7 +20,7 @@ if p.returncode:
 else:
     r = json.load(open(os.path.join(work, "results.json")))
     rows = {x["method"]: x for x in r["rows"]}
-    if sorted(rows) != ["full", "linear", "sherl"]:
+    if sorted(rows) != ["full", "late", "linear", "sherl"]:
         failures.append("methods: %s" % sorted(rows))
     for m, x in rows.items():
         if x["state"] != "SUCCEEDED":
@@ -30,8 +30,10 @@ else:
         if not (x["trainable_parameters"] > 0 and x["planned_peak_bytes"] > 0 and
                 x["measured_peak_bytes"] > 0 and x["wall_s"] > 0 and x["samples_per_s"] > 0):
             failures.append("%s: fields %s" % (m, x))
-    if rows and not (rows["linear"]["trainable_parameters"] < rows["sherl"]["trainable_parameters"]
-                     < rows["full"]["trainable_parameters"]):
+    if len(rows) == 4 and not (rows["linear"]["trainable_parameters"] <
+                               rows["sherl"]["trainable_parameters"] <
+                               rows["late"]["trainable_parameters"] <
+                               rows["full"]["trainable_parameters"]):
         failures.append("trainable parameters out of order")
     md = open(os.path.join(work, "results.md")).read()
     for h in ("test accuracy", "test macro-F1", "trainable params", "planned peak",
