@@ -154,8 +154,36 @@ try:
         except grpc.RpcError as e:
             check(e.code() == code, "%s: %s %s (expected %s)" % (type(req).__name__, e.code(),
                                                                  e.details(), code))
+    # garbage for every method: an error status, never a crash or a hang
+    import random  # noqa: E402
+    rng = random.Random(11)
+    unary = ["SubmitJob", "EstimateJob", "GetJob", "ListJobs", "CancelJob", "LoadBackbone",
+             "ListBackbones", "UnloadBackbone", "Predict", "GetNodeStatus"]
+    odd = 0
+    for i in range(200):
+        name = rng.choice(unary + ["WatchJob", "DownloadArtifact", "UploadFile"])
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        ident = lambda b: b  # noqa: E731  raw bytes in and out
+        try:
+            if name in ("WatchJob", "DownloadArtifact"):
+                call = ch.unary_stream("/sherl.v1.Sherl/" + name, ident, ident)
+                for _ in call(blob, timeout=10):
+                    pass
+            elif name == "UploadFile":
+                call = ch.stream_unary("/sherl.v1.Sherl/" + name, ident, ident)
+                call(iter([blob, blob]), timeout=10)
+            else:
+                ch.unary_unary("/sherl.v1.Sherl/" + name, ident, ident)(blob, timeout=10)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                odd += 1
+                print("garbage to %s: %s %s" % (name, e.code(), e.details()))
+    check(odd == 0, "%d garbage requests got a crash-like status" % odd)
+    r = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    check(r.status == health_pb2.HealthCheckResponse.SERVING, "alive after garbage: %s" % r)
     print("python grpcio %s client: health SERVING, 2 uploads, estimate, submit, cancel a queued "
-          "job, run by priority, watch %s, list with paging and a state filter, 6 error codes" %
+          "job, run by priority, watch %s, list with paging and a state filter, 6 error codes, 200 garbage requests answered" %
           (grpc.__version__, " -> ".join(states)))
 finally:
     check(d.term() == 0, "sherld exit code")
