@@ -43,6 +43,15 @@ static const char *tenant_of(sherld *d, rpc_call *c)
     return t;
 }
 
+/* Ends the call with r's status when it is an error; 1 then. */
+static int failed(rpc_call *c, job_result r)
+{
+    if (r.code == RPC_OK)
+        return 0;
+    rpc_finish(c, r.code, r.msg, NULL, 0);
+    return 1;
+}
+
 static void reply(rpc_call *c, const ProtobufCMessage *m)
 {
     size_t len = protobuf_c_message_get_packed_size(m);
@@ -328,10 +337,8 @@ static void reply_job(sherld *d, rpc_call *c, const char *id)
 {
     job_record r;
     job_result jr = jobs_get(d, NULL, id, &r);
-    if (jr.code != RPC_OK) {
-        rpc_finish(c, jr.code, jr.msg, NULL, 0);
+    if (failed(c, jr))
         return;
-    }
     job_msg m;
     job_message(d, &r, &m);
     reply(c, &m.job.base);
@@ -367,10 +374,8 @@ static void h_submit(rpc_call *c, void *ctx)
     char id[JOB_ID_LEN + 1];
     job_result r = jobs_submit(d, tenant, text, priority, id);
     free(text);
-    if (r.code != RPC_OK) {
-        rpc_finish(c, r.code, r.msg, NULL, 0);
+    if (failed(c, r))
         return;
-    }
     reply_job(d, c, id);
 }
 
@@ -396,10 +401,8 @@ static void h_estimate(rpc_call *c, void *ctx)
     job_result r = jobs_estimate(d, tenant, text, &plan, &now, &ever, &free_bytes, reason,
                                  sizeof reason);
     free(text);
-    if (r.code != RPC_OK) {
-        rpc_finish(c, r.code, r.msg, NULL, 0);
+    if (failed(c, r))
         return;
-    }
     Sherl__V1__Estimate e = SHERL__V1__ESTIMATE__INIT;
     e.plan = plan_message(&plan);
     e.fits_now = now, e.fits_ever = ever;
@@ -419,10 +422,8 @@ static void h_get(rpc_call *c, void *ctx)
     job_record r;
     job_result jr = jobs_get(d, tenant, req->id, &r);
     sherl__v1__get_job_request__free_unpacked(req, NULL);
-    if (jr.code != RPC_OK) {
-        rpc_finish(c, jr.code, jr.msg, NULL, 0);
+    if (failed(c, jr))
         return;
-    }
     job_msg m;
     job_message(d, &r, &m);
     reply(c, &m.job.base);
@@ -508,10 +509,8 @@ static void h_cancel(rpc_call *c, void *ctx)
     snprintf(id, sizeof id, "%s", req->id);
     sherl__v1__cancel_job_request__free_unpacked(req, NULL);
     job_result r = jobs_cancel(d, tenant, id);
-    if (r.code != RPC_OK) {
-        rpc_finish(c, r.code, r.msg, NULL, 0);
+    if (failed(c, r))
         return;
-    }
     reply_job(d, c, id);
 }
 
@@ -529,10 +528,8 @@ static void h_watch(rpc_call *c, void *ctx)
     sherl__v1__watch_job_request__free_unpacked(req, NULL);
     job_record r;
     job_result jr = jobs_get(d, tenant, id, &r);
-    if (jr.code != RPC_OK) {
-        rpc_finish(c, jr.code, jr.msg, NULL, 0);
+    if (failed(c, jr))
         return;
-    }
     job_record_free(&r);
     for (;;) {
         pthread_mutex_lock(&d->mu);
@@ -733,10 +730,8 @@ static void h_download(rpc_call *c, void *ctx)
     }
     job_record r;
     job_result jr = jobs_get(d, tenant, id, &r);
-    if (jr.code != RPC_OK) {
-        rpc_finish(c, jr.code, jr.msg, NULL, 0);
+    if (failed(c, jr))
         return;
-    }
     job_state s = r.state;
     job_record_free(&r);
     if (s != JOB_SUCCEEDED) {

@@ -51,16 +51,26 @@ static void print_progress(void *ctx, const train_progress *p)
             p->loss, p->lr, p->samples_per_s, eta);
 }
 
+/* The spec at job_path with the command line's overrides; -1 after a message. */
+static int load_spec(job_spec *spec, const char *job_path, const cli_train_opts *o,
+                     const char *cmd)
+{
+    sherl_status st = job_spec_load(spec, job_path);
+    if (st.code) {
+        fprintf(stderr, "sherl %s: %s\n", cmd, st.msg);
+        return -1;
+    }
+    if (o->threads > 0)
+        spec->threads = o->threads;
+    return 0;
+}
+
 int cmd_train(const char *job_path, const cli_train_opts *o)
 {
     job_spec spec;
-    sherl_status st = job_spec_load(&spec, job_path);
-    if (st.code) {
-        fprintf(stderr, "sherl train: %s\n", st.msg);
+    if (load_spec(&spec, job_path, o, "train"))
         return 2;
-    }
-    if (o->threads > 0)
-        spec.threads = o->threads;
+    sherl_status st;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -98,13 +108,9 @@ int cmd_train(const char *job_path, const cli_train_opts *o)
 int cmd_plan(const char *job_path, const cli_train_opts *o)
 {
     job_spec spec;
-    sherl_status st = job_spec_load(&spec, job_path);
-    if (st.code) {
-        fprintf(stderr, "sherl plan: %s\n", st.msg);
+    if (load_spec(&spec, job_path, o, "plan"))
         return 2;
-    }
-    if (o->threads > 0)
-        spec.threads = o->threads;
+    sherl_status st;
     if (strcmp(spec.device, "cpu")) {
         fprintf(stderr, "sherl plan: device '%s': this build plans for the cpu only\n",
                 spec.device);
