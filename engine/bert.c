@@ -175,6 +175,8 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
         st = load_param(&ld, &m->emb.ln_b, "embeddings.LayerNorm.bias", 1, D, 0);
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
+    if (!st.code)
+        st = sherl_backend_status(be, "uploading the weights");
     if (st.code)
         goto fail;
     m->n_params = (long long)ld.used;
@@ -495,7 +497,7 @@ sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_ba
                            batch->T);
         prev = dst;
     }
-    return sherl_ok();
+    return sherl_backend_status(m->be, "the encoder forward");
 }
 
 sherl_status bert_sentence_embedding(const bert_model *m, bert_workspace *ws,

@@ -110,14 +110,14 @@ int cmd_plan(const char *job_path, const cli_train_opts *o)
     job_spec spec;
     if (load_spec(&spec, job_path, o, "plan"))
         return 2;
-    sherl_status st;
-    if (strcmp(spec.device, "cpu")) {
-        fprintf(stderr, "sherl plan: device '%s': this build plans for the cpu only\n",
-                spec.device);
+    const sherl_backend *be;
+    sherl_status st = job_backend(&spec, &be);
+    if (st.code) {
+        fprintf(stderr, "sherl plan: %s\n", st.msg);
         return 2;
     }
     memory_plan p;
-    st = plan_job(&p, &spec, sherl_backend_cpu());
+    st = plan_job(&p, &spec, be);
     if (st.code) {
         fprintf(stderr, "sherl plan: %s\n", st.msg);
         return 1;

@@ -17,7 +17,7 @@
 
 static const char *const SCHEDULE_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const TASK_NAMES[] = {"classification", "regression"};
-static const char *const DEVICE_NAMES[] = {"cpu", "cuda"};
+static const char *const DEVICE_NAMES[] = {"cpu", "cuda", "auto"};
 static const char *const PRECISION_NAMES[] = {"fp32", "bf16"};
 
 const char *lr_schedule_name(lr_schedule s)

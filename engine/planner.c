@@ -118,11 +118,11 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
     for (int g = 0; g < STEP_GROUPS; g++)
         add(p, SHERL_STEP_GROUP_NAMES[g], PLAN_ARENA, groups[g]);
 
-    sherl_scratch_shape q = {B, T, cfg->num_attention_heads,
-                             cfg->hidden_size / cfg->num_attention_heads,
-                             opt->method == METHOD_SHERL ? m->K : 0, B * T,
-                             opt->method == METHOD_SHERL ? m->side.d : 0, m->ps.total, threads};
-    add(p, "op scratch", PLAN_TRANSIENT, be->scratch_bytes(&q));
+    sherl_scratch_shape q = sherl_step_scratch_shape(m, B, T, threads);
+    if (be->host_memory)
+        add(p, "op scratch", PLAN_TRANSIENT, be->scratch_bytes(&q));
+    else /* a device keeps its library workspace and op scratch for the whole run */
+        add(p, "op scratch and cuBLAS workspace", PLAN_ARENA, be->scratch_bytes(&q));
     add(p, "load staging", PLAN_TRANSIENT, bert_load_staging_bytes(cfg, be));
     if (!be->host_memory) {
         add(p, "copy staging", PLAN_TRANSIENT, SHERL_COPY_CHUNK * sizeof(float));
@@ -223,4 +223,22 @@ cJSON *memory_plan_to_json(const memory_plan *p)
         cJSON_AddItemToArray(items, it);
     }
     return o;
+}
+
+sherl_status job_backend(const job_spec *spec, const sherl_backend **be)
+{
+    *be = sherl_backend_by_name(spec->device);
+    if (*be)
+        return sherl_ok();
+    if (!strcmp(spec->device, "cuda")) {
+        char why[256];
+        sherl_cuda_devices(NULL, 0, why, sizeof why);
+        return sherl_errorf(SHERL_EUNSUPPORTED,
+                            "resources.device \"cuda\": no usable CUDA GPU (%s); use \"cpu\", "
+                            "or \"auto\" to take a GPU when there is one",
+                            why);
+    }
+    return sherl_errorf(SHERL_EINVAL, "resources.device \"%s\": expected \"cpu\", \"cuda\" or "
+                                      "\"auto\"",
+                        spec->device);
 }

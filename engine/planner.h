@@ -70,6 +70,10 @@ sherl_status memory_plan_job(memory_plan *p, const job_spec *spec, const job_inp
 /* Loads the inputs and plans: what `sherl plan` and the daemon's EstimateJob run. */
 sherl_status plan_job(memory_plan *p, const job_spec *spec, const sherl_backend *be);
 
+/* The backend a job runs on: resources.device "cpu"; "cuda" (an error naming the reason when
+ * no GPU is usable); "auto" (cuda when usable, else cpu). */
+sherl_status job_backend(const job_spec *spec, const sherl_backend **be);
+
 const plan_item *memory_plan_find(const memory_plan *p, const char *name);
 void memory_plan_print(FILE *f, const memory_plan *p);
 /* {"method", "batch", "seq_len", "peak_bytes", "arena_bytes", "items": [{name, kind, bytes}]};

@@ -17,12 +17,15 @@
 static const char USAGE[] =
     "usage: sherl <command> [options] MODEL_DIR [TEXT...]\n"
     "       sherl train [--resume] [--stop-after N] [--threads N] JOB.json\n"
+    "       sherl inspect --devices\n"
     "\n"
     "Offline tools of the sherl engine for Hugging Face BERT-family model folders\n"
     "(config.json, model.safetensors, vocab.txt, tokenizer_config.json).\n"
     "\n"
     "commands:\n"
     "  inspect MODEL_DIR            config, tensors (name, dtype, shape) and parameter count\n"
+    "  inspect --devices            the compute devices found: each CUDA GPU (name, compute\n"
+    "                               capability, memory) or why none is usable, and the CPU\n"
     "  tokenize MODEL_DIR [TEXT...] one JSON object per text and line: input_ids,\n"
     "                               token_type_ids, attention_mask (as HF BertTokenizer with\n"
     "                               truncation=True)\n"
@@ -54,7 +57,7 @@ static const char USAGE[] =
 typedef struct {
     int max_length, pair, batch_size, threads;
     const char *pooling; /* NULL: from the model folder */
-    int resume, stop_after, threads_given, json;
+    int resume, stop_after, threads_given, json, devices;
 } cli_opts;
 
 static int fail(sherl_status st)
@@ -125,6 +128,26 @@ static void print_int_array(const int32_t *v, int n)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+
+/* What `auto` would pick, and why: every CUDA device, or the runtime's reason for none. */
+static int cmd_devices(void)
+{
+    sherl_device_info dev[16];
+    char why[256], desc[512];
+    int n = sherl_cuda_devices(dev, 16, why, sizeof why);
+    if (n == 0)
+        printf("cuda   none usable: %s\n", why);
+    for (int i = 0; i < n && i < 16; i++)
+        printf("cuda:%d %s, compute capability %d.%d, %d SMs, %.1f GiB (%.1f GiB free)\n",
+               dev[i].index, dev[i].name, dev[i].cc_major, dev[i].cc_minor,
+               dev[i].multiprocessors, dev[i].total_bytes / 1073741824.0,
+               dev[i].free_bytes / 1073741824.0);
+    sherl_backend_cpu()->describe(desc, sizeof desc);
+    printf("cpu    %s\n", desc);
+    const sherl_backend *be = sherl_backend_by_name("auto");
+    printf("auto   %s\n", be ? be->name : "cpu");
+    return 0;
+}
 
 static int cmd_inspect(const char *dir)
 {
@@ -386,6 +409,8 @@ int main(int argc, char **argv)
                     return free(rest), 2;
                 }
                 o.pooling = argv[++i];
+            } else if (!strcmp(a, "--devices")) {
+                o.devices = 1;
             } else if (!strcmp(a, "--threads")) {
                 if (parse_int(a, i + 1 < argc ? argv[++i] : NULL, 1, 1024, &o.threads))
                     return free(rest), 2;
@@ -431,6 +456,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "sherl: note: %s\n", sherl_backend_cpu()->performance_advice());
         free(rest);
         return cmd_train(dir, &to);
+    }
+    if (o.devices) {
+        if (strcmp(cmd, "inspect") || dir) {
+            fprintf(stderr, "sherl: --devices goes with 'inspect' alone: sherl inspect --devices\n");
+            return free(rest), 2;
+        }
+        free(rest);
+        return cmd_devices();
     }
     if (!dir) {
         fprintf(stderr, "sherl %s: missing MODEL_DIR (see sherl --help)\n", cmd);

@@ -412,6 +412,15 @@ sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
     return sherl_ok();
 }
 
+sherl_scratch_shape sherl_step_scratch_shape(const sherl_model *m, int B, int T, int threads)
+{
+    int sherl = m->opt.method == METHOD_SHERL;
+    sherl_scratch_shape q = {B, T, m->cfg.num_attention_heads,
+                             m->cfg.hidden_size / m->cfg.num_attention_heads, sherl ? m->K : 0,
+                             B * T, sherl ? m->side.d : 0, m->ps.total, threads};
+    return q;
+}
+
 sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T)
 {
     memset(s, 0, sizeof *s);

@@ -125,6 +125,9 @@ sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
 /* Carves every step buffer from ar; s->hidden [L+1] and s->acts [L] must be allocated. */
 void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
                        size_t group_bytes[STEP_GROUPS]);
+/* The shapes a step runs its ops at, for the backend's scratch (planner and prepare). */
+sherl_scratch_shape sherl_step_scratch_shape(const sherl_model *m, int B, int T, int threads);
+
 /* One arena of exactly sherl_step_bytes. */
 sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T);
 void sherl_step_free(sherl_step *s, const sherl_model *m);

@@ -1,5 +1,7 @@
 #include "status.h"
 
+#include "kernels.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -31,6 +33,15 @@ const char *sherl_code_name(sherl_code code)
     case SHERL_EUNSUPPORTED: return "unsupported";
     case SHERL_ECANCELLED: return "cancelled";
     case SHERL_EINTERNAL: return "internal error";
+    case SHERL_EDEVICE: return "device error";
     }
     return "unknown";
+}
+
+sherl_status sherl_backend_status(const struct sherl_backend *be, const char *doing)
+{
+    char msg[400];
+    if (!be || !be->take_error || be->take_error(msg, sizeof msg) == 0)
+        return sherl_ok();
+    return sherl_errorf(SHERL_EDEVICE, "%s: %s", doing, msg);
 }

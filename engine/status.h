@@ -13,6 +13,7 @@ typedef enum {
     SHERL_EUNSUPPORTED, /* well-formed but not something we handle */
     SHERL_ECANCELLED,   /* stopped on request */
     SHERL_EINTERNAL,    /* an invariant of ours broke: a bug, reported rather than crashed on */
+    SHERL_EDEVICE,      /* the compute device failed (a CUDA or cuBLAS error, a lost GPU) */
 } sherl_code;
 
 typedef struct {
@@ -24,6 +25,11 @@ sherl_status sherl_ok(void);
 sherl_status sherl_errorf(sherl_code code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 const char *sherl_code_name(sherl_code code);
+
+struct sherl_backend;
+/* SHERL_EDEVICE with the backend's first failure since the last check (see take_error in
+ * kernels.h), prefixed by what was being done; ok when there was none. */
+sherl_status sherl_backend_status(const struct sherl_backend *be, const char *doing);
 
 #define SHERL_TRY(expr)                              \
     do {                                             \

@@ -239,6 +239,8 @@ static sherl_status evaluate(const sherl_model *m, sherl_step *s, const dataset 
         bert_batch_free(&batch);
         if (st.code)
             break;
+        if ((st = sherl_backend_status(m->be, "evaluating")).code)
+            break;
         loss_sum += loss * nb;
         for (int k = 0; k < nb; k++) {
             if (cls) {
@@ -310,10 +312,12 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     memset(res, 0, sizeof *res);
     res->resumed_from_step = -1;
     double t_start = now_s();
-    const sherl_backend *be = sherl_backend_cpu();
-    if (strcmp(spec->device, "cpu"))
-        return sherl_errorf(SHERL_EUNSUPPORTED, "device '%s': this build trains on the cpu only",
-                            spec->device);
+    const sherl_backend *be;
+    SHERL_TRY(job_backend(spec, &be));
+    if (strcmp(spec->precision, "fp32"))
+        return sherl_errorf(SHERL_EUNSUPPORTED, "resources.precision \"%s\": this build trains "
+                                                "in fp32 only; use \"fp32\"",
+                            spec->precision);
     if (spec->threads > 0)
         be->set_threads(spec->threads);
     /* the peak is measured from here: what the process held before is the baseline */
@@ -361,6 +365,16 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     if (st.code)
         goto done;
     have_step = 1;
+    {
+        int threads = spec->threads > 0 ? spec->threads : be->get_threads();
+        sherl_scratch_shape q = sherl_step_scratch_shape(m, B, T, threads);
+        if (be->prepare(&q)) {
+            st = sherl_backend_status(be, "reserving the step's scratch");
+            if (!st.code)
+                st = sherl_errorf(SHERL_ENOMEM, "reserving the step's scratch failed");
+            goto done;
+        }
+    }
     if (s.arena.cap != res->plan.step_bytes) { /* the planner and the trainer disagree: a bug */
         st = sherl_errorf(SHERL_EINTERNAL, "the step arena (%zu bytes) differs from its plan "
                                            "(%zu bytes)",
@@ -454,6 +468,12 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         double lr = lr_at(spec->schedule, spec->lr, warmup, total, step);
         param_set_adamw(&m->ps, (float)lr, spec->beta1, spec->beta2, spec->eps, spec->weight_decay,
                         step + 1);
+        {
+            char doing[64];
+            snprintf(doing, sizeof doing, "training step %d", step + 1);
+            if ((st = sherl_backend_status(be, doing)).code)
+                break;
+        }
         step++;
         steps_this_run++;
         win_loss += step_loss / step_examples;

@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -5,6 +6,14 @@
 #ifndef SHERL_HAVE_CUDA
 /* Builds without nvcc have no CUDA backend at all. */
 const sherl_backend *sherl_backend_cuda(void) { return NULL; }
+
+int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_len)
+{
+    (void)out, (void)max;
+    if (why && why_len)
+        snprintf(why, why_len, "this build has no CUDA backend (nvcc was not found)");
+    return 0;
+}
 #endif
 
 const sherl_backend *sherl_backend_by_name(const char *name)

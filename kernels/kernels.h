@@ -49,6 +49,23 @@ struct sherl_backend {
     /* The most memory any single op allocates for itself during a step of these shapes (its
      * transient scratch beyond its arguments), for the memory planner. */
     size_t (*scratch_bytes)(const sherl_scratch_shape *shape);
+    /* Reserves, for the calling thread, the scratch a step of these shapes needs (exactly
+     * scratch_bytes(shape)), so that no op allocates inside a step. 0 on success, -1 when the
+     * memory is not there (the message is then in take_error). Ops called without it, or at
+     * larger shapes, grow the thread's scratch on first use. */
+    int (*prepare)(const sherl_scratch_shape *shape);
+    /* The first failure of any call on this backend from the calling thread since the last
+     * take_error (a kernel launch, a library call, an allocation, a copy): returns 0 when there
+     * was none, else -1 with its message in msg; either way the record is cleared. Ops have no
+     * return value: callers check this once per step and turn a failure into a status. Device
+     * work is asynchronous, so a fault inside a kernel is reported at the next synchronising
+     * call (synchronize, copy_to_host, sumsq) or the one after. */
+    int (*take_error)(char *msg, size_t len);
+    /* Free and total bytes of the memory that alloc draws from (the device's, or the host's
+     * available memory for cpu); 0 on success. */
+    int (*mem_info)(size_t *free_bytes, size_t *total_bytes);
+    /* dst = src, both backend memory (regions must not overlap) */
+    void (*copy_device)(void *dst, const void *src, size_t bytes);
 
     /* ---- general matrix multiply ----
      * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).
@@ -60,6 +77,15 @@ struct sherl_backend {
                                  const float *A, int lda, long long stride_a,
                                  const float *B, int ldb, long long stride_b, float beta,
                                  float *C, int ldc, long long stride_c, int batch);
+
+    /* ---- bf16 matrix multiply: A and B in bfloat16 (uint16_t bit patterns), C in fp32, products
+     * accumulated in fp32; otherwise exactly as gemm. ---- */
+    void (*gemm_bf16)(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                      const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *C,
+                      int ldc);
+    /* dst[i] = bf16(src[i]), rounded to nearest even (NaN stays NaN); and back, exactly */
+    void (*f32_to_bf16)(uint16_t *dst, const float *src, size_t n);
+    void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
 
     /* ---- Linear: out[N,OC] = inp[N,C] . weight[OC,C]^T + bias[OC] (bias may be NULL) ---- */
     void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
@@ -194,6 +220,35 @@ static inline float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
     z ^= z >> 31;
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
+
+/* float <-> bfloat16 as every backend rounds it: nearest even, NaN kept quiet. */
+static inline uint16_t sherl_f32_to_bf16(float f)
+{
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep the sign, force a quiet payload */
+        return (uint16_t)((v.u >> 16) | 0x0040u);
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+static inline float sherl_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+/* One CUDA device as the runtime reports it. */
+typedef struct {
+    int index;
+    char name[256];
+    int cc_major, cc_minor;
+    size_t total_bytes, free_bytes;
+    int multiprocessors;
+} sherl_device_info;
+
+/* The CUDA devices this process can use: fills up to max entries and returns how many there
+ * are; 0 with the runtime's reason in why (e.g. "CUDA driver version is insufficient") when
+ * there are none, or when this build has no CUDA backend. */
+int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_len);
 
 /* The CPU backend: always available. */
 const sherl_backend *sherl_backend_cpu(void);

@@ -67,6 +67,57 @@ static const char *cpu_performance_advice(void)
     return NULL;
 }
 
+/* The CPU backend reserves nothing ahead (its scratch is small and per op) and never fails
+ * after alloc, which reports by returning NULL. */
+static int cpu_prepare(const sherl_scratch_shape *shape) { (void)shape; return 0; }
+
+static int cpu_take_error(char *msg, size_t len)
+{
+    if (msg && len)
+        msg[0] = 0;
+    return 0;
+}
+
+/* MemAvailable and MemTotal from /proc/meminfo. */
+static int cpu_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    unsigned long long kb, avail = 0, total = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            avail = kb;
+        else if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+            total = kb;
+    }
+    fclose(f);
+    if (!total)
+        return -1;
+    if (free_bytes)
+        *free_bytes = (size_t)avail * 1024;
+    if (total_bytes)
+        *total_bytes = (size_t)total * 1024;
+    return 0;
+}
+
+static void cpu_copy_device(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+
+static void cpu_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dst[i] = sherl_f32_to_bf16(src[i]);
+}
+
+static void cpu_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dst[i] = sherl_bf16_to_f32(src[i]);
+}
+
 /* ------------------------------------------------------------------------------------------
  * matrix products */
 
@@ -119,6 +170,30 @@ static void cpu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int
     for (int i = 0; i < batch; i++)
         sgemm1(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb,
                beta, C + i * stride_c, ldc);
+}
+
+/* bf16 inputs, fp32 accumulation: every bf16 value is exact in fp32, so widening both operands
+ * and running the fp32 product is the reference semantics. The widened copies are the op's own
+ * allocation (bf16 products are the GPU's business; on the CPU this is the reference). */
+static void cpu_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                          float *C, int ldc)
+{
+    if (M <= 0 || N <= 0 || K <= 0) {
+        cpu_gemm(trans_a, trans_b, M, N, K, alpha, NULL, lda, NULL, ldb, beta, C, ldc);
+        return;
+    }
+    /* the extent each operand spans: the last row holds only its used columns */
+    size_t na = (size_t)((trans_a ? K : M) - 1) * lda + (size_t)(trans_a ? M : K);
+    size_t nb = (size_t)((trans_b ? N : K) - 1) * ldb + (size_t)(trans_b ? K : N);
+    float *a = malloc(na * sizeof(float)), *b = malloc(nb * sizeof(float));
+    if (a && b) {
+        cpu_bf16_to_f32(a, A, na);
+        cpu_bf16_to_f32(b, B, nb);
+        cpu_gemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    }
+    free(a);
+    free(b);
 }
 
 static void cpu_bias_add_forward(float *x, const float *bias, int N, int C)
@@ -1120,6 +1195,13 @@ static const sherl_backend cpu_backend = {
     .performance_advice = cpu_performance_advice,
     .host_memory = 1,
     .scratch_bytes = cpu_scratch_bytes,
+    .prepare = cpu_prepare,
+    .take_error = cpu_take_error,
+    .mem_info = cpu_mem_info,
+    .copy_device = cpu_copy_device,
+    .gemm_bf16 = cpu_gemm_bf16,
+    .f32_to_bf16 = cpu_f32_to_bf16,
+    .bf16_to_f32 = cpu_bf16_to_f32,
     .gemm = cpu_gemm,
     .gemm_strided_batched = cpu_gemm_strided_batched,
     .matmul_forward = cpu_matmul_forward,

@@ -87,6 +87,27 @@ bad = subprocess.run([sherl, "tokenize", model_dir, "--max-length", "zero", "x"]
 if bad.returncode != 2 or "zero" not in bad.stderr:
     failures.append("bad --max-length: rc %d, stderr %r" % (bad.returncode, bad.stderr))
 
+# inspect --devices: one line per CUDA device or the reason there is none, the CPU, and what
+# "auto" picks; the GPU lines are checked against torch's own view of the machine
+dev = subprocess.run([sherl, "inspect", "--devices"], capture_output=True, text=True)
+lines = dev.stdout.splitlines()
+if dev.returncode != 0:
+    failures.append("inspect --devices: rc %d, stderr %r" % (dev.returncode, dev.stderr))
+elif not any(l.startswith("cpu ") for l in lines) or not any(l.startswith("auto ") for l in lines):
+    failures.append("inspect --devices lacks the cpu or auto line: %r" % dev.stdout)
+elif torch.cuda.is_available():
+    gpus = [l for l in lines if l.startswith("cuda:")]
+    if len(gpus) != torch.cuda.device_count():
+        failures.append("inspect --devices lists %d GPUs, torch sees %d" % (len(gpus), torch.cuda.device_count()))
+else:
+    if not any(l.startswith("cuda   none usable: ") and len(l) > 20 for l in lines):
+        failures.append("inspect --devices without a GPU must give the reason: %r" % dev.stdout)
+    if "auto   cpu" not in lines:
+        failures.append("inspect --devices without a GPU: auto must be cpu: %r" % dev.stdout)
+bad = subprocess.run([sherl, "inspect", "--devices", model_dir], capture_output=True, text=True)
+if bad.returncode != 2 or "--devices" not in bad.stderr:
+    failures.append("inspect --devices MODEL_DIR: rc %d, stderr %r" % (bad.returncode, bad.stderr))
+
 for f in failures:
     print("FAIL:", f)
 print("cli oracle: %d problems" % len(failures))

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "job_spec.h"
+#include "planner.h"
 #include "test_util.h"
 
 /* DESIGN.md section 4's example with every other field set to a non-default value too. */
@@ -523,7 +524,7 @@ Test(job_spec, invalid_task)
 
 Test(job_spec, invalid_resources)
 {
-    expect_field("resources.device", "\"tpu\"", "\"cpu\", \"cuda\"");
+    expect_field("resources.device", "\"tpu\"", "\"cpu\", \"cuda\", \"auto\"");
     expect_field("resources.precision", "\"fp16\"", "\"fp32\", \"bf16\"");
     char *t = variant_of(k_full, "resources.device", "\"cpu\"");
     expect_err_(t, strlen(t),
@@ -857,4 +858,36 @@ Test(job_spec, mutations_never_crash)
         check_any(buf, len);
     }
     free(buf);
+}
+
+/* The backend a spec's resources.device selects: cpu always; cuda only with a usable GPU, else
+ * an error with the runtime's reason; auto whichever of the two there is. */
+Test(job_spec, device_selects_backend)
+{
+    job_spec s;
+    const sherl_backend *be = NULL, *gpu = sherl_backend_cuda();
+    char *t = variant_of(k_min, "resources.device", "\"cpu\"");
+    cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK);
+    cr_assert_eq(job_backend(&s, &be).code, SHERL_OK);
+    cr_assert_eq(be, sherl_backend_cpu());
+    free(t);
+    t = variant_of(k_min, "resources.device", "\"auto\"");
+    cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK);
+    cr_assert_eq(job_backend(&s, &be).code, SHERL_OK);
+    cr_assert_eq(be, gpu ? gpu : sherl_backend_cpu());
+    free(t);
+    t = variant_of(k_min, "resources.device", "\"cuda\"");
+    cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK);
+    sherl_status st = job_backend(&s, &be);
+    if (gpu) {
+        cr_assert_eq(st.code, SHERL_OK);
+        cr_assert_eq(be, gpu);
+    } else {
+        char why[256];
+        sherl_cuda_devices(NULL, 0, why, sizeof why);
+        cr_assert_eq(st.code, SHERL_EUNSUPPORTED);
+        cr_assert(strstr(st.msg, "no usable CUDA GPU"), "%s", st.msg);
+        cr_assert(strstr(st.msg, why), "the reason '%s' is missing from: %s", why, st.msg);
+    }
+    free(t);
 }

@@ -1,0 +1,1682 @@
+// CUDA backend: the op table of kernels.h on one NVIDIA GPU, with cuBLAS for every matrix
+// product and plain CUDA C kernels for the rest. Semantics are the CPU backend's
+// (kernels/cpu/ops_cpu.c), op for op; tests/gpu/ops.c checks each against it.
+//
+// Execution model. Every host thread that calls the backend gets its own context: a
+// non-blocking CUDA stream, a cuBLAS handle bound to it, the cuBLAS workspace and the ops'
+// scratch. The daemon runs each job on its own thread, so each job has its own stream and
+// jobs on one device overlap; all of a thread's work is ordered on its stream. Copies to the
+// host, sumsq and synchronize wait for the stream; everything else is asynchronous.
+//
+// Failures. Ops return nothing, so every CUDA and cuBLAS result is checked and the first
+// failure is kept in the thread's context with its call, file and line; take_error hands it
+// to the engine, which turns it into the job's status. Nothing here exits or aborts.
+//
+// Precision. fp32 products run with CUBLAS_COMPUTE_32F (no TF32: the CPU parity tests hold at
+// 1e-5) unless SHERL_CUDA_TF32=1; bf16 products take bf16 operands and accumulate in fp32.
+// Reductions that the CPU backend does in double (LayerNorm statistics, norms, softmax sums,
+// the MTSA dots, sumsq) are done in double here too, in a fixed order, so results do not
+// depend on timing. The one exception is embedding_backward, whose scatter-add uses atomics.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "kernels.h"
+}
+
+// ------------------------------------------------------------------------------------------
+// per-thread context and error record
+
+// cuBLAS asks for a 32 MiB workspace on Hopper; we give it exactly that, from our own
+// allocation, so the planner can count it.
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+// The same chunking as the CPU's deterministic reductions.
+#define RED_CHUNK 8192
+#define MTSA_CHUNK 32
+#define MTSA_EPS 1e-8
+
+struct cuda_ctx {
+    int ready;             // stream and handle created
+    int failed;            // an error has been recorded since the last take_error
+    char err[512];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *workspace;       // cuBLAS workspace
+    void *scratch;         // the ops' own scratch (attention dP, reduction partials)
+    size_t scratch_bytes;
+
+    ~cuda_ctx()
+    {
+        // Thread exit: give the resources back. Errors here have nowhere to go.
+        if (ready) {
+            cudaStreamSynchronize(stream);
+            cublasDestroy(blas);
+            cudaStreamDestroy(stream);
+        }
+        if (workspace)
+            cudaFree(workspace);
+        if (scratch)
+            cudaFree(scratch);
+        cudaGetLastError();
+    }
+};
+
+static thread_local cuda_ctx tls_ctx;
+
+static void record(cuda_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void record(cuda_ctx *c, const char *fmt, ...)
+{
+    if (c->failed)
+        return; // the first failure is the cause; later ones are its consequences
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+    c->failed = 1;
+}
+
+static int check_cuda(cuda_ctx *c, cudaError_t e, const char *call, int line)
+{
+    if (e == cudaSuccess)
+        return 0;
+    record(c, "cuda: %s failed: %s (%s, ops_cuda.cu:%d)", call, cudaGetErrorString(e),
+           cudaGetErrorName(e), line);
+    return -1;
+}
+
+static int check_blas(cuda_ctx *c, cublasStatus_t s, const char *call, int line)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return 0;
+    record(c, "cublas: %s failed: %s (ops_cuda.cu:%d)", call, cublasGetStatusString(s), line);
+    return -1;
+}
+
+#define CK(c, call) check_cuda((c), (call), #call, __LINE__)
+#define CKB(c, call) check_blas((c), (call), #call, __LINE__)
+// After a kernel launch: a bad configuration shows at once; faults inside show later.
+#define LAUNCHED(c, name) check_cuda((c), cudaGetLastError(), "launch of " name, __LINE__)
+
+// The calling thread's context, created on first use. On failure it stays unready with the
+// reason recorded, and every op on this thread does nothing until take_error reports it.
+static cuda_ctx *ctx(void)
+{
+    cuda_ctx *c = &tls_ctx;
+    if (c->ready)
+        return c;
+    if (CK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)))
+        return c;
+    if (CKB(c, cublasCreate(&c->blas))) {
+        cudaStreamDestroy(c->stream);
+        return c;
+    }
+    if (CKB(c, cublasSetStream(c->blas, c->stream)) ||
+        CK(c, cudaMalloc(&c->workspace, CUBLAS_WORKSPACE_BYTES)) ||
+        CKB(c, cublasSetWorkspace(c->blas, c->workspace, CUBLAS_WORKSPACE_BYTES))) {
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->stream);
+        if (c->workspace)
+            cudaFree(c->workspace);
+        c->workspace = NULL;
+        return c;
+    }
+    c->ready = 1;
+    return c;
+}
+
+// The thread's scratch, grown to at least `bytes` (prepare sizes it ahead of a step, so a
+// step never gets here with more than it has). NULL, with the error recorded, on failure.
+static void *scratch(cuda_ctx *c, size_t bytes)
+{
+    if (bytes <= c->scratch_bytes)
+        return c->scratch;
+    // Work queued on the stream may still read the old block.
+    if (CK(c, cudaStreamSynchronize(c->stream)))
+        return NULL;
+    if (c->scratch)
+        cudaFree(c->scratch);
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    bytes = (bytes + 255) & ~(size_t)255;
+    if (CK(c, cudaMalloc(&c->scratch, bytes)))
+        return NULL;
+    c->scratch_bytes = bytes;
+    return c->scratch;
+}
+
+// Launch geometry for grid-stride loops over n elements.
+static unsigned grid_for(size_t n, unsigned block)
+{
+    size_t g = (n + block - 1) / block;
+    if (g > 65535u * 8u)
+        g = 65535u * 8u;
+    return g ? (unsigned)g : 1u;
+}
+
+#define GRID_STRIDE(i, n)                                                                      \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                    \
+         i += (size_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_down_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// memory and execution
+
+static void *cuda_alloc(size_t bytes)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready)
+        return NULL;
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+        cudaGetLastError(); // out of memory is the caller's to report, not a sticky error
+        return NULL;
+    }
+    if (CK(c, cudaMemsetAsync(p, 0, bytes, c->stream)) ||
+        CK(c, cudaStreamSynchronize(c->stream))) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(void *p)
+{
+    if (!p)
+        return;
+    cuda_ctx *c = ctx();
+    CK(c, cudaFree(p));
+}
+
+static void cuda_copy_to_device(void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !bytes)
+        return;
+    // Synchronous for the caller: the host buffer may be reused as soon as we return.
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_copy_to_host(void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !bytes)
+        return;
+    if (CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream)))
+        return;
+    CK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_copy_device(void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !bytes)
+        return;
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+}
+
+static void cuda_zero(void *p, size_t bytes)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !bytes)
+        return;
+    CK(c, cudaMemsetAsync(p, 0, bytes, c->stream));
+}
+
+static void cuda_synchronize(void)
+{
+    cuda_ctx *c = ctx();
+    if (c->ready)
+        CK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_set_threads(int n) { (void)n; }
+static int cuda_get_threads(void) { return 1; }
+
+static void cuda_describe(char *buf, size_t len)
+{
+    int dev = 0, rt = 0, blas_ver = 0;
+    cudaDeviceProp p;
+    cudaGetDevice(&dev);
+    cudaRuntimeGetVersion(&rt);
+    cuda_ctx *c = ctx();
+    if (c->ready)
+        cublasGetVersion(c->blas, &blas_ver);
+    if (cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(buf, len, "cuda: device %d (properties unavailable)", dev);
+        return;
+    }
+    const char *tf32 = getenv("SHERL_CUDA_TF32");
+    snprintf(buf, len,
+             "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, cuBLAS %d, fp32 %s",
+             p.name, p.major, p.minor, p.multiProcessorCount,
+             (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), rt / 1000, (rt % 1000) / 10,
+             blas_ver, tf32 && !strcmp(tf32, "1") ? "with TF32" : "without TF32");
+}
+
+static const char *cuda_performance_advice(void) { return NULL; }
+
+static int cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    if (free_bytes)
+        *free_bytes = f;
+    if (total_bytes)
+        *total_bytes = t;
+    return 0;
+}
+
+static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+// Scratch each op takes from the thread's block (they never need it at the same time).
+static size_t attention_scratch(int B, int T) { return round256(sizeof(float) * (size_t)B * T * T); }
+static size_t reduce_scratch(size_t n)
+{
+    return round256(sizeof(double) * ((n + RED_CHUNK - 1) / RED_CHUNK + 1));
+}
+static size_t mtsa_scratch(int N, int d)
+{
+    return round256(sizeof(double) * (size_t)((N + MTSA_CHUNK - 1) / MTSA_CHUNK) * (d + 1));
+}
+
+static size_t op_scratch_bytes(const sherl_scratch_shape *q)
+{
+    size_t most = reduce_scratch(q->max_reduce > 0 ? q->max_reduce : 1);
+    size_t b = attention_scratch(q->B, q->T);
+    if (b > most)
+        most = b;
+    if (q->K >= 2 && (b = mtsa_scratch(q->N, q->d)) > most)
+        most = b;
+    // gate_add_backward reduces over a tap's worth of elements
+    if ((b = reduce_scratch((size_t)q->N * (q->NH * q->HS > q->d ? q->NH * q->HS : q->d))) > most)
+        most = b;
+    return most;
+}
+
+static size_t cuda_scratch_bytes(const sherl_scratch_shape *q)
+{
+    return CUBLAS_WORKSPACE_BYTES + op_scratch_bytes(q);
+}
+
+static int cuda_prepare(const sherl_scratch_shape *q)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready)
+        return -1;
+    return scratch(c, op_scratch_bytes(q)) ? 0 : -1;
+}
+
+static int cuda_take_error(char *msg, size_t len)
+{
+    cuda_ctx *c = &tls_ctx;
+    int failed = c->failed;
+    if (msg && len)
+        snprintf(msg, len, "%s", failed ? c->err : "");
+    c->failed = 0;
+    c->err[0] = 0;
+    return failed ? -1 : 0;
+}
+
+// ------------------------------------------------------------------------------------------
+// matrix products
+//
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets the operands
+// swapped, with the same transposition flags and leading dimensions.
+
+__global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, long long stride, float beta)
+{
+    long long b = blockIdx.y;
+    GRID_STRIDE(i, (size_t)M * N)
+    {
+        size_t r = i / N, col = i % N;
+        float *p = C + b * stride + r * (size_t)ldc + col;
+        *p = beta == 0.0f ? 0.0f : beta * *p;
+    }
+}
+
+static cublasComputeType_t fp32_compute(void)
+{
+    static int tf32 = -1;
+    if (tf32 < 0) {
+        const char *e = getenv("SHERL_CUDA_TF32");
+        tf32 = e && !strcmp(e, "1");
+    }
+    return tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                     int lda, long long stride_a, const void *B, int ldb, long long stride_b,
+                     cudaDataType_t type, float beta, float *C, int ldc, long long stride_c,
+                     int batch)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || M <= 0 || N <= 0 || batch <= 0)
+        return;
+    if (K <= 0) { // no products: C = beta C, as BLAS defines it
+        dim3 grid(grid_for((size_t)M * N, 256), (unsigned)batch);
+        scale_matrix_kernel<<<grid, 256, 0, c->stream>>>(C, M, N, ldc, stride_c, beta);
+        LAUNCHED(c, "scale_matrix_kernel");
+        return;
+    }
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasComputeType_t compute = type == CUDA_R_32F ? fp32_compute() : CUBLAS_COMPUTE_32F;
+    if (batch == 1)
+        CKB(c, cublasGemmEx(c->blas, op_b, op_a, N, M, K, &alpha, B, type, ldb, A, type, lda,
+                            &beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+    else
+        CKB(c, cublasGemmStridedBatchedEx(c->blas, op_b, op_a, N, M, K, &alpha, B, type, ldb,
+                                          stride_b, A, type, lda, stride_a, &beta, C, CUDA_R_32F,
+                                          ldc, stride_c, batch, compute, CUBLAS_GEMM_DEFAULT));
+}
+
+static void cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, CUDA_R_32F, beta, C, ldc, 0,
+             1);
+}
+
+static void cuda_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                                      const float *A, int lda, long long stride_a,
+                                      const float *B, int ldb, long long stride_b, float beta,
+                                      float *C, int ldc, long long stride_c, int batch)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, CUDA_R_32F,
+             beta, C, ldc, stride_c, batch);
+}
+
+static void cuda_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                           const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                           float *C, int ldc)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, CUDA_R_16BF, beta, C, ldc,
+             0, 1);
+}
+
+// The same bit operations as sherl_f32_to_bf16 in kernels.h.
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x0040u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
+{
+    GRID_STRIDE(i, n) dst[i] = f32_to_bf16_bits(src[i]);
+}
+
+__global__ void bf16_to_f32_kernel(float *dst, const uint16_t *src, size_t n)
+{
+    GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
+}
+
+static void cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !n)
+        return;
+    f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    LAUNCHED(c, "f32_to_bf16_kernel");
+}
+
+static void cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !n)
+        return;
+    bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, src, n);
+    LAUNCHED(c, "bf16_to_f32_kernel");
+}
+
+// ------------------------------------------------------------------------------------------
+// column reductions (bias and LayerNorm parameter gradients)
+//
+// One block per 32 columns; its 32 x 32 threads walk the rows, each thread's column sums in
+// double, then the 32 row-lanes of a column are added in a fixed tree. No atomics: the same
+// inputs give the same bits.
+
+#define COL_TILE 32
+#define COL_ROWS 32
+
+// mode 0: out0[c] += sum_n dout[n,c]
+// mode 1: out0[c] += sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n]; out1[c] += sum_n dout[n,c]
+__global__ void column_sum_kernel(float *out0, float *out1, const float *dout, const float *inp,
+                                  const float *mean, const float *rstd, int N, int C, int mode)
+{
+    __shared__ double s0[COL_ROWS][COL_TILE + 1], s1[COL_ROWS][COL_TILE + 1];
+    int col = blockIdx.x * COL_TILE + threadIdx.x;
+    double a = 0.0, b = 0.0;
+    if (col < C) {
+        for (int n = threadIdx.y; n < N; n += COL_ROWS) {
+            float dy = dout[(size_t)n * C + col];
+            b += dy;
+            if (mode == 1)
+                a += (double)dy * ((inp[(size_t)n * C + col] - mean[n]) * rstd[n]);
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a;
+    s1[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    for (int h = COL_ROWS / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.y < h) {
+            s0[threadIdx.y][threadIdx.x] += s0[threadIdx.y + h][threadIdx.x];
+            s1[threadIdx.y][threadIdx.x] += s1[threadIdx.y + h][threadIdx.x];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.y == 0 && col < C) {
+        if (mode == 0) {
+            out0[col] += (float)s1[0][threadIdx.x];
+        } else {
+            if (out0)
+                out0[col] += (float)s0[0][threadIdx.x];
+            if (out1)
+                out1[col] += (float)s1[0][threadIdx.x];
+        }
+    }
+}
+
+static void column_sum(cuda_ctx *c, float *out0, float *out1, const float *dout, const float *inp,
+                       const float *mean, const float *rstd, int N, int C, int mode)
+{
+    if (N <= 0 || C <= 0)
+        return;
+    dim3 block(COL_TILE, COL_ROWS);
+    column_sum_kernel<<<(C + COL_TILE - 1) / COL_TILE, block, 0, c->stream>>>(
+        out0, out1, dout, inp, mean, rstd, N, C, mode);
+    LAUNCHED(c, "column_sum_kernel");
+}
+
+// ------------------------------------------------------------------------------------------
+// bias and Linear
+
+__global__ void bias_add_kernel(float *x, const float *bias, size_t n, int C)
+{
+    GRID_STRIDE(i, n) x[i] += bias[i % C];
+}
+
+static void cuda_bias_add_forward(float *x, const float *bias, int N, int C)
+{
+    cuda_ctx *c = ctx();
+    size_t n = (size_t)N * C;
+    if (!c->ready || !n)
+        return;
+    bias_add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(x, bias, n, C);
+    LAUNCHED(c, "bias_add_kernel");
+}
+
+static void cuda_bias_add_backward(float *dbias, const float *dout, int N, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready)
+        return;
+    column_sum(c, dbias, NULL, dout, NULL, NULL, NULL, N, C, 0);
+}
+
+static void cuda_matmul_forward(float *out, const float *inp, const float *weight,
+                                const float *bias, int N, int C, int OC)
+{
+    cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+    if (bias)
+        cuda_bias_add_forward(out, bias, N, OC);
+}
+
+static void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, int N, int C, int OC)
+{
+    if (dinp)
+        cuda_gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+    if (dweight)
+        cuda_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    if (dbias)
+        cuda_bias_add_backward(dbias, dout, N, OC);
+}
+
+// ------------------------------------------------------------------------------------------
+// LayerNorm: one warp per row, statistics in double as on the CPU
+
+#define ROWS_PER_BLOCK 8 // warps of a 256-thread block, one row each
+
+__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, int N, int C,
+                                         float eps)
+{
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (size_t)row * C;
+    double s = 0.0;
+    for (int i = lane; i < C; i += 32)
+        s += x[i];
+    double m = warp_sum(s) / C;
+    double v = 0.0;
+    for (int i = lane; i < C; i += 32) {
+        double d = x[i] - m;
+        v += d * d;
+    }
+    v = warp_sum(v) / C;
+    float fm = (float)m, rs = (float)(1.0 / sqrt(v + (double)eps));
+    float *y = out + (size_t)row * C;
+    for (int i = lane; i < C; i += 32)
+        y[i] = (x[i] - fm) * rs * weight[i] + bias[i];
+    if (lane == 0) {
+        if (mean)
+            mean[row] = fm;
+        if (rstd)
+            rstd[row] = rs;
+    }
+}
+
+__global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp,
+                                          const float *weight, const float *mean,
+                                          const float *rstd, int N, int C)
+{
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (size_t)row * C, *dy = dout + (size_t)row * C;
+    float *dx = dinp + (size_t)row * C;
+    float m = mean[row], rs = rstd[row];
+    double a = 0.0, b = 0.0;
+    for (int i = lane; i < C; i += 32) {
+        double g = (double)dy[i] * weight[i];
+        a += g;
+        b += g * ((x[i] - m) * rs);
+    }
+    float ma = (float)(warp_sum(a) / C), mb = (float)(warp_sum(b) / C);
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * rs;
+        dx[i] += (dy[i] * weight[i] - ma - norm * mb) * rs;
+    }
+}
+
+static unsigned row_blocks(int rows) { return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
+
+static void cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                   const float *weight, const float *bias, int N, int C, float eps)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || C <= 0)
+        return;
+    layernorm_forward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(out, mean, rstd, inp, weight,
+                                                                    bias, N, C, eps);
+    LAUNCHED(c, "layernorm_forward_kernel");
+}
+
+static void cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                    const float *inp, const float *weight, const float *mean,
+                                    const float *rstd, int N, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || C <= 0)
+        return;
+    if (dinp) {
+        layernorm_backward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(dinp, dout, inp, weight,
+                                                                         mean, rstd, N, C);
+        LAUNCHED(c, "layernorm_backward_kernel");
+    }
+    if (dweight || dbias)
+        column_sum(c, dweight, dbias, dout, inp, mean, rstd, N, C, 1);
+}
+
+// ------------------------------------------------------------------------------------------
+// element-wise ops
+
+__global__ void gelu_forward_kernel(float *out, const float *inp, size_t n)
+{
+    // 0.5 x erfc(-x / sqrt 2): full relative accuracy in the negative tail, as on the CPU
+    GRID_STRIDE(i, n)
+    {
+        float x = inp[i];
+        out[i] = 0.5f * x * erfcf(-x * 0.70710678118654752f);
+    }
+}
+
+__global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float x = inp[i];
+        float cdf = 0.5f * erfcf(-x * 0.70710678118654752f);
+        float pdf = 0.3989422804014327f * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+__global__ void residual_forward_kernel(float *out, const float *a, const float *b, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = a[i] + b[i];
+}
+
+__global__ void residual_backward_kernel(float *da, float *db, const float *dout, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        if (da)
+            da[i] += dout[i];
+        if (db)
+            db[i] += dout[i];
+    }
+}
+
+__global__ void relu_forward_kernel(float *out, const float *inp, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = inp[i] < 0.0f ? 0.0f : inp[i]; // NaN stays NaN, as torch.relu
+}
+
+__global__ void relu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    GRID_STRIDE(i, n) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+__global__ void scale_kernel(float *x, size_t n, float s)
+{
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+// The dropout RNG of kernels.h (sherl_dropout_uniform), bit for bit.
+__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t counter)
+{
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (counter + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+__global__ void dropout_forward_kernel(float *out, const float *inp, size_t n, float p,
+                                       float keep_scale, uint64_t seed, uint64_t offset)
+{
+    GRID_STRIDE(i, n) out[i] = dropout_uniform(seed, offset + i) >= p ? inp[i] * keep_scale : 0.0f;
+}
+
+__global__ void dropout_backward_kernel(float *dinp, const float *dout, size_t n, float p,
+                                        float keep_scale, uint64_t seed, uint64_t offset)
+{
+    GRID_STRIDE(i, n)
+    {
+        if (p <= 0.0f || dropout_uniform(seed, offset + i) >= p)
+            dinp[i] += dout[i] * keep_scale;
+    }
+}
+
+// Launches an element-wise kernel over n elements on the thread's stream.
+#define ELEMENTWISE(kernel, n, ...)                                                            \
+    do {                                                                                       \
+        cuda_ctx *c_ = ctx();                                                                  \
+        if (!c_->ready || (n) == 0)                                                            \
+            return;                                                                            \
+        kernel<<<grid_for((n), 256), 256, 0, c_->stream>>>(__VA_ARGS__);                       \
+        LAUNCHED(c_, #kernel);                                                                 \
+    } while (0)
+
+static void cuda_gelu_forward(float *out, const float *inp, size_t n)
+{
+    ELEMENTWISE(gelu_forward_kernel, n, out, inp, n);
+}
+
+static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    ELEMENTWISE(gelu_backward_kernel, n, dinp, inp, dout, n);
+}
+
+static void cuda_residual_forward(float *out, const float *a, const float *b, size_t n)
+{
+    ELEMENTWISE(residual_forward_kernel, n, out, a, b, n);
+}
+
+static void cuda_residual_backward(float *da, float *db, const float *dout, size_t n)
+{
+    if (!da && !db)
+        return;
+    ELEMENTWISE(residual_backward_kernel, n, da, db, dout, n);
+}
+
+static void cuda_relu_forward(float *out, const float *inp, size_t n)
+{
+    ELEMENTWISE(relu_forward_kernel, n, out, inp, n);
+}
+
+static void cuda_relu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    ELEMENTWISE(relu_backward_kernel, n, dinp, inp, dout, n);
+}
+
+static void cuda_scale(float *x, size_t n, float s) { ELEMENTWISE(scale_kernel, n, x, n, s); }
+
+static void cuda_dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed,
+                                 uint64_t offset)
+{
+    if (p <= 0.0f) {
+        if (out != inp) {
+            cuda_ctx *c = ctx();
+            if (c->ready && n)
+                CK(c, cudaMemcpyAsync(out, inp, n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                      c->stream));
+        }
+        return;
+    }
+    float keep_scale = 1.0f / (1.0f - p);
+    ELEMENTWISE(dropout_forward_kernel, n, out, inp, n, p, keep_scale, seed, offset);
+}
+
+static void cuda_dropout_backward(float *dinp, const float *dout, size_t n, float p,
+                                  uint64_t seed, uint64_t offset)
+{
+    float keep_scale = p <= 0.0f ? 1.0f : 1.0f / (1.0f - p);
+    ELEMENTWISE(dropout_backward_kernel, n, dinp, dout, n, p, keep_scale, seed, offset);
+}
+
+// ------------------------------------------------------------------------------------------
+// softmax and attention
+
+// Row r of [rows, Tk]: out = softmax(scale * inp + mask[b]) with b = r / rows_per_b. out may
+// alias inp: each element is read before its own thread writes it.
+__global__ void softmax_forward_kernel(float *out, const float *inp, const float *mask,
+                                       float scale, long long rows, long long rows_per_b, int Tk)
+{
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    const float *x = inp + row * Tk;
+    const float *mk = mask ? mask + (row / rows_per_b) * Tk : NULL;
+    float mx = -INFINITY;
+    for (int k = lane; k < Tk; k += 32)
+        mx = fmaxf(mx, scale * x[k] + (mk ? mk[k] : 0.0f));
+    mx = warp_max(mx);
+    double sum = 0.0;
+    for (int k = lane; k < Tk; k += 32)
+        sum += expf(scale * x[k] + (mk ? mk[k] : 0.0f) - mx);
+    float inv = (float)(1.0 / warp_sum(sum));
+    float *y = out + row * Tk;
+    for (int k = lane; k < Tk; k += 32)
+        y[k] = expf(scale * x[k] + (mk ? mk[k] : 0.0f) - mx) * inv;
+}
+
+__global__ void softmax_backward_kernel(float *dinp, const float *dout, const float *out,
+                                        float scale, long long rows, int Tk)
+{
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    const float *y = out + row * Tk, *dy = dout + row * Tk;
+    float *dx = dinp + row * Tk;
+    double dot = 0.0;
+    for (int k = lane; k < Tk; k += 32)
+        dot += (double)dy[k] * y[k];
+    float fd = (float)warp_sum(dot);
+    for (int k = lane; k < Tk; k += 32)
+        dx[k] += scale * y[k] * (dy[k] - fd);
+}
+
+static unsigned long_row_blocks(long long rows)
+{
+    return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+}
+
+static void cuda_softmax_forward(float *out, const float *inp, const float *mask, float scale,
+                                 int B, int H, int Tq, int Tk)
+{
+    cuda_ctx *c = ctx();
+    long long rows = (long long)B * H * Tq;
+    if (!c->ready || rows <= 0 || Tk <= 0)
+        return;
+    softmax_forward_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
+        out, inp, mask, scale, rows, (long long)H * Tq, Tk);
+    LAUNCHED(c, "softmax_forward_kernel");
+}
+
+static void cuda_softmax_backward(float *dinp, const float *dout, const float *out, float scale,
+                                  int B, int H, int Tq, int Tk)
+{
+    cuda_ctx *c = ctx();
+    long long rows = (long long)B * H * Tq;
+    if (!c->ready || rows <= 0 || Tk <= 0)
+        return;
+    softmax_backward_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(dinp, dout, out, scale,
+                                                                           rows, Tk);
+    LAUNCHED(c, "softmax_backward_kernel");
+}
+
+// Attention, one head at a time over the whole batch: each head's q, k, v are strided views
+// of qkv[B,T,3C], so every product is one strided-batched GEMM with batch B.
+static void cuda_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
+                                   int B, int T, int NH, int HS)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0)
+        return;
+    const int C = NH * HS, C3 = 3 * C;
+    const long long sq = (long long)T * C3, sp = (long long)NH * T * T, so = (long long)T * C;
+    for (int h = 0; h < NH; h++) {
+        const float *q = qkv + h * HS, *k = qkv + C + h * HS;
+        cuda_gemm_strided_batched(0, 1, T, T, HS, 1.0f, q, C3, sq, k, C3, sq, 0.0f,
+                                  probs + (size_t)h * T * T, T, sp, B);
+    }
+    cuda_softmax_forward(probs, probs, mask, 1.0f / sqrtf((float)HS), B, NH, T, T);
+    for (int h = 0; h < NH; h++) {
+        const float *v = qkv + 2 * C + h * HS;
+        cuda_gemm_strided_batched(0, 0, T, HS, T, 1.0f, probs + (size_t)h * T * T, T, sp, v, C3,
+                                  sq, 0.0f, out + h * HS, C, so, B);
+    }
+}
+
+// dS = scale * P (dP - rowsum(P dP)), in place in dp[B,T,T] (one head h of probs[B,NH,T,T]).
+__global__ void attention_dscores_kernel(float *dp, const float *probs, int B, int T, int NH,
+                                         int h, float scale)
+{
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (long long)B * T)
+        return;
+    long long b = row / T, i = row % T;
+    const float *p = probs + ((b * NH + h) * T + i) * T;
+    float *d = dp + row * T;
+    double dot = 0.0;
+    for (int j = lane; j < T; j += 32)
+        dot += (double)d[j] * p[j];
+    float fd = (float)warp_sum(dot);
+    for (int j = lane; j < T; j += 32)
+        d[j] = scale * p[j] * (d[j] - fd);
+}
+
+static void cuda_attention_backward(float *dqkv, const float *dout, const float *qkv,
+                                    const float *probs, int B, int T, int NH, int HS)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0)
+        return;
+    float *dp = (float *)scratch(c, attention_scratch(B, T));
+    if (!dp)
+        return;
+    const int C = NH * HS, C3 = 3 * C;
+    const long long sq = (long long)T * C3, sp = (long long)NH * T * T, so = (long long)T * C,
+                    sd = (long long)T * T;
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int h = 0; h < NH; h++) {
+        const float *q = qkv + h * HS, *k = qkv + C + h * HS, *v = qkv + 2 * C + h * HS;
+        float *dq = dqkv + h * HS, *dk = dqkv + C + h * HS, *dv = dqkv + 2 * C + h * HS;
+        const float *p = probs + (size_t)h * T * T, *dy = dout + h * HS;
+        // dP = dO V^T;  dV += P^T dO
+        cuda_gemm_strided_batched(0, 1, T, T, HS, 1.0f, dy, C, so, v, C3, sq, 0.0f, dp, T, sd, B);
+        cuda_gemm_strided_batched(1, 0, T, HS, T, 1.0f, p, T, sp, dy, C, so, 1.0f, dv, C3, sq, B);
+        attention_dscores_kernel<<<long_row_blocks((long long)B * T), 256, 0, c->stream>>>(
+            dp, probs, B, T, NH, h, scale);
+        LAUNCHED(c, "attention_dscores_kernel");
+        // dQ += dS K;  dK += dS^T Q
+        cuda_gemm_strided_batched(0, 0, T, HS, T, 1.0f, dp, T, sd, k, C3, sq, 1.0f, dq, C3, sq, B);
+        cuda_gemm_strided_batched(1, 0, T, HS, T, 1.0f, dp, T, sd, q, C3, sq, 1.0f, dk, C3, sq, B);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// embedding, pooling, normalisation
+
+__global__ void embedding_forward_kernel(float *out, const int32_t *ids, const float *table,
+                                         size_t n, int C)
+{
+    GRID_STRIDE(i, n) out[i] = table[(size_t)ids[i / C] * C + i % C];
+}
+
+__global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *ids,
+                                          size_t n, int C)
+{
+    // Rows may repeat an id: an atomic add is the one ordering-dependent sum in this backend.
+    GRID_STRIDE(i, n) atomicAdd(&dtable[(size_t)ids[i / C] * C + i % C], dout[i]);
+}
+
+static void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N,
+                                   int C)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(embedding_forward_kernel, n, out, ids, table, n, C);
+}
+
+static void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
+                                    int C)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(embedding_backward_kernel, n, dtable, dout, ids, n, C);
+}
+
+// 1 / max(number of real tokens of row b, 1e-9), counted by the whole block.
+__device__ float block_inv_token_count(const int32_t *mask_row, int T)
+{
+    __shared__ int count;
+    if (threadIdx.x == 0)
+        count = 0;
+    __syncthreads();
+    int local = 0;
+    for (int t = threadIdx.x; t < T; t += blockDim.x)
+        local += mask_row[t] != 0;
+    atomicAdd(&count, local); // integers: exact in any order
+    __syncthreads();
+    int cnt = count;
+    return (float)(1.0 / (cnt > 0 ? (double)cnt : 1e-9));
+}
+
+// One block per batch row.
+__global__ void mean_pool_forward_kernel(float *out, const float *inp, const int32_t *mask, int T,
+                                         int C)
+{
+    int b = blockIdx.x;
+    const int32_t *mk = mask + (size_t)b * T;
+    float inv = block_inv_token_count(mk, T);
+    for (int col = threadIdx.x; col < C; col += blockDim.x) {
+        double s = 0.0;
+        for (int t = 0; t < T; t++)
+            if (mk[t])
+                s += inp[((size_t)b * T + t) * C + col];
+        out[(size_t)b * C + col] = (float)s * inv;
+    }
+}
+
+__global__ void mean_pool_backward_kernel(float *dinp, const float *dout, const int32_t *mask,
+                                          int T, int C)
+{
+    int b = blockIdx.x;
+    const int32_t *mk = mask + (size_t)b * T;
+    float inv = block_inv_token_count(mk, T);
+    for (size_t i = threadIdx.x; i < (size_t)T * C; i += blockDim.x) {
+        size_t t = i / C, col = i % C;
+        if (mk[t])
+            dinp[((size_t)b * T + t) * C + col] += dout[(size_t)b * C + col] * inv;
+    }
+}
+
+static void cuda_mean_pool_forward(float *out, const float *inp, const int32_t *mask, int B,
+                                   int T, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || C <= 0)
+        return;
+    mean_pool_forward_kernel<<<B, 256, 0, c->stream>>>(out, inp, mask, T, C);
+    LAUNCHED(c, "mean_pool_forward_kernel");
+}
+
+static void cuda_mean_pool_backward(float *dinp, const float *dout, const int32_t *mask, int B,
+                                    int T, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || C <= 0 || T <= 0)
+        return;
+    mean_pool_backward_kernel<<<B, 256, 0, c->stream>>>(dinp, dout, mask, T, C);
+    LAUNCHED(c, "mean_pool_backward_kernel");
+}
+
+__global__ void l2norm_forward_kernel(float *out, const float *inp, int N, int C, float eps)
+{
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (size_t)row * C;
+    double ss = 0.0;
+    for (int i = lane; i < C; i += 32)
+        ss += (double)x[i] * x[i];
+    double nrm = sqrt(warp_sum(ss));
+    float inv = (float)(1.0 / (nrm > eps ? nrm : (double)eps));
+    for (int i = lane; i < C; i += 32)
+        out[(size_t)row * C + i] = x[i] * inv;
+}
+
+__global__ void l2norm_backward_kernel(float *dinp, const float *dout, const float *inp, int N,
+                                       int C, float eps)
+{
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (size_t)row * C, *dy = dout + (size_t)row * C;
+    float *dx = dinp + (size_t)row * C;
+    double ss = 0.0, xdy = 0.0;
+    for (int i = lane; i < C; i += 32) {
+        ss += (double)x[i] * x[i];
+        xdy += (double)x[i] * dy[i];
+    }
+    double nrm = sqrt(warp_sum(ss));
+    xdy = warp_sum(xdy);
+    if (nrm > eps) {
+        // y = x/|x|: dx = (dy - y (y . dy)) / |x|
+        double ydy = xdy / nrm;
+        for (int i = lane; i < C; i += 32)
+            dx[i] += (float)((dy[i] - (x[i] / nrm) * ydy) / nrm);
+    } else {
+        for (int i = lane; i < C; i += 32)
+            dx[i] += dy[i] / eps;
+    }
+}
+
+static void cuda_l2norm_forward(float *out, const float *inp, int N, int C, float eps)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || C <= 0)
+        return;
+    l2norm_forward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(out, inp, N, C, eps);
+    LAUNCHED(c, "l2norm_forward_kernel");
+}
+
+static void cuda_l2norm_backward(float *dinp, const float *dout, const float *inp, int N, int C,
+                                 float eps)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || C <= 0)
+        return;
+    l2norm_backward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(dinp, dout, inp, N, C, eps);
+    LAUNCHED(c, "l2norm_backward_kernel");
+}
+
+// ------------------------------------------------------------------------------------------
+// deterministic reductions: sum x[i] y[i] (y NULL: x[i]^2) in fixed chunks of RED_CHUNK, one
+// block per chunk, then the chunk sums in order by one block; the total stays on the device.
+
+#define RED_THREADS 256
+
+__device__ double block_sum(double v)
+{
+    __shared__ double part[RED_THREADS / 32];
+    v = warp_sum(v);
+    if (threadIdx.x % 32 == 0)
+        part[threadIdx.x / 32] = v;
+    __syncthreads();
+    double s = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x / 32); w++)
+            s += part[w];
+    __syncthreads();
+    return s; // meaningful in thread 0
+}
+
+__global__ void chunk_dot_kernel(double *partial, const float *x, const float *y, size_t n)
+{
+    size_t lo = (size_t)blockIdx.x * RED_CHUNK, hi = lo + RED_CHUNK < n ? lo + RED_CHUNK : n;
+    double s = 0.0;
+    for (size_t i = lo + threadIdx.x; i < hi; i += blockDim.x)
+        s += y ? (double)x[i] * y[i] : (double)x[i] * x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0)
+        partial[blockIdx.x] = s;
+}
+
+__global__ void sum_partials_kernel(double *total, const double *partial, size_t count)
+{
+    double s = 0.0;
+    for (size_t i = threadIdx.x; i < count; i += blockDim.x)
+        s += partial[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0)
+        *total = s;
+}
+
+// Leaves the sum in the last slot of the returned scratch (NULL on failure).
+static double *device_dot(cuda_ctx *c, const float *x, const float *y, size_t n)
+{
+    size_t chunks = (n + RED_CHUNK - 1) / RED_CHUNK;
+    double *part = (double *)scratch(c, reduce_scratch(n));
+    if (!part)
+        return NULL;
+    if (chunks) {
+        chunk_dot_kernel<<<(unsigned)chunks, RED_THREADS, 0, c->stream>>>(part, x, y, n);
+        LAUNCHED(c, "chunk_dot_kernel");
+    }
+    sum_partials_kernel<<<1, RED_THREADS, 0, c->stream>>>(part + chunks, part, chunks);
+    LAUNCHED(c, "sum_partials_kernel");
+    return part + chunks;
+}
+
+static double cuda_sumsq(const float *x, size_t n)
+{
+    cuda_ctx *c = ctx();
+    double total = 0.0;
+    if (!c->ready || !n)
+        return 0.0;
+    const double *d = device_dot(c, x, NULL, n);
+    if (!d)
+        return 0.0;
+    if (!CK(c, cudaMemcpyAsync(&total, d, sizeof total, cudaMemcpyDeviceToHost, c->stream)))
+        CK(c, cudaStreamSynchronize(c->stream));
+    return total;
+}
+
+// ------------------------------------------------------------------------------------------
+// tanh gate
+
+__global__ void gate_add_forward_kernel(float *out, const float *y, const float *h,
+                                        const float *lambda, float temp, size_t n)
+{
+    const float gate = (float)tanh((double)lambda[0] / temp);
+    GRID_STRIDE(i, n) out[i] = y[i] + gate * h[i];
+}
+
+__global__ void gate_lambda_grad_kernel(float *dlambda, const double *dot, const float *lambda,
+                                        float temp)
+{
+    double th = tanh((double)lambda[0] / temp);
+    dlambda[0] += (float)(*dot * (1.0 - th * th) / temp);
+}
+
+static void cuda_gate_add_forward(float *out, const float *y, const float *h, const float *lambda,
+                                  float temp, size_t n)
+{
+    ELEMENTWISE(gate_add_forward_kernel, n, out, y, h, lambda, temp, n);
+}
+
+static void cuda_gate_add_backward(float *dy, float *dlambda, const float *dout, const float *h,
+                                   const float *lambda, float temp, size_t n)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || !n)
+        return;
+    if (dy) {
+        residual_backward_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dy, NULL, dout, n);
+        LAUNCHED(c, "residual_backward_kernel");
+    }
+    if (dlambda) {
+        const double *dot = device_dot(c, dout, h, n);
+        if (!dot)
+            return;
+        gate_lambda_grad_kernel<<<1, 1, 0, c->stream>>>(dlambda, dot, lambda, temp);
+        LAUNCHED(c, "gate_lambda_grad_kernel");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// SHERL guidance (kernels.h; the CPU version in ops_cpu.c has the derivation)
+//
+// Forward: one block per token. Its warps share out the dot products of the token (the Gram
+// matrix of the S shallow taps and the S scores), each in double over the feature dim; one
+// thread does the S x S scalar work; then the threads combine the taps feature by feature.
+// Backward: one block per chunk of MTSA_CHUNK tokens, taken in order, so that each thread
+// adds its features' dw terms into the chunk's own slot in the order the CPU does; the
+// chunk slots are then summed in order by a second kernel.
+
+#define MTSA_THREADS 128
+
+// Shared layout for S shallow taps: G[S*S], M[S*S], then 8 vectors of S (all double).
+static size_t mtsa_shared_bytes(int S) { return (2 * (size_t)S * S + 8 * (size_t)S) * sizeof(double); }
+
+// The token's dots, shared out among the warps: G[j,m] = x_j . x_m (m >= j, mirrored), and
+// extra[j] = x_j . v for v = (mode 0) w * g, or (mode 1) dz.
+__device__ void mtsa_token_dots(double *G, double *extra, const float *x, size_t tap, int S, int d,
+                                const float *w, const float *g, const float *dz, int mode)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int pairs = S * (S + 1) / 2;
+    for (int task = warp; task < pairs + S; task += warps) {
+        double s = 0.0;
+        if (task < pairs) {
+            int j = 0, r = task; // task -> (j, m), m >= j, row by row
+            while (r >= S - j) {
+                r -= S - j;
+                j++;
+            }
+            int m = j + r;
+            const float *a = x + (size_t)j * tap, *b = x + (size_t)m * tap;
+            for (int e = lane; e < d; e += 32)
+                s += (double)a[e] * b[e];
+            s = warp_sum(s);
+            if (lane == 0)
+                G[j * S + m] = G[m * S + j] = s;
+        } else {
+            int j = task - pairs;
+            const float *a = x + (size_t)j * tap;
+            for (int e = lane; e < d; e += 32)
+                s += mode == 0 ? a[e] * ((double)w[e] * g[e]) : (double)dz[e] * a[e];
+            s = warp_sum(s);
+            if (lane == 0)
+                extra[j] = s;
+        }
+    }
+}
+
+__global__ void mtsa_forward_kernel(float *z, float *s_out, float *rho_out, float *alpha_out,
+                                    const float *x, const float *w, const float *cptr, int S,
+                                    int N, int d)
+{
+    extern __shared__ double sh[];
+    double *G = sh, *inv = G + 2 * (size_t)S * S, *sv = inv + S, *al = sv + S;
+    const int n = blockIdx.x;
+    const size_t tap = (size_t)N * d;
+    const float *xt = x + (size_t)n * d, *g = xt + (size_t)S * tap;
+    mtsa_token_dots(G, sv, xt, tap, S, d, w, g, NULL, 0);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const double c0 = cptr ? cptr[0] : 0.0f;
+        for (int j = 0; j < S; j++)
+            inv[j] = 1.0 / (sqrt(G[j * S + j]) + MTSA_EPS);
+        double asum = 0.0;
+        for (int j = 0; j < S; j++) {
+            double rho = 0.0;
+            for (int m = 0; m < S; m++) {
+                double cs = G[j * S + m] * inv[j] * inv[m];
+                rho += cs > 0.0 ? cs : 0.0;
+            }
+            double s = c0 + sv[j];
+            double a = (s > 0.0 ? s : 0.0) / rho;
+            al[j] = a;
+            asum += fabs(a);
+            s_out[(size_t)n * S + j] = (float)s;
+            rho_out[(size_t)n * S + j] = (float)rho;
+        }
+        double A = asum + MTSA_EPS;
+        for (int j = 0; j < S; j++) {
+            al[j] /= A;
+            alpha_out[(size_t)n * S + j] = (float)al[j];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < d; e += blockDim.x) {
+        double acc = g[e];
+        for (int j = 0; j < S; j++)
+            acc += al[j] * xt[(size_t)j * tap + e];
+        z[(size_t)n * d + e] = (float)acc;
+    }
+}
+
+__global__ void mtsa_backward_kernel(float *dx, double *part, const float *dz, const float *x,
+                                     const float *w, const float *s_in, const float *rho_in,
+                                     const float *alpha_in, int S, int N, int d)
+{
+    extern __shared__ double sh[];
+    double *G = sh, *M = G + (size_t)S * S, *inv = M + (size_t)S * S, *dal = inv + S,
+           *ds = dal + S, *q = ds + S, *al = q + S, *a = al + S, *drho = a + S, *dcs = drho + S;
+    const size_t tap = (size_t)N * d;
+    const int lo = blockIdx.x * MTSA_CHUNK, hi = lo + MTSA_CHUNK < N ? lo + MTSA_CHUNK : N;
+    double *slot = part ? part + (size_t)blockIdx.x * (d + 1) : NULL;
+    for (int n = lo; n < hi; n++) {
+        const float *xt = x + (size_t)n * d, *g = xt + (size_t)S * tap, *dzt = dz + (size_t)n * d;
+        const float *s = s_in + (size_t)n * S, *rho = rho_in + (size_t)n * S,
+                    *alpha = alpha_in + (size_t)n * S;
+        mtsa_token_dots(G, dal, xt, tap, S, d, NULL, NULL, dzt, 1);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // alpha_j = a_j / A: da_j = (dalpha_j - sign(a_j) sum_m dalpha_m alpha_m) / A;
+            // a_j = relu(s_j) / rho_j: ds_j = [s_j > 0] da_j / rho_j, drho_j = -da_j a_j / rho_j
+            double asum = 0.0, t = 0.0, dc_sum = 0.0;
+            for (int j = 0; j < S; j++) {
+                t += dal[j] * alpha[j];
+                a[j] = (s[j] > 0.0f ? (double)s[j] : 0.0) / rho[j];
+                asum += fabs(a[j]);
+            }
+            double A = asum + MTSA_EPS;
+            for (int j = 0; j < S; j++) {
+                double sg = a[j] > 0.0 ? 1.0 : (a[j] < 0.0 ? -1.0 : 0.0);
+                double da = (dal[j] - sg * t) / A;
+                ds[j] = s[j] > 0.0f ? da / rho[j] : 0.0;
+                drho[j] = -da * a[j] / rho[j];
+                dc_sum += ds[j];
+                al[j] = alpha[j];
+            }
+            dcs[0] = dc_sum;
+            // through the cosines of rho: M[j,m] and q_j as in ops_cpu.c
+            for (int j = 0; j < S; j++)
+                inv[j] = 1.0 / (sqrt(G[j * S + j]) + MTSA_EPS);
+            for (int j = 0; j < S; j++) {
+                double nrm = sqrt(G[j * S + j]), dxh_dot_x = 0.0;
+                for (int m = 0; m < S; m++) {
+                    double cs = G[j * S + m] * inv[j] * inv[m];
+                    double cm = cs > 0.0 ? (drho[j] + drho[m]) * inv[m] : 0.0;
+                    dxh_dot_x += cm * G[j * S + m];
+                    M[j * S + m] = inv[j] * cm;
+                }
+                q[j] = nrm > 0.0 ? -dxh_dot_x * inv[j] * inv[j] / nrm : 0.0;
+            }
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < d; e += blockDim.x) {
+            double u = 0.0;
+            for (int j = 0; j < S; j++)
+                u += ds[j] * xt[(size_t)j * tap + e];
+            if (slot)
+                slot[e] += (double)g[e] * u;
+            if (dx) {
+                float *dxt = dx + (size_t)n * d;
+                dxt[(size_t)S * tap + e] += (float)((double)dzt[e] + (double)w[e] * u);
+                double wg = (double)w[e] * g[e];
+                for (int j = 0; j < S; j++) {
+                    double acc = al[j] * dzt[e] + ds[j] * wg + q[j] * xt[(size_t)j * tap + e];
+                    for (int m = 0; m < S; m++)
+                        acc += M[(size_t)j * S + m] * xt[(size_t)m * tap + e];
+                    dxt[(size_t)j * tap + e] += (float)acc;
+                }
+            }
+        }
+        if (slot && threadIdx.x == 0)
+            slot[d] += dcs[0];
+        __syncthreads(); // the shared arrays are the next token's
+    }
+}
+
+__global__ void mtsa_param_grad_kernel(float *dw, float *dc, const double *part, int chunks, int d)
+{
+    GRID_STRIDE(e, (size_t)d + 1)
+    {
+        double acc = 0.0;
+        for (int ch = 0; ch < chunks; ch++)
+            acc += part[(size_t)ch * (d + 1) + e];
+        if ((int)e < d && dw)
+            dw[e] += (float)acc;
+        else if ((int)e == d && dc)
+            dc[0] += (float)acc;
+    }
+}
+
+static int mtsa_check(cuda_ctx *c, int S, int d)
+{
+    size_t sh = mtsa_shared_bytes(S);
+    if (sh > 48 * 1024) {
+        record(c, "cuda: mtsa_guide with %d taps needs %zu bytes of shared memory (limit 48 KiB)",
+               S + 1, sh);
+        return -1;
+    }
+    (void)d;
+    return 0;
+}
+
+static void cuda_mtsa_guide_forward(float *z, float *s, float *rho, float *alpha, const float *x,
+                                    const float *w, const float *cptr, int K, int N, int d)
+{
+    cuda_ctx *c = ctx();
+    const int S = K - 1;
+    if (!c->ready || S < 1 || N <= 0 || d <= 0 || mtsa_check(c, S, d))
+        return;
+    mtsa_forward_kernel<<<N, MTSA_THREADS, mtsa_shared_bytes(S), c->stream>>>(
+        z, s, rho, alpha, x, w, cptr, S, N, d);
+    LAUNCHED(c, "mtsa_forward_kernel");
+}
+
+static void cuda_mtsa_guide_backward(float *dx, float *dw, float *dc, const float *dz,
+                                     const float *x, const float *w, const float *s,
+                                     const float *rho, const float *alpha, int K, int N, int d)
+{
+    cuda_ctx *c = ctx();
+    const int S = K - 1;
+    if (!c->ready || S < 1 || N <= 0 || d <= 0 || (!dx && !dw && !dc) || mtsa_check(c, S, d))
+        return;
+    const int chunks = (N + MTSA_CHUNK - 1) / MTSA_CHUNK;
+    double *part = NULL;
+    if (dw || dc) {
+        part = (double *)scratch(c, mtsa_scratch(N, d));
+        if (!part ||
+            CK(c, cudaMemsetAsync(part, 0, sizeof(double) * (size_t)chunks * (d + 1), c->stream)))
+            return;
+    }
+    mtsa_backward_kernel<<<chunks, MTSA_THREADS, mtsa_shared_bytes(S), c->stream>>>(
+        dx, part, dz, x, w, s, rho, alpha, S, N, d);
+    LAUNCHED(c, "mtsa_backward_kernel");
+    if (part) {
+        mtsa_param_grad_kernel<<<grid_for((size_t)d + 1, 128), 128, 0, c->stream>>>(dw, dc, part,
+                                                                                   chunks, d);
+        LAUNCHED(c, "mtsa_param_grad_kernel");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// losses
+
+// One warp per row, in double as the CPU.
+__global__ void crossentropy_forward_kernel(float *losses, float *probs, const float *logits,
+                                            const int32_t *labels, int B, int C)
+{
+    int b = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (b >= B)
+        return;
+    const float *x = logits + (size_t)b * C;
+    float mxf = -INFINITY;
+    for (int i = lane; i < C; i += 32)
+        mxf = fmaxf(mxf, x[i]);
+    double mx = warp_max(mxf);
+    double sum = 0.0;
+    for (int i = lane; i < C; i += 32)
+        sum += exp((double)x[i] - mx);
+    double lse = log(warp_sum(sum));
+    for (int i = lane; i < C; i += 32)
+        probs[(size_t)b * C + i] = (float)exp((double)x[i] - mx - lse);
+    if (lane == 0)
+        losses[b] = (float)(lse - ((double)x[labels[b]] - mx));
+}
+
+__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs,
+                                             const int32_t *labels, float scale, size_t n, int C)
+{
+    GRID_STRIDE(i, n)
+    {
+        int b = (int)(i / C), col = (int)(i % C);
+        dlogits[i] += scale * (probs[i] - (col == labels[b] ? 1.0f : 0.0f));
+    }
+}
+
+__global__ void mse_forward_kernel(float *losses, const float *pred, const float *target, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float r = pred[i] - target[i];
+        losses[i] = r * r;
+    }
+}
+
+__global__ void mse_backward_kernel(float *dpred, const float *pred, const float *target,
+                                    float scale, size_t n)
+{
+    GRID_STRIDE(i, n) dpred[i] += scale * 2.0f * (pred[i] - target[i]);
+}
+
+static void cuda_crossentropy_forward(float *losses, float *probs, const float *logits,
+                                      const int32_t *labels, int B, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || C <= 0)
+        return;
+    crossentropy_forward_kernel<<<row_blocks(B), 256, 0, c->stream>>>(losses, probs, logits,
+                                                                       labels, B, C);
+    LAUNCHED(c, "crossentropy_forward_kernel");
+}
+
+static void cuda_crossentropy_backward(float *dlogits, const float *probs, const int32_t *labels,
+                                       float scale, int B, int C)
+{
+    size_t n = B > 0 && C > 0 ? (size_t)B * C : 0;
+    ELEMENTWISE(crossentropy_backward_kernel, n, dlogits, probs, labels, scale, n, C);
+}
+
+static void cuda_mse_forward(float *losses, const float *pred, const float *target, int B)
+{
+    size_t n = B > 0 ? (size_t)B : 0;
+    ELEMENTWISE(mse_forward_kernel, n, losses, pred, target, n);
+}
+
+static void cuda_mse_backward(float *dpred, const float *pred, const float *target, float scale,
+                              int B)
+{
+    size_t n = B > 0 ? (size_t)B : 0;
+    ELEMENTWISE(mse_backward_kernel, n, dpred, pred, target, scale, n);
+}
+
+// ------------------------------------------------------------------------------------------
+// optimizer
+
+// torch.optim.AdamW's order of float operations, as the CPU backend; the _rn intrinsics keep
+// nvcc from fusing multiply-adds, so both backends round the same way.
+__global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n,
+                             float decay, float b1, float b2, float one_b1, float one_b2,
+                             float neg_step, float bc2_sqrt, float eps)
+{
+    GRID_STRIDE(i, n)
+    {
+        float g = grad[i];
+        float p = __fmul_rn(param[i], decay);
+        float mi = __fadd_rn(__fmul_rn(m[i], b1), __fmul_rn(one_b1, g));
+        float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(one_b2, g), g));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        m[i] = mi;
+        v[i] = vi;
+        param[i] = __fadd_rn(p, __fdiv_rn(__fmul_rn(neg_step, mi), denom));
+    }
+}
+
+static void cuda_adamw_update(float *param, const float *grad, float *m, float *v, size_t n,
+                              float lr, float beta1, float beta2, float eps, float weight_decay,
+                              int t)
+{
+    const float decay = (float)(1.0 - (double)lr * weight_decay);
+    const float one_b1 = (float)(1.0 - (double)beta1), one_b2 = (float)(1.0 - (double)beta2);
+    const double bc1 = 1.0 - pow((double)beta1, t), bc2 = 1.0 - pow((double)beta2, t);
+    const float neg_step = (float)(-((double)lr / bc1));
+    const float bc2_sqrt = (float)sqrt(bc2);
+    ELEMENTWISE(adamw_kernel, n, param, grad, m, v, n, decay, beta1, beta2, one_b1, one_b2,
+                neg_step, bc2_sqrt, eps);
+}
+
+// ------------------------------------------------------------------------------------------
+// the table
+
+static sherl_backend cuda_backend;
+
+// C++17 has no designated initialisers: the table is filled by name, once.
+static void cuda_backend_fill(void)
+{
+    sherl_backend *t = &cuda_backend;
+    t->name = "cuda";
+    t->alloc = cuda_alloc;
+    t->free = cuda_free;
+    t->copy_to_device = cuda_copy_to_device;
+    t->copy_to_host = cuda_copy_to_host;
+    t->zero = cuda_zero;
+    t->synchronize = cuda_synchronize;
+    t->set_threads = cuda_set_threads;
+    t->get_threads = cuda_get_threads;
+    t->describe = cuda_describe;
+    t->performance_advice = cuda_performance_advice;
+    t->host_memory = 0;
+    t->scratch_bytes = cuda_scratch_bytes;
+    t->prepare = cuda_prepare;
+    t->take_error = cuda_take_error;
+    t->mem_info = cuda_mem_info;
+    t->copy_device = cuda_copy_device;
+    t->gemm = cuda_gemm;
+    t->gemm_strided_batched = cuda_gemm_strided_batched;
+    t->gemm_bf16 = cuda_gemm_bf16;
+    t->f32_to_bf16 = cuda_f32_to_bf16;
+    t->bf16_to_f32 = cuda_bf16_to_f32;
+    t->matmul_forward = cuda_matmul_forward;
+    t->matmul_backward = cuda_matmul_backward;
+    t->bias_add_forward = cuda_bias_add_forward;
+    t->bias_add_backward = cuda_bias_add_backward;
+    t->layernorm_forward = cuda_layernorm_forward;
+    t->layernorm_backward = cuda_layernorm_backward;
+    t->gelu_forward = cuda_gelu_forward;
+    t->gelu_backward = cuda_gelu_backward;
+    t->softmax_forward = cuda_softmax_forward;
+    t->softmax_backward = cuda_softmax_backward;
+    t->attention_forward = cuda_attention_forward;
+    t->attention_backward = cuda_attention_backward;
+    t->embedding_forward = cuda_embedding_forward;
+    t->embedding_backward = cuda_embedding_backward;
+    t->residual_forward = cuda_residual_forward;
+    t->residual_backward = cuda_residual_backward;
+    t->dropout_forward = cuda_dropout_forward;
+    t->dropout_backward = cuda_dropout_backward;
+    t->mean_pool_forward = cuda_mean_pool_forward;
+    t->mean_pool_backward = cuda_mean_pool_backward;
+    t->l2norm_forward = cuda_l2norm_forward;
+    t->l2norm_backward = cuda_l2norm_backward;
+    t->relu_forward = cuda_relu_forward;
+    t->relu_backward = cuda_relu_backward;
+    t->mtsa_guide_forward = cuda_mtsa_guide_forward;
+    t->mtsa_guide_backward = cuda_mtsa_guide_backward;
+    t->gate_add_forward = cuda_gate_add_forward;
+    t->gate_add_backward = cuda_gate_add_backward;
+    t->crossentropy_forward = cuda_crossentropy_forward;
+    t->crossentropy_backward = cuda_crossentropy_backward;
+    t->mse_forward = cuda_mse_forward;
+    t->mse_backward = cuda_mse_backward;
+    t->adamw_update = cuda_adamw_update;
+    t->sumsq = cuda_sumsq;
+    t->scale = cuda_scale;
+}
+
+// ------------------------------------------------------------------------------------------
+// discovery
+
+extern "C" int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_len)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        // Without a GPU the runtime says "driver insufficient" (35), not "no device": any error
+        // means there is none to use.
+        if (why && why_len)
+            snprintf(why, why_len, "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        cudaGetLastError();
+        return 0;
+    }
+    if (n == 0) {
+        if (why && why_len)
+            snprintf(why, why_len, "no CUDA device found");
+        return 0;
+    }
+    int current = 0;
+    cudaGetDevice(&current);
+    for (int i = 0; i < n && i < max && out; i++) {
+        cudaDeviceProp p;
+        sherl_device_info *d = &out[i];
+        memset(d, 0, sizeof *d);
+        d->index = i;
+        if (cudaGetDeviceProperties(&p, i) == cudaSuccess) {
+            snprintf(d->name, sizeof d->name, "%s", p.name);
+            d->cc_major = p.major;
+            d->cc_minor = p.minor;
+            d->total_bytes = p.totalGlobalMem;
+            d->multiprocessors = p.multiProcessorCount;
+        }
+        size_t f = 0, t = 0;
+        if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&f, &t) == cudaSuccess)
+            d->free_bytes = f;
+        cudaGetLastError();
+    }
+    cudaSetDevice(current);
+    if (why && why_len)
+        why[0] = 0;
+    return n;
+}
+
+extern "C" const sherl_backend *sherl_backend_cuda(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static int usable = 0;
+    pthread_once(&once, [] {
+        const char *off = getenv("SHERL_CUDA_DISABLE");
+        usable = !(off && !strcmp(off, "1")) && sherl_cuda_devices(NULL, 0, NULL, 0) > 0;
+        cuda_backend_fill();
+    });
+    return usable ? &cuda_backend : NULL;
+}
