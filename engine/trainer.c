@@ -312,8 +312,9 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     memset(res, 0, sizeof *res);
     res->resumed_from_step = -1;
     double t_start = now_s();
-    const sherl_backend *be;
-    SHERL_TRY(job_backend(spec, &be));
+    const sherl_backend *be = hooks ? hooks->backend : NULL;
+    if (!be)
+        SHERL_TRY(job_backend(spec, &be));
     if (strcmp(spec->precision, "fp32"))
         return sherl_errorf(SHERL_EUNSUPPORTED, "resources.precision \"%s\": this build trains "
                                                 "in fp32 only; use \"fp32\"",

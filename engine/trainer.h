@@ -32,6 +32,8 @@ typedef struct {
     const bert_model *backbone; /* NULL: load spec->backbone; else this resident copy, shared
                                  * read-only (it must be the same model; the daemon's
                                  * registry passes it) */
+    const sherl_backend *backend; /* NULL: the one resources.device selects; else this one
+                                   * (tests run the engine on special backends) */
 } train_hooks;
 
 typedef struct {

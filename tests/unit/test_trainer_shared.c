@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "guarded_backend.h"
 #include "trainer.h"
 
 static char work[256];
@@ -96,4 +97,67 @@ Test(trainer, shared_backbone_gives_the_same_run, .timeout = 300)
     cr_expect(st.code == SHERL_EINVAL && strstr(st.msg, "the loaded backbone differs"), "%s",
               st.msg);
     bert_free(bb);
+}
+
+/* The engine on memory it may only reach through the backend's copies (as on a GPU): every
+ * path of a run (weights upload, parameter init, batches, evaluation, checkpoints, resume)
+ * must go through copy_to_device / copy_to_host, or the guarded backend faults. Its ops are
+ * the CPU's, so the parameters must equal the CPU run's bit for bit. */
+Test(trainer, device_memory_run_equals_the_cpu_run, .timeout = 300)
+{
+    snprintf(work, sizeof work, "%s/trainer_device", SHERL_TEST_WORK);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", work);
+    cr_assert(system(cmd) == 0);
+    cr_assert(mkdir(work, 0755) == 0);
+    static const char *rows =
+        "{\"text\": \"a small dog barks at the mailman\", \"label\": \"animal\"}\n"
+        "{\"text\": \"bread baked with flour and yeast\", \"label\": \"food\"}\n"
+        "{\"text\": \"the cat sleeps on the warm sofa\", \"label\": \"animal\"}\n"
+        "{\"text\": \"a bowl of hot tomato soup\", \"label\": \"food\"}\n"
+        "{\"text\": \"horses run across the field\", \"label\": \"animal\"}\n";
+    write_file("train.jsonl", rows);
+    write_file("val.jsonl", rows);
+    const char *methods[] = {"sherl", "full"};
+    for (int k = 0; k < 2; k++) {
+        char json[2048], out_cpu[64], out_dev[64];
+        snprintf(out_cpu, sizeof out_cpu, "%s-cpu", methods[k]);
+        snprintf(out_dev, sizeof out_dev, "%s-dev", methods[k]);
+        job_spec spec[2];
+        for (int d = 0; d < 2; d++) {
+            snprintf(json, sizeof json,
+                     "{\"name\": \"dev\", \"backbone\": \"%s\", \"method\": \"%s\","
+                     " \"data\": {\"train\": \"train.jsonl\", \"validation\": \"val.jsonl\","
+                     " \"max_length\": 16},"
+                     " \"train\": {\"epochs\": 2, \"batch_size\": 2, \"seed\": 5,"
+                     " \"checkpoint_every\": 2},"
+                     " \"resources\": {\"threads\": 1}, \"output\": \"%s\"}",
+                     SHERL_MINILM_DIR, methods[k], d ? out_dev : out_cpu);
+            sherl_status st = job_spec_parse(&spec[d], json, strlen(json), "spec", work);
+            cr_assert(st.code == SHERL_OK, "%s", st.msg);
+        }
+        train_result rc, rd;
+        sherl_status st = train_run(&spec[0], NULL, &rc);
+        cr_assert(st.code == SHERL_OK, "%s: %s", methods[k], st.msg);
+        /* on the guarded backend: stop after 3 steps, then resume to the end */
+        train_hooks h = {.backend = guarded_backend(), .stop_after_steps = 3};
+        st = train_run(&spec[1], &h, &rd);
+        cr_assert(st.code == SHERL_OK, "%s on device memory: %s", methods[k], st.msg);
+        cr_assert(rd.stopped_early && rd.steps == 3);
+        train_hooks h2 = {.backend = guarded_backend(), .resume = 1};
+        st = train_run(&spec[1], &h2, &rd);
+        cr_assert(st.code == SHERL_OK, "%s on device memory, resumed: %s", methods[k], st.msg);
+        cr_expect_eq(rd.resumed_from_step, 3);
+        cr_expect_eq(rd.steps, rc.steps);
+        cr_expect(rd.has_val && rd.val_loss == rc.val_loss && rd.val_accuracy == rc.val_accuracy,
+                  "%s: validation loss %.9g vs cpu %.9g", methods[k], rd.val_loss, rc.val_loss);
+        char a[600], b[600];
+        snprintf(a, sizeof a, "%s/%s/checkpoint/params-%08d.safetensors", work, out_cpu, rc.steps);
+        snprintf(b, sizeof b, "%s/%s/checkpoint/params-%08d.safetensors", work, out_dev, rd.steps);
+        long na, nb;
+        char *da = read_all(a, &na), *db = read_all(b, &nb);
+        cr_expect(na == nb && !memcmp(da, db, (size_t)na),
+                  "%s: the device-memory run's parameters differ from the cpu run's", methods[k]);
+        free(da), free(db);
+    }
 }
