@@ -164,7 +164,8 @@ struct sherl_backend {
     /* ---- SHERL guidance (DESIGN.md section 2, steps 2-6), independently for each of N tokens.
      * x[K,N,d]: the K projected taps, tap-major; the guide is g = x[K-1], the shallow set
      * x[0..K-2] (S = K-1 >= 1 members). With xh = x / (||x||_2 + 1e-8):
-     *   rho_j   = sum_{m in S} relu(xh_j . xh_m)           (m = j included, so rho_j >= 1)
+     *   rho_j   = sum_{m in S} relu(xh_j . xh_m)  (m = j included: rho_j >= 1 unless x_j = 0,
+     *             where rho_j = 0 and s, a are NaN on every backend, as in the reference)
      *   s_j     = w . (x_j * g) + c[0]
      *   a_j     = relu(s_j) / rho_j
      *   alpha_j = a_j / (sum_{m in S} |a_m| + 1e-8)

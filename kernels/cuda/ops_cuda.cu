@@ -14,9 +14,10 @@
 //
 // Precision. fp32 products run with CUBLAS_COMPUTE_32F (no TF32: the CPU parity tests hold at
 // 1e-5) unless SHERL_CUDA_TF32=1; bf16 products take bf16 operands and accumulate in fp32.
-// Reductions that the CPU backend does in double (LayerNorm statistics, norms, softmax sums,
-// the MTSA dots, sumsq) are done in double here too, in a fixed order, so results do not
-// depend on timing. The one exception is embedding_backward, whose scatter-add uses atomics.
+// Reductions that the CPU backend does in double (LayerNorm statistics, norms, the MTSA dots,
+// sumsq, the softmax backward dot) are done in double here too (and the softmax sum as well),
+// in a fixed order, so results do not depend on timing. The one exception is
+// embedding_backward, whose scatter-add uses atomics.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -42,9 +43,12 @@ extern "C" {
 #define RED_CHUNK 8192
 #define MTSA_CHUNK 32
 #define MTSA_EPS 1e-8
+// Column sums' partials (2 x chunks x C doubles); chunks shrink for very wide rows to fit.
+#define COL_SCRATCH_BYTES ((size_t)4 << 20)
 
 struct cuda_ctx {
-    int ready;             // stream and handle created
+    int ready;             // stream created
+    int blas_ready;        // cuBLAS handle and workspace created (on first product or prepare)
     int failed;            // an error has been recorded since the last take_error
     char err[512];
     cudaStream_t stream;
@@ -56,11 +60,12 @@ struct cuda_ctx {
     ~cuda_ctx()
     {
         // Thread exit: give the resources back. Errors here have nowhere to go.
-        if (ready) {
+        if (ready)
             cudaStreamSynchronize(stream);
+        if (blas_ready)
             cublasDestroy(blas);
+        if (ready)
             cudaStreamDestroy(stream);
-        }
         if (workspace)
             cudaFree(workspace);
         if (scratch)
@@ -89,6 +94,9 @@ static int check_cuda(cuda_ctx *c, cudaError_t e, const char *call, int line)
         return 0;
     record(c, "cuda: %s failed: %s (%s, ops_cuda.cu:%d)", call, cudaGetErrorString(e),
            cudaGetErrorName(e), line);
+    // A failed call also leaves the runtime's last error set: clear it, or the next launch
+    // check would report this failure again as its own (sticky errors stay sticky anyway).
+    (void)cudaGetLastError();
     return -1;
 }
 
@@ -105,8 +113,9 @@ static int check_blas(cuda_ctx *c, cublasStatus_t s, const char *call, int line)
 // After a kernel launch: a bad configuration shows at once; faults inside show later.
 #define LAUNCHED(c, name) check_cuda((c), cudaGetLastError(), "launch of " name, __LINE__)
 
-// The calling thread's context, created on first use. On failure it stays unready with the
-// reason recorded, and every op on this thread does nothing until take_error reports it.
+// The calling thread's context: its stream, created on first use. On failure it stays unready
+// with the reason recorded, and every op on this thread does nothing until take_error reports
+// it.
 static cuda_ctx *ctx(void)
 {
     cuda_ctx *c = &tls_ctx;
@@ -114,22 +123,29 @@ static cuda_ctx *ctx(void)
         return c;
     if (CK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)))
         return c;
-    if (CKB(c, cublasCreate(&c->blas))) {
-        cudaStreamDestroy(c->stream);
-        return c;
-    }
+    c->ready = 1;
+    return c;
+}
+
+// The thread's cuBLAS handle on its stream, with our own workspace, made at prepare or the
+// first product: threads that only allocate and copy (RPC handlers) never pay for one.
+static int blas_ready(cuda_ctx *c)
+{
+    if (c->blas_ready)
+        return 1;
+    if (!c->ready || CKB(c, cublasCreate(&c->blas)))
+        return 0;
     if (CKB(c, cublasSetStream(c->blas, c->stream)) ||
         CK(c, cudaMalloc(&c->workspace, CUBLAS_WORKSPACE_BYTES)) ||
         CKB(c, cublasSetWorkspace(c->blas, c->workspace, CUBLAS_WORKSPACE_BYTES))) {
         cublasDestroy(c->blas);
-        cudaStreamDestroy(c->stream);
         if (c->workspace)
             cudaFree(c->workspace);
         c->workspace = NULL;
-        return c;
+        return 0;
     }
-    c->ready = 1;
-    return c;
+    c->blas_ready = 1;
+    return 1;
 }
 
 // The thread's scratch, grown to at least `bytes` (prepare sizes it ahead of a step, so a
@@ -188,10 +204,13 @@ static void *cuda_alloc(size_t bytes)
     if (!c->ready)
         return NULL;
     void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
-        cudaGetLastError(); // out of memory is the caller's to report, not a sticky error
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError(); // out of memory is the caller's to report, with its sizes
         return NULL;
     }
+    if (CK(c, e)) // anything else (a lost device, an earlier fault) is the real cause
+        return NULL;
     if (CK(c, cudaMemsetAsync(p, 0, bytes, c->stream)) ||
         CK(c, cudaStreamSynchronize(c->stream))) {
         cudaFree(p);
@@ -256,13 +275,12 @@ static int cuda_get_threads(void) { return 1; }
 
 static void cuda_describe(char *buf, size_t len)
 {
-    int dev = 0, rt = 0, blas_ver = 0;
+    int dev = 0, rt = 0, blas_major = 0, blas_minor = 0;
     cudaDeviceProp p;
     cudaGetDevice(&dev);
     cudaRuntimeGetVersion(&rt);
-    cuda_ctx *c = ctx();
-    if (c->ready)
-        cublasGetVersion(c->blas, &blas_ver);
+    cublasGetProperty(MAJOR_VERSION, &blas_major);
+    cublasGetProperty(MINOR_VERSION, &blas_minor);
     if (cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
         cudaGetLastError();
         snprintf(buf, len, "cuda: device %d (properties unavailable)", dev);
@@ -270,10 +288,10 @@ static void cuda_describe(char *buf, size_t len)
     }
     const char *tf32 = getenv("SHERL_CUDA_TF32");
     snprintf(buf, len,
-             "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, cuBLAS %d, fp32 %s",
+             "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, cuBLAS %d.%d, fp32 %s",
              p.name, p.major, p.minor, p.multiProcessorCount,
              (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), rt / 1000, (rt % 1000) / 10,
-             blas_ver, tf32 && !strcmp(tf32, "1") ? "with TF32" : "without TF32");
+             blas_major, blas_minor, tf32 && !strcmp(tf32, "1") ? "with TF32" : "without TF32");
 }
 
 static const char *cuda_performance_advice(void) { return NULL; }
@@ -307,7 +325,11 @@ static size_t mtsa_scratch(int N, int d)
 
 static size_t op_scratch_bytes(const sherl_scratch_shape *q)
 {
-    size_t most = reduce_scratch(q->max_reduce > 0 ? q->max_reduce : 1);
+    // column sums: at most COL_SCRATCH_BYTES (a single chunk of a wider row is more, but no
+    // BERT has rows of 262144 floats)
+    size_t most = COL_SCRATCH_BYTES, b0 = reduce_scratch(q->max_reduce > 0 ? q->max_reduce : 1);
+    if (b0 > most)
+        most = b0;
     size_t b = attention_scratch(q->B, q->T);
     if (b > most)
         most = b;
@@ -327,7 +349,7 @@ static size_t cuda_scratch_bytes(const sherl_scratch_shape *q)
 static int cuda_prepare(const sherl_scratch_shape *q)
 {
     cuda_ctx *c = ctx();
-    if (!c->ready)
+    if (!c->ready || !blas_ready(c))
         return -1;
     return scratch(c, op_scratch_bytes(q)) ? 0 : -1;
 }
@@ -349,25 +371,22 @@ static int cuda_take_error(char *msg, size_t len)
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS gets the operands
 // swapped, with the same transposition flags and leading dimensions.
 
-__global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, long long stride, float beta)
+__global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, long long stride, int batch,
+                                    float beta)
 {
-    long long b = blockIdx.y;
-    GRID_STRIDE(i, (size_t)M * N)
+    GRID_STRIDE(i, (size_t)M * N * batch)
     {
-        size_t r = i / N, col = i % N;
+        size_t b = i / ((size_t)M * N), rc = i % ((size_t)M * N), r = rc / N, col = rc % N;
         float *p = C + b * stride + r * (size_t)ldc + col;
         *p = beta == 0.0f ? 0.0f : beta * *p;
     }
 }
 
+static int use_tf32; // SHERL_CUDA_TF32=1, read once when the backend is first asked for
+
 static cublasComputeType_t fp32_compute(void)
 {
-    static int tf32 = -1;
-    if (tf32 < 0) {
-        const char *e = getenv("SHERL_CUDA_TF32");
-        tf32 = e && !strcmp(e, "1");
-    }
-    return tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    return use_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
@@ -379,11 +398,13 @@ static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha,
     if (!c->ready || M <= 0 || N <= 0 || batch <= 0)
         return;
     if (K <= 0) { // no products: C = beta C, as BLAS defines it
-        dim3 grid(grid_for((size_t)M * N, 256), (unsigned)batch);
-        scale_matrix_kernel<<<grid, 256, 0, c->stream>>>(C, M, N, ldc, stride_c, beta);
+        scale_matrix_kernel<<<grid_for((size_t)M * N * batch, 256), 256, 0, c->stream>>>(
+            C, M, N, ldc, stride_c, batch, beta);
         LAUNCHED(c, "scale_matrix_kernel");
         return;
     }
+    if (!blas_ready(c))
+        return;
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasComputeType_t compute = type == CUDA_R_32F ? fp32_compute() : CUBLAS_COMPUTE_32F;
@@ -460,23 +481,28 @@ static void cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
 // ------------------------------------------------------------------------------------------
 // column reductions (bias and LayerNorm parameter gradients)
 //
-// One block per 32 columns; its 32 x 32 threads walk the rows, each thread's column sums in
-// double, then the 32 row-lanes of a column are added in a fixed tree. No atomics: the same
-// inputs give the same bits.
+// Two stages, no atomics, so the same inputs give the same bits. Stage 1: a grid of (32-column
+// tile) x (row chunk) blocks; each block's 32 x 32 threads walk their chunk's rows with
+// per-thread sums in double, added over the 32 row lanes in a fixed tree into the chunk's
+// partial. Stage 2: per column, the chunk partials in order. Enough chunks to fill the GPU
+// for the usual widths (768 columns: 24 tiles x up to 64 chunks).
 
 #define COL_TILE 32
 #define COL_ROWS 32
+#define COL_MAX_CHUNKS 64
 
-// mode 0: out0[c] += sum_n dout[n,c]
-// mode 1: out0[c] += sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n]; out1[c] += sum_n dout[n,c]
-__global__ void column_sum_kernel(float *out0, float *out1, const float *dout, const float *inp,
-                                  const float *mean, const float *rstd, int N, int C, int mode)
+// mode 0: sum_n dout[n,c] (into part1)
+// mode 1: also sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n] (into part0)
+__global__ void column_partial_kernel(double *part0, double *part1, const float *dout,
+                                      const float *inp, const float *mean, const float *rstd,
+                                      int N, int C, int rows_per_chunk, int mode)
 {
     __shared__ double s0[COL_ROWS][COL_TILE + 1], s1[COL_ROWS][COL_TILE + 1];
-    int col = blockIdx.x * COL_TILE + threadIdx.x;
+    int col = blockIdx.x * COL_TILE + threadIdx.x, chunk = blockIdx.y;
+    int lo = chunk * rows_per_chunk, hi = lo + rows_per_chunk < N ? lo + rows_per_chunk : N;
     double a = 0.0, b = 0.0;
     if (col < C) {
-        for (int n = threadIdx.y; n < N; n += COL_ROWS) {
+        for (int n = lo + threadIdx.y; n < hi; n += COL_ROWS) {
             float dy = dout[(size_t)n * C + col];
             b += dy;
             if (mode == 1)
@@ -494,26 +520,57 @@ __global__ void column_sum_kernel(float *out0, float *out1, const float *dout, c
         __syncthreads();
     }
     if (threadIdx.y == 0 && col < C) {
+        part0[(size_t)chunk * C + col] = s0[0][threadIdx.x];
+        part1[(size_t)chunk * C + col] = s1[0][threadIdx.x];
+    }
+}
+
+__global__ void column_finish_kernel(float *out0, float *out1, const double *part0,
+                                     const double *part1, int chunks, int C, int mode)
+{
+    GRID_STRIDE(col, (size_t)C)
+    {
+        double a = 0.0, b = 0.0;
+        for (int ch = 0; ch < chunks; ch++) {
+            a += part0[(size_t)ch * C + col];
+            b += part1[(size_t)ch * C + col];
+        }
         if (mode == 0) {
-            out0[col] += (float)s1[0][threadIdx.x];
+            out0[col] += (float)b;
         } else {
             if (out0)
-                out0[col] += (float)s0[0][threadIdx.x];
+                out0[col] += (float)a;
             if (out1)
-                out1[col] += (float)s1[0][threadIdx.x];
+                out1[col] += (float)b;
         }
     }
 }
 
+// mode 0: out0[c] += sum_n dout[n,c]
+// mode 1: out0[c] += sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n]; out1[c] += sum_n dout[n,c]
 static void column_sum(cuda_ctx *c, float *out0, float *out1, const float *dout, const float *inp,
                        const float *mean, const float *rstd, int N, int C, int mode)
 {
     if (N <= 0 || C <= 0)
         return;
-    dim3 block(COL_TILE, COL_ROWS);
-    column_sum_kernel<<<(C + COL_TILE - 1) / COL_TILE, block, 0, c->stream>>>(
-        out0, out1, dout, inp, mean, rstd, N, C, mode);
-    LAUNCHED(c, "column_sum_kernel");
+    int chunks = (N + 127) / 128;
+    if (chunks > COL_MAX_CHUNKS)
+        chunks = COL_MAX_CHUNKS;
+    int fit = (int)(COL_SCRATCH_BYTES / (2 * sizeof(double) * (size_t)C));
+    if (chunks > fit)
+        chunks = fit > 0 ? fit : 1;
+    double *part0 = (double *)scratch(c, 2 * sizeof(double) * (size_t)chunks * C);
+    if (!part0)
+        return;
+    double *part1 = part0 + (size_t)chunks * C;
+    int rows_per_chunk = (N + chunks - 1) / chunks;
+    dim3 grid((C + COL_TILE - 1) / COL_TILE, chunks), block(COL_TILE, COL_ROWS);
+    column_partial_kernel<<<grid, block, 0, c->stream>>>(part0, part1, dout, inp, mean, rstd, N,
+                                                         C, rows_per_chunk, mode);
+    LAUNCHED(c, "column_partial_kernel");
+    column_finish_kernel<<<grid_for((size_t)C, 128), 128, 0, c->stream>>>(out0, out1, part0,
+                                                                          part1, chunks, C, mode);
+    LAUNCHED(c, "column_finish_kernel");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -983,6 +1040,7 @@ __device__ float block_inv_token_count(const int32_t *mask_row, int T)
     atomicAdd(&count, local); // integers: exact in any order
     __syncthreads();
     int cnt = count;
+    __syncthreads(); // everyone has read count before any later reset of it
     return (float)(1.0 / (cnt > 0 ? (double)cnt : 1e-9));
 }
 
@@ -1644,6 +1702,8 @@ extern "C" int sherl_cuda_devices(sherl_device_info *out, int max, char *why, si
             snprintf(why, why_len, "no CUDA device found");
         return 0;
     }
+    // Listing free memory makes a context on every device (a few hundred MiB each, for the
+    // life of the process): only `sherl inspect --devices` asks for the list.
     int current = 0;
     cudaGetDevice(&current);
     for (int i = 0; i < n && i < max && out; i++) {
@@ -1669,14 +1729,31 @@ extern "C" int sherl_cuda_devices(sherl_device_info *out, int max, char *why, si
     return n;
 }
 
+static int cuda_usable;
+
+// Usable: a device is there, it is the generation this build has machine code for (sm_90
+// SASS; PTX for later ones), and SHERL_CUDA_DISABLE is not set to a non-empty value other
+// than "0". An older GPU would fail every launch, so "auto" must fall back to the CPU.
+extern "C" void cuda_backend_init(void)
+{
+    const char *off = getenv("SHERL_CUDA_DISABLE");
+    const char *tf32 = getenv("SHERL_CUDA_TF32");
+    use_tf32 = tf32 && !strcmp(tf32, "1");
+    cuda_backend_fill();
+    if ((off && *off && strcmp(off, "0")) || sherl_cuda_devices(NULL, 0, NULL, 0) <= 0)
+        return;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    cuda_usable = major >= 9;
+}
+
 extern "C" const sherl_backend *sherl_backend_cuda(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    static int usable = 0;
-    pthread_once(&once, [] {
-        const char *off = getenv("SHERL_CUDA_DISABLE");
-        usable = !(off && !strcmp(off, "1")) && sherl_cuda_devices(NULL, 0, NULL, 0) > 0;
-        cuda_backend_fill();
-    });
-    return usable ? &cuda_backend : NULL;
+    pthread_once(&once, cuda_backend_init);
+    return cuda_usable ? &cuda_backend : NULL;
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""A random BERT and Hugging Face transformers' hidden states for it, for gpu_bert_oracle.
+
+  bert_reference_dump.py OUT_DIR [--layers 2] [--hidden 64] [--heads 4] [--ffn 128]
+                         [--vocab 1000] [--positions 512] [--batch 8] [--seq 128] [--float64]
+
+Writes OUT_DIR/model (config.json + model.safetensors: a random-init BertModel whose LayerNorm
+weights and every bias are perturbed, so they are tested too) and OUT_DIR/reference.safetensors
+in the format of tests/oracle/bert_reference.py: input_ids, token_type_ids, attention_mask
+(I32, [B,T]; rows padded to lengths T, ..., 3 with id 0 and mask 0, two segments per row) and
+hidden_<i> (F32, [B,T,D], i = 0..L: the embeddings' LayerNorm output, then every layer's). With
+--float64 also hidden64_<i>: the same model run in float64 (the exact answer, for reporting).
+
+The reference runs on the CPU in float32 whatever GPU is present: it is the oracle for the GPU.
+Works with transformers 4.x and 5.x (it writes config.json and the weights itself)."""
+import argparse
+import json
+import os
+import time
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("out")
+ap.add_argument("--layers", type=int, default=2)
+ap.add_argument("--hidden", type=int, default=64)
+ap.add_argument("--heads", type=int, default=4)
+ap.add_argument("--ffn", type=int, default=128)
+ap.add_argument("--vocab", type=int, default=1000)
+ap.add_argument("--positions", type=int, default=512)
+ap.add_argument("--batch", type=int, default=8)
+ap.add_argument("--seq", type=int, default=128)
+ap.add_argument("--float64", action="store_true")
+ap.add_argument("--seed", type=int, default=1234)
+a = ap.parse_args()
+if a.seq > a.positions:
+    ap.error("--seq %d is over --positions %d" % (a.seq, a.positions))
+
+t0 = time.time()
+torch.manual_seed(a.seed)
+cfg_dict = {
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": a.vocab,
+    "hidden_size": a.hidden,
+    "num_hidden_layers": a.layers,
+    "num_attention_heads": a.heads,
+    "intermediate_size": a.ffn,
+    "max_position_embeddings": a.positions,
+    "type_vocab_size": 2,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+}
+# only fields every BertConfig has (transformers 5's is a strict dataclass without
+# position_embedding_type: absolute positions are its only kind, and 4.x's default)
+cfg = BertConfig(**{k: v for k, v in cfg_dict.items()
+                    if k not in ("architectures", "model_type", "position_embedding_type")})
+model = BertModel(cfg, add_pooling_layer=False)
+# Random init gives LayerNorm weight 1 and bias 0, and every Linear bias 0: perturb them.
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if "LayerNorm" in name:
+            p.add_(0.1 * torch.randn_like(p))
+        elif name.endswith(".bias"):
+            p.add_(0.02 * torch.randn_like(p))
+model.eval()
+
+model_dir = os.path.join(a.out, "model")
+os.makedirs(model_dir, exist_ok=True)
+with open(os.path.join(model_dir, "config.json"), "w") as f:
+    json.dump(cfg_dict, f, indent=2)
+save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+          os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+
+B, T = a.batch, a.seq
+ids = torch.randint(1, a.vocab, (B, T))
+types = torch.zeros(B, T, dtype=torch.long)
+mask = torch.zeros(B, T, dtype=torch.long)
+lens = [max(1, T - b * T // B) for b in range(B)]
+if B > 1:
+    lens[-1] = min(lens[-1], 3)
+for b, n in enumerate(lens):
+    mask[b, :n] = 1
+    types[b, n // 2:n] = 1
+    ids[b, n:] = 0
+
+
+def hidden_states(m):
+    with torch.no_grad():
+        out = m(input_ids=ids, token_type_ids=types, attention_mask=mask, output_hidden_states=True)
+    hs = out.hidden_states
+    if len(hs) != a.layers + 1:
+        raise SystemExit("transformers returned %d hidden states, expected %d" % (len(hs), a.layers + 1))
+    if not torch.equal(hs[-1], out.last_hidden_state):
+        raise SystemExit("transformers' last hidden state is not last_hidden_state")
+    return hs
+
+
+tensors = {
+    "input_ids": ids.to(torch.int32).contiguous(),
+    "token_type_ids": types.to(torch.int32).contiguous(),
+    "attention_mask": mask.to(torch.int32).contiguous(),
+}
+for i, h in enumerate(hidden_states(model)):
+    tensors["hidden_%d" % i] = h.float().contiguous()
+if a.float64:
+    for i, h in enumerate(hidden_states(model.double())):
+        tensors["hidden64_%d" % i] = h.contiguous()
+save_file(tensors, os.path.join(a.out, "reference.safetensors"))
+n_params = sum(p.numel() for p in model.parameters())
+print("bert_reference_dump: %d layers, hidden %d, %d heads, ffn %d, vocab %d (%.1fM parameters); "
+      "batch %dx%d, lengths %s; transformers %s, torch %s; %.1f s -> %s"
+      % (a.layers, a.hidden, a.heads, a.ffn, a.vocab, n_params / 1e6, B, T, lens,
+         __import__("transformers").__version__, torch.__version__, time.time() - t0, a.out))

@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# The GPU check, in one go, on a fresh GPU machine (CUDA 13, gcc, CMake, Python with torch and
+# transformers; no apt, no network):
+#   1. unpacks tests/gpu/debs/*.deb (scripts/fetch_gpu_debs) into a private prefix under /tmp,
+#   2. configures (SHERL_SERVICE=OFF, SHERL_CUDA=ON, SHERL_WERROR=ON) and builds gpu_ops,
+#      gpu_bert_oracle and bench_kernels with every core,
+#   3. runs gpu_ops (every op of the CUDA backend against the CPU backend),
+#   4. makes a BERT-base-shaped random model and Hugging Face's hidden states for a padded
+#      8 x 128 batch, and runs gpu_bert_oracle --backend cuda on it (<= 1e-4 relative),
+#   5. runs bench_kernels --backend cuda,
+# then prints one table (step, result, seconds) and exits 1 if any step failed.
+#
+#   tests/gpu/run.sh OUTDIR [--cpu]
+#
+# OUTDIR gets one log per step and summary.txt (at most 8 files). Without a GPU the CUDA steps
+# report "no GPU ... not run"; --cpu then runs the BERT step on the CPU backend with a smaller
+# model, so the whole flow is exercised anywhere. Everything fits 8 minutes on an H100
+# (SHERL_GPU_BUDGET_S, default 470 s, caps the sum of the steps' timeouts).
+# Environment: SHERL_PYTHON (a python with torch + transformers; default: the first of python3,
+# /usr/bin/python3 that has them), SHERL_GPU_BUILD (build folder, default build/gpu-check),
+# SHERL_GPU_WORK (models and references, default /tmp/sherl-gpu-work), SHERL_DEPS_PREFIX (where
+# to unpack the .deb files, default /tmp/sherl-gpu-deps; it is emptied first).
+set -euo pipefail
+
+usage() { sed -n 2,22p "$0" | sed 's/^# \{0,1\}//'; }
+out="" cpu_flow=0
+for a in "$@"; do
+  case "$a" in
+    -h|--help) usage; exit 0 ;;
+    --cpu) cpu_flow=1 ;;
+    -*) echo "run.sh: unknown option $a" >&2; usage >&2; exit 2 ;;
+    *) [ -z "$out" ] || { echo "run.sh: one OUTDIR only" >&2; exit 2; }; out=$a ;;
+  esac
+done
+[ -n "$out" ] || { echo "run.sh: OUTDIR is missing" >&2; usage >&2; exit 2; }
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+build=${SHERL_GPU_BUILD:-$root/build/gpu-check}
+work=${SHERL_GPU_WORK:-/tmp/sherl-gpu-work}
+prefix=${SHERL_DEPS_PREFIX:-/tmp/sherl-gpu-deps}
+budget=${SHERL_GPU_BUDGET_S:-470}
+jobs=$(nproc 2>/dev/null || echo 2)
+t_start=$(date +%s)
+deadline=$((t_start + budget))
+unset SHERL_CUDA_DISABLE # the check is for the GPU: never let it be switched off
+rm -f "$out"/*.log "$out"/summary.txt "$out"/bench_kernels.json
+
+# ---- the table ----
+names=() results=() secs=() notes=()
+record() { names+=("$1"); results+=("$2"); secs+=("$3"); notes+=("$4"); }
+failed=0
+fail_step() { record "$1" FAIL "$2" "$3"; failed=1; }
+# seconds a step may take: its own cap, or what is left of the budget
+cap() {
+  local left=$((deadline - $(date +%s)))
+  if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+# step LOG CAP CMD...: runs CMD with its output appended to LOG, killed after CAP seconds
+# (or what is left of the budget); sets rc and took. rc 124: timed out, 125: no time left.
+step() {
+  local log=$1 limit
+  limit=$(cap "$2")
+  shift 2
+  local t0
+  t0=$(date +%s)
+  step_from=$(wc -l <"$log")
+  printf '\n$ %s\n' "$*" >>"$log"
+  if [ "$limit" -lt 5 ]; then
+    echo "run.sh: not run: the ${budget} s budget is spent" >>"$log"
+    rc=125 took=0
+    return 0
+  fi
+  rc=0
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1 || rc=$?
+  took=$(($(date +%s) - t0))
+  [ "$rc" != 124 ] && [ "$rc" != 137 ] || echo "run.sh: timed out after ${limit} s" >>"$log"
+  return 0
+}
+why_failed() { # a note for a failed step from its rc
+  case "$rc" in
+    124|137) echo "timed out (see $1)" ;;
+    125) echo "not run: time budget spent" ;;
+    *) echo "exit $rc (see $1)" ;;
+  esac
+}
+
+# ---- 0. what this machine is ----
+env_log=$out/00-env.log
+{
+  echo "run.sh on $(hostname) at $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $jobs cores"
+  echo "tree: $root ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
+  uname -a
+  [ -r /etc/os-release ] && grep -E '^PRETTY_NAME=' /etc/os-release
+  if command -v nvidia-smi >/dev/null; then nvidia-smi || true; else echo "nvidia-smi: not present"; fi
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  if [ -x "$nvcc" ]; then "$nvcc" --version; else echo "nvcc: not found"; fi
+  gcc --version | head -1 || echo "gcc: not found"
+  cmake --version | head -1 || echo "cmake: not found"
+  if command -v ninja >/dev/null; then echo "ninja $(ninja --version)"; else echo "ninja: not found (make)"; fi
+} >"$env_log" 2>&1 || true
+gpu_present=0
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  gpu_present=1
+fi
+echo "== run.sh: logs in $out"
+grep -E 'NVIDIA-SMI|^GPU |release [0-9]|Driver Version' "$env_log" | sed 's/^/   /' || true
+[ "$gpu_present" = 1 ] || echo "   no GPU listed by nvidia-smi: the CUDA steps will say 'not run'"
+
+# A python with torch, transformers and safetensors, for the Hugging Face reference.
+py=""
+for c in ${SHERL_PYTHON:-} python3 /usr/bin/python3; do
+  if command -v "$c" >/dev/null && "$c" -c 'import torch, transformers, safetensors' 2>/dev/null; then
+    py=$(command -v "$c")
+    break
+  fi
+done
+echo "python for the reference: ${py:-none has torch + transformers + safetensors}" >>"$env_log"
+
+# ---- 1. private prefix from the .deb files ----
+dlog=$out/01-build.log
+: >"$dlog"
+t0=$(date +%s)
+debs=("$root"/tests/gpu/debs/*.deb)
+deps_args=()
+pkgconfig_args=()
+if [ -e "${debs[0]}" ]; then
+  case "$prefix" in /tmp/?*) ;; *) echo "run.sh: SHERL_DEPS_PREFIX must be under /tmp (it is emptied)" >&2; exit 2 ;; esac
+  rm -rf "$prefix"
+  mkdir -p "$prefix"
+  unpack_ok=1
+  for d in "${debs[@]}"; do
+    echo "unpack $(basename "$d") -> $prefix" >>"$dlog"
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$d" "$prefix" >>"$dlog" 2>&1 || unpack_ok=0
+    elif command -v ar >/dev/null; then
+      # no dpkg here: a .deb is an ar archive holding data.tar.{xz,zst,gz}
+      member=$(ar t "$d" | grep '^data\.tar' || true)
+      case "$member" in
+        *.xz) ar p "$d" "$member" | tar -xJ -C "$prefix" >>"$dlog" 2>&1 || unpack_ok=0 ;;
+        *.gz) ar p "$d" "$member" | tar -xz -C "$prefix" >>"$dlog" 2>&1 || unpack_ok=0 ;;
+        *.zst) ar p "$d" "$member" | tar --zstd -x -C "$prefix" >>"$dlog" 2>&1 || unpack_ok=0 ;;
+        *) echo "$d: no data.tar member" >>"$dlog"; unpack_ok=0 ;;
+      esac
+    else
+      echo "neither dpkg-deb nor ar is here to unpack $d" >>"$dlog"
+      unpack_ok=0
+    fi
+  done
+  if [ "$unpack_ok" = 0 ]; then
+    fail_step deps $(($(date +%s) - t0)) "could not unpack tests/gpu/debs (see 01-build.log)"
+  else
+    deps_args=(-DSHERL_DEPS_PREFIX="$prefix")
+    # pkg-config: the unpacked pkgconf through a wrapper that finds its library, else the system's
+    if [ -x "$prefix/usr/bin/pkgconf" ]; then
+      mkdir -p "$prefix/bin"
+      cat >"$prefix/bin/pkg-config" <<EOF
+#!/bin/sh
+LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$prefix/usr/bin/pkgconf" "\$@"
+EOF
+      chmod +x "$prefix/bin/pkg-config"
+      if "$prefix/bin/pkg-config" --version >/dev/null 2>&1; then
+        pkgconfig_args=(-DPKG_CONFIG_EXECUTABLE="$prefix/bin/pkg-config")
+      fi
+    fi
+    record deps PASS $(($(date +%s) - t0)) "${#debs[@]} packages unpacked into $prefix"
+  fi
+elif [ -d "/usr/include/$(gcc -dumpmachine 2>/dev/null)/blis-serial" ]; then
+  record deps PASS 0 "no tests/gpu/debs: using this system's libraries"
+else
+  fail_step deps 0 "tests/gpu/debs/*.deb missing: run scripts/fetch_gpu_debs on Debian 12 and copy that git-ignored folder along"
+fi
+if [ ${#pkgconfig_args[@]} = 0 ] && ! command -v pkg-config >/dev/null; then
+  fail_step pkg-config 0 "no pkg-config here and none unpacked (pkgconf-bin in scripts/fetch_gpu_debs)"
+fi
+
+# ---- 2. configure and build ----
+gen=(-G "Unix Makefiles")
+if command -v ninja >/dev/null; then gen=(-G Ninja); fi
+if [ -f "$build/CMakeCache.txt" ]; then
+  # a build folder made with another generator or another prefix (its finds are cached): anew
+  want_prefix=""
+  [ ${#deps_args[@]} = 0 ] || want_prefix=$prefix
+  if ! grep -q "^CMAKE_GENERATOR:INTERNAL=${gen[1]}\$" "$build/CMakeCache.txt" ||
+     [ "$(sed -n 's/^SHERL_DEPS_PREFIX:PATH=//p' "$build/CMakeCache.txt")" != "$want_prefix" ]; then
+    echo "removing $build: made with another generator or SHERL_DEPS_PREFIX" >>"$dlog"
+    rm -rf "$build"
+  fi
+fi
+configure() {
+  step "$dlog" 180 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DSHERL_SERVICE=OFF -DSHERL_CUDA=ON -DSHERL_WERROR="$1" -DSHERL_PYTHON="${py:-python3}" \
+    "${deps_args[@]}" "${pkgconfig_args[@]}"
+}
+echo "== configure and build ($jobs jobs)"
+configure ON
+if [ "$rc" != 0 ]; then
+  fail_step configure "$took" "$(why_failed 01-build.log)"
+  built=0
+else
+  record configure PASS "$took" "CUDA ON, SERVICE OFF, WERROR ON, ${gen[1]}"
+  # only the targets that exist (gpu_ops and bench_kernels come from other work)
+  have=$(cmake --build "$build" --target help 2>/dev/null || true)
+  targets=()
+  for t in gpu_ops gpu_bert_oracle bench_kernels; do
+    if grep -qE "(^|[ .])$t([ :]|$)" <<<"$have"; then targets+=("$t"); fi
+  done
+  if [ ${#targets[@]} = 0 ]; then
+    fail_step build 0 "none of gpu_ops, gpu_bert_oracle, bench_kernels is a target"
+    built=0
+  else
+    step "$dlog" 360 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+    built=1
+    if [ "$rc" = 0 ]; then
+      record build PASS "$took" "${targets[*]}"
+    elif [ "$rc" != 124 ] && [ "$rc" != 125 ] && grep -qE -- 'warnings being treated as errors|\[-Werror|-Werror=all-warnings' "$dlog"; then
+      # warnings as errors: report it, but build without -Werror so the GPU is not wasted
+      fail_step build "$took" "warnings as errors (see 01-build.log); rebuilt without -Werror"
+      echo "== warnings stopped the -Werror build: rebuilding without -Werror to run the tests"
+      configure OFF
+      step "$dlog" 360 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+      [ "$rc" = 0 ] || { fail_step build-no-werror "$took" "$(why_failed 01-build.log)"; built=0; }
+    else
+      fail_step build "$took" "$(why_failed 01-build.log)"
+      built=0
+    fi
+  fi
+fi
+# the binaries must take BLIS and cJSON from the private prefix when there is one
+if [ "$built" = 1 ] && [ ${#deps_args[@]} -gt 0 ] && [ -x "$build/tests/gpu_bert_oracle" ]; then
+  {
+    echo
+    echo "\$ ldd $build/tests/gpu_bert_oracle"
+    ldd "$build/tests/gpu_bert_oracle"
+  } >>"$dlog" 2>&1 || true
+  blis=$(ldd "$build/tests/gpu_bert_oracle" 2>/dev/null | awk '/libblis/ {print $3}')
+  cjson=$(ldd "$build/tests/gpu_bert_oracle" 2>/dev/null | awk '/libcjson/ {print $3}')
+  if [[ "$blis" == "$prefix"/* && "$cjson" == "$prefix"/* ]]; then
+    record libraries PASS 0 "libblis, libcjson from $prefix"
+  else
+    fail_step libraries 0 "libblis from '${blis:-not found}', libcjson from '${cjson:-not found}'"
+  fi
+fi
+
+# A CUDA step's result from its log: "not run" when the program said there is no GPU (a
+# failure where nvidia-smi lists one), else PASS/FAIL by exit status.
+step_output() { tail -n +"$((step_from + 1))" "$1"; } # what the last step wrote to LOG
+cuda_result() { # NAME LOG DETAIL
+  if [ "$rc" = 0 ] && step_output "$2" | grep -q 'no GPU'; then
+    if [ "$gpu_present" = 1 ]; then
+      fail_step "$1" "$took" "said 'no GPU' but nvidia-smi lists one (see $(basename "$2"))"
+    else
+      record "$1" "NOT RUN" "$took" "no GPU: $(step_output "$2" | grep -m1 -o 'no GPU.*' | sed 's/^no GPU:* *//' | cut -c1-80)"
+    fi
+  elif [ "$rc" = 0 ]; then
+    record "$1" PASS "$took" "$3"
+  else
+    fail_step "$1" "$took" "$(why_failed "$(basename "$2")")${3:+; $3}"
+  fi
+}
+
+# ---- 3. gpu_ops ----
+olog=$out/02-gpu_ops.log
+: >"$olog"
+echo "== gpu_ops"
+if [ "$built" = 1 ] && [ -x "$build/tests/gpu_ops" ]; then
+  step "$olog" 150 "$build/tests/gpu_ops"
+  cuda_result gpu_ops "$olog" "$(step_output "$olog" | grep -E '^gpu_ops: ' | tail -1 | cut -c1-100 || true)"
+else
+  echo "gpu_ops was not built" >>"$olog"
+  if [ "$built" = 1 ]; then fail_step gpu_ops 0 "no gpu_ops target"; else fail_step gpu_ops 0 "not built"; fi
+fi
+
+# ---- 4. BERT forward against Hugging Face ----
+blog=$out/03-bert.log
+: >"$blog"
+echo "== BERT forward oracle"
+if [ "$cpu_flow" = 1 ]; then
+  bert_backend=cpu
+  shape=(--layers 4 --hidden 256 --heads 4 --ffn 1024 --vocab 30522 --batch 8 --seq 128)
+  shape_note="4 layers, hidden 256 (--cpu)"
+else
+  bert_backend=cuda
+  shape=(--layers 12 --hidden 768 --heads 12 --ffn 3072 --vocab 30522 --batch 8 --seq 128)
+  shape_note="BERT-base, 8x128"
+fi
+oracle=$build/tests/gpu_bert_oracle
+if [ "$built" != 1 ] || [ ! -x "$oracle" ]; then
+  fail_step bert_oracle 0 "gpu_bert_oracle not built"
+elif [ "$bert_backend" = cuda ] && [ "$gpu_present" = 0 ]; then
+  # no GPU: skip the 440 MB reference, but let the program say what it would not run
+  record bert_reference SKIP 0 "no GPU: BERT-base reference not made (--cpu runs the flow on cpu)"
+  step "$blog" 30 "$oracle" --backend cuda --model "$work/bert/model" \
+    --reference "$work/bert/reference.safetensors"
+  cuda_result bert_oracle_cuda "$blog" ""
+elif [ -z "$py" ]; then
+  fail_step bert_reference 0 "no python with torch + transformers + safetensors (set SHERL_PYTHON)"
+else
+  rm -rf "$work/bert"
+  step "$blog" 240 "$py" "$root/tests/gpu/bert_reference_dump.py" "$work/bert" "${shape[@]}"
+  if [ "$rc" != 0 ]; then
+    fail_step bert_reference "$took" "$(why_failed 03-bert.log)"
+  else
+    record bert_reference PASS "$took" "$shape_note, $(grep -m1 -oE 'transformers [^,]+' "$blog" || true)"
+    step "$blog" 150 "$oracle" --backend "$bert_backend" --model "$work/bert/model" \
+      --reference "$work/bert/reference.safetensors" --tol 1e-4
+    cuda_result "bert_oracle_$bert_backend" "$blog" \
+      "$(step_output "$blog" | grep -oE 'worst relative error [^ ]+' || true)"
+    if [ "$bert_backend" = cuda ]; then
+      # the CPU backend on the same model and batch: a baseline to read the GPU's error against
+      step "$blog" 120 "$oracle" --backend cpu --model "$work/bert/model" \
+        --reference "$work/bert/reference.safetensors" --tol 1e-4
+      cuda_result bert_oracle_cpu "$blog" \
+        "$(step_output "$blog" | grep -oE 'worst relative error [^ ]+' || true)"
+    fi
+  fi
+fi
+
+# ---- 5. bench_kernels ----
+klog=$out/04-bench_kernels.log
+: >"$klog"
+echo "== bench_kernels"
+if [ "$built" = 1 ] && [ -x "$build/bench/bench_kernels" ]; then
+  step "$klog" 200 "$build/bench/bench_kernels" --backend cuda --json "$out/bench_kernels.json"
+  cuda_result bench_kernels "$klog" "table in 04-bench_kernels.log"
+else
+  if [ "$built" = 1 ]; then record bench_kernels SKIP 0 "no bench_kernels target"; else fail_step bench_kernels 0 "not built"; fi
+fi
+
+# ---- the table ----
+total=$(($(date +%s) - t_start))
+{
+  printf '\n%-18s %-8s %7s  %s\n' step result seconds detail
+  printf '%-18s %-8s %7s  %s\n' ------------------ -------- ------- ------
+  for i in "${!names[@]}"; do
+    printf '%-18s %-8s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${secs[$i]}" "${notes[$i]}"
+  done
+  printf '%-18s %-8s %7s  %s\n' total "$([ "$failed" = 0 ] && echo PASS || echo FAIL)" "$total" \
+    "logs in $out"
+} | tee "$out/summary.txt"
+exit "$failed"
