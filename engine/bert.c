@@ -11,13 +11,27 @@
 /* ------------------------------------------------------------------------------------------
  * loading */
 
+int sherl_precision_parse(const char *name, sherl_precision *out)
+{
+    if (name && !strcmp(name, "fp32"))
+        return *out = SHERL_FP32, 0;
+    if (name && !strcmp(name, "bf16"))
+        return *out = SHERL_BF16, 0;
+    return -1;
+}
+
+const char *sherl_precision_name(sherl_precision p) { return p == SHERL_BF16 ? "bf16" : "fp32"; }
+
 typedef struct {
     const safetensors_file *sf;
     const char *prefix; /* "" or "bert." */
     const sherl_backend *be;
-    float *arena;       /* all parameters, one backend allocation */
+    float *arena;       /* the fp32 parameters, then (bf16 models) the bf16 matrices */
     size_t used, cap;   /* in floats */
+    uint16_t *arena16;
+    size_t used16, cap16;
     float *host;        /* staging buffer, big enough for the largest tensor */
+    float *wide;        /* bf16 models: one matrix in fp32 on the backend, before rounding */
 } loader;
 
 /* Reads a tensor into backend memory: directly when the backend's memory is host memory,
@@ -32,6 +46,37 @@ static sherl_status read_tensor(loader *ld, float *dst, const char *name, int nd
     return sherl_ok();
 }
 
+/* A weight matrix: into w32 in fp32, or (w32 NULL) rounded to bf16 into w16. */
+static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const char *name,
+                                int64_t d0, int64_t d1)
+{
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)d1;
+    if (w32)
+        return read_tensor(ld, w32, name, 2, shape, n);
+    SHERL_TRY(read_tensor(ld, ld->wide, name, 2, shape, n));
+    ld->be->f32_to_bf16(w16, ld->wide, n);
+    return sherl_ok();
+}
+
+static float *carve(loader *ld, size_t n)
+{
+    if (ld->used + n > ld->cap)
+        return NULL;
+    float *p = ld->arena + ld->used;
+    ld->used += n;
+    return p;
+}
+
+static uint16_t *carve16(loader *ld, size_t n)
+{
+    if (ld->used16 + n > ld->cap16)
+        return NULL;
+    uint16_t *p = ld->arena16 + ld->used16;
+    ld->used16 += n;
+    return p;
+}
+
 /* Carves n floats from the arena and fills them from tensor `name` of the given shape. */
 static sherl_status load_param(loader *ld, float **dst, const char *name, int ndim, int64_t d0,
                                int64_t d1)
@@ -40,60 +85,92 @@ static sherl_status load_param(loader *ld, float **dst, const char *name, int nd
     snprintf(full, sizeof full, "%s%s", ld->prefix, name);
     int64_t shape[2] = {d0, d1};
     size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    if (ld->used + n > ld->cap)
-        return sherl_errorf(SHERL_EINVAL, "internal: parameter arena too small at '%s'", full);
-    *dst = ld->arena + ld->used;
-    SHERL_TRY(read_tensor(ld, *dst, full, ndim, shape, n));
-    ld->used += n;
-    return sherl_ok();
+    if (!(*dst = carve(ld, n)))
+        return sherl_errorf(SHERL_EINTERNAL, "parameter arena too small at '%s'", full);
+    return read_tensor(ld, *dst, full, ndim, shape, n);
 }
 
-/* Q, K and V stacked into one [3D, D] weight and [3D] bias. */
-static sherl_status load_qkv(loader *ld, bert_layer *ly, int i, int64_t D)
+/* Layer i's twelve tensors from the file into dst's pointers; Q, K and V stacked into one
+ * [3D, D] weight and [3D] bias. */
+static sherl_status read_layer(loader *ld, const bert_layer *dst, int i, const hf_config *c)
 {
     static const char *const parts[3] = {"query", "key", "value"};
-    if (ld->used + (size_t)(3 * D * D + 3 * D) > ld->cap)
-        return sherl_errorf(SHERL_EINVAL, "internal: parameter arena too small at layer %d", i);
-    ly->qkv_w = ld->arena + ld->used;
-    ld->used += (size_t)(3 * D * D);
-    ly->qkv_b = ld->arena + ld->used;
-    ld->used += (size_t)(3 * D);
+    int64_t D = c->hidden_size, F = c->intermediate_size;
+    char n[256];
     for (int p = 0; p < 3; p++) {
-        char name[256];
-        int64_t wshape[2] = {D, D}, bshape[1] = {D};
-        snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.weight", ld->prefix, i,
+        int64_t bshape[1] = {D};
+        snprintf(n, sizeof n, "%sencoder.layer.%d.attention.self.%s.weight", ld->prefix, i,
                  parts[p]);
-        SHERL_TRY(read_tensor(ld, ly->qkv_w + (size_t)p * D * D, name, 2, wshape,
-                              (size_t)(D * D)));
-        snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.bias", ld->prefix, i,
+        SHERL_TRY(read_matrix(ld, dst->qkv_w ? dst->qkv_w + (size_t)p * D * D : NULL,
+                              dst->qkv_w16 ? (uint16_t *)dst->qkv_w16 + (size_t)p * D * D : NULL,
+                              n, D, D));
+        snprintf(n, sizeof n, "%sencoder.layer.%d.attention.self.%s.bias", ld->prefix, i,
                  parts[p]);
-        SHERL_TRY(read_tensor(ld, ly->qkv_b + (size_t)p * D, name, 1, bshape, (size_t)D));
+        SHERL_TRY(read_tensor(ld, dst->qkv_b + (size_t)p * D, n, 1, bshape, (size_t)D));
     }
+#define MAT(w, suffix, a, b)                                                                  \
+    do {                                                                                      \
+        snprintf(n, sizeof n, "%sencoder.layer.%d.%s", ld->prefix, i, suffix);                \
+        SHERL_TRY(read_matrix(ld, dst->w, (uint16_t *)dst->w##16, n, a, b));                  \
+    } while (0)
+#define VEC(v, suffix, len)                                                                   \
+    do {                                                                                      \
+        int64_t shape_[1] = {len};                                                            \
+        snprintf(n, sizeof n, "%sencoder.layer.%d.%s", ld->prefix, i, suffix);                \
+        SHERL_TRY(read_tensor(ld, dst->v, n, 1, shape_, (size_t)(len)));                      \
+    } while (0)
+    MAT(attn_out_w, "attention.output.dense.weight", D, D);
+    VEC(attn_out_b, "attention.output.dense.bias", D);
+    VEC(ln1_w, "attention.output.LayerNorm.weight", D);
+    VEC(ln1_b, "attention.output.LayerNorm.bias", D);
+    MAT(ffn_in_w, "intermediate.dense.weight", F, D);
+    VEC(ffn_in_b, "intermediate.dense.bias", F);
+    MAT(ffn_out_w, "output.dense.weight", D, F);
+    VEC(ffn_out_b, "output.dense.bias", D);
+    VEC(ln2_w, "output.LayerNorm.weight", D);
+    VEC(ln2_b, "output.LayerNorm.bias", D);
+#undef MAT
+#undef VEC
     return sherl_ok();
 }
 
+/* Carves layer i's tensors (the matrices in bf16 when the loader has a bf16 region) and
+ * reads them. */
 static sherl_status load_layer(loader *ld, bert_layer *ly, int i, const hf_config *c)
 {
-    int64_t D = c->hidden_size, F = c->intermediate_size;
-    char n[256];
-#define LP(field, suffix, nd, a, b)                                               \
-    do {                                                                          \
-        snprintf(n, sizeof n, "encoder.layer.%d.%s", i, suffix);                  \
-        SHERL_TRY(load_param(ld, &ly->field, n, nd, a, b));                       \
-    } while (0)
-    SHERL_TRY(load_qkv(ld, ly, i, D));
-    LP(attn_out_w, "attention.output.dense.weight", 2, D, D);
-    LP(attn_out_b, "attention.output.dense.bias", 1, D, 0);
-    LP(ln1_w, "attention.output.LayerNorm.weight", 1, D, 0);
-    LP(ln1_b, "attention.output.LayerNorm.bias", 1, D, 0);
-    LP(ffn_in_w, "intermediate.dense.weight", 2, F, D);
-    LP(ffn_in_b, "intermediate.dense.bias", 1, F, 0);
-    LP(ffn_out_w, "output.dense.weight", 2, D, F);
-    LP(ffn_out_b, "output.dense.bias", 1, D, 0);
-    LP(ln2_w, "output.LayerNorm.weight", 1, D, 0);
-    LP(ln2_b, "output.LayerNorm.bias", 1, D, 0);
-#undef LP
-    return sherl_ok();
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    memset(ly, 0, sizeof *ly);
+    if (ld->arena16) {
+        ly->qkv_w16 = carve16(ld, 3 * D * D);
+        ly->attn_out_w16 = carve16(ld, D * D);
+        ly->ffn_in_w16 = carve16(ld, F * D);
+        ly->ffn_out_w16 = carve16(ld, D * F);
+        if (!ly->qkv_w16 || !ly->attn_out_w16 || !ly->ffn_in_w16 || !ly->ffn_out_w16)
+            return sherl_errorf(SHERL_EINTERNAL, "bf16 weight arena too small at layer %d", i);
+    } else {
+        ly->qkv_w = carve(ld, 3 * D * D);
+        ly->attn_out_w = carve(ld, D * D);
+        ly->ffn_in_w = carve(ld, F * D);
+        ly->ffn_out_w = carve(ld, D * F);
+    }
+    ly->qkv_b = carve(ld, 3 * D);
+    ly->attn_out_b = carve(ld, D);
+    ly->ln1_w = carve(ld, D);
+    ly->ln1_b = carve(ld, D);
+    ly->ffn_in_b = carve(ld, F);
+    ly->ffn_out_b = carve(ld, D);
+    ly->ln2_w = carve(ld, D);
+    ly->ln2_b = carve(ld, D);
+    if (!ly->ln2_b || (!ld->arena16 && !ly->ffn_out_w))
+        return sherl_errorf(SHERL_EINTERNAL, "parameter arena too small at layer %d", i);
+    return read_layer(ld, ly, i, c);
+}
+
+/* Elements of the four weight matrices of one layer; the rest are vectors. */
+static size_t layer_matrix_elems(const hf_config *c)
+{
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    return 4 * D * D + 2 * D * F;
 }
 
 size_t bert_param_count(const hf_config *c)
@@ -103,6 +180,23 @@ size_t bert_param_count(const hf_config *c)
                  2 * D;
     size_t layer = 4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D;
     return emb + layer * (size_t)c->num_hidden_layers;
+}
+
+/* The bf16 region starts 256-byte aligned after the fp32 parameters. */
+static size_t fp32_region_bytes(const hf_config *c, sherl_precision prec)
+{
+    size_t floats = bert_param_count(c);
+    if (prec == SHERL_BF16)
+        floats -= layer_matrix_elems(c) * (size_t)c->num_hidden_layers;
+    return (floats * sizeof(float) + 255) & ~(size_t)255;
+}
+
+size_t bert_weight_bytes(const hf_config *c, sherl_precision prec)
+{
+    size_t b = fp32_region_bytes(c, prec);
+    if (prec == SHERL_BF16)
+        b += layer_matrix_elems(c) * (size_t)c->num_hidden_layers * sizeof(uint16_t);
+    return b;
 }
 
 size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
@@ -118,14 +212,76 @@ size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
     return largest * sizeof(float);
 }
 
+/* bf16 loads round each matrix from an fp32 copy on the backend: the largest matrix. */
+size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec)
+{
+    size_t D = c->hidden_size, F = c->intermediate_size;
+    return prec == SHERL_BF16 ? (F > D ? F : D) * D * sizeof(float) : 0;
+}
+
+/* Opens the model file and finds the tensor-name prefix. */
+static sherl_status open_weights(safetensors_file *sf, const char **prefix, const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    SHERL_TRY(safetensors_open(sf, path));
+    *prefix = safetensors_find(sf, "embeddings.word_embeddings.weight")        ? ""
+              : safetensors_find(sf, "bert.embeddings.word_embeddings.weight") ? "bert."
+                                                                               : NULL;
+    if (!*prefix) {
+        safetensors_close(sf);
+        return sherl_errorf(SHERL_EFORMAT,
+                            "%s: no 'embeddings.word_embeddings.weight' (nor with a 'bert.' "
+                            "prefix): not a BERT checkpoint",
+                            path);
+    }
+    return sherl_ok();
+}
+
+sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *dst)
+{
+    if (i < 0 || i >= m->cfg.num_hidden_layers || !dst->qkv_w || !dst->attn_out_w ||
+        !dst->ffn_in_w || !dst->ffn_out_w)
+        return sherl_errorf(SHERL_EINTERNAL, "bert_read_layer_f32: layer %d or its buffers", i);
+    safetensors_file sf;
+    loader ld = {.be = m->be};
+    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir));
+    ld.sf = &sf;
+    size_t staging = bert_load_staging_bytes(&m->cfg, m->be);
+    ld.host = staging ? malloc(staging) : NULL;
+    sherl_status st = staging && !ld.host
+                          ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading layer %d", i)
+                          : sherl_ok();
+    bert_layer fp32 = *dst;
+    fp32.qkv_w16 = fp32.attn_out_w16 = fp32.ffn_in_w16 = fp32.ffn_out_w16 = NULL;
+    if (!st.code)
+        st = read_layer(&ld, &fp32, i, &m->cfg);
+    free(ld.host);
+    safetensors_close(&sf);
+    return st;
+}
+
 sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be)
 {
+    return bert_load_prec(out, model_dir, be, SHERL_FP32);
+}
+
+sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl_backend *be,
+                            sherl_precision prec)
+{
     *out = NULL;
-    char path[4096];
+    char path[4200];
     bert_model *m = calloc(1, sizeof *m);
     if (!m)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
     m->be = be;
+    m->prec = prec;
+    if (strlen(model_dir) >= sizeof m->dir) {
+        free(m);
+        return sherl_errorf(SHERL_EINVAL, "model folder path of %zu bytes: at most %zu",
+                            strlen(model_dir), sizeof m->dir - 1);
+    }
+    snprintf(m->dir, sizeof m->dir, "%s", model_dir);
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     sherl_status st = hf_config_load(&m->cfg, path);
     if (st.code) {
@@ -133,33 +289,29 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
         return st;
     }
     const hf_config *c = &m->cfg;
-    snprintf(path, sizeof path, "%s/model.safetensors", model_dir);
     safetensors_file sf;
-    st = safetensors_open(&sf, path);
+    loader ld = {.be = be};
+    st = open_weights(&sf, &ld.prefix, model_dir);
     if (st.code) {
         free(m);
         return st;
     }
-    loader ld = {.sf = &sf, .be = be};
-    ld.prefix = safetensors_find(&sf, "embeddings.word_embeddings.weight") ? ""
-              : safetensors_find(&sf, "bert.embeddings.word_embeddings.weight") ? "bert."
-                                                                                 : NULL;
-    if (!ld.prefix) {
-        st = sherl_errorf(SHERL_EFORMAT,
-                          "%s: no 'embeddings.word_embeddings.weight' (nor with a 'bert.' prefix): "
-                          "not a BERT checkpoint",
-                          path);
-        goto fail;
-    }
+    ld.sf = &sf;
     size_t D = c->hidden_size;
-    ld.cap = bert_param_count(c);
-    ld.arena = be->alloc(ld.cap * sizeof(float));
+    size_t fp32_bytes = fp32_region_bytes(c, prec), total = bert_weight_bytes(c, prec);
+    ld.cap = fp32_bytes / sizeof(float);
+    ld.arena = be->alloc(total);
+    if (ld.arena && prec == SHERL_BF16) {
+        ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
+        ld.cap16 = layer_matrix_elems(c) * (size_t)c->num_hidden_layers;
+        ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
+    }
     size_t staging = bert_load_staging_bytes(c, be);
     ld.host = staging ? malloc(staging) : NULL;
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
-    if (!ld.arena || (staging && !ld.host) || !m->layers) {
+    if (!ld.arena || (staging && !ld.host) || !m->layers || (prec == SHERL_BF16 && !ld.wide)) {
         st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
-                          ld.cap * 4.0 / 1e6, model_dir);
+                          total / 1e6, model_dir);
         goto fail;
     }
     st = load_param(&ld, &m->emb.word, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
@@ -176,10 +328,14 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
     if (!st.code)
+        be->synchronize(); /* the bf16 rounding reads ld.wide, freed below */
+    if (!st.code)
         st = sherl_backend_status(be, "uploading the weights");
     if (st.code)
         goto fail;
-    m->n_params = (long long)ld.used;
+    m->n_params = (long long)bert_param_count(c);
+    if (ld.wide)
+        be->free(ld.wide);
     free(ld.host);
     safetensors_close(&sf);
     *out = m;
@@ -187,6 +343,8 @@ sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_back
 fail:
     if (ld.arena)
         be->free(ld.arena);
+    if (ld.wide)
+        be->free(ld.wide);
     free(ld.host);
     free(m->layers);
     free(m);
@@ -280,8 +438,8 @@ sherl_status bert_workspace_check(const hf_config *c, int B, int T)
     return sherl_ok();
 }
 
-void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
-                           int T, sherl_arena *ar, int for_step)
+void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
+                           sherl_precision prec, int B, int T, sherl_arena *ar, int for_step)
 {
     ws->be = be;
     ws->B = B, ws->T = T, ws->D = c->hidden_size, ws->F = c->intermediate_size;
@@ -297,6 +455,8 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->positions = arena_ints(ar, BT);
     ws->emb_mean = arena_floats(ar, BT);
     ws->emb_rstd = arena_floats(ar, BT);
+    size_t wide = (size_t)(ws->F > 3 * ws->D ? ws->F : 3 * ws->D);
+    ws->act16 = prec == SHERL_BF16 ? arena_take(ar, BT * wide * sizeof(uint16_t)) : NULL;
 }
 
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
@@ -305,9 +465,9 @@ sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int 
     SHERL_TRY(bert_workspace_check(&m->cfg, B, T));
     sherl_arena measure;
     arena_measure(&measure);
-    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &measure, 0);
+    bert_workspace_layout(ws, &m->cfg, m->be, m->prec, B, T, &measure, 0);
     SHERL_TRY(arena_alloc(&ws->own, m->be, measure.used, "the encoder workspace"));
-    bert_workspace_layout(ws, &m->cfg, m->be, B, T, &ws->own, 0);
+    bert_workspace_layout(ws, &m->cfg, m->be, m->prec, B, T, &ws->own, 0);
     sherl_status st = arena_check(&ws->own, "encoder workspace");
     if (st.code)
         bert_workspace_free(ws);
@@ -402,8 +562,40 @@ void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
         be->embedding_backward(grads->type, d_sum, ws->types, N, D);
 }
 
+/* out[N,OC] = inp[N,C] . W^T + bias, W fp32 (w) or bf16 (w16: inp is rounded to bf16 into
+ * x16 and the product accumulates in fp32). */
+static void linear_forward(const sherl_backend *be, float *out, const float *inp, const float *w,
+                           const uint16_t *w16, const float *bias, uint16_t *x16, int N, int C,
+                           int OC)
+{
+    if (w) {
+        be->matmul_forward(out, inp, w, bias, N, C, OC);
+        return;
+    }
+    be->f32_to_bf16(x16, inp, (size_t)N * C);
+    be->gemm_bf16(0, 1, N, OC, C, 1.0f, x16, C, w16, C, 0.0f, out, OC);
+    if (bias)
+        be->bias_add_forward(out, bias, N, OC);
+}
+
+/* Backward of linear_forward. A bf16 matrix is frozen: only dinp += dout . W, with dout rounded
+ * to bf16 into x16. */
+static void linear_backward(const sherl_backend *be, float *dinp, float *dw, float *db,
+                            const float *dout, const float *inp, const float *w,
+                            const uint16_t *w16, uint16_t *x16, int N, int C, int OC)
+{
+    if (w) {
+        be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
+        return;
+    }
+    if (!dinp)
+        return;
+    be->f32_to_bf16(x16, dout, (size_t)N * OC);
+    be->gemm_bf16(0, 0, N, C, OC, 1.0f, x16, OC, w16, C, 1.0f, dinp, C);
+}
+
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
-                        const float *inp, const float *mask_add, int B, int T)
+                        const float *inp, const float *mask_add, uint16_t *act16, int B, int T)
 {
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
@@ -411,16 +603,19 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     int N = B * T;
     float eps = c->layer_norm_eps;
     /* attention block: LN1(x + Wo . attention(Wqkv x)) */
-    be->matmul_forward(a->qkv, inp, ly->qkv_w, ly->qkv_b, N, D, 3 * D);
+    linear_forward(be, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, N, D, 3 * D);
     be->attention_forward(a->attn, a->probs, a->qkv, mask_add, B, T, NH, D / NH);
-    be->matmul_forward(a->res1, a->attn, ly->attn_out_w, ly->attn_out_b, N, D, D);
+    linear_forward(be, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
+                   N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
     /* feed-forward block: LN2(h + W2 gelu(W1 h)) */
-    be->matmul_forward(a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_b, N, D, F);
+    linear_forward(be, a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, N, D,
+                   F);
     be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)N * F);
-    be->matmul_forward(a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_b, N, F, D);
+    linear_forward(be, a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b, act16,
+                   N, F, D);
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
                           eps);
@@ -440,7 +635,7 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, in
 
 void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,
                          const bert_layer_acts *a, bert_layer_grad_ws *g, float *dinp,
-                         const float *dout, const float *inp, int B, int T)
+                         const float *dout, const float *inp, uint16_t *act16, int B, int T)
 {
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
@@ -460,20 +655,21 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     be->layernorm_backward(g->d_res2, GR(ln2_w), GR(ln2_b), dout, a->res2, ly->ln2_w, a->ln2_mean,
                            a->ln2_rstd, N, D);
     be->residual_backward(g->d_ln1, NULL, g->d_res2, ND);
-    be->matmul_backward(g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
-                        ly->ffn_out_w, N, F, D);
+    linear_backward(be, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
+                    ly->ffn_out_w, ly->ffn_out_w16, act16, N, F, D);
     be->gelu_backward(g->d_ffn_pre, a->ffn_pre, g->d_ffn_act, NF);
-    be->matmul_backward(g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
-                        N, D, F);
+    linear_backward(be, g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
+                    ly->ffn_in_w16, act16, N, D, F);
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
     be->layernorm_backward(g->d_res1, GR(ln1_w), GR(ln1_b), g->d_ln1, a->res1, ly->ln1_w,
                            a->ln1_mean, a->ln1_rstd, N, D);
     if (dinp)
         be->residual_backward(dinp, NULL, g->d_res1, ND);
-    be->matmul_backward(g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
-                        ly->attn_out_w, N, D, D);
+    linear_backward(be, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
+                    ly->attn_out_w, ly->attn_out_w16, act16, N, D, D);
     be->attention_backward(g->d_qkv, g->d_attn, a->qkv, a->probs, B, T, NH, D / NH);
-    be->matmul_backward(dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, N, D, 3 * D);
+    linear_backward(be, dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, ly->qkv_w16, act16,
+                    N, D, 3 * D);
 #undef GR
 }
 
@@ -493,7 +689,8 @@ sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_ba
     SHERL_TRY(bert_embed_forward(m, ws, batch, prev));
     for (int i = 1; i <= L; i++) {
         float *dst = hidden[i] ? hidden[i] : prev == ws->tmp ? ws->emb : ws->tmp;
-        bert_layer_forward(m, &m->layers[i - 1], &ws->acts, dst, prev, ws->mask_add, batch->B,
+        bert_layer_forward(m, &m->layers[i - 1], &ws->acts, dst, prev, ws->mask_add, ws->act16,
+                           batch->B,
                            batch->T);
         prev = dst;
     }

@@ -15,7 +15,18 @@
 #include "status.h"
 #include "tokenizer.h"
 
+/* How a backbone's weight matrices are held: fp32, or bf16 (half the memory; products in bf16
+ * with fp32 accumulation, activations and every other tensor in fp32). */
+typedef enum { SHERL_FP32 = 0, SHERL_BF16 = 1 } sherl_precision;
+
+/* "fp32" or "bf16"; -1 for anything else. */
+int sherl_precision_parse(const char *name, sherl_precision *out);
+const char *sherl_precision_name(sherl_precision p);
+
 typedef struct {
+    /* The four weight matrices are fp32 (the float pointers) or bf16 (the *16 pointers, the
+     * float ones then NULL) in a bf16 backbone's frozen layers. */
+    const uint16_t *qkv_w16, *attn_out_w16, *ffn_in_w16, *ffn_out_w16;
     float *qkv_w, *qkv_b;           /* [3D, D], [3D]: rows q | k | v */
     float *attn_out_w, *attn_out_b; /* [D, D], [D] */
     float *ln1_w, *ln1_b;           /* [D] attention output LayerNorm */
@@ -34,18 +45,33 @@ typedef struct {
 typedef struct {
     hf_config cfg;
     const sherl_backend *be;
+    sherl_precision prec; /* of the layers' weight matrices; embeddings, biases and
+                           * LayerNorms are fp32 either way */
     bert_embeddings emb;
     bert_layer *layers; /* [L] */
     long long n_params;
+    char dir[4096];     /* the model folder, to re-read fp32 weights of layers to train */
 } bert_model;
 
 /* Loads MODEL_DIR/config.json and MODEL_DIR/model.safetensors (names with or without the
  * "bert." prefix of task models). Every tensor's shape is checked against the config. */
 sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be);
+/* The same, with the layers' weight matrices held in `prec` (bf16: rounded to nearest even
+ * from the file's values, which may be F32, F16 or BF16). */
+sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl_backend *be,
+                            sherl_precision prec);
+/* Reads layer i's twelve tensors from the model file, in fp32, into dst's float pointers
+ * (backend memory, allocated by the caller): the initial values of a layer to train, exact
+ * also when the resident backbone holds the layer in bf16. */
+sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *dst);
 /* Floats of the weights bert_load keeps (Q, K, V fused), from the config alone. */
 size_t bert_param_count(const hf_config *c);
+/* Bytes of backend memory the resident weights take at this precision. */
+size_t bert_weight_bytes(const hf_config *c, sherl_precision prec);
 /* Host staging bert_load needs while loading onto be (0 for host-memory backends). */
 size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be);
+/* Backend memory a bf16 load holds while it rounds each matrix (0 for fp32). */
+size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec);
 void bert_free(bert_model *m);
 
 /* A padded batch on the host: [B, T] each, row-major. token_type_ids may be NULL (zeros). */
@@ -85,6 +111,7 @@ typedef struct {
     float *mask_add; /* [B,T] additive attention mask */
     int32_t *ids, *types, *positions; /* [B*T] on the backend */
     float *emb_mean, *emb_rstd;
+    uint16_t *act16; /* bf16 models: [B*T*max(F, 3D)] an operand of a bf16 product, in bf16 */
     sherl_arena own; /* the arena of bert_workspace_create; empty when carved from another */
 } bert_workspace;
 
@@ -93,8 +120,8 @@ sherl_status bert_workspace_check(const hf_config *c, int B, int T);
 /* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked by
  * bert_workspace_check. for_step: a training step's, which carves ws->acts itself (shared
  * with its backward scratch) and has its own state buffers (no tmp). */
-void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be, int B,
-                           int T, sherl_arena *ar, int for_step);
+void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
+                           sherl_precision prec, int B, int T, sherl_arena *ar, int for_step);
 /* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);
@@ -114,9 +141,11 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
 void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
                          const bert_embeddings *grads, bert_workspace *ws, float *d_sum,
                          const float *dh0, int B, int T);
-/* out[B,T,D] = layer(inp); acts receives what backward needs. */
+/* out[B,T,D] = layer(inp); acts receives what backward needs. act16: [B*T*max(F, 3D)] bf16
+ * scratch, needed when the layer's matrices are bf16 (the workspace's act16), else NULL. */
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
-                        float *out, const float *inp, const float *mask_add, int B, int T);
+                        float *out, const float *inp, const float *mask_add, uint16_t *act16,
+                        int B, int T);
 /* Scratch for one layer's backward ([B,T,D] and [B,T,F] gradient buffers), reusable across
  * layers of the same shape. */
 typedef struct {
@@ -131,7 +160,7 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, in
  * its forward saved. */
 void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
                          const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,
-                         const float *dout, const float *inp, int B, int T);
+                         const float *dout, const float *inp, uint16_t *act16, int B, int T);
 
 /* Runs the whole encoder. hidden[i] (i = 0..L) are [B,T,D] backend buffers; hidden[i] may be
  * NULL for states the caller does not need, except that the final state needs somewhere to go:

@@ -109,7 +109,7 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
     for (int i = 0; i < m->ps.n; i++)
         p->trainable_params += (long long)m->ps.items[i].numel;
 
-    p->backbone_bytes = arena_round(bert_param_count(cfg) * sizeof(float));
+    p->backbone_bytes = arena_round(bert_weight_bytes(cfg, opt->precision));
     add(p, "frozen backbone weights", PLAN_ARENA, p->backbone_bytes);
     size_t ps_bytes = arena_round((m->ps.total ? m->ps.total : 16) * sizeof(float));
     add(p, "trainable parameters", PLAN_ARENA, ps_bytes);
@@ -124,6 +124,7 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
     else /* a device keeps its library workspace and op scratch for the whole run */
         add(p, "op scratch and cuBLAS workspace", PLAN_ARENA, be->scratch_bytes(&q));
     add(p, "load staging", PLAN_TRANSIENT, bert_load_staging_bytes(cfg, be));
+    add(p, "bf16 rounding buffer", PLAN_TRANSIENT, bert_load_wide_bytes(cfg, opt->precision));
     if (!be->host_memory) {
         add(p, "copy staging", PLAN_TRANSIENT, SHERL_COPY_CHUNK * sizeof(float));
         add(p, "checkpoint staging", PLAN_TRANSIENT, 2 * m->ps.total * sizeof(float));

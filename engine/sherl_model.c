@@ -208,6 +208,9 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
 {
     *out = NULL;
     sherl_model *m;
+    if (bb->prec != opt->precision)
+        return sherl_errorf(SHERL_EINVAL, "the backbone holds its weights in %s, the job asks for %s",
+                            sherl_precision_name(bb->prec), sherl_precision_name(opt->precision));
     SHERL_TRY(sherl_model_shape(&m, &bb->cfg, opt));
     int L = m->L, D = m->D;
     m->bb = bb, m->be = bb->be, m->ps.be = bb->be;
@@ -237,16 +240,27 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
             *gdst[j] = p->grad;
         }
     }
-    for (int i = 0; i < L; i++) {
+    for (int i = 0; i < L && !st.code; i++) {
         if (!m->layer_trainable[i])
             continue;
+        /* a layer to train starts from the file's fp32 values: a bf16 backbone has only the
+         * rounded ones */
+        if (bb->prec != SHERL_FP32)
+            memset(&m->layers[i], 0, sizeof m->layers[i]);
         for (int j = 0; j < 12; j++) {
             sherl_param *p = &m->ps.items[m->layer_idx[i][j]];
-            copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host,
-                         host_n);
+            if (bb->prec == SHERL_FP32)
+                copy_backend(m->be, p->data, *layer_field(&bb->layers[i], j), p->numel, host,
+                             host_n);
             *layer_field(&m->layers[i], j) = p->data;
             *layer_field(&m->grads[i], j) = p->grad;
         }
+        if (bb->prec != SHERL_FP32)
+            st = bert_read_layer_f32(bb, i, &m->layers[i]);
+    }
+    if (st.code) {
+        free(host);
+        goto fail;
     }
     free(host);
     if (opt->method == METHOD_SHERL)
@@ -371,7 +385,7 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     if (ar->used < end)
         ar->used = end;
     STEP_GROUP_END(STEP_LAYER_SCRATCH);
-    bert_workspace_layout(&s->ws, c, m->be, B, T, ar, 1);
+    bert_workspace_layout(&s->ws, c, m->be, m->opt.precision, B, T, ar, 1);
     s->mask = arena_ints(ar, N);
     STEP_GROUP_END(STEP_FORWARD_WS);
     pooler_layout(&s->pool, m->be, m->opt.pooling, B, ar);
@@ -528,7 +542,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
         if (!dst)
             dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
-        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, B, T);
+        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, s->ws.act16, B, T);
         prev = dst;
         phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, &t0);
     }
@@ -597,7 +611,8 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
         if (need_dinp)
             be->zero(dnext, ND * sizeof(float));
         bert_layer_backward(m->bb, &m->layers[i], m->layer_trainable[i] ? &m->grads[i] : NULL,
-                            &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, B, T);
+                            &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, s->ws.act16,
+                            B, T);
         float *t = dcur;
         dcur = dnext;
         dnext = t;

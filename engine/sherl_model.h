@@ -39,6 +39,7 @@ typedef struct {
     int num_labels;        /* classification: >= 2 */
     pool_mode pooling;
     uint64_t seed;         /* initialisation */
+    sherl_precision precision; /* of the backbone's frozen weight matrices (memset 0: fp32) */
 } sherl_options;
 
 void sherl_options_default(sherl_options *o);

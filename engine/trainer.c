@@ -315,10 +315,6 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     const sherl_backend *be = hooks ? hooks->backend : NULL;
     if (!be)
         SHERL_TRY(job_backend(spec, &be));
-    if (strcmp(spec->precision, "fp32"))
-        return sherl_errorf(SHERL_EUNSUPPORTED, "resources.precision \"%s\": this build trains "
-                                                "in fp32 only; use \"fp32\"",
-                            spec->precision);
     if (spec->threads > 0)
         be->set_threads(spec->threads);
     /* the peak is measured from here: what the process held before is the baseline */
@@ -348,12 +344,12 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             a->intermediate_size != b->intermediate_size ||
             a->max_position_embeddings != b->max_position_embeddings ||
             a->type_vocab_size != b->type_vocab_size || a->layer_norm_eps != b->layer_norm_eps ||
-            backbone->be != be)
+            backbone->be != be || backbone->prec != in.opt.precision)
             st = sherl_errorf(SHERL_EINVAL, "backbone: the loaded backbone differs from %s "
-                                            "(config or device)",
+                                            "(config, device or precision)",
                               spec->backbone);
     } else if (!st.code) {
-        st = bert_load(&bb, spec->backbone, be);
+        st = bert_load_prec(&bb, spec->backbone, be, in.opt.precision);
         backbone = bb;
     }
     if (!st.code)

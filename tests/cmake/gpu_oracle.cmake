@@ -14,10 +14,19 @@ add_test(NAME fixture_gpu_bert_reference
           --layers 2 --hidden 64 --heads 4 --ffn 128 --vocab 1000 --batch 8 --seq 128 --float64)
 set_tests_properties(fixture_gpu_bert_reference PROPERTIES
   FIXTURES_SETUP gpu_bert_reference TIMEOUT 300 LABELS gpu)
+# _bf16: the weight matrices held in bf16, against PyTorch's fp32 model with every encoder
+# Linear's input and weight rounded to bf16 (our bf16 semantics, computed independently).
 foreach(backend cpu cuda)
-  add_test(NAME gpu_bert_oracle_${backend}
-    COMMAND gpu_bert_oracle --backend ${backend} --model ${SHERL_GPU_BERT_WORK}/model
-            --reference ${SHERL_GPU_BERT_WORK}/reference.safetensors --tol 1e-4)
-  set_tests_properties(gpu_bert_oracle_${backend} PROPERTIES
-    FIXTURES_REQUIRED gpu_bert_reference TIMEOUT 120 LABELS gpu)
+  foreach(prec fp32 bf16)
+    set(name gpu_bert_oracle_${backend})
+    if(prec STREQUAL "bf16")
+      set(name gpu_bert_oracle_bf16_${backend})
+    endif()
+    add_test(NAME ${name}
+      COMMAND gpu_bert_oracle --backend ${backend} --precision ${prec}
+              --model ${SHERL_GPU_BERT_WORK}/model
+              --reference ${SHERL_GPU_BERT_WORK}/reference.safetensors --tol 1e-4)
+    set_tests_properties(${name} PROPERTIES
+      FIXTURES_REQUIRED gpu_bert_reference TIMEOUT 120 LABELS gpu)
+  endforeach()
 endforeach()

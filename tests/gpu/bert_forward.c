@@ -3,6 +3,11 @@
  * tests/oracle/bert_reference.py).
  *
  *   gpu_bert_oracle --backend cpu|cuda|auto --model DIR --reference FILE [--tol 1e-4]
+ *                   [--precision fp32|bf16]
+ *
+ * --precision bf16 loads the weight matrices in bf16 (bert_load_prec) and compares with the
+ * dump's hidden_bf16_* states: PyTorch's fp32 model with every encoder Linear's input and weight
+ * rounded to bf16, fp32 accumulation — our bf16 semantics, computed independently.
  *
  * Loads DIR with bert_load on the backend, runs bert_forward on the reference batch (token ids,
  * token types and attention mask, padded rows included) keeping every hidden state the dump
@@ -27,6 +32,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: " PROG " --backend cpu|cuda|auto --model DIR --reference FILE [--tol 1e-4]\n"
+            "       [--precision fp32|bf16]\n"
             "  Runs the BERT in DIR on the backend over the batch of FILE (written by\n"
             "  tests/gpu/bert_reference_dump.py) and compares every hidden state with it:\n"
             "  max |ours - HF| / max |HF| <= tol for each.\n");
@@ -57,6 +63,7 @@ int main(int argc, char **argv)
 {
     const char *backend = NULL, *model_dir = NULL, *ref_path = NULL;
     double tol = 1e-4;
+    sherl_precision prec = SHERL_FP32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -75,6 +82,11 @@ int main(int argc, char **argv)
             model_dir = v;
         } else if (!strcmp(a, "--reference")) {
             ref_path = v;
+        } else if (!strcmp(a, "--precision")) {
+            if (sherl_precision_parse(v, &prec)) {
+                fprintf(stderr, PROG ": --precision %s: expected fp32 or bf16\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--tol")) {
             char *end;
             tol = strtod(v, &end);
@@ -126,7 +138,7 @@ int main(int argc, char **argv)
 
     double t0 = now_s();
     bert_model *m;
-    sherl_status st = bert_load(&m, model_dir, be);
+    sherl_status st = bert_load_prec(&m, model_dir, be, prec);
     if (st.code != SHERL_OK) {
         fprintf(stderr, PROG ": bert_load(%s) on %s: %s\n", model_dir, be->name, st.msg);
         return 2;
@@ -169,7 +181,7 @@ int main(int argc, char **argv)
     int n_states = 0;
     for (int i = 0; i <= L; i++) {
         char name[32];
-        snprintf(name, sizeof name, "hidden_%d", i);
+        snprintf(name, sizeof name, prec == SHERL_BF16 ? "hidden_bf16_%d" : "hidden_%d", i);
         if (!safetensors_find(&ref, name) && i < L)
             continue; /* the dump holds only some states: compare those */
         hidden[i] = be->alloc(BTD * sizeof(float));
@@ -211,7 +223,7 @@ int main(int argc, char **argv)
         if (!hidden[i])
             continue;
         char name[32], name64[32];
-        snprintf(name, sizeof name, "hidden_%d", i);
+        snprintf(name, sizeof name, prec == SHERL_BF16 ? "hidden_bf16_%d" : "hidden_%d", i);
         snprintf(name64, sizeof name64, "hidden64_%d", i);
         int64_t shape[3] = {B, T, D};
         st = safetensors_read_f32(&ref, name, want, 3, shape);
@@ -241,6 +253,28 @@ int main(int argc, char **argv)
         }
         double rel = scale > 0 ? e_all / scale : e_all;
         int ok = finite && rel <= tol;
+        /* bf16: after the first layer, ours must also be clearly nearer the bf16 semantics than
+         * the fp32 model (else the products were not in bf16: fp32 results sit within the
+         * tolerance of the bf16 reference on small random weights) */
+        char versus[128] = "";
+        if (prec == SHERL_BF16 && i > 0) {
+            char name32[32];
+            snprintf(name32, sizeof name32, "hidden_%d", i);
+            float *f32 = malloc(BTD * sizeof(float));
+            if (!f32 || safetensors_read_f32(&ref, name32, f32, 3, shape).code != SHERL_OK) {
+                fprintf(stderr, PROG ": %s: no fp32 state %s to compare with\n", ref_path, name32);
+                return 2;
+            }
+            double e32 = 0.0;
+            for (size_t k = 0; k < BTD; k++)
+                e32 = fmax(e32, fabs((double)host[k] - (double)f32[k]));
+            free(f32);
+            double rel32 = scale > 0 ? e32 / scale : e32;
+            int nearer = rel < rel32;
+            snprintf(versus, sizeof versus, "; vs the fp32 model %.3g (%s)", rel32,
+                     nearer ? "bf16 nearer, as it must be" : "NOT nearer the bf16 semantics");
+            ok = ok && nearer;
+        }
         /* the float64 run, when the dump has it: how far HF's own float32 is from exact */
         char exact[96] = "";
         const st_tensor *t64 = safetensors_find(&ref, name64);
@@ -252,12 +286,12 @@ int main(int argc, char **argv)
                 e64 = fmax(e64, fabs((double)host[k] - x));
                 eref = fmax(eref, fabs((double)want[k] - x));
             }
-            snprintf(exact, sizeof exact, "; vs float64 %.3g (HF float32 itself %.3g)", e64 / scale,
-                     eref / scale);
+            snprintf(exact, sizeof exact, "; vs float64 fp32 model %.3g (the reference itself %.3g)",
+                     e64 / scale, eref / scale);
         }
         printf("%s h_%d: max|ours-HF| %.3g real tokens, %.3g padding; max|HF| %.3g; "
-               "relative %.3g (tol %.1g)%s%s\n",
-               ok ? "ok  " : "FAIL", i, e_real, e_pad, scale, rel, tol, exact,
+               "relative %.3g (tol %.1g)%s%s%s\n",
+               ok ? "ok  " : "FAIL", i, e_real, e_pad, scale, rel, tol, exact, versus,
                finite ? "" : "; NON-FINITE values");
         if (!ok) {
             printf("     worst at [%zu,%zu,%zu]: ours %.8g, HF %.8g\n", at / ((size_t)T * D),

@@ -34,6 +34,8 @@ ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--seq", type=int, default=128)
 ap.add_argument("--float64", action="store_true")
 ap.add_argument("--seed", type=int, default=1234)
+ap.add_argument("--init-range", type=float, default=0.02,
+                help="std of the random weights (larger: the products weigh more against the residuals)")
 a = ap.parse_args()
 if a.seq > a.positions:
     ap.error("--seq %d is over --positions %d" % (a.seq, a.positions))
@@ -56,7 +58,7 @@ cfg_dict = {
     "position_embedding_type": "absolute",
     "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1,
-    "initializer_range": 0.02,
+    "initializer_range": a.init_range,
 }
 # only fields every BertConfig has (transformers 5's is a strict dataclass without
 # position_embedding_type: absolute positions are its only kind, and 4.x's default)
@@ -110,6 +112,25 @@ tensors = {
 }
 for i, h in enumerate(hidden_states(model)):
     tensors["hidden_%d" % i] = h.float().contiguous()
+# The bf16 semantics of our engine, emulated in float32 PyTorch: every encoder Linear takes its
+# input and its weight rounded to bf16 (nearest even) and accumulates in fp32; everything else
+# (embeddings, biases, LayerNorm, softmax, GELU, residuals) stays fp32. This is the oracle for
+# `gpu_bert_oracle --precision bf16`.
+def bf16_linear(mod, x):
+    return torch.nn.functional.linear(x.bfloat16().float(), mod.weight.bfloat16().float(), mod.bias)
+
+
+with torch.no_grad():
+    saved = {}
+    for name, mod in model.encoder.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            saved[name] = mod.forward
+            mod.forward = (lambda m_: (lambda x: bf16_linear(m_, x)))(mod)
+    for i, h in enumerate(hidden_states(model)):
+        tensors["hidden_bf16_%d" % i] = h.float().contiguous()
+    for name, mod in model.encoder.named_modules():
+        if name in saved:
+            mod.forward = saved[name]
 if a.float64:
     for i, h in enumerate(hidden_states(model.double())):
         tensors["hidden64_%d" % i] = h.contiguous()

@@ -526,9 +526,15 @@ Test(job_spec, invalid_resources)
 {
     expect_field("resources.device", "\"tpu\"", "\"cpu\", \"cuda\", \"auto\"");
     expect_field("resources.precision", "\"fp16\"", "\"fp32\", \"bf16\"");
+    /* bf16 is accepted on every device, and reaches the model options */
+    job_spec s;
     char *t = variant_of(k_full, "resources.device", "\"cpu\"");
-    expect_err_(t, strlen(t),
-                (const char *const[]){"'resources.precision'", "needs resources.device", NULL});
+    cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK);
+    cr_assert_eq(s.model.precision, SHERL_BF16);
+    free(t);
+    t = variant_of(k_full, "resources.precision", "\"fp32\"");
+    cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK);
+    cr_assert_eq(s.model.precision, SHERL_FP32);
     free(t);
     expect_field("resources.ranks", "0", "[1, 4096]");
     expect_field("resources.ranks", "4097", "[1, 4096]");
