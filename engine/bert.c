@@ -77,19 +77,6 @@ static uint16_t *carve16(loader *ld, size_t n)
     return p;
 }
 
-/* Carves n floats from the arena and fills them from tensor `name` of the given shape. */
-static sherl_status load_param(loader *ld, float **dst, const char *name, int ndim, int64_t d0,
-                               int64_t d1)
-{
-    char full[256];
-    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
-    int64_t shape[2] = {d0, d1};
-    size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    if (!(*dst = carve(ld, n)))
-        return sherl_errorf(SHERL_EINTERNAL, "parameter arena too small at '%s'", full);
-    return read_tensor(ld, *dst, full, ndim, shape, n);
-}
-
 /* Layer i's twelve tensors from the file into dst's pointers; Q, K and V stacked into one
  * [3D, D] weight and [3D] bias. */
 static sherl_status read_layer(loader *ld, const bert_layer *dst, int i, const hf_config *c)
@@ -173,6 +160,19 @@ static size_t layer_matrix_elems(const hf_config *c)
     return 4 * D * D + 2 * D * F;
 }
 
+/* Elements of the three embedding tables. */
+static size_t embedding_table_elems(const hf_config *c)
+{
+    return ((size_t)c->vocab_size + c->max_position_embeddings + c->type_vocab_size) *
+           (size_t)c->hidden_size;
+}
+
+/* What a bf16 backbone holds in bf16: every matrix and the embedding tables. */
+static size_t bf16_elems(const hf_config *c)
+{
+    return layer_matrix_elems(c) * (size_t)c->num_hidden_layers + embedding_table_elems(c);
+}
+
 size_t bert_param_count(const hf_config *c)
 {
     size_t D = c->hidden_size, F = c->intermediate_size;
@@ -187,7 +187,7 @@ static size_t fp32_region_bytes(const hf_config *c, sherl_precision prec)
 {
     size_t floats = bert_param_count(c);
     if (prec == SHERL_BF16)
-        floats -= layer_matrix_elems(c) * (size_t)c->num_hidden_layers;
+        floats -= bf16_elems(c);
     return (floats * sizeof(float) + 255) & ~(size_t)255;
 }
 
@@ -195,7 +195,7 @@ size_t bert_weight_bytes(const hf_config *c, sherl_precision prec)
 {
     size_t b = fp32_region_bytes(c, prec);
     if (prec == SHERL_BF16)
-        b += layer_matrix_elems(c) * (size_t)c->num_hidden_layers * sizeof(uint16_t);
+        b += bf16_elems(c) * sizeof(uint16_t);
     return b;
 }
 
@@ -212,11 +212,41 @@ size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
     return largest * sizeof(float);
 }
 
-/* bf16 loads round each matrix from an fp32 copy on the backend: the largest matrix. */
+/* bf16 loads round each table and matrix from an fp32 copy on the backend: the largest. */
 size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec)
 {
-    size_t D = c->hidden_size, F = c->intermediate_size;
-    return prec == SHERL_BF16 ? (F > D ? F : D) * D * sizeof(float) : 0;
+    if (prec != SHERL_BF16)
+        return 0;
+    size_t D = c->hidden_size, rows = c->intermediate_size > c->hidden_size
+                                          ? (size_t)c->intermediate_size
+                                          : D;
+    if ((size_t)c->vocab_size > rows)
+        rows = c->vocab_size;
+    if ((size_t)c->max_position_embeddings > rows)
+        rows = c->max_position_embeddings;
+    return rows * D * sizeof(float);
+}
+
+/* The embeddings: tables into dst's float pointers, or (float pointer NULL) rounded to bf16
+ * into the *16 ones; the LayerNorm in fp32. */
+static sherl_status read_embeddings(loader *ld, const bert_embeddings *dst, const hf_config *c)
+{
+    int64_t D = c->hidden_size;
+    static const char *const names[3] = {"word_embeddings", "position_embeddings",
+                                         "token_type_embeddings"};
+    float *w32[3] = {dst->word, dst->pos, dst->type};
+    uint16_t *w16[3] = {(uint16_t *)dst->word16, (uint16_t *)dst->pos16, (uint16_t *)dst->type16};
+    int64_t rows[3] = {c->vocab_size, c->max_position_embeddings, c->type_vocab_size};
+    char n[256];
+    for (int t = 0; t < 3; t++) {
+        snprintf(n, sizeof n, "%sembeddings.%s.weight", ld->prefix, names[t]);
+        SHERL_TRY(read_matrix(ld, w32[t], w16[t], n, rows[t], D));
+    }
+    int64_t shape[1] = {D};
+    snprintf(n, sizeof n, "%sembeddings.LayerNorm.weight", ld->prefix);
+    SHERL_TRY(read_tensor(ld, dst->ln_w, n, 1, shape, (size_t)D));
+    snprintf(n, sizeof n, "%sembeddings.LayerNorm.bias", ld->prefix);
+    return read_tensor(ld, dst->ln_b, n, 1, shape, (size_t)D);
 }
 
 /* Opens the model file and finds the tensor-name prefix. */
@@ -256,6 +286,28 @@ sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *d
     fp32.qkv_w16 = fp32.attn_out_w16 = fp32.ffn_in_w16 = fp32.ffn_out_w16 = NULL;
     if (!st.code)
         st = read_layer(&ld, &fp32, i, &m->cfg);
+    free(ld.host);
+    safetensors_close(&sf);
+    return st;
+}
+
+sherl_status bert_read_embeddings_f32(const bert_model *m, const bert_embeddings *dst)
+{
+    if (!dst->word || !dst->pos || !dst->type || !dst->ln_w || !dst->ln_b)
+        return sherl_errorf(SHERL_EINTERNAL, "bert_read_embeddings_f32: missing buffers");
+    safetensors_file sf;
+    loader ld = {.be = m->be};
+    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir));
+    ld.sf = &sf;
+    size_t staging = bert_load_staging_bytes(&m->cfg, m->be);
+    ld.host = staging ? malloc(staging) : NULL;
+    sherl_status st = staging && !ld.host
+                          ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading the embeddings")
+                          : sherl_ok();
+    bert_embeddings fp32 = *dst;
+    fp32.word16 = fp32.pos16 = fp32.type16 = NULL;
+    if (!st.code)
+        st = read_embeddings(&ld, &fp32, &m->cfg);
     free(ld.host);
     safetensors_close(&sf);
     return st;
@@ -303,7 +355,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     ld.arena = be->alloc(total);
     if (ld.arena && prec == SHERL_BF16) {
         ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
-        ld.cap16 = layer_matrix_elems(c) * (size_t)c->num_hidden_layers;
+        ld.cap16 = bf16_elems(c);
         ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
     }
     size_t staging = bert_load_staging_bytes(c, be);
@@ -314,17 +366,20 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
                           total / 1e6, model_dir);
         goto fail;
     }
-    st = load_param(&ld, &m->emb.word, "embeddings.word_embeddings.weight", 2, c->vocab_size, D);
-    if (!st.code)
-        st = load_param(&ld, &m->emb.pos, "embeddings.position_embeddings.weight", 2,
-                        c->max_position_embeddings, D);
-    if (!st.code)
-        st = load_param(&ld, &m->emb.type, "embeddings.token_type_embeddings.weight", 2,
-                        c->type_vocab_size, D);
-    if (!st.code)
-        st = load_param(&ld, &m->emb.ln_w, "embeddings.LayerNorm.weight", 1, D, 0);
-    if (!st.code)
-        st = load_param(&ld, &m->emb.ln_b, "embeddings.LayerNorm.bias", 1, D, 0);
+    if (prec == SHERL_BF16) {
+        m->emb.word16 = carve16(&ld, (size_t)c->vocab_size * D);
+        m->emb.pos16 = carve16(&ld, (size_t)c->max_position_embeddings * D);
+        m->emb.type16 = carve16(&ld, (size_t)c->type_vocab_size * D);
+    } else {
+        m->emb.word = carve(&ld, (size_t)c->vocab_size * D);
+        m->emb.pos = carve(&ld, (size_t)c->max_position_embeddings * D);
+        m->emb.type = carve(&ld, (size_t)c->type_vocab_size * D);
+    }
+    m->emb.ln_w = carve(&ld, D);
+    m->emb.ln_b = carve(&ld, D);
+    st = m->emb.ln_b && (m->emb.word || m->emb.type16)
+             ? read_embeddings(&ld, &m->emb, c)
+             : sherl_errorf(SHERL_EINTERNAL, "parameter arena too small for the embeddings");
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
     if (!st.code)
@@ -334,6 +389,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     if (st.code)
         goto fail;
     m->n_params = (long long)bert_param_count(c);
+    m->arena = ld.arena;
     if (ld.wide)
         be->free(ld.wide);
     free(ld.host);
@@ -356,8 +412,8 @@ void bert_free(bert_model *m)
 {
     if (!m)
         return;
-    if (m->emb.word)
-        m->be->free(m->emb.word); /* the arena starts with the word embeddings */
+    if (m->arena)
+        m->be->free(m->arena);
     free(m->layers);
     free(m);
 }
@@ -535,10 +591,18 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
     free(pos), free(types), free(madd);
 
     /* e = word[ids] + pos[t] + type[tt]; h0 = LayerNorm(e). h0 doubles as scratch. */
-    be->embedding_forward(ws->emb, ws->ids, w->word, (int)BT, D);
-    be->embedding_forward(h0, ws->positions, w->pos, (int)BT, D);
+    if (w->word) {
+        be->embedding_forward(ws->emb, ws->ids, w->word, (int)BT, D);
+        be->embedding_forward(h0, ws->positions, w->pos, (int)BT, D);
+    } else {
+        be->embedding_forward_bf16(ws->emb, ws->ids, w->word16, (int)BT, D);
+        be->embedding_forward_bf16(h0, ws->positions, w->pos16, (int)BT, D);
+    }
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
-    be->embedding_forward(h0, ws->types, w->type, (int)BT, D);
+    if (w->type)
+        be->embedding_forward(h0, ws->types, w->type, (int)BT, D);
+    else
+        be->embedding_forward_bf16(h0, ws->types, w->type16, (int)BT, D);
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
     be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, w->ln_w, w->ln_b, (int)BT, D,
                           c->layer_norm_eps);

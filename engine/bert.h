@@ -36,6 +36,8 @@ typedef struct {
 } bert_layer;
 
 typedef struct {
+    /* bf16 backbones hold the three tables in bf16 (the float pointers then NULL) */
+    const uint16_t *word16, *pos16, *type16;
     float *word;  /* [V, D] */
     float *pos;   /* [P, D] */
     float *type;  /* [TV, D] */
@@ -49,6 +51,7 @@ typedef struct {
                            * LayerNorms are fp32 either way */
     bert_embeddings emb;
     bert_layer *layers; /* [L] */
+    void *arena;        /* the one backend allocation every weight lives in */
     long long n_params;
     char dir[4096];     /* the model folder, to re-read fp32 weights of layers to train */
 } bert_model;
@@ -64,6 +67,8 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
  * (backend memory, allocated by the caller): the initial values of a layer to train, exact
  * also when the resident backbone holds the layer in bf16. */
 sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *dst);
+/* The same for the embeddings (tables and LayerNorm) into dst's float pointers. */
+sherl_status bert_read_embeddings_f32(const bert_model *m, const bert_embeddings *dst);
 /* Floats of the weights bert_load keeps (Q, K, V fused), from the config alone. */
 size_t bert_param_count(const hf_config *c);
 /* Bytes of backend memory the resident weights take at this precision. */

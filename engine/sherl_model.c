@@ -235,9 +235,18 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
                            &m->emb_grads.ln_w, &m->emb_grads.ln_b};
         for (int j = 0; j < 5; j++) {
             sherl_param *p = &m->ps.items[m->emb_idx[j]];
-            copy_backend(m->be, p->data, src[j], p->numel, host, host_n);
+            if (bb->prec == SHERL_FP32)
+                copy_backend(m->be, p->data, src[j], p->numel, host, host_n);
             *dst[j] = p->data;
             *gdst[j] = p->grad;
+        }
+        if (bb->prec != SHERL_FP32) { /* from the file's fp32 values, as the layers below */
+            m->emb.word16 = m->emb.pos16 = m->emb.type16 = NULL;
+            st = bert_read_embeddings_f32(bb, &m->emb);
+            if (st.code) {
+                free(host);
+                goto fail;
+            }
         }
     }
     for (int i = 0; i < L && !st.code; i++) {

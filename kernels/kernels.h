@@ -66,6 +66,10 @@ struct sherl_backend {
     int (*mem_info)(size_t *free_bytes, size_t *total_bytes);
     /* dst = src, both backend memory (regions must not overlap) */
     void (*copy_device)(void *dst, const void *src, size_t bytes);
+    /* Whether this thread's fp32 products (gemm, gemm_strided_batched, matmul_*, attention_*)
+     * may use reduced-precision tensor cores (TF32 on CUDA: 10-bit mantissas, fp32 range and
+     * accumulation). Off by default; a bf16 job turns it on for its thread. No effect on cpu. */
+    void (*allow_tf32)(int on);
 
     /* ---- general matrix multiply ----
      * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).
@@ -129,6 +133,9 @@ struct sherl_backend {
 
     /* ---- embedding gather: out[N,C] = table[ids[n], :] ---- */
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);
+    /* the same from a bf16 table (a bf16 backbone's frozen embeddings), widened exactly */
+    void (*embedding_forward_bf16)(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                   int C);
     /* dtable[ids[n], :] += dout[n, :] */
     void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 

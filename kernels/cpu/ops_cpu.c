@@ -104,6 +104,8 @@ static int cpu_mem_info(size_t *free_bytes, size_t *total_bytes)
 
 static void cpu_copy_device(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 
+static void cpu_allow_tf32(int on) { (void)on; }
+
 static void cpu_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
 {
 #pragma omp parallel for if (n >= PAR_MIN)
@@ -537,6 +539,15 @@ static void cpu_embedding_forward(float *out, const int32_t *ids, const float *t
 #pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, sizeof(float) * C);
+}
+
+static void cpu_embedding_forward_bf16(float *out, const int32_t *ids, const uint16_t *table,
+                                      int N, int C)
+{
+#pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            out[(size_t)n * C + c] = sherl_bf16_to_f32(table[(size_t)ids[n] * C + c]);
 }
 
 static void cpu_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
@@ -1199,6 +1210,7 @@ static const sherl_backend cpu_backend = {
     .take_error = cpu_take_error,
     .mem_info = cpu_mem_info,
     .copy_device = cpu_copy_device,
+    .allow_tf32 = cpu_allow_tf32,
     .gemm_bf16 = cpu_gemm_bf16,
     .f32_to_bf16 = cpu_f32_to_bf16,
     .bf16_to_f32 = cpu_bf16_to_f32,
@@ -1217,6 +1229,7 @@ static const sherl_backend cpu_backend = {
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .embedding_forward = cpu_embedding_forward,
+    .embedding_forward_bf16 = cpu_embedding_forward_bf16,
     .embedding_backward = cpu_embedding_backward,
     .residual_forward = cpu_residual_forward,
     .residual_backward = cpu_residual_backward,

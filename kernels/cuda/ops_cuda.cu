@@ -49,6 +49,7 @@ extern "C" {
 struct cuda_ctx {
     int ready;             // stream created
     int blas_ready;        // cuBLAS handle and workspace created (on first product or prepare)
+    int tf32;              // allow_tf32: this thread's fp32 products may use TF32
     int failed;            // an error has been recorded since the last take_error
     char err[512];
     cudaStream_t stream;
@@ -384,10 +385,12 @@ __global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, long long s
 
 static int use_tf32; // SHERL_CUDA_TF32=1, read once when the backend is first asked for
 
-static cublasComputeType_t fp32_compute(void)
+static cublasComputeType_t fp32_compute(const cuda_ctx *c)
 {
-    return use_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    return use_tf32 || c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
+
+static void cuda_allow_tf32(int on) { tls_ctx.tf32 = on != 0; }
 
 static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
                      int lda, long long stride_a, const void *B, int ldb, long long stride_b,
@@ -407,7 +410,7 @@ static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha,
         return;
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasComputeType_t compute = type == CUDA_R_32F ? fp32_compute() : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute = type == CUDA_R_32F ? fp32_compute(c) : CUBLAS_COMPUTE_32F;
     if (batch == 1)
         CKB(c, cublasGemmEx(c->blas, op_b, op_a, N, M, K, &alpha, B, type, ldb, A, type, lda,
                             &beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
@@ -1006,6 +1009,12 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *ids, const f
     GRID_STRIDE(i, n) out[i] = table[(size_t)ids[i / C] * C + i % C];
 }
 
+__global__ void embedding_forward_bf16_kernel(float *out, const int32_t *ids,
+                                              const uint16_t *table, size_t n, int C)
+{
+    GRID_STRIDE(i, n) out[i] = __uint_as_float((uint32_t)table[(size_t)ids[i / C] * C + i % C] << 16);
+}
+
 __global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *ids,
                                           size_t n, int C)
 {
@@ -1018,6 +1027,13 @@ static void cuda_embedding_forward(float *out, const int32_t *ids, const float *
 {
     size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
     ELEMENTWISE(embedding_forward_kernel, n, out, ids, table, n, C);
+}
+
+static void cuda_embedding_forward_bf16(float *out, const int32_t *ids, const uint16_t *table,
+                                       int N, int C)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(embedding_forward_bf16_kernel, n, out, ids, table, n, C);
 }
 
 static void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
@@ -1640,6 +1656,7 @@ static void cuda_backend_fill(void)
     t->take_error = cuda_take_error;
     t->mem_info = cuda_mem_info;
     t->copy_device = cuda_copy_device;
+    t->allow_tf32 = cuda_allow_tf32;
     t->gemm = cuda_gemm;
     t->gemm_strided_batched = cuda_gemm_strided_batched;
     t->gemm_bf16 = cuda_gemm_bf16;
@@ -1658,6 +1675,7 @@ static void cuda_backend_fill(void)
     t->attention_forward = cuda_attention_forward;
     t->attention_backward = cuda_attention_backward;
     t->embedding_forward = cuda_embedding_forward;
+    t->embedding_forward_bf16 = cuda_embedding_forward_bf16;
     t->embedding_backward = cuda_embedding_backward;
     t->residual_forward = cuda_residual_forward;
     t->residual_backward = cuda_residual_backward;

@@ -112,15 +112,20 @@ tensors = {
 }
 for i, h in enumerate(hidden_states(model)):
     tensors["hidden_%d" % i] = h.float().contiguous()
-# The bf16 semantics of our engine, emulated in float32 PyTorch: every encoder Linear takes its
-# input and its weight rounded to bf16 (nearest even) and accumulates in fp32; everything else
-# (embeddings, biases, LayerNorm, softmax, GELU, residuals) stays fp32. This is the oracle for
-# `gpu_bert_oracle --precision bf16`.
+# The bf16 semantics of our engine, emulated in float32 PyTorch: the three embedding tables are
+# rounded to bf16 (nearest even), every encoder Linear takes its input and its weight rounded to
+# bf16 and accumulates in fp32; everything else (biases, LayerNorms, softmax, GELU, residuals,
+# the sums) stays fp32. This is the oracle for `gpu_bert_oracle --precision bf16`.
 def bf16_linear(mod, x):
     return torch.nn.functional.linear(x.bfloat16().float(), mod.weight.bfloat16().float(), mod.bias)
 
 
 with torch.no_grad():
+    tables = [model.embeddings.word_embeddings, model.embeddings.position_embeddings,
+              model.embeddings.token_type_embeddings]
+    kept = [t.weight.detach().clone() for t in tables]
+    for t in tables:
+        t.weight.copy_(t.weight.bfloat16().float())
     saved = {}
     for name, mod in model.encoder.named_modules():
         if isinstance(mod, torch.nn.Linear):
@@ -131,6 +136,8 @@ with torch.no_grad():
     for name, mod in model.encoder.named_modules():
         if name in saved:
             mod.forward = saved[name]
+    for t, w in zip(tables, kept):
+        t.weight.copy_(w)
 if a.float64:
     for i, h in enumerate(hidden_states(model.double())):
         tensors["hidden64_%d" % i] = h.contiguous()

@@ -942,6 +942,18 @@ static void t_embedding_forward(tcase *tc, int big)
     check_exact(tc, "out", out, (size_t)e.N * e.C, sizeof(float)); /* a gather: exact */
 }
 
+/* A bf16 table (a bf16 backbone's embeddings) widened on the gather: exact. */
+static void t_embedding_forward_bf16(tcase *tc, int big)
+{
+    embedding_shape e = embedding_of(big);
+    pair ids = up_ids(tc, e), table = up_bf16(tc, (size_t)e.V * e.C);
+    pair out = up_poison(tc, (size_t)e.N * e.C);
+    ON_BOTH(tc, be->embedding_forward_bf16(P(out), P(ids), P(table), e.N, e.C));
+    if (!settle(tc, "embedding_forward_bf16"))
+        return;
+    check_exact(tc, "out", out, (size_t)e.N * e.C, sizeof(float));
+}
+
 static void t_embedding_backward(tcase *tc, int big)
 {
     embedding_shape e = embedding_of(big);
@@ -1431,6 +1443,8 @@ static const test_def tests[] = {
     {"attention_backward.big", t_attention_backward, 1},
     {"embedding_forward.small", t_embedding_forward, 0},
     {"embedding_forward.big", t_embedding_forward, 1},
+    {"embedding_forward_bf16.small", t_embedding_forward_bf16, 0},
+    {"embedding_forward_bf16.big", t_embedding_forward_bf16, 1},
     {"embedding_backward.small", t_embedding_backward, 0},
     {"embedding_backward.big", t_embedding_backward, 1},
     {"residual_forward", t_residual_forward, 0},

@@ -231,6 +231,13 @@ static void g_embedding_forward(float *out, const int32_t *ids, const float *tab
     close_all();
 }
 
+static void g_embedding_forward_bf16(float *out, const int32_t *ids, const uint16_t *table, int N, int C)
+{
+    open_all();
+    cpu->embedding_forward_bf16(out, ids, table, N, C);
+    close_all();
+}
+
 static void g_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C)
 {
     open_all();
@@ -419,6 +426,7 @@ static void fill(void)
     t->attention_forward = g_attention_forward;
     t->attention_backward = g_attention_backward;
     t->embedding_forward = g_embedding_forward;
+    t->embedding_forward_bf16 = g_embedding_forward_bf16;
     t->embedding_backward = g_embedding_backward;
     t->residual_forward = g_residual_forward;
     t->residual_backward = g_residual_backward;
