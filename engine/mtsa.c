@@ -103,29 +103,45 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     fill_const(ps, a->gate, 0.0f);
 }
 
-/* The buffers of mtsa_acts with their sizes. */
-#define MTSA_BUFS(a, t, N)                                                                      \
+/* The buffers of mtsa_acts with their sizes: those the backward reads (kept from the forward
+ * to the backward)... */
+#define MTSA_KEPT_BUFS(a, t, N)                                                                 \
     {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},  {&(t)->x, (size_t)(a)->K * (N) * (a)->d},      \
     {&(t)->ln_mean, (size_t)(a)->K * (N)},        {&(t)->ln_rstd, (size_t)(a)->K * (N)},         \
     {&(t)->s, (size_t)(N) * ((a)->K - 1)},        {&(t)->rho, (size_t)(N) * ((a)->K - 1)},       \
     {&(t)->alpha, (size_t)(N) * ((a)->K - 1)},    {&(t)->z, (size_t)(N) * (a)->d},               \
     {&(t)->rz, (size_t)(N) * (a)->d},             {&(t)->u, (size_t)(N) * (a)->D},               \
-    {&(t)->un, (size_t)(N) * (a)->D},             {&(t)->out_mean, (size_t)(N)},                 \
-    {&(t)->out_rstd, (size_t)(N)},                {&(t)->ud, (size_t)(N) * (a)->D},              \
+    {&(t)->out_mean, (size_t)(N)},                {&(t)->out_rstd, (size_t)(N)},
+/* ...and those live only inside the forward or only inside the backward. */
+#define MTSA_SCRATCH_BUFS(a, t, N)                                                              \
+    {&(t)->un, (size_t)(N) * (a)->D},             {&(t)->ud, (size_t)(N) * (a)->D},              \
     {&(t)->d_ud, (size_t)(N) * (a)->D},           {&(t)->d_un, (size_t)(N) * (a)->D},            \
     {&(t)->d_u, (size_t)(N) * (a)->D},            {&(t)->d_rz, (size_t)(N) * (a)->d},            \
     {&(t)->d_z, (size_t)(N) * (a)->d},            {&(t)->d_xpre, (size_t)(N) * (a)->d},          \
     {&(t)->d_x, (size_t)(a)->K * (N) * (a)->d},
 
+typedef struct {
+    float **p;
+    size_t n;
+} mtsa_buf;
+
+static void carve_all(const mtsa_buf *bufs, size_t n, sherl_arena *ar)
+{
+    for (size_t i = 0; i < n; i++)
+        *bufs[i].p = arena_floats(ar, bufs[i].n);
+}
+
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
     t->N = N;
-    struct {
-        float **p;
-        size_t n;
-    } bufs[] = {MTSA_BUFS(a, t, N)};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        *bufs[i].p = arena_floats(ar, bufs[i].n);
+    mtsa_buf bufs[] = {MTSA_KEPT_BUFS(a, t, N)};
+    carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
+}
+
+void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
+{
+    mtsa_buf bufs[] = {MTSA_SCRATCH_BUFS(a, t, N)};
+    carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
 }
 
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,

@@ -39,16 +39,21 @@ typedef struct {
     float *ln_mean, *ln_rstd; /* [K,N] */
     float *s, *rho, *alpha;   /* [N,K-1] */
     float *z, *rz;            /* [N,d] consolidated, relu(z) */
-    float *u, *un;            /* [N,D] up-projection, after LayerNorm_out */
+    float *u;                 /* [N,D] up-projection */
     float *out_mean, *out_rstd; /* [N] */
-    float *ud;                /* [N,D] after dropout */
+    /* forward scratch: dead once y is written */
+    float *un, *ud;           /* [N,D] after LayerNorm_out, after dropout */
     /* backward scratch */
     float *d_ud, *d_un, *d_u; /* [N,D] */
     float *d_rz, *d_z, *d_xpre; /* [N,d] */
     float *d_x;               /* [K,N,d] */
 } mtsa_acts;
 
+/* The activations the backward reads, kept from the forward. */
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
+/* The forward's and the backward's own scratch: may share memory with anything that is not
+ * live while mtsa_forward or mtsa_backward runs (in a step: the layers' scratch). */
+void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 
 /* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.
  * Dropout (p = a->dropout when train) uses the counter-based RNG at (seed, 0). */

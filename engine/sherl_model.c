@@ -374,13 +374,20 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     STEP_GROUP_END(STEP_MTSA_ACTS);
     /* Buffers of the forward and of the backward that are never live together share memory
      * (the backward reads only kept states and its own scratch):
-     *   the forward-only layers' activations  |  one layer's backward scratch
-     *   the ping-pong for states not kept     |  the gradient ping-pong */
+     *   the forward-only layers' activations  |  one layer's backward scratch  |  MTSA's own
+     *   the ping-pong for states not kept     |  the gradient ping-pong
+     * (MTSA's forward runs between frozen layers and its backward after the late layers'; the
+     * gradient it starts from, dy, is in the gradient ping-pong.) */
     size_t at = ar->used, end;
     bert_layer_acts_layout(&s->ws.acts, ar, B, T, D, F, NH);
     end = ar->used, ar->used = at;
     if (m->opt.method != METHOD_LINEAR)
         bert_layer_grad_ws_layout(&s->gws, ar, B, T, D, F);
+    if (ar->used > end)
+        end = ar->used;
+    ar->used = at;
+    if (m->opt.method == METHOD_SHERL)
+        mtsa_scratch_layout(&s->side, &m->side, (int)N, ar);
     if (ar->used < end)
         ar->used = end;
     at = ar->used;
