@@ -106,7 +106,7 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
 /* The buffers of mtsa_acts with their sizes: those the backward reads (kept from the forward
  * to the backward)... */
 #define MTSA_KEPT_BUFS(a, t, N)                                                                 \
-    {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},  {&(t)->x, (size_t)(a)->K * (N) * (a)->d},      \
+    {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},                                                \
     {&(t)->ln_mean, (size_t)(a)->K * (N)},        {&(t)->ln_rstd, (size_t)(a)->K * (N)},         \
     {&(t)->s, (size_t)(N) * ((a)->K - 1)},        {&(t)->rho, (size_t)(N) * ((a)->K - 1)},       \
     {&(t)->alpha, (size_t)(N) * ((a)->K - 1)},    {&(t)->z, (size_t)(N) * (a)->d},               \
@@ -114,6 +114,7 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     {&(t)->out_mean, (size_t)(N)},                {&(t)->out_rstd, (size_t)(N)},
 /* ...and those live only inside the forward or only inside the backward. */
 #define MTSA_SCRATCH_BUFS(a, t, N)                                                              \
+    {&(t)->x, (size_t)(a)->K * (N) * (a)->d},                                                   \
     {&(t)->un, (size_t)(N) * (a)->D},             {&(t)->ud, (size_t)(N) * (a)->D},              \
     {&(t)->d_ud, (size_t)(N) * (a)->D},           {&(t)->d_un, (size_t)(N) * (a)->D},            \
     {&(t)->d_u, (size_t)(N) * (a)->D},            {&(t)->d_rz, (size_t)(N) * (a)->d},            \
@@ -191,6 +192,11 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
     be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz, P(ps, a->up_w), N,
                         d, D);
     be->relu_backward(t->d_z, t->z, t->d_rz, Nd);
+    /* the projected taps again, from the kept LayerNorm inputs (the same bits as the forward's):
+     * K x N x d floats less to keep between forward and backward */
+    for (int i = 0; i < K; i++)
+        be->layernorm_forward(t->x + i * Nd, NULL, NULL, t->xpre + i * Nd, P(ps, a->proj_ln_w[i]),
+                              P(ps, a->proj_ln_b[i]), N, d, MTSA_PROJ_LN_EPS);
     be->mtsa_guide_backward(t->d_x, G(ps, a->guide_w), G(ps, a->guide_c), t->d_z, t->x,
                             P(ps, a->guide_w), t->s, t->rho, t->alpha, K, N, d);
     for (int i = 0; i < K; i++) {

@@ -35,7 +35,7 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
 typedef struct {
     int N;
     float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs) */
-    float *x;     /* [K,N,d] projected taps */
+    float *x;     /* [K,N,d] projected taps: scratch, recomputed from xpre by the backward */
     float *ln_mean, *ln_rstd; /* [K,N] */
     float *s, *rho, *alpha;   /* [N,K-1] */
     float *z, *rz;            /* [N,d] consolidated, relu(z) */
