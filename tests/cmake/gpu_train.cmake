@@ -1,0 +1,62 @@
+# tests/gpu/train_checks: training on a chosen backend (see tests/gpu/train_checks.c).
+# gpu_train_checks parity trains one SHERL job on the CPU in fp32 and on the tested backend
+# (fp32: every step's loss within 1e-4 relative; bf16: 2e-2 and validation accuracy within
+# 0.01); gpu_train_checks sharing runs N concurrent jobs on one resident backbone and checks the
+# memory they use against the planner (device memory on a GPU; RSS growth and bit-identical
+# parameters on the CPU). CTest runs them on random BERTs with a learnable task made by the
+# fixtures below: parity on the guarded CPU backend (memory the host cannot touch, bit-identical
+# to cpu), sharing on cpu and on cpu-counted (the CPU as a device with exact memory counts), and
+# both on cuda, which say "no GPU ... not run" and pass where there is none. tests/gpu/run.sh
+# runs them on the GPU with bigger models.
+# gpu_train_parity_self_test proves a difference is caught (bf16 at a 1e-7 tolerance FAILs).
+# Defined before tests/CMakeLists.txt stops for a missing Criterion: it needs none.
+add_executable(gpu_train_checks ${SHERL_TEST_DIR}/gpu/train_checks.c
+  ${SHERL_TEST_DIR}/unit/guarded_backend.c)
+target_include_directories(gpu_train_checks PRIVATE ${SHERL_TEST_DIR}/unit)
+target_link_libraries(gpu_train_checks PRIVATE sherl Threads::Threads)
+
+set(SHERL_GPU_TRAIN_WORK ${SHERL_TEST_WORK}/gpu_train)
+# small (2 layers, hidden 64) for parity; medium (4 layers, hidden 256, vocab 30522: a 42 MiB
+# backbone, so RSS growth is measurable over the per-thread memory the plan does not count) for
+# sharing
+add_test(NAME fixture_gpu_train_small
+  COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/gpu/make_train_task.py ${SHERL_GPU_TRAIN_WORK}/small
+          --layers 2 --hidden 64 --heads 4 --ffn 128 --vocab 1000 --signal 1.0)
+add_test(NAME fixture_gpu_train_medium
+  COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/gpu/make_train_task.py ${SHERL_GPU_TRAIN_WORK}/medium
+          --layers 4 --hidden 256 --heads 4 --ffn 1024 --vocab 30522 --signal 0.2)
+set_tests_properties(fixture_gpu_train_small fixture_gpu_train_medium PROPERTIES
+  FIXTURES_SETUP gpu_train_task TIMEOUT 300 LABELS gpu)
+
+set(small --model ${SHERL_GPU_TRAIN_WORK}/small/model --data ${SHERL_GPU_TRAIN_WORK}/small/data)
+set(medium --model ${SHERL_GPU_TRAIN_WORK}/medium/model --data ${SHERL_GPU_TRAIN_WORK}/medium/data)
+add_test(NAME gpu_train_parity_guarded
+  COMMAND gpu_train_checks parity --backend cpu-guarded ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_guarded)
+add_test(NAME gpu_train_parity_bf16_guarded
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_guarded)
+# the comparison is not vacuous: bf16 against fp32 at a tolerance bf16 cannot meet must FAIL
+add_test(NAME gpu_train_parity_self_test
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 ${small} --steps 5
+          --tol 1e-7 --work ${SHERL_GPU_TRAIN_WORK}/parity_self_test)
+set_tests_properties(gpu_train_parity_self_test PROPERTIES
+  PASS_REGULAR_EXPRESSION "parity: cpu-guarded bf16: FAIL worst rel diff [0-9.e+-]+ at step")
+add_test(NAME gpu_train_parity_cuda
+  COMMAND gpu_train_checks parity --backend cuda ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_cuda)
+add_test(NAME gpu_train_sharing_cpu
+  COMMAND gpu_train_checks sharing --backend cpu ${medium} --jobs 3 --steps 6
+          --work ${SHERL_GPU_TRAIN_WORK}/sharing_cpu)
+# the device path without a GPU: the CPU backend as a device whose mem_info counts exactly what
+# it allocated, so the jobs' arenas must match the plan to 1%
+add_test(NAME gpu_train_sharing_counted
+  COMMAND gpu_train_checks sharing --backend cpu-counted ${medium} --jobs 3 --steps 6 --tol 0.01
+          --work ${SHERL_GPU_TRAIN_WORK}/sharing_counted)
+add_test(NAME gpu_train_sharing_cuda
+  COMMAND gpu_train_checks sharing --backend cuda ${medium} --jobs 4 --steps 6
+          --work ${SHERL_GPU_TRAIN_WORK}/sharing_cuda)
+set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
+  gpu_train_parity_self_test gpu_train_parity_cuda
+  gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
+  FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""A random BERT with a WordPiece vocabulary and a small learnable classification task, for
+gpu_train_checks (tests/gpu/train_checks.c) on machines without a pretrained model.
+
+  make_train_task.py OUT_DIR [--layers 2] [--hidden 64] [--heads 4] [--ffn 128] [--vocab 1000]
+                     [--positions 512] [--train 256] [--val 128] [--min-words 5]
+                     [--max-words 28] [--signal 0.5] [--seed 1234]
+
+Writes
+  OUT_DIR/model: config.json and model.safetensors (a random-init BertModel, LayerNorm weights
+                 and biases perturbed as in bert_reference_dump.py), vocab.txt ([PAD] [UNK] [CLS]
+                 [SEP] [MASK], then --vocab - 5 made-up lowercase words, each one WordPiece token)
+                 and tokenizer_config.json (uncased), so the engine's tokenizer loads it;
+  OUT_DIR/data:  train.jsonl and validation.jsonl, rows {"text": ..., "label": "first"|"second"}.
+A row's words all come from one half of the vocabulary's words: the label says which half. The
+word embeddings carry the label as a direction, +/- signal x (a typical row's norm) along one
+random unit vector for the words of the first / second half, so a frozen random backbone's
+features separate the classes and a few dozen SHERL steps learn the task: validation accuracy
+then means something. Classes are balanced and alternate in the train file.
+
+Needs torch, transformers and safetensors (the same as bert_reference_dump.py)."""
+import argparse
+import json
+import os
+import random
+import time
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("out")
+ap.add_argument("--layers", type=int, default=2)
+ap.add_argument("--hidden", type=int, default=64)
+ap.add_argument("--heads", type=int, default=4)
+ap.add_argument("--ffn", type=int, default=128)
+ap.add_argument("--vocab", type=int, default=1000)
+ap.add_argument("--positions", type=int, default=512)
+ap.add_argument("--train", type=int, default=256)
+ap.add_argument("--val", type=int, default=128)
+ap.add_argument("--min-words", type=int, default=5)
+ap.add_argument("--max-words", type=int, default=28)
+ap.add_argument("--signal", type=float, default=0.5)
+ap.add_argument("--seed", type=int, default=1234)
+a = ap.parse_args()
+if a.vocab < 25:
+    ap.error("--vocab %d: at least 25 (5 special tokens and 10 words per class)" % a.vocab)
+if not 1 <= a.min_words <= a.max_words:
+    ap.error("--min-words and --max-words: 1 <= min <= max")
+
+t0 = time.time()
+torch.manual_seed(a.seed)
+rng = random.Random(a.seed)
+
+# ---- the vocabulary: made-up words of consonant-vowel syllables, all distinct ----
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+n_words = a.vocab - len(SPECIAL)
+syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+words, seen = [], set()
+while len(words) < n_words:
+    w = "".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
+    if w not in seen:
+        seen.add(w)
+        words.append(w)
+half = n_words // 2
+classes = {"first": words[:half], "second": words[half:]}
+
+# ---- the model ----
+cfg_dict = {
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": a.vocab,
+    "hidden_size": a.hidden,
+    "num_hidden_layers": a.layers,
+    "num_attention_heads": a.heads,
+    "intermediate_size": a.ffn,
+    "max_position_embeddings": a.positions,
+    "type_vocab_size": 2,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+}
+cfg = BertConfig(**{k: v for k, v in cfg_dict.items()
+                    if k not in ("architectures", "model_type", "position_embedding_type")})
+model = BertModel(cfg, add_pooling_layer=False)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if "LayerNorm" in name:
+            p.add_(0.1 * torch.randn_like(p))
+        elif name.endswith(".bias"):
+            p.add_(0.02 * torch.randn_like(p))
+    emb = model.embeddings.word_embeddings.weight
+    u = torch.randn(a.hidden)
+    u /= u.norm()
+    typical = emb[len(SPECIAL):].norm(dim=1).mean()
+    lo, mid = len(SPECIAL), len(SPECIAL) + half
+    emb[lo:mid] += a.signal * typical * u
+    emb[mid:] -= a.signal * typical * u
+
+model_dir = os.path.join(a.out, "model")
+data_dir = os.path.join(a.out, "data")
+os.makedirs(model_dir, exist_ok=True)
+os.makedirs(data_dir, exist_ok=True)
+with open(os.path.join(model_dir, "config.json"), "w") as f:
+    json.dump(cfg_dict, f, indent=2)
+save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+          os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+with open(os.path.join(model_dir, "vocab.txt"), "w") as f:
+    f.write("\n".join(SPECIAL + words) + "\n")
+with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
+    json.dump({"do_lower_case": True, "model_max_length": a.positions,
+               "tokenizer_class": "BertTokenizer"}, f, indent=2)
+
+
+# ---- the data ----
+def write_split(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            label = "first" if i % 2 == 0 else "second"
+            text = " ".join(rng.choice(classes[label])
+                            for _ in range(rng.randint(a.min_words, a.max_words)))
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+
+
+write_split(os.path.join(data_dir, "train.jsonl"), a.train)
+write_split(os.path.join(data_dir, "validation.jsonl"), a.val)
+n_params = sum(p.numel() for p in model.parameters())
+print("make_train_task: %d layers, hidden %d, %d heads, ffn %d, vocab %d (%.1fM parameters); "
+      "%d train / %d validation rows of %d-%d words, 2 classes; signal %.2f; %.1f s -> %s"
+      % (a.layers, a.hidden, a.heads, a.ffn, a.vocab, n_params / 1e6, a.train, a.val,
+         a.min_words, a.max_words, a.signal, time.time() - t0, a.out))

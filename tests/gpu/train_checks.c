@@ -1,0 +1,1013 @@
+/* gpu_train_checks: two checks of training on a chosen backend, runnable on any backend (so the
+ * CPU side runs in CI too).
+ *
+ *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
+ *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
+ *                            [--tol X] [--work DIR]
+ *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
+ *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
+ *
+ * B: cpu, cuda, auto, cpu-guarded (the CPU backend on memory the host cannot touch outside
+ * backend calls, tests/unit/guarded_backend.c: bit-identical to cpu; single-threaded, so not for
+ * sharing) or cpu-counted (the CPU backend as a device: host_memory 0 and mem_info counting
+ * exactly the bytes it allocated; thread-safe, so sharing's device path runs without a GPU). DIR (--data) holds train.jsonl and validation.jsonl with "text" and "label" fields;
+ * tests/gpu/make_train_task.py makes a model and such a task.
+ *
+ * parity: the same SHERL job (method sherl, classification, log_every 1, the default dropout,
+ *   seed 17, max_steps = --steps) trained once on the CPU backend in fp32 and once on B at
+ *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend).
+ *   Every step's training loss must match the CPU's within 1e-4 relative (fp32) or 2e-2 (bf16);
+ *   with bf16 the final validation accuracy must also be within 0.01 of the fp32 run's (--tol
+ *   sets the loss tolerance instead). A failing train_run (e.g. a precision the trainer
+ *   refuses) is a FAIL with its message.
+ * sharing: ONE backbone loaded with bert_load on B, then --jobs SHERL jobs run concurrently (a
+ *   thread each, hooks.backbone = that backbone), all held at their first step until every
+ *   one is there, so they overlap. A monitor thread samples memory all along:
+ *   - B's memory is not the host's (cuda) and mem_info works: device used (total - free), the
+ *     maximum over the run minus the use before the backbone was loaded (taken after a one-step
+ *     warm-up job, so the CUDA context and the kernels' code are not counted), against the
+ *     plan's backbone + jobs x (arena bytes - backbone): within --tol (default 5%).
+ *   - host memory (cpu): the process's RSS growth, against backbone + jobs x (planned peak -
+ *     backbone), within --tol (default 10%); and, as RSS is noisy, also that every job ends
+ *     with parameters bit-identical to a single job's run alone with the same seed. Under
+ *     AddressSanitizer (shadow memory, freed blocks in quarantine) RSS means nothing: there
+ *     only the parameters are checked, and the output says so.
+ *
+ * Exit 0 when the check passes (or, for --backend cuda, when there is no GPU: it says so and
+ * runs nothing), 1 when it fails, 2 on bad arguments or unreadable inputs.
+ * Plain C without Criterion, so it builds on the GPU machine's image (tests/gpu/run.sh). */
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "guarded_backend.h"
+#include "memstat.h"
+#include "trainer.h"
+
+#define PROG "gpu_train_checks"
+
+/* Under AddressSanitizer the process's RSS holds shadow memory and freed blocks in quarantine:
+ * the host memory comparison means nothing there, so only the parameters are checked. */
+#if defined(__SANITIZE_ADDRESS__)
+#define RSS_UNRELIABLE "an AddressSanitizer build"
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RSS_UNRELIABLE "an AddressSanitizer build"
+#endif
+#endif
+#ifdef RSS_UNRELIABLE
+#define RSS_NOTE RSS_UNRELIABLE
+#else
+#define RSS_NOTE "this build"
+#endif
+#define SEED 17
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: " PROG " parity  --backend B --model DIR --data DIR [--precision fp32|bf16]\n"
+            "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
+            "                         [--threads N] [--tol X] [--work DIR]\n"
+            "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
+            "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
+            "                         [--work DIR]\n"
+            "  B: cpu, cuda, auto, cpu-guarded or cpu-counted. DIR (--data) holds train.jsonl and\n"
+            "  validation.jsonl (tests/gpu/make_train_task.py makes a model and a task).\n"
+            "  parity: per-step training loss on B vs the CPU in fp32 (1e-4 relative; bf16 2e-2\n"
+            "  and validation accuracy within 0.01). sharing: N concurrent jobs on one resident\n"
+            "  backbone use backbone + N x job's planned memory (5%% on a device, 10%% RSS on\n"
+            "  the host, plus identical parameters to a single run).\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double mib(double bytes) { return bytes / 1048576.0; }
+
+/* ------------------------------------------------------------------------------------------
+ * options */
+
+typedef struct {
+    const char *mode, *backend, *model, *data, *work, *precision;
+    int steps, batch, max_length, threads, jobs;
+    double lr, tol;
+} options;
+
+static int parse_int(const char *flag, const char *v, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || !*v || x < lo || x > hi) {
+        fprintf(stderr, PROG ": %s %s is not an integer in [%d, %d]\n", flag, v, lo, hi);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_double(const char *flag, const char *v, double *out)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (*end || !*v || !(x > 0) || !isfinite(x)) {
+        fprintf(stderr, PROG ": %s %s is not a positive number\n", flag, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* 0 ok, 1 help shown, 2 bad arguments */
+static int parse_args(int argc, char **argv, options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->precision = "fp32";
+    o->steps = -1, o->batch = 8, o->max_length = 32, o->threads = -1, o->jobs = 4;
+    if (argc < 2) {
+        usage();
+        return 2;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage();
+        return 1;
+    }
+    o->mode = argv[1];
+    if (strcmp(o->mode, "parity") && strcmp(o->mode, "sharing")) {
+        fprintf(stderr, PROG ": unknown check '%s' (parity or sharing)\n", o->mode);
+        usage();
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 1;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s needs a value (or is unknown)\n", a);
+            return 2;
+        }
+        int bad = 0;
+        if (!strcmp(a, "--backend"))
+            o->backend = v;
+        else if (!strcmp(a, "--model"))
+            o->model = v;
+        else if (!strcmp(a, "--data"))
+            o->data = v;
+        else if (!strcmp(a, "--work"))
+            o->work = v;
+        else if (!strcmp(a, "--precision"))
+            o->precision = v;
+        else if (!strcmp(a, "--steps"))
+            bad = parse_int(a, v, 1, 100000, &o->steps);
+        else if (!strcmp(a, "--batch"))
+            bad = parse_int(a, v, 1, 65536, &o->batch);
+        else if (!strcmp(a, "--max-length"))
+            bad = parse_int(a, v, 3, 8192, &o->max_length);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_int(a, v, 0, 1024, &o->threads);
+        else if (!strcmp(a, "--jobs"))
+            bad = parse_int(a, v, 1, 64, &o->jobs);
+        else if (!strcmp(a, "--lr"))
+            bad = parse_double(a, v, &o->lr);
+        else if (!strcmp(a, "--tol"))
+            bad = parse_double(a, v, &o->tol);
+        else {
+            fprintf(stderr, PROG ": unknown argument %s\n", a);
+            usage();
+            return 2;
+        }
+        if (bad)
+            return 2;
+        i++;
+    }
+    if (!o->backend || !o->model || !o->data) {
+        fprintf(stderr, PROG ": --backend, --model and --data are required\n");
+        usage();
+        return 2;
+    }
+    if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16")) {
+        fprintf(stderr, PROG ": --precision %s: fp32 or bf16\n", o->precision);
+        return 2;
+    }
+    if (o->steps < 0)
+        o->steps = !strcmp(o->mode, "parity") ? 20 : 6;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * files */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* rm -rf; a missing path is fine */
+static void remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) == 0)
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static char *read_file(const char *path, long *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *b = NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (*n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (b = malloc((size_t)*n + 1)) && fread(b, 1, (size_t)*n, f) != (size_t)*n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    return b;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * the backend */
+
+/* "cpu-counted": the CPU backend with its memory counted as a device's (host_memory 0, so the
+ * engine stages every copy; mem_info's used bytes = exactly what alloc handed out and free has
+ * not taken back). Thread-safe, unlike cpu-guarded: sharing's device path runs on it in CI. */
+#define COUNTED_HEADER 64 /* keeps the CPU backend's 64-byte alignment */
+static sherl_backend counted;
+static atomic_size_t counted_used;
+
+static void *counted_alloc(size_t bytes)
+{
+    unsigned char *p = sherl_backend_cpu()->alloc(bytes + COUNTED_HEADER);
+    if (!p)
+        return NULL;
+    memcpy(p, &bytes, sizeof bytes);
+    atomic_fetch_add(&counted_used, bytes);
+    return p + COUNTED_HEADER;
+}
+
+static void counted_free(void *q)
+{
+    if (!q)
+        return;
+    unsigned char *p = (unsigned char *)q - COUNTED_HEADER;
+    size_t bytes;
+    memcpy(&bytes, p, sizeof bytes);
+    atomic_fetch_sub(&counted_used, bytes);
+    sherl_backend_cpu()->free(p);
+}
+
+static int counted_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    const size_t total = (size_t)1 << 40;
+    size_t used = atomic_load(&counted_used);
+    if (free_bytes)
+        *free_bytes = total - used;
+    if (total_bytes)
+        *total_bytes = total;
+    return 0;
+}
+
+static const sherl_backend *counted_backend(void)
+{
+    counted = *sherl_backend_cpu();
+    counted.name = "cpu-counted";
+    counted.host_memory = 0;
+    counted.alloc = counted_alloc;
+    counted.free = counted_free;
+    counted.mem_info = counted_mem_info;
+    return &counted;
+}
+
+typedef enum { BE_OK, BE_NO_GPU, BE_FAIL, BE_BAD } be_result;
+
+static be_result pick_backend(const char *name, const sherl_backend **be)
+{
+    *be = NULL;
+    if (!strcmp(name, "cpu-guarded")) {
+        *be = guarded_backend();
+        return BE_OK;
+    }
+    if (!strcmp(name, "cpu-counted")) {
+        *be = counted_backend();
+        return BE_OK;
+    }
+    *be = sherl_backend_by_name(name);
+    if (*be)
+        return BE_OK;
+    if (strcmp(name, "cuda")) {
+        fprintf(stderr, PROG ": unknown backend '%s' (cpu, cuda, auto, cpu-guarded or "
+                        "cpu-counted)\n", name);
+        return BE_BAD;
+    }
+    sherl_device_info dev[1];
+    char why[256] = "";
+    int n = sherl_cuda_devices(dev, 1, why, sizeof why);
+    if (n == 0) {
+        printf(PROG ": no GPU: 1 test not run (%s)\n", why[0] ? why : "no CUDA device");
+        return BE_NO_GPU;
+    }
+    const char *off = getenv("SHERL_CUDA_DISABLE");
+    if (off && *off && strcmp(off, "0")) {
+        printf(PROG ": no GPU: 1 test not run (the CUDA backend is disabled: "
+               "SHERL_CUDA_DISABLE=%s)\n", off);
+        return BE_NO_GPU;
+    }
+    /* a GPU is there but the backend is not: that is a failure, not a skip */
+    fprintf(stderr, PROG ": %d CUDA device(s) present (%s, sm_%d%d) but sherl_backend_cuda() "
+            "gave none\n", n, dev[0].name, dev[0].cc_major, dev[0].cc_minor);
+    return BE_FAIL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * a job's spec and progress */
+
+/* The job as JSON, parsed and validated as any spec is. precision "bf16" with device "cpu" goes
+ * through the same validation as a user's spec. */
+static sherl_status make_spec(job_spec *spec, const options *o, const char *model,
+                              const char *data, const char *name, const char *precision,
+                              int threads, const char *out)
+{
+    char train[PATH_MAX + 32], val[PATH_MAX + 32];
+    snprintf(train, sizeof train, "%s/train.jsonl", data);
+    snprintf(val, sizeof val, "%s/validation.jsonl", data);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "name", name);
+    cJSON_AddStringToObject(j, "backbone", model);
+    cJSON_AddStringToObject(j, "method", "sherl");
+    cJSON *d = cJSON_AddObjectToObject(j, "data");
+    cJSON_AddStringToObject(d, "train", train);
+    cJSON_AddStringToObject(d, "validation", val);
+    cJSON_AddNumberToObject(d, "max_length", o->max_length);
+    if (o->lr > 0)
+        cJSON_AddNumberToObject(cJSON_AddObjectToObject(j, "optim"), "lr", o->lr);
+    cJSON *t = cJSON_AddObjectToObject(j, "train");
+    cJSON_AddNumberToObject(t, "epochs", 1);
+    cJSON_AddNumberToObject(t, "max_steps", o->steps);
+    cJSON_AddNumberToObject(t, "batch_size", o->batch);
+    cJSON_AddNumberToObject(t, "log_every", 1);
+    cJSON_AddNumberToObject(t, "seed", SEED);
+    cJSON *r = cJSON_AddObjectToObject(j, "resources");
+    cJSON_AddStringToObject(r, "device", "cpu");
+    cJSON_AddStringToObject(r, "precision", precision);
+    cJSON_AddNumberToObject(r, "threads", threads);
+    cJSON_AddStringToObject(j, "output", out);
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!text)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    sherl_status st = job_spec_parse(spec, text, strlen(text), "job spec", NULL);
+    free(text);
+    return st;
+}
+
+typedef struct {
+    int n, cap;
+    int *step;
+    double *loss;
+    double val_accuracy;
+    int has_val;
+    /* sharing: the gate every job passes at its first step */
+    struct gate *gate;
+    int arrived;
+} run_log;
+
+static void log_free(run_log *l)
+{
+    free(l->step), free(l->loss);
+    l->step = NULL, l->loss = NULL, l->n = l->cap = 0;
+}
+
+static void gate_arrive(struct gate *g);
+
+static void on_progress(void *ctx, const train_progress *p)
+{
+    run_log *l = ctx;
+    if (p->is_eval) {
+        if (p->eval_split && !strcmp(p->eval_split, "validation"))
+            l->val_accuracy = p->eval_accuracy, l->has_val = 1;
+        return;
+    }
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        int *s = realloc(l->step, sizeof(int) * (size_t)cap);
+        if (s)
+            l->step = s;
+        double *x = realloc(l->loss, sizeof(double) * (size_t)cap);
+        if (x)
+            l->loss = x;
+        if (!s || !x)
+            return; /* out of memory: the step count then differs and the check fails */
+        l->cap = cap;
+    }
+    l->step[l->n] = p->step;
+    l->loss[l->n] = p->loss;
+    l->n++;
+    if (l->gate && !l->arrived) {
+        l->arrived = 1;
+        gate_arrive(l->gate);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * parity */
+
+static int check_parity(const options *o, const sherl_backend *be, const char *model,
+                        const char *data, const char *work)
+{
+    int bf16 = !strcmp(o->precision, "bf16");
+    double tol = o->tol > 0 ? o->tol : bf16 ? 2e-2 : 1e-4, acc_tol = 0.01;
+    int threads = o->threads >= 0 ? o->threads : 0;
+    char out_ref[PATH_MAX + 64], out_test[PATH_MAX + 64];
+    snprintf(out_ref, sizeof out_ref, "%s/parity-cpu-fp32", work);
+    snprintf(out_test, sizeof out_test, "%s/parity-%s-%s", work, be->name, o->precision);
+    remove_tree(out_ref);
+    remove_tree(out_test);
+
+    char desc[256] = "";
+    be->describe(desc, sizeof desc);
+    printf(PROG ": parity: %s %s against cpu fp32; %d steps, batch %d, max_length %d, seed %d\n"
+           "  tested backend: %s\n  model %s, data %s\n",
+           be->name, o->precision, o->steps, o->batch, o->max_length, SEED, desc, model, data);
+
+    job_spec ref, test;
+    sherl_status st = make_spec(&ref, o, model, data, "parity-cpu", "fp32", threads, out_ref);
+    if (st.code) {
+        fprintf(stderr, PROG ": the reference spec: %s\n", st.msg);
+        return 2;
+    }
+    run_log lr = {0}, lt = {0};
+    train_result rr, rt;
+    const sherl_backend *cpu = sherl_backend_cpu();
+    train_hooks hr = {.on_progress = on_progress, .ctx = &lr, .backend = cpu};
+    double t0 = now_s();
+    st = train_run(&ref, &hr, &rr);
+    double t_ref = now_s() - t0;
+    if (st.code) {
+        printf("parity: %s %s: FAIL (the reference run on cpu fp32 failed: %s)\n", be->name,
+               o->precision, st.msg);
+        log_free(&lr);
+        return 1;
+    }
+    printf("  cpu fp32 run: %d steps in %.2f s (%.1f steps/s), validation accuracy %.4f\n",
+           rr.steps, t_ref, rr.steps / (t_ref > 1e-9 ? t_ref : 1e-9), rr.val_accuracy);
+
+    /* the tested run: its spec may be refused (precision), or train_run may refuse it */
+    st = make_spec(&test, o, model, data, "parity-test", o->precision, threads, out_test);
+    if (!st.code) {
+        train_hooks ht = {.on_progress = on_progress, .ctx = &lt, .backend = be};
+        t0 = now_s();
+        st = train_run(&test, &ht, &rt);
+    }
+    double t_test = now_s() - t0;
+    if (st.code) {
+        printf("parity: %s %s: FAIL (the run on %s %s failed: %s)\n", be->name, o->precision,
+               be->name, o->precision, st.msg);
+        log_free(&lr), log_free(&lt);
+        return 1;
+    }
+    printf("  %s %s run: %d steps in %.2f s (%.1f steps/s), validation accuracy %.4f\n\n",
+           be->name, o->precision, rt.steps, t_test, rt.steps / (t_test > 1e-9 ? t_test : 1e-9),
+           rt.val_accuracy);
+
+    char col[64];
+    snprintf(col, sizeof col, "%s %s loss", be->name, o->precision);
+    printf("  %5s  %14s  %22s  %10s\n", "step", "cpu fp32 loss", col, "rel diff");
+    double worst = 0;
+    int worst_step = 0, failed = 0;
+    int n = lr.n > lt.n ? lr.n : lt.n;
+    for (int i = 0; i < n; i++) {
+        if (i >= lr.n || i >= lt.n || lr.step[i] != lt.step[i]) {
+            printf("  %5d  %14s  %22s  (steps differ)\n", i < lr.n ? lr.step[i] : lt.step[i],
+                   i < lr.n ? "" : "-", i < lt.n ? "" : "-");
+            failed = 1;
+            continue;
+        }
+        double c = lr.loss[i], t = lt.loss[i];
+        double rel = fabs(t - c) / fmax(fabs(c), 1e-30);
+        if (c == t)
+            rel = 0;
+        int ok = rel <= tol; /* false for NaN */
+        printf("  %5d  %14.9f  %22.9f  %10.3g%s\n", lr.step[i], c, t, rel, ok ? "" : "  > tol");
+        if (!ok)
+            failed = 1;
+        if (!(rel <= worst)) /* NaN sticks */
+            worst = rel, worst_step = lr.step[i];
+    }
+    if (lr.n != o->steps || lt.n != o->steps) {
+        printf("  expected %d steps: cpu logged %d, %s logged %d\n", o->steps, lr.n, be->name,
+               lt.n);
+        failed = 1;
+    }
+    printf("\n  validation: cpu fp32 accuracy %.4f loss %.6f; %s %s accuracy %.4f loss %.6f\n",
+           rr.val_accuracy, rr.val_loss, be->name, o->precision, rt.val_accuracy, rt.val_loss);
+    if (!rr.has_val || !rt.has_val) {
+        printf("  no validation result (cpu %d, %s %d)\n", rr.has_val, be->name, rt.has_val);
+        failed = 1;
+    } else if (bf16) {
+        double d = fabs(rt.val_accuracy - rr.val_accuracy);
+        int ok = d <= acc_tol + 1e-12;
+        printf("  validation accuracy |diff| %.4f (tol %.2f)%s\n", d, acc_tol, ok ? "" : ": FAIL");
+        if (!ok)
+            failed = 1;
+    }
+    char at[32] = "";
+    if (!(worst <= 0))
+        snprintf(at, sizeof at, " at step %d", worst_step);
+    printf("parity: %s %s: %s worst rel diff %.3g%s (tol %.0e)\n", be->name, o->precision,
+           failed ? "FAIL" : "PASS", worst, at, tol);
+    log_free(&lr), log_free(&lt);
+    return failed ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * sharing */
+
+/* Holds every job at its first step until all are there (or have failed), so that the jobs'
+ * memory overlaps; the last to arrive samples the memory with all of them resident. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, arrived, failed, open;
+    size_t (*sample)(void);
+    size_t at_gate; /* the sample taken when every job was there */
+};
+
+static void gate_check_locked(struct gate *g)
+{
+    if (!g->open && g->arrived + g->failed >= g->n) {
+        if (g->arrived == g->n)
+            g->at_gate = g->sample();
+        g->open = 1;
+        pthread_cond_broadcast(&g->cv);
+    }
+}
+
+static void gate_arrive(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->arrived++;
+    gate_check_locked(g);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 600; /* never hang the test: a job that never comes is reported below */
+    while (!g->open)
+        if (pthread_cond_timedwait(&g->cv, &g->mu, &until) == ETIMEDOUT) {
+            g->open = 1;
+            break;
+        }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_job_ended(struct gate *g, int arrived)
+{
+    pthread_mutex_lock(&g->mu);
+    if (!arrived) {
+        g->failed++;
+        gate_check_locked(g);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* memory samples: device used bytes, or the process's RSS */
+static const sherl_backend *sample_be;
+static size_t sample_device(void)
+{
+    size_t f = 0, t = 0;
+    if (sample_be->mem_info(&f, &t))
+        return 0;
+    return t - f;
+}
+static size_t sample_rss(void)
+{
+    memstat m;
+    return memstat_read(&m) ? 0 : m.rss;
+}
+
+typedef struct {
+    size_t (*sample)(void);
+    volatile int stop;
+    size_t max;
+    long samples;
+    pthread_mutex_t mu;
+} monitor;
+
+static void *monitor_main(void *arg)
+{
+    monitor *m = arg;
+    struct timespec pause = {0, 2000000}; /* 2 ms */
+    for (;;) {
+        size_t s = m->sample();
+        pthread_mutex_lock(&m->mu);
+        if (s > m->max)
+            m->max = s;
+        m->samples++;
+        int stop = m->stop;
+        pthread_mutex_unlock(&m->mu);
+        if (stop)
+            break;
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+typedef struct {
+    job_spec spec;
+    train_hooks hooks;
+    train_result res;
+    run_log log;
+    sherl_status st;
+    struct gate *gate;
+    double wall;
+} job;
+
+static void *job_main(void *arg)
+{
+    job *j = arg;
+    double t0 = now_s();
+    j->st = train_run(&j->spec, &j->hooks, &j->res);
+    j->wall = now_s() - t0;
+    if (j->gate)
+        gate_job_ended(j->gate, j->log.arrived);
+    return NULL;
+}
+
+static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 8u << 20);
+    int rc = pthread_create(t, &at, fn, arg);
+    pthread_attr_destroy(&at);
+    return rc;
+}
+
+/* The final parameters of a finished run (its last checkpoint). */
+static char *params_of(const job *j, long *n)
+{
+    char path[JOB_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/checkpoint/params-%08d.safetensors", j->spec.output,
+             j->res.steps);
+    return read_file(path, n);
+}
+
+static int check_sharing(const options *o, const sherl_backend *be, const char *model,
+                         const char *data, const char *work)
+{
+    if (!strcmp(be->name, "cpu-guarded")) {
+        fprintf(stderr, PROG ": sharing runs jobs on threads; the cpu-guarded backend is "
+                        "single-threaded: use cpu or cuda\n");
+        return 2;
+    }
+    int N = o->jobs;
+    int device = !be->host_memory && be->mem_info != NULL;
+    double tol = o->tol > 0 ? o->tol : device ? 0.05 : 0.10;
+    /* on the host, one OpenMP thread per job: N jobs share the cores as the daemon's do */
+    int threads = o->threads >= 0 ? o->threads : device ? 0 : 1;
+    char desc[256] = "";
+    be->describe(desc, sizeof desc);
+    printf(PROG ": sharing: %d concurrent SHERL jobs x %d steps on one %s backbone; batch %d, "
+           "max_length %d, seed %d\n  backend: %s\n  model %s, data %s\n",
+           N, o->steps, be->name, o->batch, o->max_length, SEED, desc, model, data);
+    sample_be = be;
+    size_t (*sample)(void) = device ? sample_device : sample_rss;
+    if (device) {
+        size_t f, t;
+        if (be->mem_info(&f, &t)) {
+            fprintf(stderr, PROG ": %s: mem_info failed\n", be->name);
+            return 1;
+        }
+    }
+
+    job *jobs = calloc((size_t)N + 1, sizeof *jobs); /* + 1: the single (or warm-up) run */
+    pthread_t *th = calloc((size_t)N, sizeof *th);
+    struct gate g = {.n = N, .sample = sample};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    int rc = 0;
+    if (!jobs || !th) {
+        fprintf(stderr, PROG ": out of memory\n");
+        free(jobs), free(th);
+        return 2;
+    }
+    for (int i = 0; i <= N; i++) {
+        char name[32], out[PATH_MAX + 64];
+        if (i < N)
+            snprintf(name, sizeof name, "share-%d", i + 1);
+        else
+            snprintf(name, sizeof name, "%s", device ? "warmup" : "single");
+        snprintf(out, sizeof out, "%s/%s", work, name);
+        remove_tree(out);
+        sherl_status st = make_spec(&jobs[i].spec, o, model, data, name, "fp32", threads, out);
+        if (st.code) {
+            fprintf(stderr, PROG ": the job spec: %s\n", st.msg);
+            free(jobs), free(th);
+            return 2;
+        }
+        jobs[i].hooks.on_progress = on_progress;
+        jobs[i].hooks.ctx = &jobs[i].log;
+        jobs[i].hooks.backend = be;
+    }
+
+    /* the baseline: on a device, after a one-step job (with its own backbone) on a thread that
+     * then exits, so the context, the libraries' and kernels' code are loaded and not counted */
+    size_t warm_before = 0;
+    if (device) {
+        warm_before = sample();
+        job *w = &jobs[N];
+        w->spec.max_steps = 1;
+        pthread_t wt;
+        if (start_thread(&wt, job_main, w)) {
+            fprintf(stderr, PROG ": pthread_create failed\n");
+            free(jobs), free(th);
+            return 2;
+        }
+        pthread_join(wt, NULL);
+        if (w->st.code) {
+            printf("sharing: %s %d jobs: FAIL (the warm-up job failed: %s)\n", be->name, N,
+                   w->st.msg);
+            log_free(&w->log);
+            free(jobs), free(th);
+            return 1;
+        }
+    }
+    size_t base = sample();
+    if (device)
+        printf("  device memory in use: %.1f MiB before, %.1f MiB after a 1-step warm-up job "
+               "(what stays once a backend is used, e.g. the CUDA context and the libraries' "
+               "code: not counted)\n",
+               mib((double)warm_before), mib((double)base));
+    else
+        printf("  process RSS before the backbone: %.1f MiB\n", mib((double)base));
+
+    double t0 = now_s();
+    bert_model *bb = NULL;
+    sherl_status st = bert_load(&bb, model, be);
+    if (st.code) {
+        fprintf(stderr, PROG ": bert_load(%s) on %s: %s\n", model, be->name, st.msg);
+        log_free(&jobs[N].log);
+        free(jobs), free(th);
+        return 2;
+    }
+    size_t after_bb = sample();
+    printf("  backbone loaded in %.2f s: %d layers, hidden %d, vocab %d; memory +%.1f MiB\n",
+           now_s() - t0, bb->cfg.num_hidden_layers, bb->cfg.hidden_size, bb->cfg.vocab_size,
+           mib((double)after_bb - (double)base));
+
+    monitor mon = {.sample = sample};
+    pthread_mutex_init(&mon.mu, NULL);
+    pthread_t mt;
+    int have_monitor = start_thread(&mt, monitor_main, &mon) == 0;
+    int started = 0;
+    char *running = calloc((size_t)N, 1);
+    t0 = now_s();
+    for (int i = 0; i < N; i++) {
+        jobs[i].hooks.backbone = bb;
+        jobs[i].gate = &g;
+        jobs[i].log.gate = &g;
+        if (!running || start_thread(&th[i], job_main, &jobs[i])) {
+            fprintf(stderr, PROG ": starting job %d's thread failed\n", i + 1);
+            /* count it as failed at the gate so the others are not held */
+            jobs[i].st = sherl_errorf(SHERL_EINTERNAL, "its thread could not be started");
+            gate_job_ended(&g, 0);
+            continue;
+        }
+        running[i] = 1;
+        started++;
+    }
+    for (int i = 0; i < N; i++)
+        if (running && running[i])
+            pthread_join(th[i], NULL);
+    free(running);
+    double t_jobs = now_s() - t0;
+    if (have_monitor) {
+        pthread_mutex_lock(&mon.mu);
+        mon.stop = 1;
+        pthread_mutex_unlock(&mon.mu);
+        pthread_join(mt, NULL);
+    }
+    size_t peak = mon.max > g.at_gate ? mon.max : g.at_gate;
+
+    int failed = 0;
+    printf("  %d jobs ran together in %.2f s:\n", started, t_jobs);
+    for (int i = 0; i < N; i++) {
+        job *j = &jobs[i];
+        if (j->st.code) {
+            printf("    job %d: FAILED: %s\n", i + 1, j->st.msg);
+            failed = 1;
+        } else {
+            printf("    job %d: %d steps in %.2f s, final train loss %.6f, validation accuracy "
+                   "%.4f\n", i + 1, j->res.steps, j->wall, j->res.final_train_loss,
+                   j->res.val_accuracy);
+            if (j->res.steps != o->steps)
+                failed = 1;
+        }
+    }
+    if (!g.at_gate || g.arrived != N) {
+        printf("  not every job reached its first step together (%d of %d did)\n", g.arrived, N);
+        failed = 1;
+    }
+
+    /* expected: the backbone once plus each job's own planned bytes */
+    const memory_plan *plan = NULL;
+    for (int i = 0; i < N && !plan; i++)
+        if (!jobs[i].st.code)
+            plan = &jobs[i].res.plan;
+    double ratio = 0;
+    int rss_checked = 1;
+    if (plan) {
+        printf("\n  each job's plan (the same for all):\n");
+        memory_plan_print(stdout, plan);
+        for (int i = 0; i < N; i++)
+            if (!jobs[i].st.code && (jobs[i].res.plan.arena_bytes != plan->arena_bytes ||
+                                     jobs[i].res.plan.peak_bytes != plan->peak_bytes)) {
+                printf("  job %d's plan differs: arenas %zu, peak %zu bytes\n", i + 1,
+                       jobs[i].res.plan.arena_bytes, jobs[i].res.plan.peak_bytes);
+                failed = 1;
+            }
+        size_t backbone = plan->backbone_bytes;
+        size_t own = device ? plan->arena_bytes - backbone : plan->peak_bytes - backbone;
+        double expected = (double)backbone + (double)N * (double)own;
+        double measured = (double)peak - (double)base;
+        double at_gate = (double)g.at_gate - (double)base;
+        ratio = measured / expected;
+        int ok = fabs(ratio - 1.0) <= tol;
+#ifdef RSS_UNRELIABLE
+        if (!device) {
+            rss_checked = 0;
+            ok = 1;
+        }
+#endif
+        printf("\n  %s: measured %.2f MiB (max of %ld samples over the run; %.2f MiB with all %d "
+               "jobs at their first step)\n",
+               device ? "device memory used" : "process RSS growth", mib(measured), mon.samples,
+               mib(at_gate), N);
+        printf("  expected: backbone %.2f MiB + %d x job's %s %.2f MiB = %.2f MiB\n",
+               mib((double)backbone), N, device ? "arenas" : "planned peak", mib((double)own),
+               mib(expected));
+        printf("  ratio measured / expected %.4f (tol %.0f%%)%s; a backbone copy per job would "
+               "give %.2f\n",
+               ratio, tol * 100, !rss_checked ? ": not checked in " RSS_NOTE : ok ? "" : ": FAIL",
+               ((double)N * (double)backbone + (double)N * (double)own) / expected);
+        if (!ok)
+            failed = 1;
+    } else {
+        failed = 1;
+    }
+
+    /* the parameters: every job against a single run alone (checked on the host, where the
+     * memory number is the noisier one; shown for information on a device) */
+    const char *param_check = "parameters not compared";
+    if (plan) {
+        job *s = &jobs[N];
+        sherl_status sst = sherl_ok();
+        if (device) { /* the warm-up's slot becomes the single run */
+            char out[PATH_MAX + 64];
+            snprintf(out, sizeof out, "%s/single", work);
+            remove_tree(out);
+            log_free(&s->log);
+            sst = make_spec(&s->spec, o, model, data, "single", "fp32", threads, out);
+        }
+        s->hooks.backbone = bb;
+        s->gate = NULL;
+        s->log.gate = NULL;
+        if (!sst.code) {
+            job_main(s);
+            sst = s->st;
+        }
+        if (sst.code) {
+            printf("  the single run failed: %s\n", sst.msg);
+            failed = 1;
+        } else {
+            long ns = 0;
+            char *ps = params_of(s, &ns);
+            int same = 0, compared = 0;
+            for (int i = 0; i < N && ps; i++) {
+                if (jobs[i].st.code)
+                    continue;
+                long nj = 0;
+                char *pj = params_of(&jobs[i], &nj);
+                compared++;
+                same += pj && nj == ns && !memcmp(pj, ps, (size_t)ns);
+                free(pj);
+            }
+            printf("  parameters: %d of %d jobs bit-identical to a single run alone (%d steps)%s\n",
+                   same, compared, s->res.steps,
+                   device ? " (for information on a device)" : "");
+            if (!device) {
+                param_check = "parameters identical to a single run";
+                if (!ps || same != N)
+                    failed = 1;
+            }
+            free(ps);
+        }
+    }
+    if (rss_checked)
+        printf("sharing: %s %d jobs: %s (checked: %s within %.0f%% of backbone + %d x job plan, "
+               "ratio %.4f%s%s)\n",
+               be->name, N, failed ? "FAIL" : "PASS", device ? "device memory" : "RSS growth",
+               tol * 100, N, ratio, device ? "" : "; ", device ? "" : param_check);
+    else
+        printf("sharing: %s %d jobs: %s (checked: %s only; RSS growth not checked in "
+               RSS_NOTE ", ratio %.4f)\n",
+               be->name, N, failed ? "FAIL" : "PASS", param_check, ratio);
+    rc = failed ? 1 : 0;
+
+    bert_free(bb);
+    for (int i = 0; i <= N; i++)
+        log_free(&jobs[i].log);
+    free(jobs), free(th);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&mon.mu);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    options o;
+    int a = parse_args(argc, argv, &o);
+    if (a)
+        return a == 1 ? 0 : 2;
+    const sherl_backend *be;
+    switch (pick_backend(o.backend, &be)) {
+    case BE_OK:
+        break;
+    case BE_NO_GPU:
+        return 0;
+    case BE_FAIL:
+        return 1;
+    case BE_BAD:
+        return 2;
+    }
+    char model[PATH_MAX], data[PATH_MAX], work[PATH_MAX];
+    if (!realpath(o.model, model)) {
+        fprintf(stderr, PROG ": --model %s: %s\n", o.model, strerror(errno));
+        return 2;
+    }
+    if (!realpath(o.data, data)) {
+        fprintf(stderr, PROG ": --data %s: %s\n", o.data, strerror(errno));
+        return 2;
+    }
+    char probe[PATH_MAX + 32];
+    const char *need[] = {"train.jsonl", "validation.jsonl"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(probe, sizeof probe, "%s/%s", data, need[i]);
+        if (access(probe, R_OK)) {
+            fprintf(stderr, PROG ": %s: %s\n", probe, strerror(errno));
+            return 2;
+        }
+    }
+    int temp = !o.work;
+    if (temp) {
+        snprintf(work, sizeof work, "/tmp/" PROG ".XXXXXX");
+        if (!mkdtemp(work)) {
+            fprintf(stderr, PROG ": mkdtemp: %s\n", strerror(errno));
+            return 2;
+        }
+    } else {
+        if (mkdir_p(o.work) || !realpath(o.work, work)) {
+            fprintf(stderr, PROG ": --work %s: %s\n", o.work, strerror(errno));
+            return 2;
+        }
+    }
+    int rc = !strcmp(o.mode, "parity") ? check_parity(&o, be, model, data, work)
+                                       : check_sharing(&o, be, model, data, work);
+    if (temp)
+        remove_tree(work);
+    return rc;
+}
