@@ -17,10 +17,44 @@ int sherl_precision_parse(const char *name, sherl_precision *out)
         return *out = SHERL_FP32, 0;
     if (name && !strcmp(name, "bf16"))
         return *out = SHERL_BF16, 0;
+    if (name && !strcmp(name, "fp16"))
+        return *out = SHERL_FP16, 0;
     return -1;
 }
 
-const char *sherl_precision_name(sherl_precision p) { return p == SHERL_BF16 ? "bf16" : "fp32"; }
+const char *sherl_precision_name(sherl_precision p)
+{
+    return p == SHERL_BF16 ? "bf16" : p == SHERL_FP16 ? "fp16" : "fp32";
+}
+
+/* The three half-precision ops of a bf16 or fp16 backbone. */
+static void half_round(const sherl_backend *be, sherl_precision p, uint16_t *dst, const float *src,
+                       size_t n)
+{
+    if (p == SHERL_FP16)
+        be->f32_to_f16(dst, src, n);
+    else
+        be->f32_to_bf16(dst, src, n);
+}
+
+static void half_gemm(const sherl_backend *be, sherl_precision p, int ta, int tb, int M, int N,
+                      int K, const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                      float *C, int ldc)
+{
+    if (p == SHERL_FP16)
+        be->gemm_f16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    else
+        be->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void half_gather(const sherl_backend *be, sherl_precision p, float *out, const int32_t *ids,
+                        const uint16_t *table, int N, int C)
+{
+    if (p == SHERL_FP16)
+        be->embedding_forward_f16(out, ids, table, N, C);
+    else
+        be->embedding_forward_bf16(out, ids, table, N, C);
+}
 
 typedef struct {
     const safetensors_file *sf;
@@ -32,6 +66,7 @@ typedef struct {
     size_t used16, cap16;
     float *host;        /* staging buffer, big enough for the largest tensor */
     float *wide;        /* bf16 models: one matrix in fp32 on the backend, before rounding */
+    sherl_precision prec;
 } loader;
 
 /* Reads a tensor into backend memory: directly when the backend's memory is host memory,
@@ -55,7 +90,7 @@ static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const cha
     if (w32)
         return read_tensor(ld, w32, name, 2, shape, n);
     SHERL_TRY(read_tensor(ld, ld->wide, name, 2, shape, n));
-    ld->be->f32_to_bf16(w16, ld->wide, n);
+    half_round(ld->be, ld->prec, w16, ld->wide, n);
     return sherl_ok();
 }
 
@@ -186,7 +221,7 @@ size_t bert_param_count(const hf_config *c)
 static size_t fp32_region_bytes(const hf_config *c, sherl_precision prec)
 {
     size_t floats = bert_param_count(c);
-    if (prec == SHERL_BF16)
+    if (prec != SHERL_FP32)
         floats -= bf16_elems(c);
     return (floats * sizeof(float) + 255) & ~(size_t)255;
 }
@@ -194,7 +229,7 @@ static size_t fp32_region_bytes(const hf_config *c, sherl_precision prec)
 size_t bert_weight_bytes(const hf_config *c, sherl_precision prec)
 {
     size_t b = fp32_region_bytes(c, prec);
-    if (prec == SHERL_BF16)
+    if (prec != SHERL_FP32)
         b += bf16_elems(c) * sizeof(uint16_t);
     return b;
 }
@@ -215,7 +250,7 @@ size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
 /* bf16 loads round each table and matrix from an fp32 copy on the backend: the largest. */
 size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec)
 {
-    if (prec != SHERL_BF16)
+    if (prec == SHERL_FP32)
         return 0;
     size_t D = c->hidden_size, rows = c->intermediate_size > c->hidden_size
                                           ? (size_t)c->intermediate_size
@@ -342,7 +377,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     }
     const hf_config *c = &m->cfg;
     safetensors_file sf;
-    loader ld = {.be = be};
+    loader ld = {.be = be, .prec = prec};
     st = open_weights(&sf, &ld.prefix, model_dir);
     if (st.code) {
         free(m);
@@ -353,7 +388,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     size_t fp32_bytes = fp32_region_bytes(c, prec), total = bert_weight_bytes(c, prec);
     ld.cap = fp32_bytes / sizeof(float);
     ld.arena = be->alloc(total);
-    if (ld.arena && prec == SHERL_BF16) {
+    if (ld.arena && prec != SHERL_FP32) {
         ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
         ld.cap16 = bf16_elems(c);
         ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
@@ -361,12 +396,12 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     size_t staging = bert_load_staging_bytes(c, be);
     ld.host = staging ? malloc(staging) : NULL;
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
-    if (!ld.arena || (staging && !ld.host) || !m->layers || (prec == SHERL_BF16 && !ld.wide)) {
+    if (!ld.arena || (staging && !ld.host) || !m->layers || (prec != SHERL_FP32 && !ld.wide)) {
         st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
                           total / 1e6, model_dir);
         goto fail;
     }
-    if (prec == SHERL_BF16) {
+    if (prec != SHERL_FP32) {
         m->emb.word16 = carve16(&ld, (size_t)c->vocab_size * D);
         m->emb.pos16 = carve16(&ld, (size_t)c->max_position_embeddings * D);
         m->emb.type16 = carve16(&ld, (size_t)c->type_vocab_size * D);
@@ -512,7 +547,7 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->emb_mean = arena_floats(ar, BT);
     ws->emb_rstd = arena_floats(ar, BT);
     size_t wide = (size_t)(ws->F > 3 * ws->D ? ws->F : 3 * ws->D);
-    ws->act16 = prec == SHERL_BF16 ? arena_take(ar, BT * wide * sizeof(uint16_t)) : NULL;
+    ws->act16 = prec != SHERL_FP32 ? arena_take(ar, BT * wide * sizeof(uint16_t)) : NULL;
 }
 
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
@@ -595,14 +630,14 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
         be->embedding_forward(ws->emb, ws->ids, w->word, (int)BT, D);
         be->embedding_forward(h0, ws->positions, w->pos, (int)BT, D);
     } else {
-        be->embedding_forward_bf16(ws->emb, ws->ids, w->word16, (int)BT, D);
-        be->embedding_forward_bf16(h0, ws->positions, w->pos16, (int)BT, D);
+        half_gather(be, m->prec, ws->emb, ws->ids, w->word16, (int)BT, D);
+        half_gather(be, m->prec, h0, ws->positions, w->pos16, (int)BT, D);
     }
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
     if (w->type)
         be->embedding_forward(h0, ws->types, w->type, (int)BT, D);
     else
-        be->embedding_forward_bf16(h0, ws->types, w->type16, (int)BT, D);
+        half_gather(be, m->prec, h0, ws->types, w->type16, (int)BT, D);
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
     be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, w->ln_w, w->ln_b, (int)BT, D,
                           c->layer_norm_eps);
@@ -628,34 +663,36 @@ void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
 
 /* out[N,OC] = inp[N,C] . W^T + bias, W fp32 (w) or bf16 (w16: inp is rounded to bf16 into
  * x16 and the product accumulates in fp32). */
-static void linear_forward(const sherl_backend *be, float *out, const float *inp, const float *w,
+static void linear_forward(const bert_model *m, float *out, const float *inp, const float *w,
                            const uint16_t *w16, const float *bias, uint16_t *x16, int N, int C,
                            int OC)
 {
+    const sherl_backend *be = m->be;
     if (w) {
         be->matmul_forward(out, inp, w, bias, N, C, OC);
         return;
     }
-    be->f32_to_bf16(x16, inp, (size_t)N * C);
-    be->gemm_bf16(0, 1, N, OC, C, 1.0f, x16, C, w16, C, 0.0f, out, OC);
+    half_round(be, m->prec, x16, inp, (size_t)N * C);
+    half_gemm(be, m->prec, 0, 1, N, OC, C, x16, C, w16, C, 0.0f, out, OC);
     if (bias)
         be->bias_add_forward(out, bias, N, OC);
 }
 
 /* Backward of linear_forward. A bf16 matrix is frozen: only dinp += dout . W, with dout rounded
  * to bf16 into x16. */
-static void linear_backward(const sherl_backend *be, float *dinp, float *dw, float *db,
+static void linear_backward(const bert_model *m, float *dinp, float *dw, float *db,
                             const float *dout, const float *inp, const float *w,
                             const uint16_t *w16, uint16_t *x16, int N, int C, int OC)
 {
+    const sherl_backend *be = m->be;
     if (w) {
         be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
         return;
     }
     if (!dinp)
         return;
-    be->f32_to_bf16(x16, dout, (size_t)N * OC);
-    be->gemm_bf16(0, 0, N, C, OC, 1.0f, x16, OC, w16, C, 1.0f, dinp, C);
+    half_round(be, m->prec, x16, dout, (size_t)N * OC);
+    half_gemm(be, m->prec, 0, 0, N, C, OC, x16, OC, w16, C, 1.0f, dinp, C);
 }
 
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
@@ -667,18 +704,18 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     int N = B * T;
     float eps = c->layer_norm_eps;
     /* attention block: LN1(x + Wo . attention(Wqkv x)) */
-    linear_forward(be, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, N, D, 3 * D);
+    linear_forward(m, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, N, D, 3 * D);
     be->attention_forward(a->attn, a->probs, a->qkv, mask_add, B, T, NH, D / NH);
-    linear_forward(be, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
+    linear_forward(m, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
                    N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
     /* feed-forward block: LN2(h + W2 gelu(W1 h)) */
-    linear_forward(be, a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, N, D,
+    linear_forward(m, a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, N, D,
                    F);
     be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)N * F);
-    linear_forward(be, a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b, act16,
+    linear_forward(m, a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b, act16,
                    N, F, D);
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
@@ -719,20 +756,20 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     be->layernorm_backward(g->d_res2, GR(ln2_w), GR(ln2_b), dout, a->res2, ly->ln2_w, a->ln2_mean,
                            a->ln2_rstd, N, D);
     be->residual_backward(g->d_ln1, NULL, g->d_res2, ND);
-    linear_backward(be, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
+    linear_backward(m, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
                     ly->ffn_out_w, ly->ffn_out_w16, act16, N, F, D);
     be->gelu_backward(g->d_ffn_pre, a->ffn_pre, g->d_ffn_act, NF);
-    linear_backward(be, g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
+    linear_backward(m, g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
                     ly->ffn_in_w16, act16, N, D, F);
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
     be->layernorm_backward(g->d_res1, GR(ln1_w), GR(ln1_b), g->d_ln1, a->res1, ly->ln1_w,
                            a->ln1_mean, a->ln1_rstd, N, D);
     if (dinp)
         be->residual_backward(dinp, NULL, g->d_res1, ND);
-    linear_backward(be, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
+    linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
                     ly->attn_out_w, ly->attn_out_w16, act16, N, D, D);
     be->attention_backward(g->d_qkv, g->d_attn, a->qkv, a->probs, B, T, NH, D / NH);
-    linear_backward(be, dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, ly->qkv_w16, act16,
+    linear_backward(m, dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, ly->qkv_w16, act16,
                     N, D, 3 * D);
 #undef GR
 }

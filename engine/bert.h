@@ -15,11 +15,13 @@
 #include "status.h"
 #include "tokenizer.h"
 
-/* How a backbone's weight matrices are held: fp32, or bf16 (half the memory; products in bf16
- * with fp32 accumulation, activations and every other tensor in fp32). */
-typedef enum { SHERL_FP32 = 0, SHERL_BF16 = 1 } sherl_precision;
+/* How a backbone's weight matrices and embedding tables are held: fp32, or bf16 / fp16 (half the
+ * memory; products with half operands and fp32 accumulation; activations, biases, LayerNorms
+ * and every other tensor in fp32). fp16 has bf16's memory and 3 more mantissa bits, but
+ * overflows above 65504. */
+typedef enum { SHERL_FP32 = 0, SHERL_BF16 = 1, SHERL_FP16 = 2 } sherl_precision;
 
-/* "fp32" or "bf16"; -1 for anything else. */
+/* "fp32", "bf16" or "fp16"; -1 for anything else. */
 int sherl_precision_parse(const char *name, sherl_precision *out);
 const char *sherl_precision_name(sherl_precision p);
 

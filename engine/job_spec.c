@@ -18,7 +18,7 @@
 static const char *const SCHEDULE_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const TASK_NAMES[] = {"classification", "regression"};
 static const char *const DEVICE_NAMES[] = {"cpu", "cuda", "auto"};
-static const char *const PRECISION_NAMES[] = {"fp32", "bf16"};
+static const char *const PRECISION_NAMES[] = {"fp32", "bf16", "fp16"};
 
 const char *lr_schedule_name(lr_schedule s)
 {
@@ -466,8 +466,8 @@ static sherl_status parse_resources(const parse_ctx *c, const cJSON *root, job_s
     SHERL_TRY(get_choice(c, o, "resources", "device", DEVICE_NAMES, COUNT(DEVICE_NAMES), &dev));
     SHERL_TRY(get_choice(c, o, "resources", "precision", PRECISION_NAMES,
                          COUNT(PRECISION_NAMES), &prec));
-    /* bf16 runs on every device: on the CPU its products widen bf16 to fp32 (the reference
-     * semantics, for tests; no faster than fp32 there). */
+    /* bf16 and fp16 run on every device: on the CPU their products widen the halves to fp32 (the
+     * reference semantics, for tests; no faster than fp32 there). */
     memset(s->device, 0, sizeof s->device);
     memset(s->precision, 0, sizeof s->precision);
     memcpy(s->device, DEVICE_NAMES[dev], strlen(DEVICE_NAMES[dev]));

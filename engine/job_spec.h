@@ -24,8 +24,8 @@
  *     downsample_factor >= 1, side_dim >= 0, dropout [0, 1), taps 2..SHERL_MAX_TAPS increasing
  *     non-negative integers; task.text_fields 1 or 2 non-empty strings and label_field a
  *     non-empty string, each under 64 bytes; resources.device "cpu", "cuda" or "auto" (cuda
- *     when a GPU is usable), precision "fp32" or "bf16" (the backbone's frozen weight matrices
- *     in bf16; on any device), ranks 1..4096, threads 0..1024. Number ranges are
+ *     when a GPU is usable), precision "fp32", "bf16" or "fp16" (the backbone's frozen
+ *     weights in that type; on any device), ranks 1..4096, threads 0..1024. Number ranges are
  *     checked on the JSON value and on the float that is stored. What depends on the backbone
  *     (late_layers < L, taps <= L - k, side_dim <= D, max_length <= positions) is checked when
  *     the model is built (sherl_model_create), not here.

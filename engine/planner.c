@@ -124,7 +124,7 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
     else /* a device keeps its library workspace and op scratch for the whole run */
         add(p, "op scratch and cuBLAS workspace", PLAN_ARENA, be->scratch_bytes(&q));
     add(p, "load staging", PLAN_TRANSIENT, bert_load_staging_bytes(cfg, be));
-    add(p, "bf16 rounding buffer", PLAN_TRANSIENT, bert_load_wide_bytes(cfg, opt->precision));
+    add(p, "half-precision rounding buffer", PLAN_TRANSIENT, bert_load_wide_bytes(cfg, opt->precision));
     if (!be->host_memory) {
         add(p, "copy staging", PLAN_TRANSIENT, SHERL_COPY_CHUNK * sizeof(float));
         add(p, "checkpoint staging", PLAN_TRANSIENT, 2 * m->ps.total * sizeof(float));

@@ -364,7 +364,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     have_step = 1;
     /* a bf16 job trades fp32 products for speed anyway: its fp32 ones (the trained layers,
      * attention) may use TF32 tensor cores; the thread's default is restored at the end */
-    be->allow_tf32(opt.precision == SHERL_BF16);
+    be->allow_tf32(opt.precision != SHERL_FP32);
     {
         int threads = spec->threads > 0 ? spec->threads : be->get_threads();
         sherl_scratch_shape q = sherl_step_scratch_shape(m, B, T, threads);

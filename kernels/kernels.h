@@ -68,7 +68,8 @@ struct sherl_backend {
     void (*copy_device)(void *dst, const void *src, size_t bytes);
     /* Whether this thread's fp32 products (gemm, gemm_strided_batched, matmul_*, attention_*)
      * may use reduced-precision tensor cores (TF32 on CUDA: 10-bit mantissas, fp32 range and
-     * accumulation). Off by default; a bf16 job turns it on for its thread. No effect on cpu. */
+     * accumulation). Off by default; a bf16 or fp16 job turns it on for its thread. No effect on
+     * cpu. */
     void (*allow_tf32)(int on);
 
     /* ---- general matrix multiply ----
@@ -90,6 +91,11 @@ struct sherl_backend {
     /* dst[i] = bf16(src[i]), rounded to nearest even (NaN stays NaN); and back, exactly */
     void (*f32_to_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
+    /* The same three for IEEE fp16 (binary16: overflow to inf, subnormals kept, NaN quiet). */
+    void (*gemm_f16)(int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
+                     int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
+    void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
+    void (*f16_to_f32)(float *dst, const uint16_t *src, size_t n);
 
     /* ---- Linear: out[N,OC] = inp[N,C] . weight[OC,C]^T + bias[OC] (bias may be NULL) ---- */
     void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
@@ -136,6 +142,8 @@ struct sherl_backend {
     /* the same from a bf16 table (a bf16 backbone's frozen embeddings), widened exactly */
     void (*embedding_forward_bf16)(float *out, const int32_t *ids, const uint16_t *table, int N,
                                    int C);
+    void (*embedding_forward_f16)(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                  int C);
     /* dtable[ids[n], :] += dout[n, :] */
     void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 
@@ -241,6 +249,49 @@ static inline uint16_t sherl_f32_to_bf16(float f)
 static inline float sherl_bf16_to_f32(uint16_t h)
 {
     union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+/* float <-> IEEE binary16 as every backend rounds it: nearest even, overflow to inf, subnormals
+ * kept, NaN quiet (after F. Giesen's float_to_half_fast3_rtne; the subnormal case relies on the
+ * default round-to-nearest float addition without flush-to-zero, as C and CUDA have it). */
+static inline uint16_t sherl_f32_to_f16(float f)
+{
+    union { float f; uint32_t u; } v = {f};
+    uint32_t sign = (v.u >> 16) & 0x8000u, x = v.u & 0x7fffffffu;
+    uint32_t o;
+    if (x >= 0x47800000u) { /* >= 65536, inf or NaN */
+        o = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (x < 0x38800000u) { /* below 2^-14: a subnormal or zero, rounded by the addition */
+        union { uint32_t u; float f; } a = {x}, r;
+        r.f = a.f + 0.5f;
+        o = r.u - 0x3f000000u;
+    } else {
+        uint32_t odd = (x >> 13) & 1u;
+        x += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd; /* rebias, round half to even */
+        o = x >> 13;                                       /* may carry into inf: right */
+    }
+    return (uint16_t)(sign | o);
+}
+
+static inline float sherl_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0x1f) {
+        u = sign | 0x7f800000u | (m << 13);
+    } else if (e) {
+        u = sign | ((e + 112u) << 23) | (m << 13);
+    } else if (m) { /* subnormal: normalise */
+        e = 113;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
+        u = sign | (e << 23) | ((m & 0x3ffu) << 13);
+    } else {
+        u = sign;
+    }
+    union { uint32_t u; float f; } v = {u};
     return v.f;
 }
 

@@ -120,6 +120,20 @@ static void cpu_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
         dst[i] = sherl_bf16_to_f32(src[i]);
 }
 
+static void cpu_f32_to_f16(uint16_t *dst, const float *src, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dst[i] = sherl_f32_to_f16(src[i]);
+}
+
+static void cpu_f16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dst[i] = sherl_f16_to_f32(src[i]);
+}
+
 /* ------------------------------------------------------------------------------------------
  * matrix products */
 
@@ -177,9 +191,9 @@ static void cpu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int
 /* bf16 inputs, fp32 accumulation: every bf16 value is exact in fp32, so widening both operands
  * and running the fp32 product is the reference semantics. The widened copies are the op's own
  * allocation (bf16 products are the GPU's business; on the CPU this is the reference). */
-static void cpu_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                          const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
-                          float *C, int ldc)
+static void gemm_half(void (*widen)(float *, const uint16_t *, size_t), int trans_a, int trans_b,
+                      int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0 || K <= 0) {
         cpu_gemm(trans_a, trans_b, M, N, K, alpha, NULL, lda, NULL, ldb, beta, C, ldc);
@@ -190,12 +204,26 @@ static void cpu_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float a
     size_t nb = (size_t)((trans_b ? N : K) - 1) * ldb + (size_t)(trans_b ? K : N);
     float *a = malloc(na * sizeof(float)), *b = malloc(nb * sizeof(float));
     if (a && b) {
-        cpu_bf16_to_f32(a, A, na);
-        cpu_bf16_to_f32(b, B, nb);
+        widen(a, A, na);
+        widen(b, B, nb);
         cpu_gemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
     }
     free(a);
     free(b);
+}
+
+static void cpu_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                          float *C, int ldc)
+{
+    gemm_half(cpu_bf16_to_f32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_gemm_f16(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                         const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                         float *C, int ldc)
+{
+    gemm_half(cpu_f16_to_f32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static void cpu_bias_add_forward(float *x, const float *bias, int N, int C)
@@ -548,6 +576,15 @@ static void cpu_embedding_forward_bf16(float *out, const int32_t *ids, const uin
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
             out[(size_t)n * C + c] = sherl_bf16_to_f32(table[(size_t)ids[n] * C + c]);
+}
+
+static void cpu_embedding_forward_f16(float *out, const int32_t *ids, const uint16_t *table,
+                                     int N, int C)
+{
+#pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            out[(size_t)n * C + c] = sherl_f16_to_f32(table[(size_t)ids[n] * C + c]);
 }
 
 static void cpu_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
@@ -1214,6 +1251,10 @@ static const sherl_backend cpu_backend = {
     .gemm_bf16 = cpu_gemm_bf16,
     .f32_to_bf16 = cpu_f32_to_bf16,
     .bf16_to_f32 = cpu_bf16_to_f32,
+    .gemm_f16 = cpu_gemm_f16,
+    .f32_to_f16 = cpu_f32_to_f16,
+    .f16_to_f32 = cpu_f16_to_f32,
+    .embedding_forward_f16 = cpu_embedding_forward_f16,
     .gemm = cpu_gemm,
     .gemm_strided_batched = cpu_gemm_strided_batched,
     .matmul_forward = cpu_matmul_forward,

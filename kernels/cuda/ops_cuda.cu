@@ -182,6 +182,16 @@ static unsigned grid_for(size_t n, unsigned block)
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                    \
          i += (size_t)gridDim.x * blockDim.x)
 
+// Launches an element-wise kernel over n elements on the thread's stream.
+#define ELEMENTWISE(kernel, n, ...)                                                            \
+    do {                                                                                       \
+        cuda_ctx *c_ = ctx();                                                                  \
+        if (!c_->ready || (n) == 0)                                                            \
+            return;                                                                            \
+        kernel<<<grid_for((n), 256), 256, 0, c_->stream>>>(__VA_ARGS__);                       \
+        LAUNCHED(c_, #kernel);                                                                 \
+    } while (0)
+
 __device__ __forceinline__ double warp_sum(double v)
 {
     for (int o = 16; o > 0; o >>= 1)
@@ -453,6 +463,53 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// The same bit operations as sherl_f32_to_f16 / sherl_f16_to_f32 in kernels.h (not the
+// intrinsics: their NaN patterns differ, and both backends must give the same bits).
+__device__ __forceinline__ uint16_t f32_to_f16_bits(float f)
+{
+    uint32_t u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, x = u & 0x7fffffffu, o;
+    if (x >= 0x47800000u) {
+        o = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (x < 0x38800000u) {
+        o = __float_as_uint(__fadd_rn(__uint_as_float(x), 0.5f)) - 0x3f000000u;
+    } else {
+        uint32_t odd = (x >> 13) & 1u;
+        x += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd;
+        o = x >> 13;
+    }
+    return (uint16_t)(sign | o);
+}
+
+__device__ __forceinline__ float f16_bits_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0x1f) {
+        u = sign | 0x7f800000u | (m << 13);
+    } else if (e) {
+        u = sign | ((e + 112u) << 23) | (m << 13);
+    } else if (m) {
+        e = 113;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
+        u = sign | (e << 23) | ((m & 0x3ffu) << 13);
+    } else {
+        u = sign;
+    }
+    return __uint_as_float(u);
+}
+
+__global__ void f32_to_f16_kernel(uint16_t *dst, const float *src, size_t n)
+{
+    GRID_STRIDE(i, n) dst[i] = f32_to_f16_bits(src[i]);
+}
+
+__global__ void f16_to_f32_kernel(float *dst, const uint16_t *src, size_t n)
+{
+    GRID_STRIDE(i, n) dst[i] = f16_bits_to_f32(src[i]);
+}
+
 __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
 {
     GRID_STRIDE(i, n) dst[i] = f32_to_bf16_bits(src[i]);
@@ -461,6 +518,24 @@ __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
 __global__ void bf16_to_f32_kernel(float *dst, const uint16_t *src, size_t n)
 {
     GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
+}
+
+static void cuda_gemm_f16(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
+                          float *C, int ldc)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, CUDA_R_16F, beta, C, ldc,
+             0, 1);
+}
+
+static void cuda_f32_to_f16(uint16_t *dst, const float *src, size_t n)
+{
+    ELEMENTWISE(f32_to_f16_kernel, n, dst, src, n);
+}
+
+static void cuda_f16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+    ELEMENTWISE(f16_to_f32_kernel, n, dst, src, n);
 }
 
 static void cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
@@ -789,15 +864,6 @@ __global__ void dropout_backward_kernel(float *dinp, const float *dout, size_t n
     }
 }
 
-// Launches an element-wise kernel over n elements on the thread's stream.
-#define ELEMENTWISE(kernel, n, ...)                                                            \
-    do {                                                                                       \
-        cuda_ctx *c_ = ctx();                                                                  \
-        if (!c_->ready || (n) == 0)                                                            \
-            return;                                                                            \
-        kernel<<<grid_for((n), 256), 256, 0, c_->stream>>>(__VA_ARGS__);                       \
-        LAUNCHED(c_, #kernel);                                                                 \
-    } while (0)
 
 static void cuda_gelu_forward(float *out, const float *inp, size_t n)
 {
@@ -1015,6 +1081,12 @@ __global__ void embedding_forward_bf16_kernel(float *out, const int32_t *ids,
     GRID_STRIDE(i, n) out[i] = __uint_as_float((uint32_t)table[(size_t)ids[i / C] * C + i % C] << 16);
 }
 
+__global__ void embedding_forward_f16_kernel(float *out, const int32_t *ids,
+                                             const uint16_t *table, size_t n, int C)
+{
+    GRID_STRIDE(i, n) out[i] = f16_bits_to_f32(table[(size_t)ids[i / C] * C + i % C]);
+}
+
 __global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *ids,
                                           size_t n, int C)
 {
@@ -1034,6 +1106,13 @@ static void cuda_embedding_forward_bf16(float *out, const int32_t *ids, const ui
 {
     size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
     ELEMENTWISE(embedding_forward_bf16_kernel, n, out, ids, table, n, C);
+}
+
+static void cuda_embedding_forward_f16(float *out, const int32_t *ids, const uint16_t *table,
+                                      int N, int C)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(embedding_forward_f16_kernel, n, out, ids, table, n, C);
 }
 
 static void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
@@ -1676,6 +1755,10 @@ static void cuda_backend_fill(void)
     t->attention_backward = cuda_attention_backward;
     t->embedding_forward = cuda_embedding_forward;
     t->embedding_forward_bf16 = cuda_embedding_forward_bf16;
+    t->embedding_forward_f16 = cuda_embedding_forward_f16;
+    t->gemm_f16 = cuda_gemm_f16;
+    t->f32_to_f16 = cuda_f32_to_f16;
+    t->f16_to_f32 = cuda_f16_to_f32;
     t->embedding_backward = cuda_embedding_backward;
     t->residual_forward = cuda_residual_forward;
     t->residual_backward = cuda_residual_backward;

@@ -14,13 +14,14 @@ add_test(NAME fixture_gpu_bert_reference
           --layers 2 --hidden 64 --heads 4 --ffn 128 --vocab 1000 --batch 8 --seq 128 --float64)
 set_tests_properties(fixture_gpu_bert_reference PROPERTIES
   FIXTURES_SETUP gpu_bert_reference TIMEOUT 300 LABELS gpu)
-# _bf16: the weight matrices held in bf16, against PyTorch's fp32 model with every encoder
-# Linear's input and weight rounded to bf16 (our bf16 semantics, computed independently).
+# _bf16 / _fp16: the weight matrices and tables held in bf16 / fp16, against PyTorch's fp32 model
+# with the tables and every encoder Linear's input and weight rounded the same way (our
+# half-precision semantics, computed independently).
 foreach(backend cpu cuda)
-  foreach(prec fp32 bf16)
+  foreach(prec fp32 bf16 fp16)
     set(name gpu_bert_oracle_${backend})
-    if(prec STREQUAL "bf16")
-      set(name gpu_bert_oracle_bf16_${backend})
+    if(NOT prec STREQUAL "fp32")
+      set(name gpu_bert_oracle_${prec}_${backend})
     endif()
     add_test(NAME ${name}
       COMMAND gpu_bert_oracle --backend ${backend} --precision ${prec}

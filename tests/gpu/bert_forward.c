@@ -3,11 +3,12 @@
  * tests/oracle/bert_reference.py).
  *
  *   gpu_bert_oracle --backend cpu|cuda|auto --model DIR --reference FILE [--tol 1e-4]
- *                   [--precision fp32|bf16]
+ *                   [--precision fp32|bf16|fp16]
  *
- * --precision bf16 loads the weight matrices in bf16 (bert_load_prec) and compares with the
- * dump's hidden_bf16_* states: PyTorch's fp32 model with every encoder Linear's input and weight
- * rounded to bf16, fp32 accumulation — our bf16 semantics, computed independently.
+ * --precision bf16 (fp16) loads the weight matrices and embedding tables in bf16 (fp16) with
+ * bert_load_prec and compares with the dump's hidden_bf16_* (hidden_f16_*) states: PyTorch's fp32
+ * model with the tables and every encoder Linear's input and weight rounded the same way, fp32
+ * accumulation: our half-precision semantics, computed independently.
  *
  * Loads DIR with bert_load on the backend, runs bert_forward on the reference batch (token ids,
  * token types and attention mask, padded rows included) keeping every hidden state the dump
@@ -32,7 +33,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: " PROG " --backend cpu|cuda|auto --model DIR --reference FILE [--tol 1e-4]\n"
-            "       [--precision fp32|bf16]\n"
+            "       [--precision fp32|bf16|fp16]\n"
             "  Runs the BERT in DIR on the backend over the batch of FILE (written by\n"
             "  tests/gpu/bert_reference_dump.py) and compares every hidden state with it:\n"
             "  max |ours - HF| / max |HF| <= tol for each.\n");
@@ -84,7 +85,7 @@ int main(int argc, char **argv)
             ref_path = v;
         } else if (!strcmp(a, "--precision")) {
             if (sherl_precision_parse(v, &prec)) {
-                fprintf(stderr, PROG ": --precision %s: expected fp32 or bf16\n", v);
+                fprintf(stderr, PROG ": --precision %s: expected fp32, bf16 or fp16\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--tol")) {
@@ -181,7 +182,11 @@ int main(int argc, char **argv)
     int n_states = 0;
     for (int i = 0; i <= L; i++) {
         char name[32];
-        snprintf(name, sizeof name, prec == SHERL_BF16 ? "hidden_bf16_%d" : "hidden_%d", i);
+        snprintf(name, sizeof name,
+                 prec == SHERL_BF16   ? "hidden_bf16_%d"
+                 : prec == SHERL_FP16 ? "hidden_f16_%d"
+                                      : "hidden_%d",
+                 i);
         if (!safetensors_find(&ref, name) && i < L)
             continue; /* the dump holds only some states: compare those */
         hidden[i] = be->alloc(BTD * sizeof(float));
@@ -223,7 +228,11 @@ int main(int argc, char **argv)
         if (!hidden[i])
             continue;
         char name[32], name64[32];
-        snprintf(name, sizeof name, prec == SHERL_BF16 ? "hidden_bf16_%d" : "hidden_%d", i);
+        snprintf(name, sizeof name,
+                 prec == SHERL_BF16   ? "hidden_bf16_%d"
+                 : prec == SHERL_FP16 ? "hidden_f16_%d"
+                                      : "hidden_%d",
+                 i);
         snprintf(name64, sizeof name64, "hidden64_%d", i);
         int64_t shape[3] = {B, T, D};
         st = safetensors_read_f32(&ref, name, want, 3, shape);
@@ -253,11 +262,11 @@ int main(int argc, char **argv)
         }
         double rel = scale > 0 ? e_all / scale : e_all;
         int ok = finite && rel <= tol;
-        /* bf16: after the first layer, ours must also be clearly nearer the bf16 semantics than
+        /* bf16/fp16: after the first layer, ours must also be nearer the half semantics than
          * the fp32 model (else the products were not in bf16: fp32 results sit within the
          * tolerance of the bf16 reference on small random weights) */
         char versus[128] = "";
-        if (prec == SHERL_BF16 && i > 0) {
+        if (prec != SHERL_FP32 && i > 0) {
             char name32[32];
             snprintf(name32, sizeof name32, "hidden_%d", i);
             float *f32 = malloc(BTD * sizeof(float));
@@ -272,7 +281,8 @@ int main(int argc, char **argv)
             double rel32 = scale > 0 ? e32 / scale : e32;
             int nearer = rel < rel32;
             snprintf(versus, sizeof versus, "; vs the fp32 model %.3g (%s)", rel32,
-                     nearer ? "bf16 nearer, as it must be" : "NOT nearer the bf16 semantics");
+                     nearer ? "half nearer, as it must be"
+                            : "NOT nearer the half-precision semantics");
             ok = ok && nearer;
         }
         /* the float64 run, when the dump has it: how far HF's own float32 is from exact */

@@ -112,32 +112,39 @@ tensors = {
 }
 for i, h in enumerate(hidden_states(model)):
     tensors["hidden_%d" % i] = h.float().contiguous()
-# The bf16 semantics of our engine, emulated in float32 PyTorch: the three embedding tables are
-# rounded to bf16 (nearest even), every encoder Linear takes its input and its weight rounded to
-# bf16 and accumulates in fp32; everything else (biases, LayerNorms, softmax, GELU, residuals,
-# the sums) stays fp32. This is the oracle for `gpu_bert_oracle --precision bf16`.
-def bf16_linear(mod, x):
-    return torch.nn.functional.linear(x.bfloat16().float(), mod.weight.bfloat16().float(), mod.bias)
+# The half-precision semantics of our engine, emulated in float32 PyTorch: the three embedding
+# tables are rounded to bf16 (or fp16; nearest even), every encoder Linear takes its input and
+# its weight rounded the same way and accumulates in fp32; everything else (biases, LayerNorms,
+# softmax, GELU, residuals, the sums) stays fp32. The oracle for `gpu_bert_oracle --precision`.
+def emulate(half):
+    def rounded(t):
+        return t.to(half).float()
+
+    with torch.no_grad():
+        tables = [model.embeddings.word_embeddings, model.embeddings.position_embeddings,
+                  model.embeddings.token_type_embeddings]
+        kept = [t.weight.detach().clone() for t in tables]
+        for t in tables:
+            t.weight.copy_(rounded(t.weight))
+        saved = {}
+        for name, mod in model.encoder.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                saved[name] = mod.forward
+                mod.forward = (lambda m_: (lambda x: torch.nn.functional.linear(
+                    rounded(x), rounded(m_.weight), m_.bias)))(mod)
+        try:
+            return hidden_states(model)
+        finally:
+            for name, mod in model.encoder.named_modules():
+                if name in saved:
+                    mod.forward = saved[name]
+            for t, w in zip(tables, kept):
+                t.weight.copy_(w)
 
 
-with torch.no_grad():
-    tables = [model.embeddings.word_embeddings, model.embeddings.position_embeddings,
-              model.embeddings.token_type_embeddings]
-    kept = [t.weight.detach().clone() for t in tables]
-    for t in tables:
-        t.weight.copy_(t.weight.bfloat16().float())
-    saved = {}
-    for name, mod in model.encoder.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            saved[name] = mod.forward
-            mod.forward = (lambda m_: (lambda x: bf16_linear(m_, x)))(mod)
-    for i, h in enumerate(hidden_states(model)):
-        tensors["hidden_bf16_%d" % i] = h.float().contiguous()
-    for name, mod in model.encoder.named_modules():
-        if name in saved:
-            mod.forward = saved[name]
-    for t, w in zip(tables, kept):
-        t.weight.copy_(w)
+for tag, half in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+    for i, h in enumerate(emulate(half)):
+        tensors["hidden_%s_%d" % (tag, i)] = h.float().contiguous()
 if a.float64:
     for i, h in enumerate(hidden_states(model.double())):
         tensors["hidden64_%d" % i] = h.contiguous()

@@ -489,7 +489,10 @@ static void t_memory(tcase *tc, int arg)
 /* Random floats with the awkward cases up front: NaNs (quiet, signalling, negative), infinities,
  * signed zeros, subnormals, values that round to infinity, exact ties to even in both
  * directions; then a run of random bit patterns, which covers every class again. */
-static void t_f32_to_bf16(tcase *tc, int arg)
+/* arg 0: bf16, arg 1: fp16 (then also its own edges: the largest finite 65504, 65519.99 and 65520
+ * on either side of the rounding to inf, the smallest subnormal 2^-24, the ties 2^-25 and
+ * 3 * 2^-25, the smallest normal 2^-14 and just below it). */
+static void t_f32_to_half(tcase *tc, int arg)
 {
     static const uint32_t special[] = {
         0x7fc00000u, 0xffc00001u, 0x7f800001u, 0xff800001u, 0x7fffffffu, /* NaNs */
@@ -498,10 +501,18 @@ static void t_f32_to_bf16(tcase *tc, int arg)
         0x7f7fffffu, 0xff7fffffu, 0x7f7f8000u,                           /* round to inf */
         0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf818000u, /* ties, near ties */
     };
+    static const uint32_t special16[] = {
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x33800000u, 0x33000000u,
+        0x33c00000u, 0xb3c00000u, 0x38800000u, 0x387fffffu, 0x38000000u, 0x3f801000u,
+        0x3f803000u, 0x3f801001u,
+    };
     const size_t n = 20011, nspecial = sizeof special / sizeof special[0];
+    const size_t n16 = sizeof special16 / sizeof special16[0];
     float *x = host_rand(tc, n, -3, 3);
     memcpy(x, special, sizeof special);
-    for (size_t i = nspecial; i < nspecial + 4000; i++) {
+    if (arg)
+        memcpy(x + nspecial, special16, sizeof special16);
+    for (size_t i = nspecial + n16; i < nspecial + n16 + 4000; i++) {
         uint32_t bits = (uint32_t)(next(tc) >> 32);
         memcpy(&x[i], &bits, sizeof bits);
     }
@@ -510,23 +521,31 @@ static void t_f32_to_bf16(tcase *tc, int arg)
     for (size_t i = 0; i < n; i++)
         poison[i] = POISON_U16;
     pair out = up(tc, poison, n * sizeof(uint16_t));
-    ON_BOTH(tc, be->f32_to_bf16(P(out), P(in), n));
-    if (!settle(tc, "f32_to_bf16"))
+    if (arg) {
+        ON_BOTH(tc, be->f32_to_f16(P(out), P(in), n));
+    } else {
+        ON_BOTH(tc, be->f32_to_bf16(P(out), P(in), n));
+    }
+    if (!settle(tc, arg ? "f32_to_f16" : "f32_to_bf16"))
         return;
-    check_exact(tc, "bf16", out, n, sizeof(uint16_t));
+    check_exact(tc, arg ? "f16" : "bf16", out, n, sizeof(uint16_t));
 }
 
 /* Every one of the 65536 bf16 patterns, then some more: widening must be exact, NaN payloads
  * included. */
-static void t_bf16_to_f32(tcase *tc, int arg)
+static void t_half_to_f32(tcase *tc, int arg)
 {
     const size_t n = 65536 + 37;
     uint16_t *h = host(tc, n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
         h[i] = i < 65536 ? (uint16_t)i : (uint16_t)next(tc);
     pair in = up(tc, h, n * sizeof(uint16_t)), out = up_poison(tc, n);
-    ON_BOTH(tc, be->bf16_to_f32(P(out), P(in), n));
-    if (!settle(tc, "bf16_to_f32"))
+    if (arg) {
+        ON_BOTH(tc, be->f16_to_f32(P(out), P(in), n));
+    } else {
+        ON_BOTH(tc, be->bf16_to_f32(P(out), P(in), n));
+    }
+    if (!settle(tc, arg ? "f16_to_f32" : "bf16_to_f32"))
         return;
     check_exact(tc, "f32", out, n, sizeof(float));
 }
@@ -576,37 +595,45 @@ static void t_gemm(tcase *tc, int big)
             }
 }
 
-/* bf16 operands: the inputs are rounded on the host, the same bits go to both sides. */
-static pair up_bf16(tcase *tc, size_t n)
+/* Half operands (f16: fp16, else bf16): the inputs are rounded on the host, the same bits go
+ * to both sides. */
+static pair up_half(tcase *tc, size_t n, int f16)
 {
     const float *x = host_rand(tc, n, -1, 1);
     uint16_t *h = host(tc, n * sizeof(uint16_t));
     for (size_t i = 0; i < n; i++)
-        h[i] = sherl_f32_to_bf16(x[i]);
+        h[i] = f16 ? sherl_f32_to_f16(x[i]) : sherl_f32_to_bf16(x[i]);
     return up(tc, h, n * sizeof(uint16_t));
 }
 
-static void gemm_bf16_case(tcase *tc, int ta, int tb, int M, int N, int K, float beta)
+static void gemm_half_case(tcase *tc, int f16, int ta, int tb, int M, int N, int K, float beta)
 {
     gemm_shape g = gemm_shape_of(ta, tb, M, N, K);
-    pair a = up_bf16(tc, g.na), b = up_bf16(tc, g.nb);
+    pair a = up_half(tc, g.na, f16), b = up_half(tc, g.nb, f16);
     pair c = beta == 0.0f ? up_poison(tc, g.nc) : up_rand(tc, g.nc, -1, 1);
-    ON_BOTH(tc, be->gemm_bf16(ta, tb, M, N, K, 0.75f, P(a), g.lda, P(b), g.ldb, beta, P(c),
-                              g.ldc));
-    if (!settle(tc, "gemm_bf16"))
+    if (f16) {
+        ON_BOTH(tc, be->gemm_f16(ta, tb, M, N, K, 0.75f, P(a), g.lda, P(b), g.ldb, beta, P(c),
+                                 g.ldc));
+    } else {
+        ON_BOTH(tc, be->gemm_bf16(ta, tb, M, N, K, 0.75f, P(a), g.lda, P(b), g.ldb, beta, P(c),
+                                  g.ldc));
+    }
+    if (!settle(tc, f16 ? "gemm_f16" : "gemm_bf16"))
         return;
     check_f32(tc, label(tc, "C[ta=%d,tb=%d,beta=%g]", ta, tb, beta), c, g.nc, TOL_BF16);
 }
 
-static void t_gemm_bf16(tcase *tc, int big)
+/* arg: bit 0 big, bit 1 fp16 */
+static void t_gemm_half(tcase *tc, int arg)
 {
+    int big = arg & 1, f16 = (arg >> 1) & 1;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int acc = 0; acc < 2; acc++) {
                 if (big)
-                    gemm_bf16_case(tc, ta, tb, 259, 385, 131, (float)acc);
+                    gemm_half_case(tc, f16, ta, tb, 259, 385, 131, (float)acc);
                 else
-                    gemm_bf16_case(tc, ta, tb, 37, 83, 45, (float)acc);
+                    gemm_half_case(tc, f16, ta, tb, 37, 83, 45, (float)acc);
             }
 }
 
@@ -942,14 +969,20 @@ static void t_embedding_forward(tcase *tc, int big)
     check_exact(tc, "out", out, (size_t)e.N * e.C, sizeof(float)); /* a gather: exact */
 }
 
-/* A bf16 table (a bf16 backbone's embeddings) widened on the gather: exact. */
-static void t_embedding_forward_bf16(tcase *tc, int big)
+/* A half table (a bf16 or fp16 backbone's embeddings) widened on the gather: exact.
+ * arg: bit 0 big, bit 1 fp16. */
+static void t_embedding_forward_half(tcase *tc, int arg)
 {
-    embedding_shape e = embedding_of(big);
-    pair ids = up_ids(tc, e), table = up_bf16(tc, (size_t)e.V * e.C);
+    int f16 = (arg >> 1) & 1;
+    embedding_shape e = embedding_of(arg & 1);
+    pair ids = up_ids(tc, e), table = up_half(tc, (size_t)e.V * e.C, f16);
     pair out = up_poison(tc, (size_t)e.N * e.C);
-    ON_BOTH(tc, be->embedding_forward_bf16(P(out), P(ids), P(table), e.N, e.C));
-    if (!settle(tc, "embedding_forward_bf16"))
+    if (f16) {
+        ON_BOTH(tc, be->embedding_forward_f16(P(out), P(ids), P(table), e.N, e.C));
+    } else {
+        ON_BOTH(tc, be->embedding_forward_bf16(P(out), P(ids), P(table), e.N, e.C));
+    }
+    if (!settle(tc, f16 ? "embedding_forward_f16" : "embedding_forward_bf16"))
         return;
     check_exact(tc, "out", out, (size_t)e.N * e.C, sizeof(float));
 }
@@ -1412,14 +1445,18 @@ typedef struct {
 
 static const test_def tests[] = {
     {"memory", t_memory, 0},
-    {"f32_to_bf16", t_f32_to_bf16, 0},
-    {"bf16_to_f32", t_bf16_to_f32, 0},
+    {"f32_to_bf16", t_f32_to_half, 0},
+    {"bf16_to_f32", t_half_to_f32, 0},
+    {"f32_to_f16", t_f32_to_half, 1},
+    {"f16_to_f32", t_half_to_f32, 1},
     {"gemm.small", t_gemm, 0},
     {"gemm.big", t_gemm, 1},
     {"gemm_strided_batched.small", t_gsb_small, 0},
     {"gemm_strided_batched.attention", t_gsb_attention, 0},
-    {"gemm_bf16.small", t_gemm_bf16, 0},
-    {"gemm_bf16.big", t_gemm_bf16, 1},
+    {"gemm_bf16.small", t_gemm_half, 0},
+    {"gemm_bf16.big", t_gemm_half, 1},
+    {"gemm_f16.small", t_gemm_half, 2},
+    {"gemm_f16.big", t_gemm_half, 3},
     {"matmul_forward.nobias", t_matmul_forward, 0},
     {"matmul_forward.bias", t_matmul_forward, 1},
     {"matmul_forward.big", t_matmul_forward, 2},
@@ -1443,8 +1480,10 @@ static const test_def tests[] = {
     {"attention_backward.big", t_attention_backward, 1},
     {"embedding_forward.small", t_embedding_forward, 0},
     {"embedding_forward.big", t_embedding_forward, 1},
-    {"embedding_forward_bf16.small", t_embedding_forward_bf16, 0},
-    {"embedding_forward_bf16.big", t_embedding_forward_bf16, 1},
+    {"embedding_forward_bf16.small", t_embedding_forward_half, 0},
+    {"embedding_forward_bf16.big", t_embedding_forward_half, 1},
+    {"embedding_forward_f16.small", t_embedding_forward_half, 2},
+    {"embedding_forward_f16.big", t_embedding_forward_half, 3},
     {"embedding_backward.small", t_embedding_backward, 0},
     {"embedding_backward.big", t_embedding_backward, 1},
     {"residual_forward", t_residual_forward, 0},

@@ -393,6 +393,34 @@ static void g_scale(float *x, size_t n, float s)
     close_all();
 }
 
+static void g_gemm_f16(int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    open_all();
+    cpu->gemm_f16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    close_all();
+}
+
+static void g_f32_to_f16(uint16_t *dst, const float *src, size_t n)
+{
+    open_all();
+    cpu->f32_to_f16(dst, src, n);
+    close_all();
+}
+
+static void g_f16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+    open_all();
+    cpu->f16_to_f32(dst, src, n);
+    close_all();
+}
+
+static void g_embedding_forward_f16(float *out, const int32_t *ids, const uint16_t *table, int N, int C)
+{
+    open_all();
+    cpu->embedding_forward_f16(out, ids, table, N, C);
+    close_all();
+}
+
 static sherl_backend guarded;
 
 static void fill(void)
@@ -427,6 +455,10 @@ static void fill(void)
     t->attention_backward = g_attention_backward;
     t->embedding_forward = g_embedding_forward;
     t->embedding_forward_bf16 = g_embedding_forward_bf16;
+    t->embedding_forward_f16 = g_embedding_forward_f16;
+    t->gemm_f16 = g_gemm_f16;
+    t->f32_to_f16 = g_f32_to_f16;
+    t->f16_to_f32 = g_f16_to_f32;
     t->embedding_backward = g_embedding_backward;
     t->residual_forward = g_residual_forward;
     t->residual_backward = g_residual_backward;

@@ -525,7 +525,7 @@ Test(job_spec, invalid_task)
 Test(job_spec, invalid_resources)
 {
     expect_field("resources.device", "\"tpu\"", "\"cpu\", \"cuda\", \"auto\"");
-    expect_field("resources.precision", "\"fp16\"", "\"fp32\", \"bf16\"");
+    expect_field("resources.precision", "\"fp8\"", "\"fp32\", \"bf16\", \"fp16\"");
     /* bf16 is accepted on every device, and reaches the model options */
     job_spec s;
     char *t = variant_of(k_full, "resources.device", "\"cpu\"");

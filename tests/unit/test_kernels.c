@@ -1642,3 +1642,46 @@ Test(kernels, every_backend_fills_every_op)
         cr_expect(strstr(desc, "2 ") != NULL, "describe does not show the thread count: %s", desc);
     }
 }
+
+/* The half-precision conversions every backend shares (kernels.h), against the compiler's own
+ * IEEE binary16 (_Float16, round to nearest even) on a spread of all 2^32 float patterns, and
+ * exhaustively back; bf16 against its definition (the top 16 bits, rounded to nearest even). */
+Test(kernels, half_conversions_match_ieee)
+{
+    long bad16 = 0, badbf = 0;
+    for (uint64_t i = 0; i < (1ull << 32); i += 257) {
+        uint32_t u = (uint32_t)i;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        uint16_t mine = sherl_f32_to_f16(f), want;
+        _Float16 h = (_Float16)f;
+        memcpy(&want, &h, sizeof want);
+        if (isnan(f) ? ((mine & 0x7c00u) != 0x7c00u || !(mine & 0x3ffu)) : mine != want)
+            bad16++;
+        /* bf16: exactly representable results round-trip, and the rounding error is at most half
+         * a bf16 step, ties to even */
+        if (!isnan(f) && !isinf(f)) {
+            uint16_t b = sherl_f32_to_bf16(f);
+            double back = sherl_bf16_to_f32(b), err = fabs(back - (double)f);
+            double step = ldexp(1.0, ilogb(f) - 7);
+            if (fabs(f) < FLT_MIN)
+                step = ldexp(1.0, -133);
+            if (!isinf(back) && (err > step / 2 || (err == step / 2 && (b & 1))))
+                badbf++;
+        }
+    }
+    cr_expect_eq(bad16, 0, "%ld float -> fp16 conversions differ from _Float16", bad16);
+    cr_expect_eq(badbf, 0, "%ld float -> bf16 conversions are not round-to-nearest-even", badbf);
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint16_t hh = (uint16_t)h;
+        _Float16 x;
+        memcpy(&x, &hh, sizeof x);
+        float want = (float)x, got = sherl_f16_to_f32(hh);
+        cr_assert(!memcmp(&want, &got, sizeof want) || (isnan(want) && isnan(got)),
+                  "fp16 %04x -> %a, want %a", h, (double)got, (double)want);
+        float wb = 0, gb = sherl_bf16_to_f32(hh);
+        uint32_t wbits = (uint32_t)h << 16;
+        memcpy(&wb, &wbits, sizeof wb);
+        cr_assert(!memcmp(&wb, &gb, sizeof wb), "bf16 %04x widened wrongly", h);
+    }
+}
