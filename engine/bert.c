@@ -94,22 +94,33 @@ static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const cha
     return sherl_ok();
 }
 
+/* Every tensor starts 256 bytes into the arena's alignment (cudaMalloc's), so the GEMM
+ * libraries take their vectorised paths for every operand. */
+#define CARVE_ALIGN 256
+
 static float *carve(loader *ld, size_t n)
 {
-    if (ld->used + n > ld->cap)
+    size_t at = (ld->used + CARVE_ALIGN / sizeof(float) - 1) & ~(CARVE_ALIGN / sizeof(float) - 1);
+    if (at + n > ld->cap)
         return NULL;
-    float *p = ld->arena + ld->used;
-    ld->used += n;
-    return p;
+    ld->used = at + n;
+    return ld->arena + at;
 }
 
 static uint16_t *carve16(loader *ld, size_t n)
 {
-    if (ld->used16 + n > ld->cap16)
+    size_t at = (ld->used16 + CARVE_ALIGN / sizeof(uint16_t) - 1) &
+                ~(CARVE_ALIGN / sizeof(uint16_t) - 1);
+    if (at + n > ld->cap16)
         return NULL;
-    uint16_t *p = ld->arena16 + ld->used16;
-    ld->used16 += n;
-    return p;
+    ld->used16 = at + n;
+    return ld->arena16 + at;
+}
+
+/* Tensors a load carves: 5 for the embeddings, 12 per layer; each may waste < CARVE_ALIGN. */
+static size_t carve_slack(const hf_config *c)
+{
+    return (5 + 12 * (size_t)c->num_hidden_layers) * CARVE_ALIGN;
 }
 
 /* Layer i's twelve tensors from the file into dst's pointers; Q, K and V stacked into one
@@ -223,14 +234,14 @@ static size_t fp32_region_bytes(const hf_config *c, sherl_precision prec)
     size_t floats = bert_param_count(c);
     if (prec != SHERL_FP32)
         floats -= bf16_elems(c);
-    return (floats * sizeof(float) + 255) & ~(size_t)255;
+    return (floats * sizeof(float) + carve_slack(c) + 255) & ~(size_t)255;
 }
 
 size_t bert_weight_bytes(const hf_config *c, sherl_precision prec)
 {
     size_t b = fp32_region_bytes(c, prec);
     if (prec != SHERL_FP32)
-        b += bf16_elems(c) * sizeof(uint16_t);
+        b += bf16_elems(c) * sizeof(uint16_t) + carve_slack(c);
     return b;
 }
 
@@ -390,7 +401,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     ld.arena = be->alloc(total);
     if (ld.arena && prec != SHERL_FP32) {
         ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
-        ld.cap16 = bf16_elems(c);
+        ld.cap16 = (bert_weight_bytes(c, prec) - fp32_bytes) / sizeof(uint16_t);
         ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
     }
     size_t staging = bert_load_staging_bytes(c, be);
