@@ -33,8 +33,13 @@ static const char USAGE[] =
     "  artifact get ID [--file F] [-o PATH]       download adapter_model.safetensors (or\n"
     "                                             adapter_config.json, metrics.json)\n"
     "  predict ID TEXT...                         run a succeeded job's model on texts\n"
-    "  backbones load PATH | list | unload NAME   resident backbones\n"
-    "  node                                       the daemon's status\n"
+    "  backbones load PATH [--device D] [--precision P] | list\n"
+    "          | unload NAME [--device D] [--precision P]\n"
+    "                                             resident backbones, one per (folder, device,\n"
+    "                                             precision): D cpu, cuda or auto; P fp32,\n"
+    "                                             bf16 or fp16\n"
+    "  node                                       the daemon's status: memory by device,\n"
+    "                                             backbone and job\n"
     "  health                                     grpc.health.v1 check\n"
     "\n"
     "  --addr      daemon address (default $SHERL_ADDR, else 127.0.0.1:7070)\n"
@@ -364,12 +369,19 @@ static int cmd_submit(int argc, char **argv)
 
 static int cmd_estimate(int argc, char **argv)
 {
-    if (argc == 2 && !strcmp(argv[1], "--no-upload"))
-        g_no_upload = 1, argc = 1;
-    if (argc != 1)
+    const char *path = NULL;
+    for (int i = 0; i < argc; i++) { /* --no-upload before or after the file, as submit */
+        if (!strcmp(argv[i], "--no-upload"))
+            g_no_upload = 1;
+        else if (!path)
+            path = argv[i];
+        else
+            return fprintf(stderr, "sherlctl estimate: unexpected '%s'\n", argv[i]), 2;
+    }
+    if (!path)
         return fprintf(stderr, "sherlctl estimate: expected JOB.json\n"), 2;
     int rc = 0;
-    char *spec = prepare_spec(argv[0], &rc);
+    char *spec = prepare_spec(path, &rc);
     if (!spec)
         return rc;
     Sherl__V1__EstimateJobRequest req = SHERL__V1__ESTIMATE_JOB_REQUEST__INIT;
@@ -388,6 +400,14 @@ static int cmd_estimate(int argc, char **argv)
         cJSON_AddNumberToObject(o, "budget_bytes", (double)e->budget_bytes);
         cJSON_AddNumberToObject(o, "free_bytes", (double)e->free_bytes);
         cJSON_AddStringToObject(o, "reason", e->reason);
+        cJSON_AddStringToObject(o, "device", e->device);
+        cJSON_AddStringToObject(o, "backend", e->backend);
+        cJSON_AddStringToObject(o, "precision", e->precision);
+        cJSON_AddNumberToObject(o, "device_bytes", (double)e->device_bytes);
+        cJSON_AddNumberToObject(o, "host_bytes", (double)e->host_bytes);
+        cJSON_AddNumberToObject(o, "device_budget_bytes", (double)e->device_budget_bytes);
+        cJSON_AddNumberToObject(o, "device_free_bytes", (double)e->device_free_bytes);
+        cJSON_AddBoolToObject(o, "backbone_resident", e->backbone_resident);
         cJSON *p = cJSON_AddObjectToObject(o, "plan");
         cJSON_AddNumberToObject(p, "peak_bytes", (double)e->plan->peak_bytes);
         cJSON_AddNumberToObject(p, "job_bytes", (double)e->plan->job_bytes);
@@ -408,6 +428,12 @@ static int cmd_estimate(int argc, char **argv)
             printf("  %-26s %10.2f MiB  %s\n", e->plan->items[i]->name,
                    e->plan->items[i]->bytes / 1048576.0, e->plan->items[i]->kind);
         printf("  %-26s %10.2f MiB\n", "planned peak", e->plan->peak_bytes / 1048576.0);
+        printf("device %s (%s, %s): %.1f MiB of arenas%s, %.1f MiB free of its %.1f MiB budget\n",
+               e->device, e->backend, e->precision, e->device_bytes / 1048576.0,
+               e->backbone_resident ? " (the backbone is resident already)" : "",
+               e->device_free_bytes / 1048576.0, e->device_budget_bytes / 1048576.0);
+        printf("host: %.1f MiB besides%s\n", e->host_bytes / 1048576.0,
+               strcmp(e->device, "cpu") ? "" : " (the same memory: cpu)");
         printf("fits now: %s; fits the budget (%.1f MiB): %s%s%s\n", e->fits_now ? "yes" : "no",
                e->budget_bytes / 1048576.0, e->fits_ever ? "yes" : "no", *e->reason ? "; " : "",
                e->reason);
@@ -714,11 +740,31 @@ static void print_backbone(const Sherl__V1__Backbone *b, cJSON *arr)
         cJSON_AddNumberToObject(o, "bytes", (double)b->bytes);
         cJSON_AddNumberToObject(o, "jobs", b->jobs);
         cJSON_AddBoolToObject(o, "loaded", b->loaded);
+        cJSON_AddStringToObject(o, "device", b->device);
+        cJSON_AddStringToObject(o, "precision", b->precision);
+        cJSON_AddNumberToObject(o, "layers", b->layers);
+        cJSON_AddNumberToObject(o, "hidden", b->hidden);
         cJSON_AddItemToArray(arr, o);
         return;
     }
-    printf("%-24s %8.1f MiB  %d job(s)  %d layers x %d  %s\n", b->name, b->bytes / 1048576.0,
-           b->jobs, b->layers, b->hidden, b->path);
+    printf("%-24s %-4s %-4s %8.1f MiB  %d job(s)  %d layers x %d  %s\n", b->name, b->device,
+           b->precision, b->bytes / 1048576.0, b->jobs, b->layers, b->hidden, b->path);
+}
+
+/* --device D and --precision P after a backbones command's argument; -1 on anything else. */
+static int backbone_flags(int argc, char **argv, char **device, char **precision)
+{
+    for (int i = 0; i < argc; i += 2) {
+        if (i + 1 >= argc)
+            return -1;
+        if (!strcmp(argv[i], "--device"))
+            *device = argv[i + 1];
+        else if (!strcmp(argv[i], "--precision"))
+            *precision = argv[i + 1];
+        else
+            return -1;
+    }
+    return 0;
 }
 
 static int cmd_backbones(int argc, char **argv)
@@ -738,18 +784,22 @@ static int cmd_backbones(int argc, char **argv)
         sherl__v1__list_backbones_response__free_unpacked(resp, NULL);
         return 0;
     }
-    if (argc == 2 && (!strcmp(argv[0], "load") || !strcmp(argv[0], "unload"))) {
+    char *device = (char *)"", *precision = (char *)"";
+    if (argc >= 2 && (!strcmp(argv[0], "load") || !strcmp(argv[0], "unload")) &&
+        backbone_flags(argc - 2, argv + 2, &device, &precision) == 0) {
         Sherl__V1__Backbone *b;
         int rc;
         if (!strcmp(argv[0], "load")) {
             char abs[PATH_MAX];
             Sherl__V1__LoadBackboneRequest req = SHERL__V1__LOAD_BACKBONE_REQUEST__INIT;
             req.path = realpath(argv[1], abs) ? abs : argv[1];
+            req.device = device, req.precision = precision;
             rc = call("/sherl.v1.Sherl/LoadBackbone", &req.base, (void **)&b,
                       UNPACK(sherl__v1__backbone__unpack));
         } else {
             Sherl__V1__UnloadBackboneRequest req = SHERL__V1__UNLOAD_BACKBONE_REQUEST__INIT;
             req.name = argv[1];
+            req.device = device, req.precision = precision;
             rc = call("/sherl.v1.Sherl/UnloadBackbone", &req.base, (void **)&b,
                       UNPACK(sherl__v1__backbone__unpack));
         }
@@ -762,12 +812,14 @@ static int cmd_backbones(int argc, char **argv)
         } else if (b->loaded) {
             print_backbone(b, NULL);
         } else {
-            printf("unloaded %s\n", b->name);
+            printf("unloaded %s (%s, %s)\n", b->name, b->device, b->precision);
         }
         sherl__v1__backbone__free_unpacked(b, NULL);
         return 0;
     }
-    return fprintf(stderr, "sherlctl backbones: expected load PATH, list or unload NAME\n"), 2;
+    return fprintf(stderr, "sherlctl backbones: expected load PATH, list or unload NAME, each "
+                           "load or unload optionally with --device D and --precision P\n"),
+           2;
 }
 
 static int cmd_node(void)
@@ -793,6 +845,33 @@ static int cmd_node(void)
         cJSON *arr = cJSON_AddArrayToObject(o, "backbones");
         for (size_t i = 0; i < n->n_backbones; i++)
             print_backbone(n->backbones[i], arr);
+        cJSON *devs = cJSON_AddArrayToObject(o, "devices");
+        for (size_t i = 0; i < n->n_devices; i++) {
+            const Sherl__V1__DeviceStatus *x = n->devices[i];
+            cJSON *dj = cJSON_CreateObject();
+            cJSON_AddStringToObject(dj, "name", x->name);
+            cJSON_AddStringToObject(dj, "backend", x->backend);
+            cJSON_AddStringToObject(dj, "description", x->description);
+            cJSON_AddNumberToObject(dj, "total_bytes", (double)x->total_bytes);
+            cJSON_AddNumberToObject(dj, "free_bytes", (double)x->free_bytes);
+            cJSON_AddNumberToObject(dj, "budget_bytes", (double)x->budget_bytes);
+            cJSON_AddNumberToObject(dj, "planned_bytes", (double)x->planned_bytes);
+            for (int k = 0; k < 2; k++) {
+                cJSON *us = cJSON_AddArrayToObject(dj, k ? "jobs" : "backbones");
+                size_t nu = k ? x->n_jobs : x->n_backbones;
+                Sherl__V1__MemoryUse **u = k ? x->jobs : x->backbones;
+                for (size_t j = 0; j < nu; j++) {
+                    cJSON *uj = cJSON_CreateObject();
+                    cJSON_AddStringToObject(uj, "id", u[j]->id);
+                    cJSON_AddStringToObject(uj, "name", u[j]->name);
+                    if (!k)
+                        cJSON_AddStringToObject(uj, "precision", u[j]->precision);
+                    cJSON_AddNumberToObject(uj, "bytes", (double)u[j]->bytes);
+                    cJSON_AddItemToArray(us, uj);
+                }
+            }
+            cJSON_AddItemToArray(devs, dj);
+        }
         print_json(o);
     } else {
         printf("sherld %s, up %lld s%s\n%s\n", n->version, (long long)n->uptime_s,
@@ -802,6 +881,22 @@ static int cmd_node(void)
                n->rss_bytes / 1048576.0);
         printf("jobs: %d running (at most %d), %d queued\n", n->running, n->max_concurrent_jobs,
                n->queued);
+        for (size_t i = 0; i < n->n_devices; i++) {
+            const Sherl__V1__DeviceStatus *x = n->devices[i];
+            printf("device %s: %s\n  %.1f MiB planned of %.1f MiB budget; %.1f MiB free of "
+                   "%.1f MiB\n",
+                   x->name, x->description, x->planned_bytes / 1048576.0,
+                   x->budget_bytes / 1048576.0, x->free_bytes / 1048576.0,
+                   x->total_bytes / 1048576.0);
+            for (size_t j = 0; j < x->n_backbones; j++)
+                printf("  backbone %-24s %-4s %10.1f MiB\n", x->backbones[j]->name,
+                       x->backbones[j]->precision, x->backbones[j]->bytes / 1048576.0);
+            for (size_t j = 0; j < x->n_jobs; j++)
+                printf("  job      %-18s %-10s %10.1f MiB\n", x->jobs[j]->id, x->jobs[j]->name,
+                       x->jobs[j]->bytes / 1048576.0);
+        }
+        if (n->n_backbones)
+            printf("backbones:\n");
         for (size_t i = 0; i < n->n_backbones; i++)
             print_backbone(n->backbones[i], NULL);
     }

@@ -1,8 +1,9 @@
-/* The registry of resident backbones: one copy of each folder's weights, shared read-only by
- * every job that uses it. */
+/* The registry of resident backbones: one copy of each (folder, backend, precision), shared
+ * read-only by every job on that backend that uses the folder at that precision. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "arena.h"
 #include "sherld.h"
 
 void backbones_init(backbone_registry *r)
@@ -20,21 +21,31 @@ void backbones_free(backbone_registry *r)
     memset(r, 0, sizeof *r);
 }
 
-static int find_path(backbone_registry *r, const char *path)
+static int find_key(backbone_registry *r, const char *path, const sherl_backend *be,
+                    sherl_precision prec)
 {
     for (int i = 0; i < r->n; i++)
-        if (!strcmp(r->e[i].path, path))
+        if (r->e[i].be == be && r->e[i].prec == prec && !strcmp(r->e[i].path, path))
             return i;
     return -1;
 }
 
-sherl_status backbones_acquire(backbone_registry *r, const char *path, int pin, bert_model **model)
+int64_t backbones_planned_bytes(const hf_config *cfg, sherl_precision prec)
+{
+    /* as the planner counts it: one arena of the weights at this precision */
+    return (int64_t)arena_round(bert_weight_bytes(cfg, prec));
+}
+
+sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
+                               sherl_precision prec, int pin, bert_model **model)
 {
     *model = NULL;
-    /* Loading holds the lock: a second job on the same folder waits for the first load rather
+    if (!be)
+        return sherl_errorf(SHERL_EINVAL, "backbone: no backend to load it onto");
+    /* Loading holds the lock: a second job on the same key waits for the first load rather
      * than loading a second copy. */
     pthread_mutex_lock(&r->mu);
-    int i = find_path(r, path);
+    int i = find_key(r, path, be, prec);
     if (i < 0) {
         if (r->n == r->cap) {
             int nc = r->cap ? 2 * r->cap : 4;
@@ -46,7 +57,7 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, int pin, 
             r->e = e, r->cap = nc;
         }
         bert_model *m;
-        sherl_status st = bert_load(&m, path, sherl_backend_cpu());
+        sherl_status st = bert_load_prec(&m, path, be, prec);
         if (st.code) {
             pthread_mutex_unlock(&r->mu);
             return st;
@@ -57,7 +68,9 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, int pin, 
         const char *slash = strrchr(path, '/');
         snprintf(e->name, sizeof e->name, "%s", slash && slash[1] ? slash + 1 : path);
         e->model = m;
-        e->bytes = (int64_t)bert_param_count(&m->cfg) * 4;
+        e->be = be;
+        e->prec = prec;
+        e->bytes = backbones_planned_bytes(&m->cfg, prec);
         i = r->n++;
     }
     if (pin)
@@ -100,40 +113,58 @@ int backbones_find_name(backbone_registry *r, const char *name, char *path)
     return found;
 }
 
-int backbones_is_loaded(backbone_registry *r, const char *path)
+int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_backend *be,
+                        sherl_precision prec)
 {
     pthread_mutex_lock(&r->mu);
-    int found = find_path(r, path) >= 0;
+    int found = find_key(r, path, be, prec) >= 0;
     pthread_mutex_unlock(&r->mu);
     return found;
 }
 
-int backbones_unload(backbone_registry *r, const char *name)
+/* name: the base name, or the resolved path when it starts with '/'. */
+static int matches(const backbone_entry *e, const char *name, const sherl_backend *be, int prec)
 {
-    pthread_mutex_lock(&r->mu);
-    int rc = -1;
-    for (int i = 0; i < r->n; i++)
-        if (!strcmp(r->e[i].name, name)) {
-            if (r->e[i].refs > 0) {
-                rc = -2;
-            } else {
-                drop(r, i);
-                rc = 0;
-            }
-            break;
-        }
-    pthread_mutex_unlock(&r->mu);
-    return rc;
+    if (strcmp(name[0] == '/' ? e->path : e->name, name))
+        return 0;
+    return (!be || e->be == be) && (prec < 0 || (int)e->prec == prec);
 }
 
-int64_t backbones_bytes(backbone_registry *r)
+int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be, int prec,
+                     backbone_entry *out, char *others, size_t others_cap)
 {
     pthread_mutex_lock(&r->mu);
-    int64_t b = 0;
+    int n = 0, hit = -1;
+    size_t used = 0;
+    if (others && others_cap)
+        others[0] = 0;
     for (int i = 0; i < r->n; i++)
-        b += r->e[i].bytes;
+        if (matches(&r->e[i], name, be, prec)) {
+            if (others && used < others_cap)
+                used += (size_t)snprintf(others + used, others_cap - used, "%s%s/%s",
+                                         n ? ", " : "", r->e[i].be->name,
+                                         sherl_precision_name(r->e[i].prec));
+            n++, hit = i;
+        }
+    int rc;
+    if (n == 0) {
+        rc = -1;
+    } else if (n > 1) {
+        rc = -3;
+    } else {
+        if (out) {
+            *out = r->e[hit];
+            out->model = NULL;
+        }
+        if (r->e[hit].refs > 0) {
+            rc = -2;
+        } else {
+            drop(r, hit);
+            rc = 0;
+        }
+    }
     pthread_mutex_unlock(&r->mu);
-    return b;
+    return rc;
 }
 
 int backbones_list(backbone_registry *r, backbone_entry **out)
@@ -142,8 +173,14 @@ int backbones_list(backbone_registry *r, backbone_entry **out)
     *out = malloc(sizeof **out * (size_t)(r->n ? r->n : 1));
     int n = 0;
     if (*out) {
-        memcpy(*out, r->e, sizeof **out * (size_t)r->n);
+        if (r->n) /* r->e is NULL before the first load */
+            memcpy(*out, r->e, sizeof **out * (size_t)r->n);
         n = r->n;
+        for (int i = 0; i < n; i++) { /* a snapshot: only the config outlives the lock */
+            (*out)[i].layers = r->e[i].model->cfg.num_hidden_layers;
+            (*out)[i].hidden = r->e[i].model->cfg.hidden_size;
+            (*out)[i].model = NULL;
+        }
     }
     pthread_mutex_unlock(&r->mu);
     return n;

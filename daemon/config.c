@@ -39,6 +39,9 @@ static const option OPTIONS[] = {
     {"memory-budget", OPT_SIZE, "0", 0, INT64_MAX, F(memory_budget),
      "bytes the jobs and backbones may hold (suffixes K, M, G, T; 0 = 80% of the memory "
      "available at start)"},
+    {"gpu-memory-reserve", OPT_SIZE, "2G", 0, INT64_MAX, F(gpu_memory_reserve),
+     "bytes of each GPU's memory that admission leaves to the CUDA context, libraries and other "
+     "processes: a GPU's budget is its total memory minus this (suffixes K, M, G, T)"},
     {"threads", OPT_INT, "0", 0, 1024, F(threads),
      "compute threads per job (0 = every online CPU)"},
     {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), "error, warn, info or debug"},

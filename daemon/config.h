@@ -23,6 +23,7 @@ typedef struct {
     int max_concurrent_jobs;
     int max_queued_jobs;
     int64_t memory_budget;            /* bytes; 0 = 80% of MemAvailable at start */
+    int64_t gpu_memory_reserve;       /* bytes of each GPU's memory admission leaves free */
     int threads;                      /* per job; 0 = every online CPU */
     log_level log_level;
     char log_file[SHERLD_PATH_MAX];   /* "" = stderr */

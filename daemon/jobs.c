@@ -24,10 +24,13 @@
 struct queued_job {
     queued_job *next;
     char id[JOB_ID_LEN + 1];
+    char name[128];
     int priority;
     int64_t order;            /* FIFO within a priority */
-    int64_t own_bytes;        /* planned peak minus the backbone */
-    int64_t backbone_bytes;
+    job_need need;            /* the plan by pool */
+    int64_t planned_bytes;    /* the plan's peak */
+    const sherl_backend *be;  /* NULL: not usable (need.pool -1): fails with the reason */
+    sherl_precision prec;
     char backbone[PATH_MAX];
 };
 
@@ -35,10 +38,14 @@ struct running_job {
     running_job *next;
     sherld *d;
     char id[JOB_ID_LEN + 1];
+    char name[128];
     volatile int cancel;      /* the trainer stops at its next step, with a checkpoint */
     int user_cancel;          /* CancelJob asked (else the drain did) */
-    int64_t own_bytes, reserved_backbone;
+    job_need need;
+    int64_t reserved_backbone; /* on need.pool while the job loads its backbone */
     int64_t planned_bytes;
+    const sherl_backend *be;
+    sherl_precision prec;
     size_t rss_at_start;
     char backbone[PATH_MAX];
 };
@@ -157,15 +164,39 @@ static job_result resolve_data(sherld *d, const char *tenant, const char *field,
     return ok_result();
 }
 
-/* Parses the spec JSON, confines its paths and plans its memory. */
-static job_result prepare(sherld *d, const char *tenant, const char *spec_json, job_spec *spec,
-                          memory_plan *plan)
+job_result jobs_backend_named(const char *field, const char *device, const sherl_backend **be)
 {
+    *be = NULL;
+    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))
+        return fail(RPC_INVALID_ARGUMENT, "%s: '%.40s', expected \"cpu\", \"cuda\" or \"auto\"",
+                    field, device);
+    *be = sherl_backend_by_name(device);
+    if (*be)
+        return ok_result();
+    char why[256] = "";
+    sherl_cuda_devices(NULL, 0, why, sizeof why);
+    return fail(RPC_FAILED_PRECONDITION, "%s \"cuda\": no usable CUDA GPU (%s); use \"cpu\", or "
+                                         "\"auto\" to take a GPU when there is one",
+                field, why[0] ? why : "the GPU is not usable by this build, or SHERL_CUDA_DISABLE "
+                                      "is set");
+}
+
+/* Parses the spec JSON, picks its backend, confines its paths and plans its memory on that
+ * backend. A device this node cannot run ("cuda" without a usable GPU) is FAILED_PRECONDITION
+ * with the runtime's reason: the spec is fine, this node is not. */
+static job_result prepare(sherld *d, const char *tenant, const char *spec_json, job_spec *spec,
+                          memory_plan *plan, const sherl_backend **be)
+{
+    *be = NULL;
     if (!spec_json || !*spec_json)
         return fail(RPC_INVALID_ARGUMENT, "spec: empty; give spec or spec_json");
     sherl_status st = job_spec_parse(spec, spec_json, strlen(spec_json), "spec", NULL);
     if (st.code)
         return fail(RPC_INVALID_ARGUMENT, "%s", st.msg);
+    st = job_backend(spec, be);
+    if (st.code)
+        return fail(st.code == SHERL_EUNSUPPORTED ? RPC_FAILED_PRECONDITION : RPC_INVALID_ARGUMENT,
+                    "%s", st.msg);
     job_result r = resolve_data(d, tenant, "data.train", spec->train);
     if (r.code == RPC_OK)
         r = resolve_data(d, tenant, "data.validation", spec->validation);
@@ -185,26 +216,119 @@ static job_result prepare(sherld *d, const char *tenant, const char *spec_json, 
     if (strlen(bb) >= JOB_PATH_MAX)
         return fail(RPC_INVALID_ARGUMENT, "backbone: path too long");
     memcpy(spec->backbone, bb, strlen(bb) + 1);
-    if (strcmp(spec->device, "cpu"))
-        return fail(RPC_INVALID_ARGUMENT, "resources.device: '%s', this daemon has only 'cpu'",
-                    spec->device);
     if (!spec->threads)
         spec->threads = d->cfg.threads;
-    st = plan_job(plan, spec, sherl_backend_cpu());
+    st = plan_job(plan, spec, *be);
     if (st.code)
         return fail(st.code == SHERL_ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_INVALID_ARGUMENT, "%s",
                     st.msg);
     return ok_result();
 }
 
+/* ------------------------------------------------------------------------------------------
+ * memory pools and admission */
+
+job_need job_need_of(int pool, int host_memory, int64_t peak, int64_t arena, int64_t backbone)
+{
+    job_need n = {pool, 0, 0, backbone};
+    if (pool < 0)
+        n.backbone = 0;
+    else if (host_memory)
+        n.dev_own = peak - backbone;
+    else
+        n.dev_own = arena - backbone, n.host_own = peak - arena;
+    return n;
+}
+
+void job_need_bytes(const job_need *j, int backbone_resident, int64_t *bytes, int n)
+{
+    for (int p = 0; p < n; p++)
+        bytes[p] = 0;
+    if (j->pool < 0 || j->pool >= n)
+        return;
+    bytes[j->pool] += j->dev_own + (backbone_resident ? 0 : j->backbone);
+    bytes[0] += j->host_own;
+}
+
+int pools_short(const int64_t *bytes, const int64_t *used, const int64_t *budget, int n)
+{
+    for (int p = 0; p < n; p++)
+        if (bytes[p] > 0 && used[p] + bytes[p] > budget[p])
+            return p;
+    return -1;
+}
+
+static int find_pool_locked(const sherld *d, const sherl_backend *be)
+{
+    if (!be || be->host_memory)
+        return 0;
+    for (int p = 1; p < d->n_pools; p++)
+        if (d->pools[p].be == be)
+            return p;
+    return -1;
+}
+
+int jobs_pool(sherld *d, const sherl_backend *be)
+{
+    pthread_mutex_lock(&d->mu);
+    int p = find_pool_locked(d, be);
+    pthread_mutex_unlock(&d->mu);
+    if (p >= 0)
+        return p;
+    size_t fr = 0, tot = 0; /* outside the lock: a device may take a while to answer first */
+    if (be->mem_info(&fr, &tot))
+        tot = 0;
+    pthread_mutex_lock(&d->mu);
+    p = find_pool_locked(d, be);
+    if (p < 0 && d->n_pools < SHERLD_MAX_POOLS) {
+        mem_pool *m = &d->pools[p = d->n_pools++];
+        memset(m, 0, sizeof *m);
+        m->be = be;
+        /* the backend runs on the process's current device, which sherld never changes */
+        snprintf(m->name, sizeof m->name, "%.24s:0", be->name);
+        m->total = (int64_t)tot;
+        m->budget = m->total > d->cfg.gpu_memory_reserve ? m->total - d->cfg.gpu_memory_reserve
+                                                         : 0;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return p;
+}
+
+/* Planned bytes in use in each pool: resident backbones and running jobs. Under d->mu (the
+ * registry's lock is taken inside it, the documented order). */
+static void pools_used_locked(sherld *d, int64_t *used)
+{
+    for (int p = 0; p < SHERLD_MAX_POOLS; p++)
+        used[p] = 0;
+    backbone_entry *list;
+    int n = backbones_list(&d->backbones, &list);
+    for (int i = 0; i < n; i++) {
+        int p = find_pool_locked(d, list[i].be);
+        if (p >= 0)
+            used[p] += list[i].bytes;
+    }
+    free(list);
+    for (running_job *r = d->running; r; r = r->next) {
+        if (r->need.pool < 0)
+            continue;
+        used[r->need.pool] += r->need.dev_own + r->reserved_backbone;
+        used[0] += r->need.host_own;
+    }
+}
+
+static void budgets_locked(const sherld *d, int64_t *budget)
+{
+    for (int p = 0; p < SHERLD_MAX_POOLS; p++)
+        budget[p] = p < d->n_pools ? d->pools[p].budget : 0;
+}
+
 int64_t jobs_used_bytes(sherld *d)
 {
-    int64_t used = backbones_bytes(&d->backbones);
+    int64_t used[SHERLD_MAX_POOLS];
     pthread_mutex_lock(&d->mu);
-    for (running_job *r = d->running; r; r = r->next)
-        used += r->own_bytes + r->reserved_backbone;
+    pools_used_locked(d, used);
     pthread_mutex_unlock(&d->mu);
-    return used;
+    return used[0];
 }
 
 void jobs_counts(sherld *d, int *queued, int *running)
@@ -219,34 +343,182 @@ void jobs_counts(sherld *d, int *queued, int *running)
 
 static int64_t mib(int64_t b) { return (b + (1 << 20) - 1) >> 20; }
 
-job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, memory_plan *plan,
-                         int *fits_now, int *fits_ever, int64_t *free_bytes, char *reason,
-                         size_t reason_cap)
+/* Why a job can never fit pool p (where bytes[p] exceeds the budget), with the numbers. */
+static void never_fits(sherld *d, int p, const job_need *j, const int64_t *bytes,
+                       const memory_plan *plan, char *out, size_t cap)
 {
+    pthread_mutex_lock(&d->mu);
+    mem_pool pool = d->pools[p], dev = d->pools[j->pool >= 0 ? j->pool : 0];
+    pthread_mutex_unlock(&d->mu);
+    if (p == 0 && j->pool == 0)
+        snprintf(out, cap, "the job needs %lld MiB at peak (planned: %s, batch %d x %d), the "
+                           "memory budget is %lld MiB",
+                 (long long)mib(bytes[0]), plan->method, plan->B, plan->T,
+                 (long long)mib(pool.budget));
+    else if (p == 0)
+        snprintf(out, cap, "the job needs %lld MiB of host memory (planned: %s, batch %d x %d; "
+                           "its %lld MiB of arenas go to %s), the memory budget is %lld MiB",
+                 (long long)mib(bytes[0]), plan->method, plan->B, plan->T,
+                 (long long)mib(bytes[j->pool]), dev.name, (long long)mib(pool.budget));
+    else
+        snprintf(out, cap, "the job needs %lld MiB of %s memory at peak (arenas: the backbone "
+                           "%lld MiB + the job's own %lld MiB; planned: %s, batch %d x %d), the "
+                           "device's budget is %lld MiB (%lld MiB total minus gpu-memory-reserve "
+                           "%lld MiB)",
+                 (long long)mib(bytes[p]), pool.name, (long long)mib(j->backbone),
+                 (long long)mib(j->dev_own), plan->method, plan->B, plan->T,
+                 (long long)mib(pool.budget), (long long)mib(pool.total),
+                 (long long)mib(d->cfg.gpu_memory_reserve));
+}
+
+/* The job's split by pool from its plan on backend be; RPC_OK, or RESOURCE_EXHAUSTED with the
+ * numbers when it can never fit (its whole plan, backbone included, against the budgets). */
+static job_result admit_ever(sherld *d, const sherl_backend *be, const memory_plan *plan,
+                             job_need *j)
+{
+    *j = job_need_of(-1, 0, 0, 0, 0);
+    int pool = jobs_pool(d, be);
+    if (pool < 0)
+        return fail(RPC_RESOURCE_EXHAUSTED, "resources.device: no room for another memory pool "
+                                            "(backend %s)", be->name);
+    *j = job_need_of(pool, be->host_memory, (int64_t)plan->peak_bytes,
+                     (int64_t)plan->arena_bytes, (int64_t)plan->backbone_bytes);
+    int64_t bytes[SHERLD_MAX_POOLS], zero[SHERLD_MAX_POOLS] = {0}, budget[SHERLD_MAX_POOLS];
+    pthread_mutex_lock(&d->mu);
+    budgets_locked(d, budget);
+    int n = d->n_pools;
+    pthread_mutex_unlock(&d->mu);
+    job_need_bytes(j, 0, bytes, n);
+    int p = pools_short(bytes, zero, budget, n);
+    if (p < 0)
+        return ok_result();
+    job_result r = {RPC_RESOURCE_EXHAUSTED, ""};
+    never_fits(d, p, j, bytes, plan, r.msg, sizeof r.msg);
+    return r;
+}
+
+job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, memory_plan *plan,
+                         job_estimate *e)
+{
+    memset(e, 0, sizeof *e);
     job_spec spec;
-    job_result r = prepare(d, tenant, spec_json, &spec, plan);
+    const sherl_backend *be;
+    job_result r = prepare(d, tenant, spec_json, &spec, plan, &be);
     if (r.code != RPC_OK)
         return r;
-    int64_t used = jobs_used_bytes(d);
-    int64_t need = (int64_t)plan->peak_bytes -
-                   (backbones_is_loaded(&d->backbones, spec.backbone) ? (int64_t)plan->backbone_bytes
-                                                                      : 0);
-    *free_bytes = d->budget - used;
-    *fits_ever = (int64_t)plan->peak_bytes <= d->budget;
+    job_need j;
+    job_result ever = admit_ever(d, be, plan, &j);
+    if (ever.code != RPC_OK && ever.code != RPC_RESOURCE_EXHAUSTED)
+        return ever;
+    if (j.pool < 0) /* no pool at all: the message says why */
+        return ever;
+    e->fits_ever = ever.code == RPC_OK;
+    e->backend = be->name;
+    e->precision = sherl_precision_name(spec.model.precision);
+    e->device_bytes = (int64_t)plan->arena_bytes;
+    e->host_bytes = (int64_t)(plan->peak_bytes - plan->arena_bytes);
+    e->backbone_resident =
+        backbones_is_loaded(&d->backbones, spec.backbone, be, spec.model.precision);
+    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], bytes[SHERLD_MAX_POOLS];
+    pthread_mutex_lock(&d->mu);
+    pools_used_locked(d, used);
+    budgets_locked(d, budget);
+    int n = d->n_pools;
+    snprintf(e->device, sizeof e->device, "%s", d->pools[j.pool].name);
+    char short_name[32];
+    pthread_mutex_unlock(&d->mu);
+    job_need_bytes(&j, e->backbone_resident, bytes, n);
+    int sp = pools_short(bytes, used, budget, n);
+    e->free_bytes = budget[0] - used[0];
+    e->device_budget = budget[j.pool];
+    e->device_free = budget[j.pool] - used[j.pool];
     int queued, running;
     jobs_counts(d, &queued, &running);
-    *fits_now = *fits_ever && need <= *free_bytes && running < d->cfg.max_concurrent_jobs &&
-                queued == 0;
-    reason[0] = 0;
-    if (!*fits_ever)
-        snprintf(reason, reason_cap, "needs %lld MiB at peak, the memory budget is %lld MiB",
-                 (long long)mib((int64_t)plan->peak_bytes), (long long)mib(d->budget));
-    else if (!*fits_now)
-        snprintf(reason, reason_cap, "would wait: %d running of %d, %d queued, %lld MiB free of "
-                                     "%lld MiB needed",
-                 running, d->cfg.max_concurrent_jobs, queued, (long long)mib(*free_bytes),
-                 (long long)mib(need));
+    e->fits_now = e->fits_ever && sp < 0 && running < d->cfg.max_concurrent_jobs && queued == 0;
+    if (!e->fits_ever) {
+        snprintf(e->reason, sizeof e->reason, "%s", ever.msg);
+    } else if (!e->fits_now) {
+        int p = sp >= 0 ? sp : j.pool;
+        pthread_mutex_lock(&d->mu);
+        snprintf(short_name, sizeof short_name, "%s", d->pools[p].name);
+        pthread_mutex_unlock(&d->mu);
+        snprintf(e->reason, sizeof e->reason, "would wait: %d running of %d, %d queued, %lld MiB "
+                                              "free of %lld MiB needed (%s)",
+                 running, d->cfg.max_concurrent_jobs, queued, (long long)mib(budget[p] - used[p]),
+                 (long long)mib(bytes[p]), short_name);
+    }
     return ok_result();
+}
+
+static void add_use(pool_status *ps, const char *id, const char *name, const char *prec,
+                    int64_t bytes)
+{
+    pool_use *u = &ps->uses[ps->n_backbones + ps->n_jobs];
+    snprintf(u->id, sizeof u->id, "%s", id);
+    snprintf(u->name, sizeof u->name, "%s", name);
+    snprintf(u->precision, sizeof u->precision, "%s", prec);
+    u->bytes = bytes;
+    ps->planned += bytes;
+}
+
+int jobs_pools(sherld *d, pool_status **out)
+{
+    *out = NULL;
+    pthread_mutex_lock(&d->mu);
+    int np = d->n_pools, nr = 0;
+    for (running_job *r = d->running; r; r = r->next)
+        nr++;
+    backbone_entry *list;
+    int nb = backbones_list(&d->backbones, &list);
+    pool_status *ps = calloc((size_t)np, sizeof *ps);
+    int ok = ps != NULL;
+    for (int p = 0; ok && p < np; p++) {
+        ps[p].pool = d->pools[p];
+        ps[p].uses = calloc((size_t)(nb + nr + 1), sizeof *ps[p].uses);
+        ok = ps[p].uses != NULL;
+    }
+    for (int i = 0; ok && i < nb; i++) {
+        int p = find_pool_locked(d, list[i].be);
+        if (p >= 0) {
+            add_use(&ps[p], list[i].path, list[i].name, sherl_precision_name(list[i].prec),
+                    list[i].bytes);
+            ps[p].n_backbones++;
+        }
+    }
+    for (running_job *r = d->running; ok && r; r = r->next) {
+        if (r->need.pool < 0)
+            continue;
+        add_use(&ps[r->need.pool], r->id, r->name, "", r->need.dev_own + r->reserved_backbone);
+        ps[r->need.pool].n_jobs++;
+        if (r->need.pool != 0) { /* a device job's host side */
+            add_use(&ps[0], r->id, r->name, "", r->need.host_own);
+            ps[0].n_jobs++;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    free(list);
+    if (!ok) {
+        jobs_pools_free(ps, np);
+        return 0;
+    }
+    for (int p = 0; p < np; p++) { /* the backends answer outside the lock */
+        const sherl_backend *be = ps[p].pool.be;
+        be->describe(ps[p].description, sizeof ps[p].description);
+        size_t fr = 0, tot = 0;
+        if (!be->mem_info(&fr, &tot))
+            ps[p].free = (int64_t)fr, ps[p].total = (int64_t)tot;
+        else
+            ps[p].total = ps[p].pool.total;
+    }
+    *out = ps;
+    return np;
+}
+
+void jobs_pools_free(pool_status *p, int n)
+{
+    for (int i = 0; p && i < n; i++)
+        free(p[i].uses);
+    free(p);
 }
 
 static void enqueue_locked(sherld *d, queued_job *q)
@@ -264,14 +536,14 @@ job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int
 {
     job_spec spec;
     memory_plan plan;
-    job_result r = prepare(d, tenant, spec_json, &spec, &plan);
+    const sherl_backend *be;
+    job_result r = prepare(d, tenant, spec_json, &spec, &plan, &be);
     if (r.code != RPC_OK)
         return r;
-    if ((int64_t)plan.peak_bytes > d->budget)
-        return fail(RPC_RESOURCE_EXHAUSTED, "the job needs %lld MiB at peak (planned: %s, batch "
-                                            "%d x %d), the memory budget is %lld MiB",
-                    (long long)mib((int64_t)plan.peak_bytes), plan.method, plan.B, plan.T,
-                    (long long)mib(d->budget));
+    job_need need;
+    r = admit_ever(d, be, &plan, &need);
+    if (r.code != RPC_OK)
+        return r;
     int queued, running;
     jobs_counts(d, &queued, &running);
     pthread_mutex_lock(&d->mu);
@@ -312,9 +584,12 @@ job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int
         return fail(RPC_INTERNAL, "%s", st.msg);
     }
     snprintf(q->id, sizeof q->id, "%s", id);
+    snprintf(q->name, sizeof q->name, "%s", spec.name);
     q->priority = priority;
-    q->own_bytes = (int64_t)(plan.peak_bytes - plan.backbone_bytes);
-    q->backbone_bytes = (int64_t)plan.backbone_bytes;
+    q->need = need;
+    q->planned_bytes = (int64_t)plan.peak_bytes;
+    q->be = be;
+    q->prec = spec.model.precision;
     snprintf(q->backbone, sizeof q->backbone, "%s", spec.backbone);
     pthread_mutex_lock(&d->mu);
     q->order = ++g_order;
@@ -472,9 +747,12 @@ static void *job_thread(void *arg)
     job_record_free(&rec);
     if (!st.code)
         st = state_event(d, rj->id, JOB_LOADING, NULL);
+    const sherl_backend *be = rj->be;
+    if (!st.code && !be) /* recovered on a node that cannot run it: the reason, as at submit */
+        st = job_backend(&spec, &be);
     bert_model *bb = NULL;
     if (!st.code)
-        st = backbones_acquire(&d->backbones, spec.backbone, 0, &bb);
+        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb);
     pthread_mutex_lock(&d->mu);
     rj->reserved_backbone = 0;
     int cancelled_early = rj->cancel && rj->user_cancel;
@@ -495,7 +773,7 @@ static void *job_thread(void *arg)
     memstat_read(&m);
     rj->rss_at_start = m.rss;
     train_hooks hooks = {.on_progress = on_progress, .ctx = rj, .cancel = &rj->cancel,
-                         .resume = 1, .backbone = bb};
+                         .resume = 1, .backbone = bb, .backend = be};
     train_result res;
     st = train_run(&spec, &hooks, &res);
     backbones_release(&d->backbones, bb);
@@ -540,18 +818,21 @@ static void schedule(sherld *d)
         queued_job *q = d->queue;
         running_job *rj = NULL;
         if (q && !d->draining && d->n_running < d->cfg.max_concurrent_jobs) {
-            int64_t used = backbones_bytes(&d->backbones);
-            for (running_job *r = d->running; r; r = r->next)
-                used += r->own_bytes + r->reserved_backbone;
-            int loaded = backbones_is_loaded(&d->backbones, q->backbone);
-            int64_t need = q->own_bytes + (loaded ? 0 : q->backbone_bytes);
-            if (used + need <= d->budget && (rj = calloc(1, sizeof *rj))) {
+            int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], need[SHERLD_MAX_POOLS];
+            pools_used_locked(d, used);
+            budgets_locked(d, budget);
+            int loaded = q->be && backbones_is_loaded(&d->backbones, q->backbone, q->be, q->prec);
+            job_need_bytes(&q->need, loaded, need, d->n_pools);
+            if (pools_short(need, used, budget, d->n_pools) < 0 && (rj = calloc(1, sizeof *rj))) {
                 d->queue = q->next;
                 rj->d = d;
                 snprintf(rj->id, sizeof rj->id, "%s", q->id);
-                rj->own_bytes = q->own_bytes;
-                rj->reserved_backbone = loaded ? 0 : q->backbone_bytes;
-                rj->planned_bytes = q->own_bytes + q->backbone_bytes;
+                snprintf(rj->name, sizeof rj->name, "%s", q->name);
+                rj->need = q->need;
+                rj->reserved_backbone = loaded ? 0 : q->need.backbone;
+                rj->planned_bytes = q->planned_bytes;
+                rj->be = q->be;
+                rj->prec = q->prec;
                 snprintf(rj->backbone, sizeof rj->backbone, "%s", q->backbone);
                 rj->next = d->running;
                 d->running = rj;
@@ -596,17 +877,38 @@ static sherl_status requeue(sherld *d, const job_record *r)
     if (!q)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
     snprintf(q->id, sizeof q->id, "%s", r->id);
+    snprintf(q->name, sizeof q->name, "%s", r->name);
     q->priority = r->priority;
     cJSON *plan = r->plan_json ? cJSON_Parse(r->plan_json) : NULL;
-    cJSON *spec = cJSON_Parse(r->spec_json);
     const cJSON *peak = cJSON_GetObjectItemCaseSensitive(plan, "peak_bytes");
+    const cJSON *arena = cJSON_GetObjectItemCaseSensitive(plan, "arena_bytes");
     const cJSON *bbb = cJSON_GetObjectItemCaseSensitive(plan, "backbone_bytes");
-    const cJSON *bbp = cJSON_GetObjectItemCaseSensitive(spec, "backbone");
-    q->backbone_bytes = cJSON_IsNumber(bbb) ? (int64_t)bbb->valuedouble : 0;
-    q->own_bytes = (cJSON_IsNumber(peak) ? (int64_t)peak->valuedouble : r->planned_bytes) -
-                   q->backbone_bytes;
-    snprintf(q->backbone, sizeof q->backbone, "%s", cJSON_IsString(bbp) ? bbp->valuestring : "");
-    cJSON_Delete(plan), cJSON_Delete(spec);
+    int64_t backbone = cJSON_IsNumber(bbb) ? (int64_t)bbb->valuedouble : 0;
+    int64_t peak_bytes = cJSON_IsNumber(peak) ? (int64_t)peak->valuedouble : r->planned_bytes;
+    int64_t arena_bytes = cJSON_IsNumber(arena) ? (int64_t)arena->valuedouble : peak_bytes;
+    cJSON_Delete(plan);
+    q->planned_bytes = peak_bytes;
+    /* the backend as the spec selects it on this node now; when it cannot, the job starts
+     * without a reservation and fails with the reason (the scheduler never holds it back) */
+    job_spec *spec = malloc(sizeof *spec);
+    if (!spec) {
+        free(q);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
+    }
+    q->need.pool = -1;
+    if (!job_spec_parse(spec, r->spec_json, strlen(r->spec_json), "stored spec", NULL).code) {
+        snprintf(q->backbone, sizeof q->backbone, "%s", spec->backbone);
+        q->prec = spec->model.precision;
+        const sherl_backend *be;
+        if (!job_backend(spec, &be).code) {
+            int pool = jobs_pool(d, be);
+            if (pool >= 0) {
+                q->be = be;
+                q->need = job_need_of(pool, be->host_memory, peak_bytes, arena_bytes, backbone);
+            }
+        }
+    }
+    free(spec);
     pthread_mutex_lock(&d->mu);
     q->order = ++g_order;
     enqueue_locked(d, q);
@@ -666,6 +968,20 @@ sherl_status jobs_start(sherld *d, uv_loop_t *loop)
     backbones_init(&d->backbones);
     d->started_ms = sherld_now_ms();
     d->budget = d->cfg.memory_budget ? d->cfg.memory_budget : default_budget();
+    const sherl_backend *cpu = sherl_backend_cpu();
+    size_t fr = 0, tot = 0;
+    if (cpu->mem_info(&fr, &tot))
+        tot = 0;
+    memset(d->pools, 0, sizeof d->pools);
+    d->pools[0].be = cpu;
+    snprintf(d->pools[0].name, sizeof d->pools[0].name, "cpu");
+    d->pools[0].budget = d->budget;
+    d->pools[0].total = (int64_t)tot;
+    d->n_pools = 1;
+    /* a usable GPU gets its pool now: GetNodeStatus shows it before the first job */
+    const sherl_backend *gpu = sherl_backend_cuda();
+    if (gpu)
+        jobs_pool(d, gpu);
     snprintf(d->files_dir, sizeof d->files_dir, "%s/files", d->cfg.state_dir);
     snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s/jobs", d->cfg.state_dir);
     SHERL_TRY(fs_mkdir_p(d->files_dir));

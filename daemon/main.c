@@ -167,6 +167,11 @@ int main(int argc, char **argv)
     log_line("info", "version %s, state %s, memory budget %lld MiB, %d job(s) at a time%s",
              SHERLD_VERSION, cfg->state_dir, (long long)(g_d.budget >> 20),
              cfg->max_concurrent_jobs, g_d.tokens ? ", bearer tokens required" : "");
+    for (int i = 1; i < g_d.n_pools; i++) /* no lock: no job thread runs before the loop does */
+        log_line("info", "%s: %lld MiB, budget %lld MiB (gpu-memory-reserve %lld MiB)",
+                 g_d.pools[i].name, (long long)(g_d.pools[i].total >> 20),
+                 (long long)(g_d.pools[i].budget >> 20),
+                 (long long)(cfg->gpu_memory_reserve >> 20));
     sd_notify(0, "READY=1");
 
     uv_signal_t sig_term, sig_int, sig_hup;

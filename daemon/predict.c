@@ -71,7 +71,16 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
     sherl_step s;
     int have_step = 0;
     int code = RPC_OK;
-    st = backbones_acquire(&d->backbones, spec.backbone, 0, &bb);
+    /* the job's backend and the resident copy for its (folder, device, precision): the one
+     * its training used when the node still has that device */
+    const sherl_backend *be = NULL;
+    st = job_backend(&spec, &be);
+    if (st.code) {
+        code = st.code == SHERL_EUNSUPPORTED ? RPC_FAILED_PRECONDITION : RPC_INTERNAL;
+        snprintf(out->error, sizeof out->error, "job_id: ");
+    }
+    if (!st.code)
+        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb);
     if (!st.code)
         st = wordpiece_load(&tok, spec.backbone);
     if (!st.code)

@@ -395,19 +395,26 @@ static void h_estimate(rpc_call *c, void *ctx)
         return;
     }
     memory_plan plan;
-    int now, ever;
-    int64_t free_bytes;
-    char reason[300];
-    job_result r = jobs_estimate(d, tenant, text, &plan, &now, &ever, &free_bytes, reason,
-                                 sizeof reason);
+    job_estimate est;
+    job_result r = jobs_estimate(d, tenant, text, &plan, &est);
     free(text);
     if (failed(c, r))
         return;
     Sherl__V1__Estimate e = SHERL__V1__ESTIMATE__INIT;
     e.plan = plan_message(&plan);
-    e.fits_now = now, e.fits_ever = ever;
-    e.budget_bytes = d->budget, e.free_bytes = free_bytes;
-    e.reason = reason;
+    if (!e.plan) {
+        rpc_finish(c, RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        return;
+    }
+    e.fits_now = est.fits_now, e.fits_ever = est.fits_ever;
+    e.budget_bytes = d->budget, e.free_bytes = est.free_bytes;
+    e.reason = est.reason;
+    e.device = est.device;
+    e.backend = (char *)est.backend;
+    e.precision = (char *)est.precision;
+    e.device_bytes = est.device_bytes, e.host_bytes = est.host_bytes;
+    e.device_budget_bytes = est.device_budget, e.device_free_bytes = est.device_free;
+    e.backbone_resident = est.backbone_resident;
     reply(c, &e.base);
     plan_message_free(e.plan);
 }
@@ -801,7 +808,36 @@ static void fill_backbone(Sherl__V1__Backbone *m, const backbone_entry *e)
     sherl__v1__backbone__init(m);
     m->name = (char *)e->name, m->path = (char *)e->path;
     m->bytes = e->bytes, m->jobs = e->refs, m->loaded = 1;
-    m->layers = e->model->cfg.num_hidden_layers, m->hidden = e->model->cfg.hidden_size;
+    m->layers = e->layers, m->hidden = e->hidden;
+    m->device = (char *)e->be->name;
+    m->precision = (char *)sherl_precision_name(e->prec);
+}
+
+/* LoadBackbone's and UnloadBackbone's optional device and precision; empty: dflt (NULL: any).
+ * Ends the call and returns 1 on a bad value. */
+static int backbone_key(rpc_call *c, const char *device, const char *precision,
+                        const char *dflt_device, const sherl_backend **be, int *prec)
+{
+    *be = NULL, *prec = -1;
+    if ((device && *device) || dflt_device) {
+        job_result r = jobs_backend_named("device", device && *device ? device : dflt_device, be);
+        if (failed(c, r))
+            return 1;
+    }
+    if (precision && *precision) {
+        sherl_precision p;
+        if (sherl_precision_parse(precision, &p)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "precision: '%.40s', expected \"fp32\", \"bf16\" or \"fp16\"",
+                     precision);
+            rpc_finish(c, RPC_INVALID_ARGUMENT, msg, NULL, 0);
+            return 1;
+        }
+        *prec = (int)p;
+    } else if (dflt_device) {
+        *prec = SHERL_FP32;
+    }
+    return 0;
 }
 
 static void h_load_backbone(rpc_call *c, void *ctx)
@@ -810,28 +846,67 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     if (!tenant_of(d, c))
         return;
     DECODE(Sherl__V1__LoadBackboneRequest, sherl__v1__load_backbone_request__unpack, req);
+    const sherl_backend *be;
+    int prec;
+    if (backbone_key(c, req->device, req->precision, "cpu", &be, &prec)) {
+        sherl__v1__load_backbone_request__free_unpacked(req, NULL);
+        return;
+    }
     char path[PATH_MAX];
     sherl_status st = confine_path("path", req->path, NULL, (const char(*)[1024])d->cfg.data_roots,
                                    d->cfg.n_data_roots, path);
     sherl__v1__load_backbone_request__free_unpacked(req, NULL);
+    int code = RPC_INVALID_ARGUMENT;
+    char msg[600] = "";
+    int pool = st.code ? 0 : jobs_pool(d, be);
+    if (!st.code && pool < 0)
+        snprintf(msg, sizeof msg, "device: no room for another memory pool");
+    /* a backbone not resident yet must fit its device's free budget (jobs' plans are admitted
+     * against what stays) */
+    if (!st.code && !msg[0] && !backbones_is_loaded(&d->backbones, path, be, (sherl_precision)prec)) {
+        char cfg_path[PATH_MAX + 16];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+        hf_config cfg;
+        st = hf_config_load(&cfg, cfg_path);
+        if (!st.code) {
+            int64_t need = backbones_planned_bytes(&cfg, (sherl_precision)prec);
+            pool_status *ps;
+            int np = jobs_pools(d, &ps);
+            if (pool < np && need > ps[pool].pool.budget - ps[pool].planned) {
+                code = RPC_RESOURCE_EXHAUSTED;
+                snprintf(msg, sizeof msg, "path: the backbone needs %lld MiB of %s memory, %lld "
+                                          "MiB of its budget of %lld MiB are free",
+                         (long long)(need >> 20), ps[pool].pool.name,
+                         (long long)((ps[pool].pool.budget - ps[pool].planned) >> 20),
+                         (long long)(ps[pool].pool.budget >> 20));
+            }
+            jobs_pools_free(ps, np);
+        }
+    }
     bert_model *m = NULL;
-    if (!st.code)
-        st = backbones_acquire(&d->backbones, path, 1, &m);
-    if (st.code) {
-        rpc_finish(c, st.code == SHERL_ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_INVALID_ARGUMENT,
-                   st.msg, NULL, 0);
+    if (!st.code && !msg[0])
+        st = backbones_acquire(&d->backbones, path, be, (sherl_precision)prec, 1, &m);
+    if (st.code || msg[0]) {
+        if (st.code)
+            code = st.code == SHERL_ENOMEM || st.code == SHERL_EDEVICE ? RPC_RESOURCE_EXHAUSTED
+                                                                        : RPC_INVALID_ARGUMENT;
+        rpc_finish(c, code, msg[0] ? msg : st.msg, NULL, 0);
         return;
     }
     backbone_entry *list;
     int n = backbones_list(&d->backbones, &list);
-    for (int i = 0; i < n; i++)
-        if (!strcmp(list[i].path, path)) {
+    int sent = 0;
+    for (int i = 0; i < n && !sent; i++)
+        if (!strcmp(list[i].path, path) && list[i].be == be && (int)list[i].prec == prec) {
             Sherl__V1__Backbone b;
             fill_backbone(&b, &list[i]);
             reply(c, &b.base);
-            break;
+            sent = 1;
         }
     free(list);
+    if (!sent) /* unloaded again between the two calls */
+        rpc_finish(c, RPC_ABORTED, "path: the backbone was unloaded while loading; try again",
+                   NULL, 0);
 }
 
 static void h_list_backbones(rpc_call *c, void *ctx)
@@ -861,12 +936,39 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
     if (!tenant_of(d, c))
         return;
     DECODE(Sherl__V1__UnloadBackboneRequest, sherl__v1__unload_backbone_request__unpack, req);
-    char name[128];
+    const sherl_backend *be;
+    int prec;
+    if (backbone_key(c, req->device, req->precision, NULL, &be, &prec)) {
+        sherl__v1__unload_backbone_request__free_unpacked(req, NULL);
+        return;
+    }
+    char name[PATH_MAX];
+    int too_long = strlen(req->name) >= sizeof name;
     snprintf(name, sizeof name, "%s", req->name);
     sherl__v1__unload_backbone_request__free_unpacked(req, NULL);
-    int r = backbones_unload(&d->backbones, name);
+    if (!name[0] || too_long) {
+        rpc_finish(c, RPC_INVALID_ARGUMENT,
+                   too_long ? "name: too long" : "name: empty; give a loaded backbone's name or path",
+                   NULL, 0);
+        return;
+    }
+    backbone_entry e;
+    char others[300];
+    int r = backbones_unload(&d->backbones, name, be, prec, &e, others, sizeof others);
     if (r == -1) {
-        rpc_finish(c, RPC_NOT_FOUND, "name: no loaded backbone by that name", NULL, 0);
+        rpc_finish(c, RPC_NOT_FOUND,
+                   be || prec >= 0 ? "name: no loaded backbone by that name on that device and "
+                                     "precision"
+                                   : "name: no loaded backbone by that name",
+                   NULL, 0);
+        return;
+    }
+    if (r == -3) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "name: several loaded backbones match (%s); give device and "
+                                  "precision",
+                 others);
+        rpc_finish(c, RPC_INVALID_ARGUMENT, msg, NULL, 0);
         return;
     }
     if (r == -2) {
@@ -874,8 +976,24 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
         return;
     }
     Sherl__V1__Backbone b = SHERL__V1__BACKBONE__INIT;
-    b.name = name, b.loaded = 0;
+    b.name = e.name, b.path = e.path, b.loaded = 0;
+    b.device = (char *)e.be->name;
+    b.precision = (char *)sherl_precision_name(e.prec);
+    b.bytes = e.bytes, b.layers = e.layers, b.hidden = e.hidden;
     reply(c, &b.base);
+}
+
+/* A pool's uses [from, from + n) as MemoryUse messages (pointing into the pool_status). */
+static Sherl__V1__MemoryUse **uses_message(pool_use *u, int n, Sherl__V1__MemoryUse *store)
+{
+    Sherl__V1__MemoryUse **ps = calloc((size_t)(n ? n : 1), sizeof *ps);
+    for (int i = 0; ps && i < n; i++) {
+        sherl__v1__memory_use__init(&store[i]);
+        store[i].id = u[i].id, store[i].name = u[i].name, store[i].precision = u[i].precision;
+        store[i].bytes = u[i].bytes;
+        ps[i] = &store[i];
+    }
+    return ps;
 }
 
 static void h_node(rpc_call *c, void *ctx)
@@ -888,8 +1006,6 @@ static void h_node(rpc_call *c, void *ctx)
     sherl_backend_cpu()->describe(device, sizeof device);
     ns.version = (char *)SHERLD_VERSION;
     ns.device = device;
-    ns.memory_budget_bytes = d->budget;
-    ns.memory_used_bytes = jobs_used_bytes(d);
     memstat m;
     if (memstat_read(&m) == 0)
         ns.rss_bytes = (int64_t)m.rss;
@@ -905,12 +1021,50 @@ static void h_node(rpc_call *c, void *ctx)
     int n = backbones_list(&d->backbones, &list);
     Sherl__V1__Backbone *bs = calloc((size_t)(n ? n : 1), sizeof *bs);
     Sherl__V1__Backbone **ps = calloc((size_t)(n ? n : 1), sizeof *ps);
-    if (bs && ps) {
+    pool_status *pools;
+    int np = jobs_pools(d, &pools);
+    Sherl__V1__DeviceStatus *ds = calloc((size_t)(np ? np : 1), sizeof *ds);
+    Sherl__V1__DeviceStatus **dps = calloc((size_t)(np ? np : 1), sizeof *dps);
+    Sherl__V1__MemoryUse **stores = calloc((size_t)(np ? np : 1), sizeof *stores);
+    int ok = bs && ps && ds && dps && stores && np > 0;
+    for (int i = 0; ok && i < np; i++) {
+        pool_status *p = &pools[i];
+        int nu = p->n_backbones + p->n_jobs;
+        stores[i] = calloc((size_t)(nu ? nu : 1), sizeof *stores[i]);
+        Sherl__V1__DeviceStatus *x = &ds[i];
+        sherl__v1__device_status__init(x);
+        x->name = p->pool.name;
+        x->backend = (char *)p->pool.be->name;
+        x->description = p->description;
+        x->total_bytes = p->total, x->free_bytes = p->free;
+        x->budget_bytes = p->pool.budget, x->planned_bytes = p->planned;
+        if (!stores[i]) {
+            ok = 0;
+            break;
+        }
+        x->backbones = uses_message(p->uses, p->n_backbones, stores[i]);
+        x->jobs = uses_message(p->uses + p->n_backbones, p->n_jobs, stores[i] + p->n_backbones);
+        ok = x->backbones && x->jobs;
+        x->n_backbones = (size_t)p->n_backbones, x->n_jobs = (size_t)p->n_jobs;
+        dps[i] = x;
+        if (i == 0)
+            ns.memory_budget_bytes = p->pool.budget, ns.memory_used_bytes = p->planned;
+    }
+    if (ok) {
         for (int i = 0; i < n; i++)
             fill_backbone(&bs[i], &list[i]), ps[i] = &bs[i];
         ns.n_backbones = (size_t)n, ns.backbones = ps;
+        ns.n_devices = (size_t)np, ns.devices = dps;
+        reply(c, &ns.base);
+    } else {
+        rpc_finish(c, RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
     }
-    reply(c, &ns.base);
+    for (int i = 0; ds && i < np; i++)
+        free(ds[i].backbones), free(ds[i].jobs);
+    for (int i = 0; stores && i < np; i++)
+        free(stores[i]);
+    free(stores), free(ds), free(dps);
+    jobs_pools_free(pools, np);
     free(bs), free(ps), free(list);
 }
 

@@ -1,7 +1,8 @@
 /* The daemon's shared state and the job machinery behind the RPC handlers:
  *   jobs.c       validation and admission, the scheduler (on the libuv loop), job threads,
  *                recovery and drain
- *   backbones.c  the registry of resident backbones, shared and reference counted
+ *   backbones.c  the registry of resident backbones, one per (folder, backend, precision),
+ *                shared and reference counted
  *   events.c     the encoded JobEvent payloads of the per-job event log
  *   service.c    the sherl.v1 and grpc.health.v1 handlers
  * Lock order: sherld.mu, then the registry's lock; the store has its own. */
@@ -25,10 +26,13 @@
 typedef struct {
     char path[PATH_MAX];   /* resolved folder */
     char name[128];        /* the folder's base name */
-    bert_model *model;
+    const sherl_backend *be; /* the key is (path, be, prec) */
+    sherl_precision prec;
+    bert_model *model;     /* NULL in snapshots (backbones_list, backbones_unload's out) */
     int refs;              /* jobs using it */
     int pinned;            /* loaded by LoadBackbone: stays until UnloadBackbone */
-    int64_t bytes;
+    int64_t bytes;         /* the planner's backbone line: what admission counts */
+    int layers, hidden;    /* set in snapshots */
 } backbone_entry;
 
 typedef struct {
@@ -39,18 +43,58 @@ typedef struct {
 
 void backbones_init(backbone_registry *r);
 void backbones_free(backbone_registry *r);
-/* The resident copy of the backbone at resolved path, loading it when absent; *model is
- * shared read-only until backbones_release. pin: keep it loaded with no job using it. */
-sherl_status backbones_acquire(backbone_registry *r, const char *path, int pin, bert_model **model);
+/* The resident copy of the backbone at resolved path on backend be with its weight matrices
+ * in prec, loading it when absent; *model is shared read-only until backbones_release. pin:
+ * keep it loaded with no job using it. */
+sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
+                               sherl_precision prec, int pin, bert_model **model);
 void backbones_release(backbone_registry *r, const bert_model *model);
 /* The resolved path of a loaded backbone named name, 0 when none (path: PATH_MAX bytes). */
 int backbones_find_name(backbone_registry *r, const char *name, char *path);
-int backbones_is_loaded(backbone_registry *r, const char *path);
-/* Unpins; frees it when no job uses it. 0 ok, -1 unknown, -2 in use by jobs. */
-int backbones_unload(backbone_registry *r, const char *name);
-int64_t backbones_bytes(backbone_registry *r);
-/* A snapshot: *out malloc'd (free it); entries' model pointers must not be used. */
+int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_backend *be,
+                        sherl_precision prec);
+/* The bytes a backbone of this config holds resident at prec, as the planner counts them. */
+int64_t backbones_planned_bytes(const hf_config *cfg, sherl_precision prec);
+/* Unpins the one backbone whose name (or resolved path, when name starts with '/') matches,
+ * on backend be (NULL: any) at precision prec (-1: any), and frees it unless jobs use it.
+ * 0 ok, -1 none matches, -2 in use by jobs, -3 several match. out (may be NULL) receives the
+ * matched entry (a snapshot); others (may be NULL) lists every match as "backend/precision". */
+int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be, int prec,
+                     backbone_entry *out, char *others, size_t others_cap);
+/* A snapshot: *out malloc'd (free it); entries' model pointers are NULL. */
 int backbones_list(backbone_registry *r, backbone_entry **out);
+
+/* ---- memory pools ----
+ * Admission counts the planner's bytes against one pool per backend in use. Pool 0 is host
+ * memory ("cpu", budget memory-budget): it holds cpu jobs whole and the host side of device
+ * jobs (PLAN_HOST items and the largest transient). A device pool ("cuda:0", budget its total
+ * memory minus gpu-memory-reserve) holds the arenas (PLAN_ARENA items) of the jobs on it and
+ * the backbones resident on it. */
+#define SHERLD_MAX_POOLS 4
+
+typedef struct {
+    const sherl_backend *be; /* pool 0: sherl_backend_cpu() (every host-memory backend) */
+    char name[32];           /* "cpu", "cuda:0" */
+    int64_t budget;
+    int64_t total;           /* the memory's size when the pool was made */
+} mem_pool;
+
+/* What a job holds, by pool. */
+typedef struct {
+    int pool;              /* where its arenas and backbone go; -1: its backend is not usable
+                            * (a recovered job: it fails with the reason when it starts) */
+    int64_t dev_own;       /* on pool: arenas minus the backbone (host backends: all of the
+                            * peak minus the backbone) */
+    int64_t host_own;      /* on pool 0 besides, for device backends: peak minus arenas */
+    int64_t backbone;      /* on pool unless the backbone is resident for the job's key */
+} job_need;
+
+/* The split of a plan over the pools (pool: the pool of the job's backend). */
+job_need job_need_of(int pool, int host_memory, int64_t peak, int64_t arena, int64_t backbone);
+/* The bytes the job adds to each of n pools: its own, plus its backbone unless resident. */
+void job_need_bytes(const job_need *j, int backbone_resident, int64_t *bytes, int n);
+/* The first pool (of n) where used + bytes exceed the budget, or -1 when it fits them all. */
+int pools_short(const int64_t *bytes, const int64_t *used, const int64_t *budget, int n);
 
 /* ---- jobs ---- */
 typedef struct running_job running_job;
@@ -70,7 +114,9 @@ typedef struct {
     running_job *running;
     int n_running;
     int draining, stopping;
-    int64_t budget;            /* bytes */
+    int64_t budget;            /* bytes of host memory (pools[0].budget) */
+    mem_pool pools[SHERLD_MAX_POOLS]; /* under mu */
+    int n_pools;
     int64_t started_ms;
     int64_t events;            /* count of events appended (watchers' cheap change check) */
     char files_dir[SHERLD_PATH_MAX + 16]; /* state-dir/files: uploads by sha256 */
@@ -98,16 +144,53 @@ typedef struct {
 job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int priority,
                        char *id);
 /* The same checks and plan without queueing. */
+typedef struct {
+    int fits_now, fits_ever;
+    int64_t free_bytes;          /* of the host pool */
+    char device[32];             /* the pool of the job's arenas */
+    const char *backend;         /* "cpu", "cuda" */
+    const char *precision;       /* "fp32", "bf16" */
+    int64_t device_bytes, host_bytes;   /* the plan's arenas; the rest of its peak */
+    int64_t device_budget, device_free;
+    int backbone_resident;
+    char reason[600];
+} job_estimate;
 job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, memory_plan *plan,
-                         int *fits_now, int *fits_ever, int64_t *free_bytes, char *reason,
-                         size_t reason_cap);
+                         job_estimate *e);
 job_result jobs_cancel(sherld *d, const char *tenant, const char *id);
 /* The job's record if the tenant may see it (NULL tenant: any). */
 job_result jobs_get(sherld *d, const char *tenant, const char *id, job_record *out);
 /* Appends an event to a job's log and wakes watchers. */
 sherl_status jobs_event(sherld *d, const char *id, int kind, const uint8_t *payload, size_t len,
                         job_state new_state, const char *error);
+/* Planned bytes in use in host memory (pool 0). */
 int64_t jobs_used_bytes(sherld *d);
 void jobs_counts(sherld *d, int *queued, int *running);
+/* The pool of backend be, made (with its budget) on first use; -1 when there is no room. */
+int jobs_pool(sherld *d, const sherl_backend *be);
+/* The backend a device name ("cpu", "cuda", "auto") selects; an error naming field and, for
+ * "cuda" without a usable GPU, the runtime's reason (FAILED_PRECONDITION). */
+job_result jobs_backend_named(const char *field, const char *device, const sherl_backend **be);
+
+/* One pool's state for GetNodeStatus: the memory, and every backbone and running job in it. */
+typedef struct {
+    char id[PATH_MAX];   /* a job's id or a backbone's path */
+    char name[128];
+    char precision[8];
+    int64_t bytes;
+} pool_use;
+
+typedef struct {
+    mem_pool pool;
+    char description[256];
+    int64_t total, free;   /* measured now (0 when the backend cannot tell) */
+    int64_t planned;       /* the sum of uses[].bytes */
+    pool_use *uses;        /* backbones first (n_backbones), then jobs */
+    int n_backbones, n_jobs;
+} pool_status;
+
+/* Every pool, host first; *out malloc'd, free with jobs_pools_free. */
+int jobs_pools(sherld *d, pool_status **out);
+void jobs_pools_free(pool_status *p, int n);
 
 #endif

@@ -1,7 +1,8 @@
 # The daemon's parts (daemon/): the option table, file and flag parsing, and that
 # deploy/sherld.conf.example documents every option at its default; the SQLite job store
 # (round trips, paging, tenants, crash safety under SIGKILL); path confinement to the
-# data roots; the tokens file and bearer-token lookups. Included from
+# data roots; the tokens file and bearer-token lookups; admission's split of a plan over the
+# memory pools (host memory and each device). Included from
 # tests/CMakeLists.txt when the service is built.
 if(SHERL_SERVICE)
   sherl_unit_test(test_config SOURCES ${SHERL_TEST_DIR}/unit/test_config.c LIBS sherld_core
@@ -14,6 +15,8 @@ if(SHERL_SERVICE)
     TIMEOUT 60)
   sherl_unit_test(test_confine SOURCES ${SHERL_TEST_DIR}/unit/test_confine.c LIBS sherld_core
     TIMEOUT 60)
+  sherl_unit_test(test_admission SOURCES ${SHERL_TEST_DIR}/unit/test_admission.c
+    LIBS sherld_core TIMEOUT 60)
 endif()
 
 if(SHERL_SERVICE)

@@ -22,6 +22,15 @@ if(SHERL_SERVICE)
   set_tests_properties(service_e2e PROPERTIES TIMEOUT 900)
 endif()
 
+# Jobs on the device their spec asks for ("cuda" refused with the runtime's reason on a node
+# without a GPU, "auto" on cpu), one resident backbone per (folder, device, precision) (fp32 and
+# bf16 side by side), memory by device in GetNodeStatus and EstimateJob.
+if(SHERL_SERVICE)
+  add_test(NAME service_devices COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/service_devices.py
+    $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_devices)
+  set_tests_properties(service_devices PROPERTIES TIMEOUT 600)
+endif()
+
 # An independent client: Python grpcio with stubs generated from proto/ by grpc_tools.
 if(SHERL_SERVICE)
   add_test(NAME python_client COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/python_client.py

@@ -154,6 +154,33 @@ try:
         except grpc.RpcError as e:
             check(e.code() == code, "%s: %s %s (expected %s)" % (type(req).__name__, e.code(),
                                                                  e.details(), code))
+    # devices and backbones by (folder, device, precision), with the fields this client sees
+    node = stub.GetNodeStatus(sherl_pb2.GetNodeStatusRequest(), timeout=30)
+    check(node.devices and node.devices[0].name == "cpu" and node.devices[0].budget_bytes ==
+          node.memory_budget_bytes and node.devices[0].total_bytes >= node.devices[0].free_bytes > 0,
+          "node devices: %s" % node.devices)
+    bb = stub.LoadBackbone(sherl_pb2.LoadBackboneRequest(path=model_dir, precision="bf16"),
+                           timeout=120)
+    check(bb.loaded and bb.device == "cpu" and bb.precision == "bf16" and bb.bytes > 0,
+          "LoadBackbone bf16: %s" % bb)
+    node = stub.GetNodeStatus(sherl_pb2.GetNodeStatusRequest(), timeout=30)
+    check([(u.precision, u.bytes) for u in node.devices[0].backbones] == [("bf16", bb.bytes)] and
+          node.devices[0].planned_bytes == bb.bytes, "node backbones: %s" % node.devices[0])
+    for req, code in [(sherl_pb2.LoadBackboneRequest(path=model_dir, device="cuda"),
+                       grpc.StatusCode.FAILED_PRECONDITION),
+                      (sherl_pb2.LoadBackboneRequest(path=model_dir, precision="int8"),
+                       grpc.StatusCode.INVALID_ARGUMENT)]:
+        try:
+            stub.LoadBackbone(req, timeout=30)
+            check(False, "%s succeeded" % req)
+        except grpc.RpcError as e:
+            check(e.code() == code, "%s: %s %s" % (req, e.code(), e.details()))
+    un = stub.UnloadBackbone(sherl_pb2.UnloadBackboneRequest(name=bb.name, device="cpu",
+                                                             precision="bf16"), timeout=30)
+    check(not un.loaded and un.precision == "bf16", "UnloadBackbone: %s" % un)
+    est = stub.EstimateJob(sherl_pb2.EstimateJobRequest(spec=spec), timeout=60)
+    check(est.device == "cpu" and est.device_bytes + est.host_bytes == est.plan.peak_bytes,
+          "estimate by device: %s %d %d" % (est.device, est.device_bytes, est.host_bytes))
     # garbage for every method: an error status, never a crash or a hang
     import random  # noqa: E402
     rng = random.Random(11)

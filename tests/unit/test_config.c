@@ -31,6 +31,7 @@ Test(config, defaults_are_valid_and_as_documented)
     cr_expect_eq(c.max_upload_bytes, 4LL << 30);
     cr_expect_eq(c.log_level, LOG_INFO);
     cr_expect_eq(c.n_data_roots, 0);
+    cr_expect_eq(c.gpu_memory_reserve, 2LL << 30);
 }
 
 Test(config, example_file_lists_every_option_at_its_default)
@@ -42,6 +43,7 @@ Test(config, example_file_lists_every_option_at_its_default)
     static const char *const other[][2] = {
         {"listen", "127.0.0.1:1"}, {"state-dir", "/x"}, {"data-roots", "/y"},
         {"max-concurrent-jobs", "7"}, {"max-queued-jobs", "7"}, {"memory-budget", "7"},
+        {"gpu-memory-reserve", "7"},
         {"threads", "7"}, {"log-level", "debug"}, {"log-file", "/z"}, {"tokens-file", "/z"},
         {"max-upload-bytes", "7"}, {"max-message-bytes", "8192"}, {"drain-timeout", "7"},
         {"tls-cert", "/z"}, {"tls-key", "/z"}};
@@ -80,6 +82,8 @@ Test(config, values_are_checked_with_the_offending_value_in_the_message)
         {"max-concurrent-jobs", "2x", "'2x' is not an integer"},
         {"threads", "-1", "out of range"},
         {"memory-budget", "12Q", "'12Q' is not a size"},
+        {"gpu-memory-reserve", "-1G", "'-1G' is not a size"},
+        {"gpu-memory-reserve", "2X", "'2X' is not a size"},
         {"max-message-bytes", "1K", "out of range"},
         {"log-level", "loud", "'loud', expected error, warn, info or debug"},
         {"data-roots", "relative/dir", "must be an absolute path"},
@@ -102,6 +106,14 @@ Test(config, sizes_paths_and_levels_parse)
     cr_expect_eq(c.memory_budget, 3LL << 29);
     cr_assert(config_set(&c, "memory-budget", "512MiB", NULL).code == SHERL_OK);
     cr_expect_eq(c.memory_budget, 512LL << 20);
+    cr_assert(config_set(&c, "gpu-memory-reserve", "1.5G", NULL).code == SHERL_OK);
+    cr_expect_eq(c.gpu_memory_reserve, 3LL << 29);
+    cr_assert(config_set(&c, "gpu-memory-reserve", "512M", NULL).code == SHERL_OK);
+    cr_expect_eq(c.gpu_memory_reserve, 512LL << 20);
+    cr_assert(config_set(&c, "gpu-memory-reserve", "0", NULL).code == SHERL_OK);
+    cr_expect_eq(c.gpu_memory_reserve, 0);
+    cr_assert(config_set(&c, "gpu-memory-reserve", "1T", NULL).code == SHERL_OK);
+    cr_expect_eq(c.gpu_memory_reserve, 1LL << 40);
     cr_assert(config_set(&c, "data-roots", "/data:/models::/srv/x", NULL).code == SHERL_OK);
     cr_expect_eq(c.n_data_roots, 3);
     cr_expect_str_eq(c.data_roots[2], "/srv/x");
