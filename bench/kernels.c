@@ -435,7 +435,7 @@ int main(int argc, char **argv)
            B, T, N, C, FF, NH, HS, K, MN, d, s->n_params, s->copy_bytes >> 20, S, rounds);
     fflush(stdout);
 
-    sherl_scratch_shape shape = {B, T, NH, HS, K, MN, d, s->n_params, be->get_threads()};
+    sherl_scratch_shape shape = {B, T, NH, HS, K, MN, d, s->n_params, be->get_threads(), FF, 1};
     if (be->prepare(&shape)) {
         char msg[512];
         be->take_error(msg, sizeof msg);

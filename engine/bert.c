@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
 #include "safetensors.h"
 
 /* ------------------------------------------------------------------------------------------
@@ -65,8 +67,11 @@ typedef struct {
     uint16_t *arena16;
     size_t used16, cap16;
     float *host;        /* staging buffer, big enough for the largest tensor */
-    float *wide;        /* bf16 models: one matrix in fp32 on the backend, before rounding */
+    size_t host_cap;    /* in floats */
+    float *wide;        /* half models: one tensor in fp32 on the backend, before rounding */
+    size_t wide_cap;    /* in floats */
     sherl_precision prec;
+    int failed;         /* a carve did not fit: the sizes and the layout disagree (a bug) */
 } loader;
 
 /* Reads a tensor into backend memory: directly when the backend's memory is host memory,
@@ -74,6 +79,8 @@ typedef struct {
 static sherl_status read_tensor(loader *ld, float *dst, const char *name, int ndim,
                                 const int64_t *shape, size_t n)
 {
+    if (!dst || (!ld->be->host_memory && n > ld->host_cap))
+        return sherl_errorf(SHERL_EINTERNAL, "'%s': no buffer for %zu floats", name, n);
     if (ld->be->host_memory)
         return safetensors_read_f32(ld->sf, name, dst, ndim, shape);
     SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->host, ndim, shape));
@@ -89,6 +96,8 @@ static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const cha
     size_t n = (size_t)d0 * (size_t)d1;
     if (w32)
         return read_tensor(ld, w32, name, 2, shape, n);
+    if (!w16 || !ld->wide || n > ld->wide_cap)
+        return sherl_errorf(SHERL_EINTERNAL, "'%s': no half buffer for %zu elements", name, n);
     SHERL_TRY(read_tensor(ld, ld->wide, name, 2, shape, n));
     half_round(ld->be, ld->prec, w16, ld->wide, n);
     return sherl_ok();
@@ -101,8 +110,10 @@ static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const cha
 static float *carve(loader *ld, size_t n)
 {
     size_t at = (ld->used + CARVE_ALIGN / sizeof(float) - 1) & ~(CARVE_ALIGN / sizeof(float) - 1);
-    if (at + n > ld->cap)
+    if (at + n > ld->cap) {
+        ld->failed = 1;
         return NULL;
+    }
     ld->used = at + n;
     return ld->arena + at;
 }
@@ -111,8 +122,10 @@ static uint16_t *carve16(loader *ld, size_t n)
 {
     size_t at = (ld->used16 + CARVE_ALIGN / sizeof(uint16_t) - 1) &
                 ~(CARVE_ALIGN / sizeof(uint16_t) - 1);
-    if (at + n > ld->cap16)
+    if (at + n > ld->cap16) {
+        ld->failed = 1;
         return NULL;
+    }
     ld->used16 = at + n;
     return ld->arena16 + at;
 }
@@ -178,8 +191,6 @@ static sherl_status load_layer(loader *ld, bert_layer *ly, int i, const hf_confi
         ly->attn_out_w16 = carve16(ld, D * D);
         ly->ffn_in_w16 = carve16(ld, F * D);
         ly->ffn_out_w16 = carve16(ld, D * F);
-        if (!ly->qkv_w16 || !ly->attn_out_w16 || !ly->ffn_in_w16 || !ly->ffn_out_w16)
-            return sherl_errorf(SHERL_EINTERNAL, "bf16 weight arena too small at layer %d", i);
     } else {
         ly->qkv_w = carve(ld, 3 * D * D);
         ly->attn_out_w = carve(ld, D * D);
@@ -194,8 +205,8 @@ static sherl_status load_layer(loader *ld, bert_layer *ly, int i, const hf_confi
     ly->ffn_out_b = carve(ld, D);
     ly->ln2_w = carve(ld, D);
     ly->ln2_b = carve(ld, D);
-    if (!ly->ln2_b || (!ld->arena16 && !ly->ffn_out_w))
-        return sherl_errorf(SHERL_EINTERNAL, "parameter arena too small at layer %d", i);
+    if (ld->failed)
+        return sherl_errorf(SHERL_EINTERNAL, "weight arena too small at layer %d", i);
     return read_layer(ld, ly, i, c);
 }
 
@@ -245,32 +256,28 @@ size_t bert_weight_bytes(const hf_config *c, sherl_precision prec)
     return b;
 }
 
-size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
+/* Floats of the largest tensor a load reads whole: every tensor is [rows, D] or [D, F] with rows
+ * one of V, P, TV, F, 3 x D (the Q, K, V parts are read one at a time: D) or a vector. */
+static size_t largest_tensor_floats(const hf_config *c)
 {
-    if (be->host_memory)
-        return 0;
-    size_t D = c->hidden_size, F = c->intermediate_size;
-    size_t largest = (size_t)c->vocab_size * D;
-    if ((size_t)c->max_position_embeddings * D > largest)
-        largest = (size_t)c->max_position_embeddings * D;
-    if (F * D > largest)
-        largest = F * D;
-    return largest * sizeof(float);
+    size_t D = c->hidden_size, rows = c->intermediate_size;
+    size_t other[4] = {D, (size_t)c->vocab_size, (size_t)c->max_position_embeddings,
+                       (size_t)c->type_vocab_size};
+    for (int i = 0; i < 4; i++)
+        if (other[i] > rows)
+            rows = other[i];
+    return rows * D;
 }
 
-/* bf16 loads round each table and matrix from an fp32 copy on the backend: the largest. */
+size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
+{
+    return be->host_memory ? 0 : largest_tensor_floats(c) * sizeof(float);
+}
+
+/* Half loads round each table and matrix from an fp32 copy on the backend: the largest. */
 size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec)
 {
-    if (prec == SHERL_FP32)
-        return 0;
-    size_t D = c->hidden_size, rows = c->intermediate_size > c->hidden_size
-                                          ? (size_t)c->intermediate_size
-                                          : D;
-    if ((size_t)c->vocab_size > rows)
-        rows = c->vocab_size;
-    if ((size_t)c->max_position_embeddings > rows)
-        rows = c->max_position_embeddings;
-    return rows * D * sizeof(float);
+    return prec == SHERL_FP32 ? 0 : largest_tensor_floats(c) * sizeof(float);
 }
 
 /* The embeddings: tables into dst's float pointers, or (float pointer NULL) rounded to bf16
@@ -296,10 +303,37 @@ static sherl_status read_embeddings(loader *ld, const bert_embeddings *dst, cons
 }
 
 /* Opens the model file and finds the tensor-name prefix. */
-static sherl_status open_weights(safetensors_file *sf, const char **prefix, const char *dir)
+/* The identity of a file as bert_model keeps it; -1 when it cannot be read. */
+static int file_identity(const char *path, bert_model *id)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    id->file_dev = (unsigned long long)st.st_dev;
+    id->file_ino = (unsigned long long)st.st_ino;
+    id->file_size = (long long)st.st_size;
+    id->file_mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    return 0;
+}
+
+/* Opens the model file and finds the tensor-name prefix; with `same` (a loaded model), only
+ * when the file is still the one it was loaded from. */
+static sherl_status open_weights(safetensors_file *sf, const char **prefix, const char *dir,
+                                 const bert_model *same)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (same) {
+        bert_model now;
+        if (file_identity(path, &now) != 0 || now.file_dev != same->file_dev ||
+            now.file_ino != same->file_ino || now.file_size != same->file_size ||
+            now.file_mtime_ns != same->file_mtime_ns)
+            return sherl_errorf(SHERL_EINVAL,
+                                "%s changed or went away since the backbone was loaded from it: "
+                                "its trainable layers cannot be read from the same checkpoint "
+                                "(unload and load the backbone again)",
+                                path);
+    }
     SHERL_TRY(safetensors_open(sf, path));
     *prefix = safetensors_find(sf, "embeddings.word_embeddings.weight")        ? ""
               : safetensors_find(sf, "bert.embeddings.word_embeddings.weight") ? "bert."
@@ -321,10 +355,11 @@ sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *d
         return sherl_errorf(SHERL_EINTERNAL, "bert_read_layer_f32: layer %d or its buffers", i);
     safetensors_file sf;
     loader ld = {.be = m->be};
-    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir));
+    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir, m));
     ld.sf = &sf;
     size_t staging = bert_load_staging_bytes(&m->cfg, m->be);
     ld.host = staging ? malloc(staging) : NULL;
+    ld.host_cap = staging / sizeof(float);
     sherl_status st = staging && !ld.host
                           ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading layer %d", i)
                           : sherl_ok();
@@ -343,10 +378,11 @@ sherl_status bert_read_embeddings_f32(const bert_model *m, const bert_embeddings
         return sherl_errorf(SHERL_EINTERNAL, "bert_read_embeddings_f32: missing buffers");
     safetensors_file sf;
     loader ld = {.be = m->be};
-    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir));
+    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir, m));
     ld.sf = &sf;
     size_t staging = bert_load_staging_bytes(&m->cfg, m->be);
     ld.host = staging ? malloc(staging) : NULL;
+    ld.host_cap = staging / sizeof(float);
     sherl_status st = staging && !ld.host
                           ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading the embeddings")
                           : sherl_ok();
@@ -389,10 +425,20 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     const hf_config *c = &m->cfg;
     safetensors_file sf;
     loader ld = {.be = be, .prec = prec};
-    st = open_weights(&sf, &ld.prefix, model_dir);
+    if (prec != SHERL_FP32 && prec != SHERL_BF16 && prec != SHERL_FP16) {
+        free(m);
+        return sherl_errorf(SHERL_EINVAL, "precision %d: expected fp32, bf16 or fp16", (int)prec);
+    }
+    st = open_weights(&sf, &ld.prefix, model_dir, NULL);
     if (st.code) {
         free(m);
         return st;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", model_dir);
+    if (file_identity(path, m) != 0) { /* open a moment ago: a race with its removal */
+        safetensors_close(&sf);
+        free(m);
+        return sherl_errorf(SHERL_EIO, "%s: cannot stat it", path);
     }
     ld.sf = &sf;
     size_t D = c->hidden_size;
@@ -403,9 +449,11 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
         ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
         ld.cap16 = (bert_weight_bytes(c, prec) - fp32_bytes) / sizeof(uint16_t);
         ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
+        ld.wide_cap = bert_load_wide_bytes(c, prec) / sizeof(float);
     }
     size_t staging = bert_load_staging_bytes(c, be);
     ld.host = staging ? malloc(staging) : NULL;
+    ld.host_cap = staging / sizeof(float);
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
     if (!ld.arena || (staging && !ld.host) || !m->layers || (prec != SHERL_FP32 && !ld.wide)) {
         st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
@@ -423,13 +471,12 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     }
     m->emb.ln_w = carve(&ld, D);
     m->emb.ln_b = carve(&ld, D);
-    st = m->emb.ln_b && (m->emb.word || m->emb.type16)
-             ? read_embeddings(&ld, &m->emb, c)
-             : sherl_errorf(SHERL_EINTERNAL, "parameter arena too small for the embeddings");
+    st = ld.failed ? sherl_errorf(SHERL_EINTERNAL, "weight arena too small for the embeddings")
+                   : read_embeddings(&ld, &m->emb, c);
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
     if (!st.code)
-        be->synchronize(); /* the bf16 rounding reads ld.wide, freed below */
+        be->synchronize(); /* the half rounding reads ld.wide, freed below */
     if (!st.code)
         st = sherl_backend_status(be, "uploading the weights");
     if (st.code)

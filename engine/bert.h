@@ -56,6 +56,10 @@ typedef struct {
     void *arena;        /* the one backend allocation every weight lives in */
     long long n_params;
     char dir[4096];     /* the model folder, to re-read fp32 weights of layers to train */
+    /* model.safetensors as loaded (device, inode, size, mtime): a re-read checks it is the same
+     * file, so trained layers never come from another checkpoint than the frozen ones */
+    unsigned long long file_dev, file_ino;
+    long long file_size, file_mtime_ns;
 } bert_model;
 
 /* Loads MODEL_DIR/config.json and MODEL_DIR/model.safetensors (names with or without the

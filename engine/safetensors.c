@@ -7,6 +7,8 @@
  * leaves a half-written file under the final name. */
 #include "safetensors.h"
 
+#include "kernels.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -59,8 +61,19 @@ size_t st_dtype_size(st_dtype dt)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* half-precision conversions                                                                   */
+/* half-precision conversions: the kernels' own (kernels.h), so a file's values and the
+ * backends' roundings agree bit for bit */
 
+float st_f16_to_f32(uint16_t h) { return sherl_f16_to_f32(h); }
+float st_bf16_to_f32(uint16_t h) { return sherl_bf16_to_f32(h); }
+uint16_t st_f32_to_f16(float f) { return sherl_f32_to_f16(f); }
+uint16_t st_f32_to_bf16(float f) { return sherl_f32_to_bf16(f); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* helpers                                                                                      */
+
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+/* big-endian hosts assemble fp32 values byte by byte */
 static float bits_to_f32(uint32_t u)
 {
     float f;
@@ -74,75 +87,7 @@ static uint32_t f32_to_bits(float f)
     memcpy(&u, &f, sizeof u);
     return u;
 }
-
-float st_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-    uint32_t bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign; /* +-0 */
-        } else {
-            /* subnormal: mant * 2^-24; normalise so the leading 1 sits at bit 10 */
-            uint32_t e = 113; /* 127 - 15 + 1 */
-            while (!(mant & 0x400u)) {
-                mant <<= 1;
-                e--;
-            }
-            bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (mant << 13); /* inf, or NaN keeping its payload */
-    } else {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    }
-    return bits_to_f32(bits);
-}
-
-float st_bf16_to_f32(uint16_t h)
-{
-    return bits_to_f32((uint32_t)h << 16);
-}
-
-uint16_t st_f32_to_f16(float f)
-{
-    uint32_t x = f32_to_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) /* NaN: quiet, keep the top of the payload */
-        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-    if (ax >= 0x477ff000u) /* rounds to >= 65520: inf (also inf itself) */
-        return (uint16_t)(sign | 0x7c00u);
-    if (ax < 0x38800000u) { /* below 2^-14: f16 subnormal or zero */
-        if (ax <= 0x33000000u) /* <= 2^-25: rounds to zero (2^-25 ties to even 0) */
-            return sign;
-        uint32_t e = ax >> 23;
-        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126u - e; /* result = round(m * 2^(e-126)) */
-        uint32_t r = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1u);
-        uint32_t half = 1u << (shift - 1u);
-        if (rem > half || (rem == half && (r & 1u)))
-            r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ax - 0x38000000u; /* rebias exponent 127 -> 15 */
-    r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
-    return (uint16_t)(sign | r);
-}
-
-uint16_t st_f32_to_bf16(float f)
-{
-    uint32_t x = f32_to_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x0040u);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* helpers                                                                                      */
+#endif
 
 static uint64_t load_le64(const uint8_t *p)
 {

@@ -447,7 +447,8 @@ sherl_scratch_shape sherl_step_scratch_shape(const sherl_model *m, int B, int T,
     int sherl = m->opt.method == METHOD_SHERL;
     sherl_scratch_shape q = {B, T, m->cfg.num_attention_heads,
                              m->cfg.hidden_size / m->cfg.num_attention_heads, sherl ? m->K : 0,
-                             B * T, sherl ? m->side.d : 0, m->ps.total, threads};
+                             B * T, sherl ? m->side.d : 0, m->ps.total, threads,
+                             m->cfg.intermediate_size, m->opt.precision != SHERL_FP32};
     return q;
 }
 

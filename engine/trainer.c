@@ -362,8 +362,8 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     if (st.code)
         goto done;
     have_step = 1;
-    /* a bf16 job trades fp32 products for speed anyway: its fp32 ones (the trained layers,
-     * attention) may use TF32 tensor cores; the thread's default is restored at the end */
+    /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (the trained
+     * layers, attention) may use TF32 tensor cores; turned off again at the end */
     be->allow_tf32(opt.precision != SHERL_FP32);
     {
         int threads = spec->threads > 0 ? spec->threads : be->get_threads();
@@ -458,6 +458,13 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         }
         if (st.code)
             break;
+        {
+            /* a device fault first: it would read as divergence, or update the parameters */
+            char doing[64];
+            snprintf(doing, sizeof doing, "training step %d", step + 1);
+            if ((st = sherl_backend_status(be, doing)).code)
+                break;
+        }
         if (!isfinite(step_loss)) {
             st = sherl_errorf(SHERL_EINVAL, "training diverged at step %d (loss %g): lower "
                                             "optim.lr or set optim.clip_norm",
@@ -560,6 +567,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     }
 done:
     be->allow_tf32(0);
+    be->prepare(NULL); /* the thread's scratch goes back: the next job may need less */
     res->wall_s = now_s() - t_start;
     measure_peak(res, &ms0);
     free(perm), free(idx), free(lab), free(tg);

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct sherl_backend sherl_backend;
 
@@ -24,6 +25,8 @@ typedef struct {
     int K, N, d;          /* MTSA guidance: taps, tokens, side width (K = 0: none) */
     size_t max_reduce;    /* the longest reduction (sumsq over every trainable element) */
     int threads;
+    int F;                /* the feed-forward width (with NH * HS: the widest Linear) */
+    int half;             /* products with bf16/fp16 operands run (a half-precision backbone) */
 } sherl_scratch_shape;
 
 struct sherl_backend {
@@ -52,7 +55,8 @@ struct sherl_backend {
     /* Reserves, for the calling thread, the scratch a step of these shapes needs (exactly
      * scratch_bytes(shape)), so that no op allocates inside a step. 0 on success, -1 when the
      * memory is not there (the message is then in take_error). Ops called without it, or at
-     * larger shapes, grow the thread's scratch on first use. */
+     * larger shapes, grow the thread's scratch on first use. prepare(NULL) gives the thread's
+     * scratch back (a job's end: the next job on the thread may need less). */
     int (*prepare)(const sherl_scratch_shape *shape);
     /* The first failure of any call on this backend from the calling thread since the last
      * take_error (a kernel launch, a library call, an allocation, a copy): returns 0 when there
@@ -238,18 +242,23 @@ static inline float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
 }
 
 /* float <-> bfloat16 as every backend rounds it: nearest even, NaN kept quiet. */
+/* (memcpy for the bit casts: this header is also compiled as C++, where union punning is not
+ * defined) */
 static inline uint16_t sherl_f32_to_bf16(float f)
 {
-    union { float f; uint32_t u; } v = {f};
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep the sign, force a quiet payload */
-        return (uint16_t)((v.u >> 16) | 0x0040u);
-    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep the sign, force a quiet payload */
+        return (uint16_t)((u >> 16) | 0x0040u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 static inline float sherl_bf16_to_f32(uint16_t h)
 {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
-    return v.f;
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 /* float <-> IEEE binary16 as every backend rounds it: nearest even, overflow to inf, subnormals
@@ -257,15 +266,18 @@ static inline float sherl_bf16_to_f32(uint16_t h)
  * default round-to-nearest float addition without flush-to-zero, as C and CUDA have it). */
 static inline uint16_t sherl_f32_to_f16(float f)
 {
-    union { float f; uint32_t u; } v = {f};
-    uint32_t sign = (v.u >> 16) & 0x8000u, x = v.u & 0x7fffffffu;
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    uint32_t sign = (bits >> 16) & 0x8000u, x = bits & 0x7fffffffu;
     uint32_t o;
     if (x >= 0x47800000u) { /* >= 65536, inf or NaN */
         o = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
     } else if (x < 0x38800000u) { /* below 2^-14: a subnormal or zero, rounded by the addition */
-        union { uint32_t u; float f; } a = {x}, r;
-        r.f = a.f + 0.5f;
-        o = r.u - 0x3f000000u;
+        float a, r;
+        memcpy(&a, &x, sizeof a);
+        r = a + 0.5f;
+        memcpy(&o, &r, sizeof o);
+        o -= 0x3f000000u;
     } else {
         uint32_t odd = (x >> 13) & 1u;
         x += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd; /* rebias, round half to even */
@@ -291,8 +303,9 @@ static inline float sherl_f16_to_f32(uint16_t h)
     } else {
         u = sign;
     }
-    union { uint32_t u; float f; } v = {u};
-    return v.f;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 /* One CUDA device as the runtime reports it. */

@@ -67,15 +67,30 @@ static const char *cpu_performance_advice(void)
     return NULL;
 }
 
-/* The CPU backend reserves nothing ahead (its scratch is small and per op) and never fails
- * after alloc, which reports by returning NULL. */
+/* The CPU backend reserves nothing ahead (its scratch is per op, counted by scratch_bytes).
+ * Its ops fail only when that scratch cannot be had: the first such failure on a thread is kept
+ * for take_error. */
 static int cpu_prepare(const sherl_scratch_shape *shape) { (void)shape; return 0; }
+
+static _Thread_local int cpu_failed;
+static _Thread_local char cpu_err[256];
+
+static void cpu_fail(const char *what, size_t bytes)
+{
+    if (cpu_failed)
+        return;
+    cpu_failed = 1;
+    snprintf(cpu_err, sizeof cpu_err, "cpu: out of memory for %zu bytes of scratch (%s)", bytes,
+             what);
+}
 
 static int cpu_take_error(char *msg, size_t len)
 {
+    int failed = cpu_failed;
     if (msg && len)
-        msg[0] = 0;
-    return 0;
+        snprintf(msg, len, "%s", failed ? cpu_err : "");
+    cpu_failed = 0;
+    return failed ? -1 : 0;
 }
 
 /* MemAvailable and MemTotal from /proc/meminfo. */
@@ -207,6 +222,8 @@ static void gemm_half(void (*widen)(float *, const uint16_t *, size_t), int tran
         widen(a, A, na);
         widen(b, B, nb);
         cpu_gemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    } else {
+        cpu_fail("a half-precision product's widened operands", (na + nb) * sizeof(float));
     }
     free(a);
     free(b);
@@ -855,11 +872,13 @@ static void cpu_relu_backward(float *dinp, const float *inp, const float *dout, 
 
 /* Per-thread scratch in doubles: G and the coefficient matrix M (S x S each), 8 vectors of S,
  * 3 vectors of d (about 11 KiB for S = 11, d = 384). Should this small allocation fail, the op
- * leaves its outputs untouched: it has no error channel. */
-static double *mtsa_scratch(int S, int d)
+ * leaves its outputs untouched and reports it through take_error. */
+static size_t mtsa_scratch_bytes(int S, int d)
 {
-    return malloc((2 * (size_t)S * S + 8 * (size_t)S + 3 * (size_t)d) * sizeof(double));
+    return (2 * (size_t)S * S + 8 * (size_t)S + 3 * (size_t)d) * sizeof(double);
 }
+
+static double *mtsa_scratch(int S, int d) { return malloc(mtsa_scratch_bytes(S, d)); }
 
 /* sum_e a[e] b[e] for float a, double b, in four fixed lanes */
 static double dot_fd(const float *a, const double *b, int n)
@@ -946,9 +965,14 @@ static void cpu_mtsa_guide_forward(float *z, float *s, float *rho, float *alpha,
     if (S < 1 || N <= 0)
         return;
     const float c0 = c ? c[0] : 0.0f;
+    int missing = 0; /* a thread without scratch: reported on the caller's thread below */
 #pragma omp parallel if ((size_t)K * N * d >= PAR_MIN)
     {
         double *scratch = mtsa_scratch(S, d);
+        if (!scratch) {
+#pragma omp atomic write
+            missing = 1;
+        }
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++)
             if (scratch)
@@ -957,6 +981,8 @@ static void cpu_mtsa_guide_forward(float *z, float *s, float *rho, float *alpha,
                                    scratch);
         free(scratch);
     }
+    if (missing)
+        cpu_fail("mtsa_guide_forward", mtsa_scratch_bytes(S, d));
 }
 
 /* One token's backward. x, dx point at the token's row in tap 0 (taps `tap` floats apart);
@@ -1057,12 +1083,19 @@ static void cpu_mtsa_guide_backward(float *dx, float *dw, float *dc, const float
     double *part = NULL;
     if (dw || dc) {
         part = calloc((size_t)nchunks * (d + 1), sizeof(double));
-        if (!part)
+        if (!part) {
+            cpu_fail("mtsa_guide_backward", (size_t)nchunks * (d + 1) * sizeof(double));
             return;
+        }
     }
+    int missing = 0;
 #pragma omp parallel if ((size_t)K * N * d >= PAR_MIN)
     {
         double *scratch = mtsa_scratch(S, d);
+        if (!scratch) {
+#pragma omp atomic write
+            missing = 1;
+        }
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
             int lo = ch * MTSA_CHUNK, hi = lo + MTSA_CHUNK < N ? lo + MTSA_CHUNK : N;
@@ -1074,6 +1107,8 @@ static void cpu_mtsa_guide_backward(float *dx, float *dw, float *dc, const float
         }
         free(scratch);
     }
+    if (missing)
+        cpu_fail("mtsa_guide_backward", mtsa_scratch_bytes(S, d));
     if (part) {
         for (int e = 0; e <= d; e++) {
             double acc = 0.0;
@@ -1226,6 +1261,12 @@ static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
     size_t nc = red_chunks(q->max_reduce);
     if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
         most = b;
+    if (q->half) { /* gemm_half widens both operands: the widest activation and weight */
+        size_t wide = (size_t)(q->F > 3 * q->NH * q->HS ? q->F : 3 * q->NH * q->HS);
+        size_t D = (size_t)q->NH * q->HS;
+        if ((b = ((size_t)q->N * wide + wide * D) * sizeof(float) + 32) > most)
+            most = b;
+    }
     return most;
 }
 

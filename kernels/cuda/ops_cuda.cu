@@ -360,6 +360,22 @@ static size_t cuda_scratch_bytes(const sherl_scratch_shape *q)
 static int cuda_prepare(const sherl_scratch_shape *q)
 {
     cuda_ctx *c = ctx();
+    if (!q) { /* the job is over: its scratch and cuBLAS workspace go back to the device */
+        if (!c->ready)
+            return 0;
+        CK(c, cudaStreamSynchronize(c->stream));
+        if (c->scratch)
+            cudaFree(c->scratch);
+        c->scratch = NULL;
+        c->scratch_bytes = 0;
+        if (c->blas_ready) {
+            cublasDestroy(c->blas);
+            cudaFree(c->workspace);
+            c->workspace = NULL;
+            c->blas_ready = 0;
+        }
+        return 0;
+    }
     if (!c->ready || !blas_ready(c))
         return -1;
     return scratch(c, op_scratch_bytes(q)) ? 0 : -1;

@@ -314,3 +314,86 @@ Test(bert_forward_errors, bad_batches_are_refused)
     bert_workspace_free(&ws);
     bert_free(m);
 }
+
+/* A config whose largest tensor is the token-type table (type_vocab_size 64 > vocab, positions,
+ * hidden and intermediate): every precision's load buffers must hold it (under ASan this test
+ * caught a half-precision load sized for the other tables only). The half loads then give the
+ * fp32 forward within half precision. */
+Test(bert_load_half, largest_tensor_is_the_type_table)
+{
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/wide_types", SHERL_TEST_WORK);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_file(path, "{\"model_type\": \"bert\", \"vocab_size\": 3, \"hidden_size\": 4, "
+                     "\"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+                     "\"intermediate_size\": 4, \"max_position_embeddings\": 3, "
+                     "\"type_vocab_size\": 64, \"hidden_act\": \"gelu\", \"layer_norm_eps\": 1e-12}");
+    static const struct {
+        const char *name;
+        int rows, cols; /* cols 0: a vector */
+    } spec[] = {
+        {"embeddings.word_embeddings.weight", 3, 4},
+        {"embeddings.position_embeddings.weight", 3, 4},
+        {"embeddings.token_type_embeddings.weight", 64, 4},
+        {"embeddings.LayerNorm.weight", 4, 0},
+        {"embeddings.LayerNorm.bias", 4, 0},
+        {"encoder.layer.0.attention.self.query.weight", 4, 4},
+        {"encoder.layer.0.attention.self.query.bias", 4, 0},
+        {"encoder.layer.0.attention.self.key.weight", 4, 4},
+        {"encoder.layer.0.attention.self.key.bias", 4, 0},
+        {"encoder.layer.0.attention.self.value.weight", 4, 4},
+        {"encoder.layer.0.attention.self.value.bias", 4, 0},
+        {"encoder.layer.0.attention.output.dense.weight", 4, 4},
+        {"encoder.layer.0.attention.output.dense.bias", 4, 0},
+        {"encoder.layer.0.attention.output.LayerNorm.weight", 4, 0},
+        {"encoder.layer.0.attention.output.LayerNorm.bias", 4, 0},
+        {"encoder.layer.0.intermediate.dense.weight", 4, 4},
+        {"encoder.layer.0.intermediate.dense.bias", 4, 0},
+        {"encoder.layer.0.output.dense.weight", 4, 4},
+        {"encoder.layer.0.output.dense.bias", 4, 0},
+        {"encoder.layer.0.output.LayerNorm.weight", 4, 0},
+        {"encoder.layer.0.output.LayerNorm.bias", 4, 0},
+    };
+    enum { NT = sizeof spec / sizeof spec[0] };
+    st_write_tensor t[NT];
+    float *data[NT];
+    for (int i = 0; i < NT; i++) {
+        int n = spec[i].rows * (spec[i].cols ? spec[i].cols : 1);
+        data[i] = malloc(sizeof(float) * (size_t)n);
+        for (int e = 0; e < n; e++)
+            data[i][e] = strstr(spec[i].name, "LayerNorm.weight") ? 1.0f + 0.01f * e
+                                                                 : 0.1f * sinf(1.0f + i + 0.7f * e);
+        memset(&t[i], 0, sizeof t[i]);
+        t[i].name = spec[i].name;
+        t[i].ndim = spec[i].cols ? 2 : 1;
+        t[i].shape[0] = spec[i].rows;
+        t[i].shape[1] = spec[i].cols;
+        t[i].data = data[i];
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    cr_assert(safetensors_write_f32(path, t, NT, NULL).code == SHERL_OK);
+    for (int i = 0; i < NT; i++)
+        free(data[i]);
+
+    int32_t ids[6] = {0, 1, 2, 2, 1, 0}, types[6] = {63, 0, 5, 1, 62, 33}, mask[6] = {1, 1, 1, 1, 1, 1};
+    bert_batch batch = {2, 3, ids, types, mask};
+    float out[3][24];
+    for (int p = 0; p < 3; p++) {
+        bert_model *m;
+        sherl_status st = bert_load_prec(&m, dir, sherl_backend_cpu(), (sherl_precision)p);
+        cr_assert(st.code == SHERL_OK, "%s: %s", sherl_precision_name((sherl_precision)p), st.msg);
+        bert_workspace ws;
+        cr_assert(bert_workspace_create(&ws, m, 2, 3).code == SHERL_OK);
+        float *hidden[2] = {NULL, out[p]};
+        st = bert_forward(m, &ws, &batch, hidden);
+        cr_assert(st.code == SHERL_OK, "%s", st.msg);
+        bert_workspace_free(&ws);
+        bert_free(m);
+    }
+    for (int p = 1; p < 3; p++)
+        for (int e = 0; e < 24; e++)
+            cr_expect(fabsf(out[p][e] - out[0][e]) <= 0.05f * (1.0f + fabsf(out[0][e])),
+                      "%s [%d]: %g vs fp32 %g", sherl_precision_name((sherl_precision)p), e,
+                      (double)out[p][e], (double)out[0][e]);
+}
