@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cJSON.h>
+
 static inline double bench_now(void)
 {
     struct timespec ts;
@@ -74,6 +76,21 @@ static inline int bench_parse(const char *prog, int argc, char **argv, int first
         }
     }
     return 0;
+}
+
+/* Writes j as pretty JSON to path and frees it; 0 on success, -1 on any failure. */
+static inline int bench_write_json(const char *path, cJSON *j)
+{
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!text)
+        return -1;
+    FILE *f = fopen(path, "w");
+    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f))
+        ok = 0;
+    free(text);
+    return ok ? 0 : -1;
 }
 
 #endif

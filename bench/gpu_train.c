@@ -445,16 +445,7 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
         if (ph)
             cJSON_AddNumberToObject(ph, "clip + AdamW", r->opt_s);
     }
-    char *text = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!text)
-        return -1;
-    FILE *f = fopen(path, "w");
-    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f))
-        ok = 0;
-    free(text);
-    return ok ? 0 : -1;
+    return bench_write_json(path, o);
 }
 
 static void usage(FILE *f)

@@ -335,16 +335,7 @@ static int write_json(const char *path, const char *desc, const char *device, co
         }
         cJSON_AddItemToArray(arr, o);
     }
-    char *text = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!text)
-        return -1;
-    FILE *f = fopen(path, "w");
-    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f))
-        ok = 0;
-    free(text);
-    return ok ? 0 : -1;
+    return bench_write_json(path, root);
 }
 
 static void usage(FILE *f)

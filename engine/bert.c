@@ -348,11 +348,11 @@ static sherl_status open_weights(safetensors_file *sf, const char **prefix, cons
     return sherl_ok();
 }
 
-sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *dst)
+/* Re-reads part of a loaded model from its file in fp32: `layer` (i >= 0) or the embeddings
+ * (i < 0), into the float pointers of dst_layer / dst_emb. */
+static sherl_status reread_f32(const bert_model *m, int i, const bert_layer *dst_layer,
+                               const bert_embeddings *dst_emb)
 {
-    if (i < 0 || i >= m->cfg.num_hidden_layers || !dst->qkv_w || !dst->attn_out_w ||
-        !dst->ffn_in_w || !dst->ffn_out_w)
-        return sherl_errorf(SHERL_EINTERNAL, "bert_read_layer_f32: layer %d or its buffers", i);
     safetensors_file sf;
     loader ld = {.be = m->be};
     SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir, m));
@@ -361,38 +361,35 @@ sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *d
     ld.host = staging ? malloc(staging) : NULL;
     ld.host_cap = staging / sizeof(float);
     sherl_status st = staging && !ld.host
-                          ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading layer %d", i)
+                          ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading %s", m->dir)
                           : sherl_ok();
-    bert_layer fp32 = *dst;
-    fp32.qkv_w16 = fp32.attn_out_w16 = fp32.ffn_in_w16 = fp32.ffn_out_w16 = NULL;
-    if (!st.code)
+    if (!st.code && i >= 0) {
+        bert_layer fp32 = *dst_layer;
+        fp32.qkv_w16 = fp32.attn_out_w16 = fp32.ffn_in_w16 = fp32.ffn_out_w16 = NULL;
         st = read_layer(&ld, &fp32, i, &m->cfg);
+    } else if (!st.code) {
+        bert_embeddings fp32 = *dst_emb;
+        fp32.word16 = fp32.pos16 = fp32.type16 = NULL;
+        st = read_embeddings(&ld, &fp32, &m->cfg);
+    }
     free(ld.host);
     safetensors_close(&sf);
     return st;
+}
+
+sherl_status bert_read_layer_f32(const bert_model *m, int i, const bert_layer *dst)
+{
+    if (i < 0 || i >= m->cfg.num_hidden_layers || !dst->qkv_w || !dst->attn_out_w ||
+        !dst->ffn_in_w || !dst->ffn_out_w)
+        return sherl_errorf(SHERL_EINTERNAL, "bert_read_layer_f32: layer %d or its buffers", i);
+    return reread_f32(m, i, dst, NULL);
 }
 
 sherl_status bert_read_embeddings_f32(const bert_model *m, const bert_embeddings *dst)
 {
     if (!dst->word || !dst->pos || !dst->type || !dst->ln_w || !dst->ln_b)
         return sherl_errorf(SHERL_EINTERNAL, "bert_read_embeddings_f32: missing buffers");
-    safetensors_file sf;
-    loader ld = {.be = m->be};
-    SHERL_TRY(open_weights(&sf, &ld.prefix, m->dir, m));
-    ld.sf = &sf;
-    size_t staging = bert_load_staging_bytes(&m->cfg, m->be);
-    ld.host = staging ? malloc(staging) : NULL;
-    ld.host_cap = staging / sizeof(float);
-    sherl_status st = staging && !ld.host
-                          ? sherl_errorf(SHERL_ENOMEM, "out of memory re-reading the embeddings")
-                          : sherl_ok();
-    bert_embeddings fp32 = *dst;
-    fp32.word16 = fp32.pos16 = fp32.type16 = NULL;
-    if (!st.code)
-        st = read_embeddings(&ld, &fp32, &m->cfg);
-    free(ld.host);
-    safetensors_close(&sf);
-    return st;
+    return reread_f32(m, -1, NULL, dst);
 }
 
 sherl_status bert_load(bert_model **out, const char *model_dir, const sherl_backend *be)

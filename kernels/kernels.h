@@ -230,9 +230,17 @@ struct sherl_backend {
     void (*scale)(float *x, size_t n, float s);
 };
 
+/* The helpers below are compiled for the host and, in the CUDA backend, for the device: one
+ * definition, so every backend draws the same masks and rounds to the same bits. */
+#ifdef __CUDACC__
+#define SHERL_HD __host__ __device__
+#else
+#define SHERL_HD
+#endif
+
 /* The RNG behind dropout, shared by every backend so masks are identical everywhere:
  * a splitmix64 hash of (seed, counter), top 24 bits as a uniform float in [0, 1). */
-static inline float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
+static inline SHERL_HD float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
 {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (counter + 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -244,7 +252,7 @@ static inline float sherl_dropout_uniform(uint64_t seed, uint64_t counter)
 /* float <-> bfloat16 as every backend rounds it: nearest even, NaN kept quiet. */
 /* (memcpy for the bit casts: this header is also compiled as C++, where union punning is not
  * defined) */
-static inline uint16_t sherl_f32_to_bf16(float f)
+static inline SHERL_HD uint16_t sherl_f32_to_bf16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -253,7 +261,7 @@ static inline uint16_t sherl_f32_to_bf16(float f)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-static inline float sherl_bf16_to_f32(uint16_t h)
+static inline SHERL_HD float sherl_bf16_to_f32(uint16_t h)
 {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -264,7 +272,7 @@ static inline float sherl_bf16_to_f32(uint16_t h)
 /* float <-> IEEE binary16 as every backend rounds it: nearest even, overflow to inf, subnormals
  * kept, NaN quiet (after F. Giesen's float_to_half_fast3_rtne; the subnormal case relies on the
  * default round-to-nearest float addition without flush-to-zero, as C and CUDA have it). */
-static inline uint16_t sherl_f32_to_f16(float f)
+static inline SHERL_HD uint16_t sherl_f32_to_f16(float f)
 {
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
@@ -286,7 +294,7 @@ static inline uint16_t sherl_f32_to_f16(float f)
     return (uint16_t)(sign | o);
 }
 
-static inline float sherl_f16_to_f32(uint16_t h)
+static inline SHERL_HD float sherl_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
     if (e == 0x1f) {

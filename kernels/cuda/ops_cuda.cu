@@ -470,70 +470,26 @@ static void cuda_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float 
              0, 1);
 }
 
-// The same bit operations as sherl_f32_to_bf16 in kernels.h.
-__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
-{
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x0040u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-// The same bit operations as sherl_f32_to_f16 / sherl_f16_to_f32 in kernels.h (not the
-// intrinsics: their NaN patterns differ, and both backends must give the same bits).
-__device__ __forceinline__ uint16_t f32_to_f16_bits(float f)
-{
-    uint32_t u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, x = u & 0x7fffffffu, o;
-    if (x >= 0x47800000u) {
-        o = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
-    } else if (x < 0x38800000u) {
-        o = __float_as_uint(__fadd_rn(__uint_as_float(x), 0.5f)) - 0x3f000000u;
-    } else {
-        uint32_t odd = (x >> 13) & 1u;
-        x += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd;
-        o = x >> 13;
-    }
-    return (uint16_t)(sign | o);
-}
-
-__device__ __forceinline__ float f16_bits_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
-    if (e == 0x1f) {
-        u = sign | 0x7f800000u | (m << 13);
-    } else if (e) {
-        u = sign | ((e + 112u) << 23) | (m << 13);
-    } else if (m) {
-        e = 113;
-        while (!(m & 0x400u)) {
-            m <<= 1;
-            e--;
-        }
-        u = sign | (e << 23) | ((m & 0x3ffu) << 13);
-    } else {
-        u = sign;
-    }
-    return __uint_as_float(u);
-}
-
 __global__ void f32_to_f16_kernel(uint16_t *dst, const float *src, size_t n)
 {
-    GRID_STRIDE(i, n) dst[i] = f32_to_f16_bits(src[i]);
+    GRID_STRIDE(i, n) dst[i] = sherl_f32_to_f16(src[i]);
 }
 
 __global__ void f16_to_f32_kernel(float *dst, const uint16_t *src, size_t n)
 {
-    GRID_STRIDE(i, n) dst[i] = f16_bits_to_f32(src[i]);
+    GRID_STRIDE(i, n) dst[i] = sherl_f16_to_f32(src[i]);
 }
 
+// The conversions and the dropout RNG are kernels.h's own (SHERL_HD): both backends give the
+// same bits.
 __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
 {
-    GRID_STRIDE(i, n) dst[i] = f32_to_bf16_bits(src[i]);
+    GRID_STRIDE(i, n) dst[i] = sherl_f32_to_bf16(src[i]);
 }
 
 __global__ void bf16_to_f32_kernel(float *dst, const uint16_t *src, size_t n)
 {
-    GRID_STRIDE(i, n) dst[i] = __uint_as_float((uint32_t)src[i] << 16);
+    GRID_STRIDE(i, n) dst[i] = sherl_bf16_to_f32(src[i]);
 }
 
 static void cuda_gemm_f16(int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -854,20 +810,10 @@ __global__ void scale_kernel(float *x, size_t n, float s)
     GRID_STRIDE(i, n) x[i] *= s;
 }
 
-// The dropout RNG of kernels.h (sherl_dropout_uniform), bit for bit.
-__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t counter)
-{
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (counter + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
-
 __global__ void dropout_forward_kernel(float *out, const float *inp, size_t n, float p,
                                        float keep_scale, uint64_t seed, uint64_t offset)
 {
-    GRID_STRIDE(i, n) out[i] = dropout_uniform(seed, offset + i) >= p ? inp[i] * keep_scale : 0.0f;
+    GRID_STRIDE(i, n) out[i] = sherl_dropout_uniform(seed, offset + i) >= p ? inp[i] * keep_scale : 0.0f;
 }
 
 __global__ void dropout_backward_kernel(float *dinp, const float *dout, size_t n, float p,
@@ -875,7 +821,7 @@ __global__ void dropout_backward_kernel(float *dinp, const float *dout, size_t n
 {
     GRID_STRIDE(i, n)
     {
-        if (p <= 0.0f || dropout_uniform(seed, offset + i) >= p)
+        if (p <= 0.0f || sherl_dropout_uniform(seed, offset + i) >= p)
             dinp[i] += dout[i] * keep_scale;
     }
 }
@@ -1094,13 +1040,13 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *ids, const f
 __global__ void embedding_forward_bf16_kernel(float *out, const int32_t *ids,
                                               const uint16_t *table, size_t n, int C)
 {
-    GRID_STRIDE(i, n) out[i] = __uint_as_float((uint32_t)table[(size_t)ids[i / C] * C + i % C] << 16);
+    GRID_STRIDE(i, n) out[i] = sherl_bf16_to_f32(table[(size_t)ids[i / C] * C + i % C]);
 }
 
 __global__ void embedding_forward_f16_kernel(float *out, const int32_t *ids,
                                              const uint16_t *table, size_t n, int C)
 {
-    GRID_STRIDE(i, n) out[i] = f16_bits_to_f32(table[(size_t)ids[i / C] * C + i % C]);
+    GRID_STRIDE(i, n) out[i] = sherl_f16_to_f32(table[(size_t)ids[i / C] * C + i % C]);
 }
 
 __global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *ids,

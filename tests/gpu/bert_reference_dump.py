@@ -20,7 +20,8 @@ import time
 
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertModel
+
+from random_bert import bert_config, random_bert, save_bert
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("out")
@@ -42,44 +43,10 @@ if a.seq > a.positions:
 
 t0 = time.time()
 torch.manual_seed(a.seed)
-cfg_dict = {
-    "architectures": ["BertModel"],
-    "model_type": "bert",
-    "vocab_size": a.vocab,
-    "hidden_size": a.hidden,
-    "num_hidden_layers": a.layers,
-    "num_attention_heads": a.heads,
-    "intermediate_size": a.ffn,
-    "max_position_embeddings": a.positions,
-    "type_vocab_size": 2,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-    "position_embedding_type": "absolute",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "initializer_range": a.init_range,
-}
-# only fields every BertConfig has (transformers 5's is a strict dataclass without
-# position_embedding_type: absolute positions are its only kind, and 4.x's default)
-cfg = BertConfig(**{k: v for k, v in cfg_dict.items()
-                    if k not in ("architectures", "model_type", "position_embedding_type")})
-model = BertModel(cfg, add_pooling_layer=False)
-# Random init gives LayerNorm weight 1 and bias 0, and every Linear bias 0: perturb them.
-with torch.no_grad():
-    for name, p in model.named_parameters():
-        if "LayerNorm" in name:
-            p.add_(0.1 * torch.randn_like(p))
-        elif name.endswith(".bias"):
-            p.add_(0.02 * torch.randn_like(p))
-model.eval()
-
+cfg_dict = bert_config(a.vocab, a.hidden, a.layers, a.heads, a.ffn, a.positions, a.init_range)
+model = random_bert(cfg_dict)
 model_dir = os.path.join(a.out, "model")
-os.makedirs(model_dir, exist_ok=True)
-with open(os.path.join(model_dir, "config.json"), "w") as f:
-    json.dump(cfg_dict, f, indent=2)
-save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-          os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+save_bert(model, cfg_dict, model_dir)
 
 B, T = a.batch, a.seq
 ids = torch.randint(1, a.vocab, (B, T))

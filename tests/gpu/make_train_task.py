@@ -26,8 +26,8 @@ import random
 import time
 
 import torch
-from safetensors.torch import save_file
-from transformers import BertConfig, BertModel
+
+from random_bert import bert_config, random_bert, save_bert
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("out")
@@ -67,33 +67,9 @@ half = n_words // 2
 classes = {"first": words[:half], "second": words[half:]}
 
 # ---- the model ----
-cfg_dict = {
-    "architectures": ["BertModel"],
-    "model_type": "bert",
-    "vocab_size": a.vocab,
-    "hidden_size": a.hidden,
-    "num_hidden_layers": a.layers,
-    "num_attention_heads": a.heads,
-    "intermediate_size": a.ffn,
-    "max_position_embeddings": a.positions,
-    "type_vocab_size": 2,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-    "position_embedding_type": "absolute",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "initializer_range": 0.02,
-}
-cfg = BertConfig(**{k: v for k, v in cfg_dict.items()
-                    if k not in ("architectures", "model_type", "position_embedding_type")})
-model = BertModel(cfg, add_pooling_layer=False)
+cfg_dict = bert_config(a.vocab, a.hidden, a.layers, a.heads, a.ffn, a.positions)
+model = random_bert(cfg_dict)
 with torch.no_grad():
-    for name, p in model.named_parameters():
-        if "LayerNorm" in name:
-            p.add_(0.1 * torch.randn_like(p))
-        elif name.endswith(".bias"):
-            p.add_(0.02 * torch.randn_like(p))
     emb = model.embeddings.word_embeddings.weight
     u = torch.randn(a.hidden)
     u /= u.norm()
@@ -106,10 +82,7 @@ model_dir = os.path.join(a.out, "model")
 data_dir = os.path.join(a.out, "data")
 os.makedirs(model_dir, exist_ok=True)
 os.makedirs(data_dir, exist_ok=True)
-with open(os.path.join(model_dir, "config.json"), "w") as f:
-    json.dump(cfg_dict, f, indent=2)
-save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-          os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+save_bert(model, cfg_dict, model_dir)
 with open(os.path.join(model_dir, "vocab.txt"), "w") as f:
     f.write("\n".join(SPECIAL + words) + "\n")
 with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
