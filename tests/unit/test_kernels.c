@@ -1663,9 +1663,8 @@ Test(kernels, half_conversions_match_ieee)
         if (!isnan(f) && !isinf(f)) {
             uint16_t b = sherl_f32_to_bf16(f);
             double back = sherl_bf16_to_f32(b), err = fabs(back - (double)f);
-            double step = ldexp(1.0, ilogb(f) - 7);
-            if (fabs(f) < FLT_MIN)
-                step = ldexp(1.0, -133);
+            /* a bf16 step: 2^(exponent - 7), or 2^-133 below FLT_MIN (zero included) */
+            double step = fabsf(f) < FLT_MIN ? ldexp(1.0, -133) : ldexp(1.0, ilogb(f) - 7);
             if (!isinf(back) && (err > step / 2 || (err == step / 2 && (b & 1))))
                 badbf++;
         }
