@@ -8,6 +8,7 @@
 
 #include <sys/stat.h>
 
+#include "half.h"
 #include "safetensors.h"
 
 /* ------------------------------------------------------------------------------------------
@@ -27,35 +28,6 @@ int sherl_precision_parse(const char *name, sherl_precision *out)
 const char *sherl_precision_name(sherl_precision p)
 {
     return p == SHERL_BF16 ? "bf16" : p == SHERL_FP16 ? "fp16" : "fp32";
-}
-
-/* The three half-precision ops of a bf16 or fp16 backbone. */
-static void half_round(const sherl_backend *be, sherl_precision p, uint16_t *dst, const float *src,
-                       size_t n)
-{
-    if (p == SHERL_FP16)
-        be->f32_to_f16(dst, src, n);
-    else
-        be->f32_to_bf16(dst, src, n);
-}
-
-static void half_gemm(const sherl_backend *be, sherl_precision p, int ta, int tb, int M, int N,
-                      int K, const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta,
-                      float *C, int ldc)
-{
-    if (p == SHERL_FP16)
-        be->gemm_f16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-    else
-        be->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-}
-
-static void half_gather(const sherl_backend *be, sherl_precision p, float *out, const int32_t *ids,
-                        const uint16_t *table, int N, int C)
-{
-    if (p == SHERL_FP16)
-        be->embedding_forward_f16(out, ids, table, N, C);
-    else
-        be->embedding_forward_bf16(out, ids, table, N, C);
 }
 
 typedef struct {

@@ -1,5 +1,7 @@
 #include "mtsa.h"
 
+#include "half.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,18 +145,29 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
     mtsa_buf bufs[] = {MTSA_SCRATCH_BUFS(a, t, N)};
     carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
+    int half = a->prec != SHERL_FP32;
+    t->w16 = half ? arena_take(ar, (size_t)a->d * a->D * sizeof(uint16_t)) : NULL;
+    t->d_xpre16 = half ? arena_take(ar, (size_t)N * a->d * sizeof(uint16_t)) : NULL;
 }
 
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
-                  const float *const *taps, const float *h_last, int N, int train, uint64_t seed)
+                  const float *const *taps, const uint16_t *const *taps16, const float *h_last,
+                  int N, int train, uint64_t seed)
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
     size_t Nd = (size_t)N * d, ND = (size_t)N * D;
     /* 1. x_i = LayerNorm_i(W_i h_i + b_i) */
     for (int i = 0; i < K; i++) {
-        be->matmul_forward(t->xpre + i * Nd, taps[i], P(ps, a->proj_w[i]), P(ps, a->proj_b[i]), N,
-                           D, d);
+        if (a->prec == SHERL_FP32) {
+            be->matmul_forward(t->xpre + i * Nd, taps[i], P(ps, a->proj_w[i]),
+                               P(ps, a->proj_b[i]), N, D, d);
+        } else { /* half tap . half(W_i)^T, fp32 sums, + b_i */
+            half_round(be, a->prec, t->w16, P(ps, a->proj_w[i]), (size_t)d * D);
+            half_gemm(be, a->prec, 0, 1, N, d, D, taps16[i], D, t->w16, D, 0.0f,
+                      t->xpre + i * Nd, d);
+            be->bias_add_forward(t->xpre + i * Nd, P(ps, a->proj_b[i]), N, d);
+        }
         be->layernorm_forward(t->x + i * Nd, t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N,
                               t->xpre + i * Nd, P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), N,
                               d, MTSA_PROJ_LN_EPS);
@@ -172,8 +185,8 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
 }
 
 void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
-                   const float *const *taps, const float *h_last, int N, int train,
-                   uint64_t seed)
+                   const float *const *taps, const uint16_t *const *taps16,
+                   const float *h_last, int N, int train, uint64_t seed)
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
@@ -205,7 +218,14 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
                                t->d_x + i * Nd, t->xpre + i * Nd, P(ps, a->proj_ln_w[i]),
                                t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N, N, d);
         /* the taps are frozen early-route outputs: no input gradient */
-        be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre, taps[i],
-                            P(ps, a->proj_w[i]), N, D, d);
+        if (a->prec == SHERL_FP32) {
+            be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre,
+                                taps[i], P(ps, a->proj_w[i]), N, D, d);
+        } else { /* dW_i += half(d_xpre)^T . half tap, fp32 sums; db_i in fp32 */
+            half_round(be, a->prec, t->d_xpre16, t->d_xpre, Nd);
+            half_gemm(be, a->prec, 1, 0, d, D, N, t->d_xpre16, d, taps16[i], D, 1.0f,
+                      G(ps, a->proj_w[i]), D);
+            be->bias_add_backward(G(ps, a->proj_b[i]), t->d_xpre, N, d);
+        }
     }
 }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "bert.h"
 #include "kernels.h"
 #include "params.h"
 #include "status.h"
@@ -21,6 +22,9 @@ typedef struct {
     float dropout;
     int *proj_w, *proj_b, *proj_ln_w, *proj_ln_b; /* [K] each */
     int guide_w, guide_c, up_w, up_b, out_ln_w, out_ln_b, gate;
+    /* fp32, or bf16/fp16: the taps come in half precision (as a half backbone's activations
+     * are kept) and the tap projections take half operands with fp32 sums, as autocast does */
+    sherl_precision prec;
 } mtsa;
 
 /* Registers the MTSA tensors ("mtsa.*") in ps; call before param_set_alloc. */
@@ -47,6 +51,9 @@ typedef struct {
     float *d_ud, *d_un, *d_u; /* [N,D] */
     float *d_rz, *d_z, *d_xpre; /* [N,d] */
     float *d_x;               /* [K,N,d] */
+    /* half precision only: the projection weights and d_xpre rounded (scratch) */
+    uint16_t *w16;            /* [d,D] */
+    uint16_t *d_xpre16;       /* [N,d] */
 } mtsa_acts;
 
 /* The activations the backward reads, kept from the forward. */
@@ -56,12 +63,14 @@ void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 
 /* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.
+ * The taps are fp32 (taps) or, when a->prec is bf16/fp16, half (taps16; taps unused).
  * Dropout (p = a->dropout when train) uses the counter-based RNG at (seed, 0). */
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
-                  const float *const *taps, const float *h_last, int N, int train, uint64_t seed);
+                  const float *const *taps, const uint16_t *const *taps16, const float *h_last,
+                  int N, int train, uint64_t seed);
 /* Accumulates every MTSA gradient into ps's grad arena; no gradient flows to the taps. */
 void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
-                   const float *const *taps, const float *h_last, int N, int train,
-                   uint64_t seed);
+                   const float *const *taps, const uint16_t *const *taps16,
+                   const float *h_last, int N, int train, uint64_t seed);
 
 #endif

@@ -1,5 +1,7 @@
 #include "sherl_model.h"
 
+#include "half.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +189,7 @@ sherl_status sherl_model_shape(sherl_model **out, const hf_config *c, const sher
         for (int i = 0; i < K; i++)
             m->tap_layer[i] = opt->n_taps ? opt->taps[i] : i;
         st = mtsa_register(&m->side, &m->ps, K, D, d, c->layer_norm_eps, opt->dropout);
+        m->side.prec = opt->precision;
     }
     if (st.code)
         goto fail;
@@ -319,6 +322,8 @@ static int keeps_state(const sherl_model *m, int i)
     int L = m->L;
     switch (m->opt.method) {
     case METHOD_SHERL:
+        if (m->opt.precision != SHERL_FP32) /* the taps are kept in half (tap16) */
+            return i >= L - m->k;
         for (int t = 0; t < m->K; t++)
             if (m->tap_layer[t] == i)
                 return 1;
@@ -364,6 +369,10 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
         s->hidden[i] = keeps_state(m, i) ? arena_floats(ar, ND) : NULL;
     if (m->opt.method == METHOD_SHERL)
         s->y = arena_floats(ar, ND); /* the gated h_{L-k} that enters the late route */
+    for (int t = 0; t < SHERL_MAX_TAPS; t++)
+        s->tap16[t] = m->opt.method == METHOD_SHERL && m->opt.precision != SHERL_FP32 && t < m->K
+                          ? arena_take(ar, ND * sizeof(uint16_t))
+                          : NULL;
     STEP_GROUP_END(STEP_KEPT);
     for (int i = 0; i < L; i++)
         if (backprop_layer(m, i))
@@ -517,6 +526,18 @@ static void phase_end(const sherl_model *m, sherl_step *s, int phase, double *t0
 #define PD(i) (m->ps.items[(i)].data)
 #define PG(i) (m->ps.items[(i)].grad)
 
+/* Half-precision taps: hidden state `state` (just computed, fp32) rounded into each tap that
+ * reads it. */
+static void keep_half_taps(const sherl_model *m, sherl_step *s, int state, const float *h,
+                           size_t n)
+{
+    if (m->opt.method != METHOD_SHERL || m->opt.precision == SHERL_FP32)
+        return;
+    for (int t = 0; t < m->K; t++)
+        if (m->tap_layer[t] == state)
+            half_round(m->be, m->opt.precision, s->tap16[t], h, n);
+}
+
 sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch *batch,
                            const int32_t *labels, const float *targets, int train,
                            uint64_t dropout_seed, double *loss, float *logits_out)
@@ -542,6 +563,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
     float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
     SHERL_TRY(bert_embed_forward_weights(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb,
                                          &s->ws, batch, prev));
+    keep_half_taps(m, s, 0, prev, N * D);
     phase_end(m, s, PH_EMBED, &t0);
     int first_late = L - m->k; /* layers [first_late, L) are the late route (sherl, late) */
     for (int i = 0; i < L; i++) {
@@ -550,8 +572,9 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
             const float *taps[SHERL_MAX_TAPS];
             for (int t = 0; t < m->K; t++)
                 taps[t] = s->hidden[m->tap_layer[t]];
-            mtsa_forward(&m->side, &m->ps, &s->side, s->y, taps, s->hidden[first_late], (int)N,
-                         train, dropout_seed);
+            mtsa_forward(&m->side, &m->ps, &s->side, s->y, taps,
+                         (const uint16_t *const *)s->tap16, s->hidden[first_late], (int)N, train,
+                         dropout_seed);
             inp = s->y;
             phase_end(m, s, PH_MTSA_FWD, &t0);
         }
@@ -560,6 +583,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
             dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
         bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, s->ws.act16, B, T);
+        keep_half_taps(m, s, i + 1, dst, N * D);
         prev = dst;
         phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, &t0);
     }
@@ -639,8 +663,8 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
         const float *taps[SHERL_MAX_TAPS];
         for (int t = 0; t < m->K; t++)
             taps[t] = s->hidden[m->tap_layer[t]];
-        mtsa_backward(&m->side, &m->ps, &s->side, dcur, taps, s->hidden[first], (int)N, 1,
-                      dropout_seed);
+        mtsa_backward(&m->side, &m->ps, &s->side, dcur, taps, (const uint16_t *const *)s->tap16,
+                      s->hidden[first], (int)N, 1, dropout_seed);
         phase_end(m, s, PH_MTSA_BWD, &t0);
     } else if (m->opt.method == METHOD_FULL) {
         bert_embed_backward(m->bb, &m->emb, &m->emb_grads, &s->ws, dnext, dcur, B, T);

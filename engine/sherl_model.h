@@ -83,6 +83,8 @@ typedef struct {
     bert_layer_grad_ws gws;
     mtsa_acts side;
     float *y;               /* [N,D] MTSA output (sherl) */
+    uint16_t *tap16[SHERL_MAX_TAPS]; /* [N,D] each: the taps in half precision (sherl with a
+                                      * bf16/fp16 backbone, whose fp32 taps are not kept) */
     float *d_a, *d_b;       /* [N,D] gradient ping-pong */
     int32_t *mask;          /* [B,T] on the backend */
     pooler pool;

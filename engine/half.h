@@ -1,0 +1,37 @@
+/* The half-precision ops of a bf16 or fp16 model, by its sherl_precision: one place that maps
+ * the precision to the backend's bf16 or fp16 op. */
+#ifndef SHERL_HALF_H
+#define SHERL_HALF_H
+
+#include "bert.h"
+
+static inline void half_round(const sherl_backend *be, sherl_precision p, uint16_t *dst,
+                              const float *src, size_t n)
+{
+    if (p == SHERL_FP16)
+        be->f32_to_f16(dst, src, n);
+    else
+        be->f32_to_bf16(dst, src, n);
+}
+
+/* C = op(A) op(B) + beta C, as gemm, with half operands and fp32 sums (alpha 1) */
+static inline void half_gemm(const sherl_backend *be, sherl_precision p, int ta, int tb, int M,
+                             int N, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                             float beta, float *C, int ldc)
+{
+    if (p == SHERL_FP16)
+        be->gemm_f16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    else
+        be->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+static inline void half_gather(const sherl_backend *be, sherl_precision p, float *out,
+                               const int32_t *ids, const uint16_t *table, int N, int C)
+{
+    if (p == SHERL_FP16)
+        be->embedding_forward_f16(out, ids, table, N, C);
+    else
+        be->embedding_forward_bf16(out, ids, table, N, C);
+}
+
+#endif
