@@ -16,9 +16,9 @@
 #include "tokenizer.h"
 
 /* How a backbone's weight matrices and embedding tables are held: fp32, or bf16 / fp16 (half the
- * memory; products with half operands and fp32 accumulation; activations, biases, LayerNorms
- * and every other tensor in fp32). fp16 has bf16's memory and 3 more mantissa bits, but
- * overflows above 65504. */
+ * memory; products with half operands and fp32 accumulation; biases, LayerNorms and the
+ * encoder's activations in fp32; a SHERL job keeps its taps in the same half type). fp16 has
+ * bf16's memory and 3 more mantissa bits, but overflows above 65504. */
 typedef enum { SHERL_FP32 = 0, SHERL_BF16 = 1, SHERL_FP16 = 2 } sherl_precision;
 
 /* "fp32", "bf16" or "fp16"; -1 for anything else. */
