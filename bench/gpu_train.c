@@ -549,20 +549,13 @@ int main(int argc, char **argv)
     } else if (!strcmp(backend, "cuda")) {
         be = sherl_backend_by_name("cuda");
         if (!be) {
-            char why[256] = "";
-            int n = sherl_cuda_devices(NULL, 0, why, sizeof why);
-            const char *off = getenv("SHERL_CUDA_DISABLE");
-            if (n == 0)
-                printf(PROG ": no GPU (%s)\n", why[0] ? why : "none found");
-            else if (off && *off && strcmp(off, "0"))
-                printf(PROG ": no GPU (the CUDA backend is disabled: SHERL_CUDA_DISABLE=%s)\n",
-                       off);
-            else {
-                fprintf(stderr, PROG ": %d GPU(s) present but the CUDA backend is not usable "
-                                "(this build's machine code is for sm_90 and later)\n", n);
-                return 1;
+            char why[256];
+            if (sherl_cuda_absent(why, sizeof why) == 0) {
+                printf(PROG ": no GPU (%s)\n", why);
+                return 0;
             }
-            return 0;
+            fprintf(stderr, PROG ": %s\n", why);
+            return 1;
         }
     } else {
         fprintf(stderr, PROG ": unknown backend '%s' (cuda or cpu)\n", backend);

@@ -372,17 +372,11 @@ int main(int argc, char **argv)
     } else if (!strcmp(backend, "cuda")) {
         be = sherl_backend_by_name("cuda");
         if (!be) {
-            int n = sherl_cuda_devices(dev, 8, why, sizeof why);
-            if (n == 0) {
+            if (sherl_cuda_absent(why, sizeof why) == 0) {
                 printf(PROG ": no GPU (%s)\n", why);
                 return 0;
             }
-            const char *off = getenv("SHERL_CUDA_DISABLE");
-            if (off && !strcmp(off, "1")) {
-                printf(PROG ": no GPU (the CUDA backend is disabled: SHERL_CUDA_DISABLE=1)\n");
-                return 0;
-            }
-            fprintf(stderr, PROG ": %d GPU(s) present but the CUDA backend is not usable\n", n);
+            fprintf(stderr, PROG ": %s\n", why);
             return 1;
         }
     } else {

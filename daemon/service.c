@@ -522,6 +522,38 @@ static void h_cancel(rpc_call *c, void *ctx)
 }
 
 /* Replays the log from after_seq, then follows it until the job ends or the client leaves. */
+/* For the streaming handlers: waits on d->changed for up to ms, until d->events moves past
+ * *seen (or, seen NULL, the first wake-up) or the daemon stops. Then 1 when the call is over:
+ * the client went away, or the daemon is stopping (the call is finished with stopping_msg);
+ * else 0, to go on. */
+static int wait_for_change(sherld *d, rpc_call *c, const int64_t *seen, long ms,
+                           const char *stopping_msg)
+{
+    pthread_mutex_lock(&d->mu);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000)
+        until.tv_sec++, until.tv_nsec -= 1000000000;
+    if (seen) {
+        while (d->events == *seen && !d->stopping)
+            if (pthread_cond_timedwait(&d->changed, &d->mu, &until))
+                break;
+    } else if (!d->stopping) {
+        pthread_cond_timedwait(&d->changed, &d->mu, &until);
+    }
+    int stopping = d->stopping;
+    pthread_mutex_unlock(&d->mu);
+    if (rpc_cancelled(c))
+        return 1;
+    if (stopping) {
+        rpc_finish(c, RPC_UNAVAILABLE, stopping_msg, NULL, 0);
+        return 1;
+    }
+    return 0;
+}
+
 static void h_watch(rpc_call *c, void *ctx)
 {
     sherld *d = ctx;
@@ -574,24 +606,9 @@ static void h_watch(rpc_call *c, void *ctx)
             return;
         }
         /* wait for the next event; wake now and then to notice a client that went away */
-        pthread_mutex_lock(&d->mu);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 250 * 1000 * 1000;
-        if (until.tv_nsec >= 1000000000)
-            until.tv_sec++, until.tv_nsec -= 1000000000;
-        while (d->events == seen && !d->stopping)
-            if (pthread_cond_timedwait(&d->changed, &d->mu, &until))
-                break;
-        int stopping = d->stopping;
-        pthread_mutex_unlock(&d->mu);
-        if (rpc_cancelled(c))
+        if (wait_for_change(d, c, &seen, 250,
+                            "the daemon is stopping; watch again after it restarts"))
             return;
-        if (stopping) {
-            rpc_finish(c, RPC_UNAVAILABLE, "the daemon is stopping; watch again after it restarts",
-                       NULL, 0);
-            return;
-        }
     }
 }
 
@@ -1115,20 +1132,8 @@ static void h_health_watch(rpc_call *c, void *ctx)
                 return;
             last = s;
         }
-        pthread_mutex_lock(&d->mu);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        if (!d->stopping)
-            pthread_cond_timedwait(&d->changed, &d->mu, &until);
-        int stopping = d->stopping;
-        pthread_mutex_unlock(&d->mu);
-        if (rpc_cancelled(c))
+        if (wait_for_change(d, c, NULL, 1000, "the daemon is stopping"))
             return;
-        if (stopping) {
-            rpc_finish(c, RPC_UNAVAILABLE, "the daemon is stopping", NULL, 0);
-            return;
-        }
     }
 }
 

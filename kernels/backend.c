@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -15,6 +16,25 @@ int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_le
     return 0;
 }
 #endif
+
+int sherl_cuda_absent(char *why, size_t len)
+{
+    const char *off = getenv("SHERL_CUDA_DISABLE");
+    if (off && *off && strcmp(off, "0")) {
+        snprintf(why, len, "the CUDA backend is disabled: SHERL_CUDA_DISABLE=%s", off);
+        return 0;
+    }
+    char reason[256] = "";
+    int n = sherl_cuda_devices(NULL, 0, reason, sizeof reason);
+    if (n == 0) {
+        snprintf(why, len, "%s", reason[0] ? reason : "no CUDA device");
+        return 0;
+    }
+    snprintf(why, len, "%d CUDA device(s) present, but none this build can use (its machine code "
+                       "is for sm_90 and later)",
+             n);
+    return -1;
+}
 
 const sherl_backend *sherl_backend_by_name(const char *name)
 {

@@ -330,6 +330,12 @@ typedef struct {
  * there are none, or when this build has no CUDA backend. */
 int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_len);
 
+/* Why sherl_backend_cuda() gave none, for tools and tests that were asked for "cuda": 0 when
+ * this machine has no usable GPU (no device, the runtime's error, or SHERL_CUDA_DISABLE set):
+ * nothing to run, a skip; -1 when a GPU is present but this build cannot use it: a failure.
+ * Either way the reason is in why. */
+int sherl_cuda_absent(char *why, size_t len);
+
 /* The CPU backend: always available. */
 const sherl_backend *sherl_backend_cpu(void);
 /* The CUDA backend, or NULL when this build has none or no usable GPU is present. */

@@ -13,7 +13,6 @@ hidden_<i> (F32, [B,T,D], i = 0..L: the embeddings' LayerNorm output, then every
 
 The reference runs on the CPU in float32 whatever GPU is present: it is the oracle for the GPU.
 Works with transformers 4.x and 5.x (it writes config.json and the weights itself)."""
-import argparse
 import json
 import os
 import time
@@ -21,20 +20,12 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from random_bert import bert_config, random_bert, save_bert
+from random_bert import bert_config, model_args, random_bert, save_bert
 
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("out")
-ap.add_argument("--layers", type=int, default=2)
-ap.add_argument("--hidden", type=int, default=64)
-ap.add_argument("--heads", type=int, default=4)
-ap.add_argument("--ffn", type=int, default=128)
-ap.add_argument("--vocab", type=int, default=1000)
-ap.add_argument("--positions", type=int, default=512)
+ap = model_args(__doc__)
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--seq", type=int, default=128)
 ap.add_argument("--float64", action="store_true")
-ap.add_argument("--seed", type=int, default=1234)
 ap.add_argument("--init-range", type=float, default=0.02,
                 help="std of the random weights (larger: the products weigh more against the residuals)")
 a = ap.parse_args()

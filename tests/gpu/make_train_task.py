@@ -19,7 +19,6 @@ features separate the classes and a few dozen SHERL steps learn the task: valida
 then means something. Classes are balanced and alternate in the train file.
 
 Needs torch, transformers and safetensors (the same as bert_reference_dump.py)."""
-import argparse
 import json
 import os
 import random
@@ -27,22 +26,14 @@ import time
 
 import torch
 
-from random_bert import bert_config, random_bert, save_bert
+from random_bert import bert_config, model_args, random_bert, save_bert
 
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("out")
-ap.add_argument("--layers", type=int, default=2)
-ap.add_argument("--hidden", type=int, default=64)
-ap.add_argument("--heads", type=int, default=4)
-ap.add_argument("--ffn", type=int, default=128)
-ap.add_argument("--vocab", type=int, default=1000)
-ap.add_argument("--positions", type=int, default=512)
+ap = model_args(__doc__)
 ap.add_argument("--train", type=int, default=256)
 ap.add_argument("--val", type=int, default=128)
 ap.add_argument("--min-words", type=int, default=5)
 ap.add_argument("--max-words", type=int, default=28)
 ap.add_argument("--signal", type=float, default=0.5)
-ap.add_argument("--seed", type=int, default=1234)
 a = ap.parse_args()
 if a.vocab < 25:
     ap.error("--vocab %d: at least 25 (5 special tokens and 10 words per class)" % a.vocab)

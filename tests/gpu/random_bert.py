@@ -12,6 +12,19 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
 
+def model_args(description):
+    """An argument parser with OUT_DIR and the model shape options both scripts take."""
+    import argparse
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    for name, default in (("layers", 2), ("hidden", 64), ("heads", 4), ("ffn", 128),
+                          ("vocab", 1000), ("positions", 512)):
+        ap.add_argument("--" + name, type=int, default=default)
+    ap.add_argument("--seed", type=int, default=1234)
+    return ap
+
+
 def bert_config(vocab, hidden, layers, heads, ffn, positions=512, init_range=0.02):
     return {
         "architectures": ["BertModel"],

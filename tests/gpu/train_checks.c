@@ -332,22 +332,12 @@ static be_result pick_backend(const char *name, const sherl_backend **be)
                         "cpu-counted)\n", name);
         return BE_BAD;
     }
-    sherl_device_info dev[1];
-    char why[256] = "";
-    int n = sherl_cuda_devices(dev, 1, why, sizeof why);
-    if (n == 0) {
-        printf(PROG ": no GPU: 1 test not run (%s)\n", why[0] ? why : "no CUDA device");
+    char why[256];
+    if (sherl_cuda_absent(why, sizeof why) == 0) {
+        printf(PROG ": no GPU: 1 test not run (%s)\n", why);
         return BE_NO_GPU;
     }
-    const char *off = getenv("SHERL_CUDA_DISABLE");
-    if (off && *off && strcmp(off, "0")) {
-        printf(PROG ": no GPU: 1 test not run (the CUDA backend is disabled: "
-               "SHERL_CUDA_DISABLE=%s)\n", off);
-        return BE_NO_GPU;
-    }
-    /* a GPU is there but the backend is not: that is a failure, not a skip */
-    fprintf(stderr, PROG ": %d CUDA device(s) present (%s, sm_%d%d) but sherl_backend_cuda() "
-            "gave none\n", n, dev[0].name, dev[0].cc_major, dev[0].cc_minor);
+    fprintf(stderr, PROG ": %s\n", why); /* a GPU this build cannot use: a failure */
     return BE_FAIL;
 }
 
