@@ -307,6 +307,14 @@ static void measure_peak(train_result *res, const memstat *start)
         res->measured_peak_bytes = now.hwm - start->rss;
 }
 
+/* The backend's first failure during optimizer step `step` (0-based), as the run's status. */
+static sherl_status step_status(const sherl_backend *be, int step)
+{
+    char doing[64];
+    snprintf(doing, sizeof doing, "training step %d", step + 1);
+    return sherl_backend_status(be, doing);
+}
+
 sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -458,13 +466,9 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         }
         if (st.code)
             break;
-        {
-            /* a device fault first: it would read as divergence, or update the parameters */
-            char doing[64];
-            snprintf(doing, sizeof doing, "training step %d", step + 1);
-            if ((st = sherl_backend_status(be, doing)).code)
-                break;
-        }
+        /* a device fault first: it would read as divergence, or update the parameters */
+        if ((st = step_status(be, step)).code)
+            break;
         if (!isfinite(step_loss)) {
             st = sherl_errorf(SHERL_EINVAL, "training diverged at step %d (loss %g): lower "
                                             "optim.lr or set optim.clip_norm",
@@ -475,12 +479,8 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         double lr = lr_at(spec->schedule, spec->lr, warmup, total, step);
         param_set_adamw(&m->ps, (float)lr, spec->beta1, spec->beta2, spec->eps, spec->weight_decay,
                         step + 1);
-        {
-            char doing[64];
-            snprintf(doing, sizeof doing, "training step %d", step + 1);
-            if ((st = sherl_backend_status(be, doing)).code)
-                break;
-        }
+        if ((st = step_status(be, step)).code)
+            break;
         step++;
         steps_this_run++;
         win_loss += step_loss / step_examples;
