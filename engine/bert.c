@@ -539,8 +539,34 @@ void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, i
     a->ln1_mean = arena_floats(ar, BT);
     a->ln1_rstd = arena_floats(ar, BT);
     a->ffn_pre = arena_floats(ar, BT * F);
-    a->ffn_act = arena_floats(ar, BT * F);
+    a->ffn_act = NULL; /* the backward recomputes gelu(ffn_pre): the forward writes it to scratch */
     a->res2 = arena_floats(ar, BT * D);
+    a->ln2_mean = arena_floats(ar, BT);
+    a->ln2_rstd = arena_floats(ar, BT);
+}
+
+void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
+                               int NH)
+{
+    size_t BT = (size_t)B * T, at = ar->used, end;
+    /* the attention block's buffers... */
+    a->qkv = arena_floats(ar, BT * 3 * D);
+    a->probs = arena_floats(ar, (size_t)B * NH * T * T);
+    a->attn = arena_floats(ar, BT * D);
+    end = ar->used;
+    /* ...and the feed-forward block's over them: res1 (written from attn) over qkv, which
+     * attention has consumed; ffn_pre over what is left once LayerNorm 1 has read res1; res2
+     * (written from ffn_act, then ln1 added) over res1, which LayerNorm 1 has consumed */
+    ar->used = at;
+    a->res1 = arena_floats(ar, BT * D);
+    a->ln1 = arena_floats(ar, BT * D);
+    a->ffn_pre = arena_floats(ar, BT * F);
+    a->ffn_act = arena_floats(ar, BT * F);
+    a->res2 = a->res1;
+    if (ar->used < end)
+        ar->used = end;
+    a->ln1_mean = arena_floats(ar, BT);
+    a->ln1_rstd = arena_floats(ar, BT);
     a->ln2_mean = arena_floats(ar, BT);
     a->ln2_rstd = arena_floats(ar, BT);
 }
@@ -564,7 +590,7 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->NH = c->num_attention_heads;
     size_t BT = (size_t)B * T;
     if (!for_step)
-        bert_layer_acts_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
+        bert_layer_scratch_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
     ws->emb = arena_floats(ar, BT * ws->D);
     ws->tmp = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->mask_add = arena_floats(ar, BT);
@@ -751,14 +777,22 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, int T, int D, int F)
 {
-    size_t BT = (size_t)B * T;
+    size_t BT = (size_t)B * T, at = ar->used, ffn_at, end;
     g->d_res2 = arena_floats(ar, BT * D);
+    g->d_ln1 = arena_floats(ar, BT * D);
+    ffn_at = ar->used;
     g->d_ffn_act = arena_floats(ar, BT * F);
     g->d_ffn_pre = arena_floats(ar, BT * F);
-    g->d_ln1 = arena_floats(ar, BT * D);
+    end = ar->used;
+    /* the attention block's gradients come once the feed-forward block's are dead: d_res1 over
+     * d_res2, d_attn and d_qkv over d_ffn_act and d_ffn_pre (d_ln1 lives across both) */
+    ar->used = at;
     g->d_res1 = arena_floats(ar, BT * D);
+    ar->used = ffn_at;
     g->d_attn = arena_floats(ar, BT * D);
     g->d_qkv = arena_floats(ar, BT * 3 * D);
+    if (ar->used < end)
+        ar->used = end;
 }
 
 void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,
@@ -771,24 +805,29 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     int N = B * T;
     size_t ND = (size_t)N * D, NF = (size_t)N * F;
 #define GR(field) (gr ? gr->field : NULL)
-    /* backward ops accumulate: every scratch gradient starts at zero */
+    /* Backward ops accumulate: each scratch gradient is zeroed just before its first use (the
+     * attention block's share memory with the feed-forward block's). */
     be->zero(g->d_res2, ND * sizeof(float));
-    be->zero(g->d_ffn_act, NF * sizeof(float));
-    be->zero(g->d_ffn_pre, NF * sizeof(float));
     be->zero(g->d_ln1, ND * sizeof(float));
-    be->zero(g->d_res1, ND * sizeof(float));
-    be->zero(g->d_attn, ND * sizeof(float));
-    be->zero(g->d_qkv, ND * 3 * sizeof(float));
     /* out = LN2(res2), res2 = W2 gelu(W1 ln1) + ln1 */
     be->layernorm_backward(g->d_res2, GR(ln2_w), GR(ln2_b), dout, a->res2, ly->ln2_w, a->ln2_mean,
                            a->ln2_rstd, N, D);
     be->residual_backward(g->d_ln1, NULL, g->d_res2, ND);
-    linear_backward(m, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, a->ffn_act,
+    /* gelu(ffn_pre) again, in d_ffn_pre's buffer until that is needed: the same bits as the
+     * forward's, and an [N, F] buffer less kept between forward and backward */
+    float *ffn_act = g->d_ffn_pre;
+    be->gelu_forward(ffn_act, a->ffn_pre, NF);
+    be->zero(g->d_ffn_act, NF * sizeof(float));
+    linear_backward(m, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, ffn_act,
                     ly->ffn_out_w, ly->ffn_out_w16, act16, N, F, D);
+    be->zero(g->d_ffn_pre, NF * sizeof(float));
     be->gelu_backward(g->d_ffn_pre, a->ffn_pre, g->d_ffn_act, NF);
     linear_backward(m, g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
                     ly->ffn_in_w16, act16, N, D, F);
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
+    be->zero(g->d_res1, ND * sizeof(float));
+    be->zero(g->d_attn, ND * sizeof(float));
+    be->zero(g->d_qkv, ND * 3 * sizeof(float));
     be->layernorm_backward(g->d_res1, GR(ln1_w), GR(ln1_b), g->d_ln1, a->res1, ly->ln1_w,
                            a->ln1_mean, a->ln1_rstd, N, D);
     if (dinp)

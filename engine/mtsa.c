@@ -105,23 +105,14 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     fill_const(ps, a->gate, 0.0f);
 }
 
-/* The buffers of mtsa_acts with their sizes: those the backward reads (kept from the forward
- * to the backward)... */
-#define MTSA_KEPT_BUFS(a, t, N)                                                                 \
-    {&(t)->xpre, (size_t)(a)->K * (N) * (a)->d},                                                \
-    {&(t)->ln_mean, (size_t)(a)->K * (N)},        {&(t)->ln_rstd, (size_t)(a)->K * (N)},         \
-    {&(t)->s, (size_t)(N) * ((a)->K - 1)},        {&(t)->rho, (size_t)(N) * ((a)->K - 1)},       \
-    {&(t)->alpha, (size_t)(N) * ((a)->K - 1)},    {&(t)->z, (size_t)(N) * (a)->d},               \
-    {&(t)->rz, (size_t)(N) * (a)->d},             {&(t)->u, (size_t)(N) * (a)->D},               \
-    {&(t)->out_mean, (size_t)(N)},                {&(t)->out_rstd, (size_t)(N)},
-/* ...and those live only inside the forward or only inside the backward. */
-#define MTSA_SCRATCH_BUFS(a, t, N)                                                              \
-    {&(t)->x, (size_t)(a)->K * (N) * (a)->d},                                                   \
-    {&(t)->un, (size_t)(N) * (a)->D},             {&(t)->ud, (size_t)(N) * (a)->D},              \
-    {&(t)->d_ud, (size_t)(N) * (a)->D},           {&(t)->d_un, (size_t)(N) * (a)->D},            \
-    {&(t)->d_u, (size_t)(N) * (a)->D},            {&(t)->d_rz, (size_t)(N) * (a)->d},            \
-    {&(t)->d_z, (size_t)(N) * (a)->d},            {&(t)->d_xpre, (size_t)(N) * (a)->d},          \
-    {&(t)->d_x, (size_t)(a)->K * (N) * (a)->d},
+/* Tokens per pass of the guidance: its projected taps x and their gradients d_x are scratch of
+ * [K, chunk, d] floats, about N x D each, instead of the whole batch's [K, N, d] (the guidance
+ * is per token; only the parameter gradients sum over tokens, and those accumulate). */
+static int chunk_tokens(const mtsa *a, int N)
+{
+    long long n = (long long)N * a->D / ((long long)a->K * a->d);
+    return n < 1 ? 1 : n > N ? N : (int)n;
+}
 
 typedef struct {
     float **p;
@@ -136,18 +127,48 @@ static void carve_all(const mtsa_buf *bufs, size_t n, sherl_arena *ar)
 
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
+    size_t K = (size_t)a->K, n = (size_t)N;
     t->N = N;
-    mtsa_buf bufs[] = {MTSA_KEPT_BUFS(a, t, N)};
+    mtsa_buf bufs[] = {
+        {&t->xpre, K * n * a->d},      {&t->ln_mean, K * n},      {&t->ln_rstd, K * n},
+        {&t->s, n * (K - 1)},          {&t->rho, n * (K - 1)},    {&t->alpha, n * (K - 1)},
+        {&t->z, n * a->d},             {&t->rz, n * a->d},        {&t->u, n * a->D},
+        {&t->out_mean, n},             {&t->out_rstd, n},
+    };
     carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
 }
 
 void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
-    mtsa_buf bufs[] = {MTSA_SCRATCH_BUFS(a, t, N)};
-    carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
+    size_t K = (size_t)a->K, n = (size_t)N, D = (size_t)a->D, d = (size_t)a->d;
     int half = a->prec != SHERL_FP32;
-    t->w16 = half ? arena_take(ar, (size_t)a->d * a->D * sizeof(uint16_t)) : NULL;
-    t->d_xpre16 = half ? arena_take(ar, (size_t)N * a->d * sizeof(uint16_t)) : NULL;
+    t->chunk = chunk_tokens(a, N);
+    size_t c = (size_t)t->chunk;
+    /* d_z lives through the backward; the rest overlaps by phase:
+     *   forward:             x (a chunk) | un | ud
+     *   backward, the head:  d_ud | d_un | d_u | d_rz
+     *   backward, guidance:  x (a chunk) | d_x (a chunk) | d_xpre (a chunk) | d_xpre16 */
+    t->d_z = arena_floats(ar, n * d);
+    size_t at = ar->used, end;
+    t->x = arena_floats(ar, K * c * d);
+    size_t after_x = ar->used;
+    t->un = arena_floats(ar, n * D);
+    t->ud = arena_floats(ar, n * D);
+    end = ar->used;
+    ar->used = after_x;
+    t->d_x = arena_floats(ar, K * c * d);
+    t->d_xpre = arena_floats(ar, c * d);
+    t->d_xpre16 = half ? arena_take(ar, c * d * sizeof(uint16_t)) : NULL;
+    if (ar->used > end)
+        end = ar->used;
+    ar->used = at;
+    t->d_ud = arena_floats(ar, n * D);
+    t->d_un = arena_floats(ar, n * D);
+    t->d_u = arena_floats(ar, n * D);
+    t->d_rz = arena_floats(ar, n * d);
+    if (ar->used < end)
+        ar->used = end;
+    t->w16 = half ? arena_take(ar, d * D * sizeof(uint16_t)) : NULL;
 }
 
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
@@ -168,13 +189,20 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
                       t->xpre + i * Nd, d);
             be->bias_add_forward(t->xpre + i * Nd, P(ps, a->proj_b[i]), N, d);
         }
-        be->layernorm_forward(t->x + i * Nd, t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N,
-                              t->xpre + i * Nd, P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), N,
-                              d, MTSA_PROJ_LN_EPS);
     }
-    /* 2-6. guidance and consolidation onto the guide */
-    be->mtsa_guide_forward(t->z, t->s, t->rho, t->alpha, t->x, P(ps, a->guide_w),
-                           P(ps, a->guide_c), K, N, d);
+    /* 2-6. guidance and consolidation onto the guide, a chunk of tokens at a time */
+    for (int n0 = 0; n0 < N; n0 += t->chunk) {
+        int n = N - n0 < t->chunk ? N - n0 : t->chunk;
+        size_t cd = (size_t)n * d;
+        for (int i = 0; i < K; i++)
+            be->layernorm_forward(t->x + i * cd, t->ln_mean + (size_t)i * N + n0,
+                                  t->ln_rstd + (size_t)i * N + n0, t->xpre + i * Nd + (size_t)n0 * d,
+                                  P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
+                                  MTSA_PROJ_LN_EPS);
+        be->mtsa_guide_forward(t->z + (size_t)n0 * d, t->s + (size_t)n0 * (K - 1),
+                               t->rho + (size_t)n0 * (K - 1), t->alpha + (size_t)n0 * (K - 1),
+                               t->x, P(ps, a->guide_w), P(ps, a->guide_c), K, n, d);
+    }
     /* 7. y = Dropout(LayerNorm_out(W_u relu(z) + b_u)) + tanh(lambda / 0.1) h_last */
     be->relu_forward(t->rz, t->z, Nd);
     be->matmul_forward(t->u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
@@ -196,7 +224,6 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
     be->zero(t->d_u, ND * sizeof(float));
     be->zero(t->d_rz, Nd * sizeof(float));
     be->zero(t->d_z, Nd * sizeof(float));
-    be->zero(t->d_x, (size_t)K * Nd * sizeof(float));
     be->gate_add_backward(t->d_ud, G(ps, a->gate), dy, h_last, P(ps, a->gate),
                           MTSA_GATE_TEMPERATURE, ND);
     be->dropout_backward(t->d_un, t->d_ud, ND, train ? a->dropout : 0.0f, seed, 0);
@@ -205,27 +232,37 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
     be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz, P(ps, a->up_w), N,
                         d, D);
     be->relu_backward(t->d_z, t->z, t->d_rz, Nd);
-    /* the projected taps again, from the kept LayerNorm inputs (the same bits as the forward's):
-     * K x N x d floats less to keep between forward and backward */
-    for (int i = 0; i < K; i++)
-        be->layernorm_forward(t->x + i * Nd, NULL, NULL, t->xpre + i * Nd, P(ps, a->proj_ln_w[i]),
-                              P(ps, a->proj_ln_b[i]), N, d, MTSA_PROJ_LN_EPS);
-    be->mtsa_guide_backward(t->d_x, G(ps, a->guide_w), G(ps, a->guide_c), t->d_z, t->x,
-                            P(ps, a->guide_w), t->s, t->rho, t->alpha, K, N, d);
-    for (int i = 0; i < K; i++) {
-        be->zero(t->d_xpre, Nd * sizeof(float));
-        be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
-                               t->d_x + i * Nd, t->xpre + i * Nd, P(ps, a->proj_ln_w[i]),
-                               t->ln_mean + (size_t)i * N, t->ln_rstd + (size_t)i * N, N, d);
-        /* the taps are frozen early-route outputs: no input gradient */
-        if (a->prec == SHERL_FP32) {
-            be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre,
-                                taps[i], P(ps, a->proj_w[i]), N, D, d);
-        } else { /* dW_i += half(d_xpre)^T . half tap, fp32 sums; db_i in fp32 */
-            half_round(be, a->prec, t->d_xpre16, t->d_xpre, Nd);
-            half_gemm(be, a->prec, 1, 0, d, D, N, t->d_xpre16, d, taps16[i], D, 1.0f,
-                      G(ps, a->proj_w[i]), D);
-            be->bias_add_backward(G(ps, a->proj_b[i]), t->d_xpre, N, d);
+    /* The guidance, a chunk of tokens at a time: the projected taps again from the kept
+     * LayerNorm inputs (the same bits as the forward's), their gradients, and on through each
+     * tap's LayerNorm and projection (whose weight gradients accumulate over the chunks). */
+    for (int n0 = 0; n0 < N; n0 += t->chunk) {
+        int n = N - n0 < t->chunk ? N - n0 : t->chunk;
+        size_t cd = (size_t)n * d, r0 = (size_t)n0 * d;
+        for (int i = 0; i < K; i++)
+            be->layernorm_forward(t->x + i * cd, NULL, NULL, t->xpre + i * Nd + r0,
+                                  P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
+                                  MTSA_PROJ_LN_EPS);
+        be->zero(t->d_x, (size_t)K * cd * sizeof(float));
+        be->mtsa_guide_backward(t->d_x, G(ps, a->guide_w), G(ps, a->guide_c), t->d_z + r0, t->x,
+                                P(ps, a->guide_w), t->s + (size_t)n0 * (K - 1),
+                                t->rho + (size_t)n0 * (K - 1), t->alpha + (size_t)n0 * (K - 1),
+                                K, n, d);
+        for (int i = 0; i < K; i++) {
+            be->zero(t->d_xpre, cd * sizeof(float));
+            be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
+                                   t->d_x + i * cd, t->xpre + i * Nd + r0, P(ps, a->proj_ln_w[i]),
+                                   t->ln_mean + (size_t)i * N + n0,
+                                   t->ln_rstd + (size_t)i * N + n0, n, d);
+            /* the taps are frozen early-route outputs: no input gradient */
+            if (a->prec == SHERL_FP32) {
+                be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre,
+                                    taps[i] + (size_t)n0 * D, P(ps, a->proj_w[i]), n, D, d);
+            } else { /* dW_i += half(d_xpre)^T . half tap, fp32 sums; db_i in fp32 */
+                half_round(be, a->prec, t->d_xpre16, t->d_xpre, cd);
+                half_gemm(be, a->prec, 1, 0, d, D, n, t->d_xpre16, d,
+                          taps16[i] + (size_t)n0 * D, D, 1.0f, G(ps, a->proj_w[i]), D);
+                be->bias_add_backward(G(ps, a->proj_b[i]), t->d_xpre, n, d);
+            }
         }
     }
 }

@@ -38,28 +38,32 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
 /* Activations for N tokens. */
 typedef struct {
     int N;
+    int chunk;    /* tokens per pass of the guidance (mtsa_scratch_layout) */
     float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs) */
-    float *x;     /* [K,N,d] projected taps: scratch, recomputed from xpre by the backward */
     float *ln_mean, *ln_rstd; /* [K,N] */
     float *s, *rho, *alpha;   /* [N,K-1] */
     float *z, *rz;            /* [N,d] consolidated, relu(z) */
     float *u;                 /* [N,D] up-projection */
     float *out_mean, *out_rstd; /* [N] */
+    /* scratch, for one chunk of tokens: the projected taps (forward and backward recompute
+     * them from xpre), their gradients, a tap's projection gradient */
+    float *x, *d_x;           /* [K,chunk,d] */
+    float *d_xpre;            /* [chunk,d] */
     /* forward scratch: dead once y is written */
     float *un, *ud;           /* [N,D] after LayerNorm_out, after dropout */
     /* backward scratch */
     float *d_ud, *d_un, *d_u; /* [N,D] */
-    float *d_rz, *d_z, *d_xpre; /* [N,d] */
-    float *d_x;               /* [K,N,d] */
+    float *d_rz, *d_z;        /* [N,d] */
     /* half precision only: the projection weights and d_xpre rounded (scratch) */
     uint16_t *w16;            /* [d,D] */
-    uint16_t *d_xpre16;       /* [N,d] */
+    uint16_t *d_xpre16;       /* [chunk,d] */
 } mtsa_acts;
 
 /* The activations the backward reads, kept from the forward. */
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
-/* The forward's and the backward's own scratch: may share memory with anything that is not
- * live while mtsa_forward or mtsa_backward runs (in a step: the layers' scratch). */
+/* The forward's and the backward's own scratch, overlapped by phase and sized for chunks of
+ * about N * D / (K * d) tokens: may share memory with anything that is not live while
+ * mtsa_forward or mtsa_backward runs (in a step: the layers' scratch). */
 void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 
 /* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.

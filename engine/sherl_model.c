@@ -316,10 +316,13 @@ void sherl_model_free(sherl_model *m)
  * step buffers */
 
 /* Which hidden states a method keeps between forward and backward: the taps (sherl), the
- * late route's input and outputs (sherl, late), every state (full), the last (linear). */
+ * late layers' inputs (sherl, late), every layer's input (full). The last state is read only
+ * by the pooling right after the forward (no backward reads it), so it goes to scratch. */
 static int keeps_state(const sherl_model *m, int i)
 {
     int L = m->L;
+    if (i >= L)
+        return 0;
     switch (m->opt.method) {
     case METHOD_SHERL:
         if (m->opt.precision != SHERL_FP32) /* the taps are kept in half (tap16) */
@@ -333,7 +336,7 @@ static int keeps_state(const sherl_model *m, int i)
     case METHOD_FULL:
         return 1;
     case METHOD_LINEAR:
-        return i == L;
+        return 0;
     }
     return 0;
 }
@@ -388,8 +391,11 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
      * (MTSA's forward runs between frozen layers and its backward after the late layers'; the
      * gradient it starts from, dy, is in the gradient ping-pong.) */
     size_t at = ar->used, end;
-    bert_layer_acts_layout(&s->ws.acts, ar, B, T, D, F, NH);
+    bert_layer_scratch_layout(&s->ws.acts, ar, B, T, D, F, NH);
     end = ar->used, ar->used = at;
+    for (int i = 0; i < L; i++) /* a backprop layer's gelu output is forward scratch too */
+        if (backprop_layer(m, i))
+            s->acts[i].ffn_act = s->ws.acts.ffn_act;
     if (m->opt.method != METHOD_LINEAR)
         bert_layer_grad_ws_layout(&s->gws, ar, B, T, D, F);
     if (ar->used > end)

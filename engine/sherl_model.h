@@ -93,7 +93,8 @@ typedef struct {
     float *losses;          /* [B] */
     int32_t *labels;        /* [B] */
     float *targets;         /* [B] */
-    float *final;           /* the last hidden state of the last forward (not owned) */
+    float *final;           /* the last hidden state of the last forward (not owned; in scratch
+                             * that the next backward overwrites) */
     float grad_scale;       /* multiplies the gradient of the mean loss, e.g. a micro-batch's
                              * share of an accumulated step; 1 after sherl_step_create */
     int last_B, last_T;
