@@ -527,9 +527,16 @@ void bert_batch_free(bert_batch *batch)
 /* ------------------------------------------------------------------------------------------
  * workspace */
 
+int bert_ffn_chunk(const hf_config *c, int N)
+{
+    long long n = (long long)N * c->hidden_size / c->intermediate_size;
+    return n < 1 ? 1 : n > N ? N : (int)n;
+}
+
 void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
                             int NH)
 {
+    (void)F;
     size_t BT = (size_t)B * T;
     a->qkv = arena_floats(ar, BT * 3 * D);
     a->probs = arena_floats(ar, (size_t)B * NH * T * T);
@@ -538,30 +545,31 @@ void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, i
     a->ln1 = arena_floats(ar, BT * D);
     a->ln1_mean = arena_floats(ar, BT);
     a->ln1_rstd = arena_floats(ar, BT);
-    a->ffn_pre = arena_floats(ar, BT * F);
-    a->ffn_act = NULL; /* the backward recomputes gelu(ffn_pre): the forward writes it to scratch */
+    a->ffn_pre = a->ffn_act = NULL; /* forward scratch: the backward recomputes them */
     a->res2 = arena_floats(ar, BT * D);
     a->ln2_mean = arena_floats(ar, BT);
     a->ln2_rstd = arena_floats(ar, BT);
 }
 
-void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
-                               int NH)
+void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
+                               int T)
 {
+    int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, end;
+    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
     /* the attention block's buffers... */
     a->qkv = arena_floats(ar, BT * 3 * D);
     a->probs = arena_floats(ar, (size_t)B * NH * T * T);
     a->attn = arena_floats(ar, BT * D);
     end = ar->used;
     /* ...and the feed-forward block's over them: res1 (written from attn) over qkv, which
-     * attention has consumed; ffn_pre over what is left once LayerNorm 1 has read res1; res2
-     * (written from ffn_act, then ln1 added) over res1, which LayerNorm 1 has consumed */
+     * attention has consumed; one chunk's ffn_pre and ffn_act after ln1; res2 (written from
+     * ffn_act, then ln1 added) over res1, which LayerNorm 1 has consumed */
     ar->used = at;
     a->res1 = arena_floats(ar, BT * D);
     a->ln1 = arena_floats(ar, BT * D);
-    a->ffn_pre = arena_floats(ar, BT * F);
-    a->ffn_act = arena_floats(ar, BT * F);
+    a->ffn_pre = arena_floats(ar, chunk_f);
+    a->ffn_act = arena_floats(ar, chunk_f);
     a->res2 = a->res1;
     if (ar->used < end)
         ar->used = end;
@@ -590,7 +598,7 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->NH = c->num_attention_heads;
     size_t BT = (size_t)B * T;
     if (!for_step)
-        bert_layer_scratch_layout(&ws->acts, ar, B, T, ws->D, ws->F, ws->NH);
+        bert_layer_scratch_layout(&ws->acts, ar, c, B, T);
     ws->emb = arena_floats(ar, BT * ws->D);
     ws->tmp = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->mask_add = arena_floats(ar, BT);
@@ -764,28 +772,38 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
-    /* feed-forward block: LN2(h + W2 gelu(W1 h)) */
-    linear_forward(m, a->ffn_pre, a->ln1, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, N, D,
-                   F);
-    be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)N * F);
-    linear_forward(m, a->res2, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b, act16,
-                   N, F, D);
+    /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
+     * [chunk, F] buffers (bert_ffn_chunk) */
+    int chunk = bert_ffn_chunk(c, N);
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int n = N - n0 < chunk ? N - n0 : chunk;
+        size_t r = (size_t)n0 * D;
+        linear_forward(m, a->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
+                       act16, n, D, F);
+        be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
+        linear_forward(m, a->res2 + r, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b,
+                       act16, n, F, D);
+    }
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
                           eps);
 }
 
-void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, int T, int D, int F)
+void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
+                               int T)
 {
+    int D = c->hidden_size;
     size_t BT = (size_t)B * T, at = ar->used, ffn_at, end;
+    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
     g->d_res2 = arena_floats(ar, BT * D);
     g->d_ln1 = arena_floats(ar, BT * D);
     ffn_at = ar->used;
-    g->d_ffn_act = arena_floats(ar, BT * F);
-    g->d_ffn_pre = arena_floats(ar, BT * F);
+    g->ffn_pre = arena_floats(ar, chunk_f);
+    g->d_ffn_act = arena_floats(ar, chunk_f);
+    g->d_ffn_pre = arena_floats(ar, chunk_f);
     end = ar->used;
     /* the attention block's gradients come once the feed-forward block's are dead: d_res1 over
-     * d_res2, d_attn and d_qkv over d_ffn_act and d_ffn_pre (d_ln1 lives across both) */
+     * d_res2, d_attn and d_qkv over the chunk buffers (d_ln1 lives across both) */
     ar->used = at;
     g->d_res1 = arena_floats(ar, BT * D);
     ar->used = ffn_at;
@@ -803,7 +821,7 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     const hf_config *c = &m->cfg;
     int D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
     int N = B * T;
-    size_t ND = (size_t)N * D, NF = (size_t)N * F;
+    size_t ND = (size_t)N * D;
 #define GR(field) (gr ? gr->field : NULL)
     /* Backward ops accumulate: each scratch gradient is zeroed just before its first use (the
      * attention block's share memory with the feed-forward block's). */
@@ -813,17 +831,28 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     be->layernorm_backward(g->d_res2, GR(ln2_w), GR(ln2_b), dout, a->res2, ly->ln2_w, a->ln2_mean,
                            a->ln2_rstd, N, D);
     be->residual_backward(g->d_ln1, NULL, g->d_res2, ND);
-    /* gelu(ffn_pre) again, in d_ffn_pre's buffer until that is needed: the same bits as the
-     * forward's, and an [N, F] buffer less kept between forward and backward */
-    float *ffn_act = g->d_ffn_pre;
-    be->gelu_forward(ffn_act, a->ffn_pre, NF);
-    be->zero(g->d_ffn_act, NF * sizeof(float));
-    linear_backward(m, g->d_ffn_act, GR(ffn_out_w), GR(ffn_out_b), g->d_res2, ffn_act,
-                    ly->ffn_out_w, ly->ffn_out_w16, act16, N, F, D);
-    be->zero(g->d_ffn_pre, NF * sizeof(float));
-    be->gelu_backward(g->d_ffn_pre, a->ffn_pre, g->d_ffn_act, NF);
-    linear_backward(m, g->d_ln1, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1, ly->ffn_in_w,
-                    ly->ffn_in_w16, act16, N, D, F);
+    /* The feed-forward block by the forward's chunks of tokens: ffn_pre = W1 ln1 and its gelu
+     * again (the same bits as the forward's; two [N, F] buffers less kept from forward to
+     * backward), then the gradients through them; weight gradients accumulate over chunks. */
+    int chunk = bert_ffn_chunk(c, N);
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int n = N - n0 < chunk ? N - n0 : chunk;
+        size_t r = (size_t)n0 * D, nF = (size_t)n * F;
+        float *act = g->d_ffn_act; /* gelu(ffn_pre) until dW2 has read it */
+        linear_forward(m, g->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
+                       act16, n, D, F);
+        be->gelu_forward(act, g->ffn_pre, nF);
+        if (gr)
+            linear_backward(m, NULL, gr->ffn_out_w, gr->ffn_out_b, g->d_res2 + r, act,
+                            ly->ffn_out_w, ly->ffn_out_w16, act16, n, F, D);
+        be->zero(g->d_ffn_act, nF * sizeof(float));
+        linear_backward(m, g->d_ffn_act, NULL, NULL, g->d_res2 + r, NULL, ly->ffn_out_w,
+                        ly->ffn_out_w16, act16, n, F, D);
+        be->zero(g->d_ffn_pre, nF * sizeof(float));
+        be->gelu_backward(g->d_ffn_pre, g->ffn_pre, g->d_ffn_act, nF);
+        linear_backward(m, g->d_ln1 + r, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1 + r,
+                        ly->ffn_in_w, ly->ffn_in_w16, act16, n, D, F);
+    }
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
     be->zero(g->d_res1, ND * sizeof(float));
     be->zero(g->d_attn, ND * sizeof(float));

@@ -106,8 +106,10 @@ typedef struct {
     float *res1;     /* [B,T,D] projection + residual (LayerNorm 1 input) */
     float *ln1;      /* [B,T,D] */
     float *ln1_mean, *ln1_rstd; /* [B*T] */
-    float *ffn_pre;  /* [B,T,F] before GELU */
-    float *ffn_act;  /* [B,T,F] after GELU: forward scratch (the backward recomputes it) */
+    /* forward scratch for one chunk of tokens (bert_ffn_chunk), not kept: the backward
+     * recomputes them from ln1 */
+    float *ffn_pre;  /* [chunk,F] before GELU */
+    float *ffn_act;  /* [chunk,F] after GELU */
     float *res2;     /* [B,T,D] (LayerNorm 2 input) */
     float *ln2_mean, *ln2_rstd; /* [B*T] */
 } bert_layer_acts;
@@ -136,14 +138,17 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
 /* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);
-/* A backprop layer's activations, each its own buffer, except ffn_act (NULL here): the caller
- * points it at forward scratch of [B*T*F] floats, as the backward recomputes gelu(ffn_pre). */
+/* Rows of tokens the feed-forward block runs at a time: about B*T*D/F, so that its [rows, F]
+ * buffers hold about as many floats as one hidden state. */
+int bert_ffn_chunk(const hf_config *c, int N);
+/* A backprop layer's activations, each its own buffer, except ffn_pre and ffn_act (NULL here):
+ * the caller points them at a forward-only layer's (bert_layer_scratch_layout). */
 void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
                             int NH);
 /* A forward-only layer's buffers (nothing kept for a backward), overlapped where their lives do
- * not meet: max(4 BTD + B NH T T, 2 BTD + 2 BTF) floats instead of 5 BTD + B NH T T + 2 BTF. */
-void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
-                               int NH);
+ * not meet: max(4 BTD + B NH T T, 2 BTD + 2 chunk F) floats. */
+void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
+                               int T);
 
 /* Validates the batch (ids within the vocabulary, types within type_vocab_size, T within
  * max_position_embeddings, mask 0/1) and uploads it; fills h0 [B,T,D]. */
@@ -163,19 +168,21 @@ void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
                         float *out, const float *inp, const float *mask_add, uint16_t *act16,
                         int B, int T);
-/* Scratch for one layer's backward ([B,T,D] and [B,T,F] gradient buffers), reusable across
- * layers of the same shape; the attention block's overlap the feed-forward block's
- * (max(2 BTD + 2 BTF, 6 BTD) floats). */
+/* Scratch for one layer's backward, reusable across layers of the same shape: [B,T,D] gradient
+ * buffers and the feed-forward block's [chunk,F] ones (ffn_pre recomputed, its gelu and their
+ * gradients); the attention block's overlap the feed-forward block's
+ * (max(2 BTD + 3 chunk F, 6 BTD) floats). */
 typedef struct {
-    float *d_res2, *d_ffn_act, *d_ffn_pre, *d_ln1, *d_res1, *d_attn, *d_qkv;
+    float *d_res2, *d_ln1, *ffn_pre, *d_ffn_act, *d_ffn_pre, *d_res1, *d_attn, *d_qkv;
 } bert_layer_grad_ws;
 
-void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, int B, int T, int D, int F);
+void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
+                               int T);
 
 /* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
  * when grads is not NULL, every weight gradient accumulates into the matching field of grads
  * (a bert_layer whose pointers point at gradient buffers). inp is the layer's input, acts what
- * its forward saved (acts->ffn_act is not read). */
+ * its forward saved (acts->ffn_pre and ffn_act are not read). */
 void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
                          const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,
                          const float *dout, const float *inp, uint16_t *act16, int B, int T);

@@ -391,13 +391,15 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
      * (MTSA's forward runs between frozen layers and its backward after the late layers'; the
      * gradient it starts from, dy, is in the gradient ping-pong.) */
     size_t at = ar->used, end;
-    bert_layer_scratch_layout(&s->ws.acts, ar, B, T, D, F, NH);
+    bert_layer_scratch_layout(&s->ws.acts, ar, c, B, T);
     end = ar->used, ar->used = at;
-    for (int i = 0; i < L; i++) /* a backprop layer's gelu output is forward scratch too */
-        if (backprop_layer(m, i))
+    for (int i = 0; i < L; i++) /* a backprop layer's feed-forward buffers are scratch too */
+        if (backprop_layer(m, i)) {
+            s->acts[i].ffn_pre = s->ws.acts.ffn_pre;
             s->acts[i].ffn_act = s->ws.acts.ffn_act;
+        }
     if (m->opt.method != METHOD_LINEAR)
-        bert_layer_grad_ws_layout(&s->gws, ar, B, T, D, F);
+        bert_layer_grad_ws_layout(&s->gws, ar, c, B, T);
     if (ar->used > end)
         end = ar->used;
     ar->used = at;
