@@ -599,7 +599,7 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     size_t BT = (size_t)B * T;
     if (!for_step)
         bert_layer_scratch_layout(&ws->acts, ar, c, B, T);
-    ws->emb = arena_floats(ar, BT * ws->D);
+    ws->emb = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->tmp = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->mask_add = arena_floats(ar, BT);
     ws->ids = arena_ints(ar, BT);
@@ -607,8 +607,12 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->positions = arena_ints(ar, BT);
     ws->emb_mean = arena_floats(ar, BT);
     ws->emb_rstd = arena_floats(ar, BT);
-    size_t wide = (size_t)(ws->F > 3 * ws->D ? ws->F : 3 * ws->D);
-    ws->act16 = prec != SHERL_FP32 ? arena_take(ar, BT * wide * sizeof(uint16_t)) : NULL;
+    /* the widest operand a half product rounds: a feed-forward chunk's [chunk, F], else an
+     * input [BT, D] (forward), or the gradient [BT, 3D] of the Q|K|V product (backward) */
+    size_t wide = BT * (for_step ? 3 : 1) * ws->D;
+    size_t ffn = (size_t)bert_ffn_chunk(c, B * T) * ws->F;
+    ws->act16 = prec != SHERL_FP32 ? arena_take(ar, (wide > ffn ? wide : ffn) * sizeof(uint16_t))
+                                   : NULL;
 }
 
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)

@@ -119,20 +119,22 @@ typedef struct {
     const sherl_backend *be;
     int B, T, D, F, NH;
     bert_layer_acts acts;
-    float *emb;      /* [B,T,D] embedding sum, then scratch for states not kept */
+    float *emb;      /* [B,T,D] embedding sum, then scratch for states not kept (a training
+                      * step's workspace: the step points it at a buffer of its own) */
     float *tmp;      /* [B,T,D] second scratch for states not kept */
     float *mask_add; /* [B,T] additive attention mask */
     int32_t *ids, *types, *positions; /* [B*T] on the backend */
     float *emb_mean, *emb_rstd;
-    uint16_t *act16; /* bf16 models: [B*T*max(F, 3D)] an operand of a bf16 product, in bf16 */
+    uint16_t *act16; /* half models: an operand of a half product, rounded (see the layout) */
     sherl_arena own; /* the arena of bert_workspace_create; empty when carved from another */
 } bert_workspace;
 
 /* SHERL_EINVAL unless 0 < B and 0 < T <= max_position_embeddings. */
 sherl_status bert_workspace_check(const hf_config *c, int B, int T);
 /* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked by
- * bert_workspace_check. for_step: a training step's, which carves ws->acts itself (shared
- * with its backward scratch) and has its own state buffers (no tmp). */
+ * bert_workspace_check. for_step: a training step's, which carves ws->acts and ws->emb itself
+ * (shared with its backward scratch unless its backward reads them) and has its own state
+ * buffers (no tmp); its act16 also holds the backward's operands. */
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
                            sherl_precision prec, int B, int T, sherl_arena *ar, int for_step);
 /* A workspace in an arena of its own. */
@@ -163,8 +165,8 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
 void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
                          const bert_embeddings *grads, bert_workspace *ws, float *d_sum,
                          const float *dh0, int B, int T);
-/* out[B,T,D] = layer(inp); acts receives what backward needs. act16: [B*T*max(F, 3D)] bf16
- * scratch, needed when the layer's matrices are bf16 (the workspace's act16), else NULL. */
+/* out[B,T,D] = layer(inp); acts receives what backward needs. act16: the workspace's, needed
+ * when the layer's matrices are bf16/fp16, else NULL. */
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
                         float *out, const float *inp, const float *mask_add, uint16_t *act16,
                         int B, int T);

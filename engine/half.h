@@ -14,6 +14,15 @@ static inline void half_round(const sherl_backend *be, sherl_precision p, uint16
         be->f32_to_bf16(dst, src, n);
 }
 
+static inline void half_widen(const sherl_backend *be, sherl_precision p, float *dst,
+                              const uint16_t *src, size_t n)
+{
+    if (p == SHERL_FP16)
+        be->f16_to_f32(dst, src, n);
+    else
+        be->bf16_to_f32(dst, src, n);
+}
+
 /* C = op(A) op(B) + beta C, as gemm, with half operands and fp32 sums (alpha 1) */
 static inline void half_gemm(const sherl_backend *be, sherl_precision p, int ta, int tb, int M,
                              int N, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,

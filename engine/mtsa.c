@@ -122,15 +122,20 @@ typedef struct {
 static void carve_all(const mtsa_buf *bufs, size_t n, sherl_arena *ar)
 {
     for (size_t i = 0; i < n; i++)
-        *bufs[i].p = arena_floats(ar, bufs[i].n);
+        if (bufs[i].p)
+            *bufs[i].p = arena_floats(ar, bufs[i].n);
 }
 
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
     size_t K = (size_t)a->K, n = (size_t)N;
     t->N = N;
+    int half = a->prec != SHERL_FP32;
+    t->xpre = NULL;
+    t->xpre16 = half ? arena_take(ar, K * n * a->d * sizeof(uint16_t)) : NULL;
     mtsa_buf bufs[] = {
-        {&t->xpre, K * n * a->d},      {&t->ln_mean, K * n},      {&t->ln_rstd, K * n},
+        {half ? NULL : &t->xpre, K * n * a->d},
+        {&t->ln_mean, K * n},          {&t->ln_rstd, K * n},
         {&t->s, n * (K - 1)},          {&t->rho, n * (K - 1)},    {&t->alpha, n * (K - 1)},
         {&t->z, n * a->d},             {&t->rz, n * a->d},        {&t->u, n * a->D},
         {&t->out_mean, n},             {&t->out_rstd, n},
@@ -151,9 +156,11 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
     t->d_z = arena_floats(ar, n * d);
     size_t at = ar->used, end;
     t->x = arena_floats(ar, K * c * d);
+    t->xw = half ? arena_floats(ar, c * d) : NULL;
     size_t after_x = ar->used;
     t->un = arena_floats(ar, n * D);
     t->ud = arena_floats(ar, n * D);
+    t->xp = half ? t->un : NULL;
     end = ar->used;
     ar->used = after_x;
     t->d_x = arena_floats(ar, K * c * d);
@@ -171,6 +178,18 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
     t->w16 = half ? arena_take(ar, d * D * sizeof(uint16_t)) : NULL;
 }
 
+/* Tap i's LayerNorm inputs for tokens [n0, n0 + n): the kept rows, or (half precision) the kept
+ * half rows widened into t->xw. */
+static const float *xpre_rows(const mtsa *a, const sherl_backend *be, const mtsa_acts *t, int i,
+                              int N, int n0, int n)
+{
+    size_t at = ((size_t)i * N + n0) * a->d;
+    if (a->prec == SHERL_FP32)
+        return t->xpre + at;
+    half_widen(be, a->prec, t->xw, t->xpre16 + at, (size_t)n * a->d);
+    return t->xw;
+}
+
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
                   const float *const *taps, const uint16_t *const *taps16, const float *h_last,
                   int N, int train, uint64_t seed)
@@ -183,11 +202,11 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
         if (a->prec == SHERL_FP32) {
             be->matmul_forward(t->xpre + i * Nd, taps[i], P(ps, a->proj_w[i]),
                                P(ps, a->proj_b[i]), N, D, d);
-        } else { /* half tap . half(W_i)^T, fp32 sums, + b_i */
+        } else { /* half(half tap . half(W_i)^T + b_i), fp32 sums */
             half_round(be, a->prec, t->w16, P(ps, a->proj_w[i]), (size_t)d * D);
-            half_gemm(be, a->prec, 0, 1, N, d, D, taps16[i], D, t->w16, D, 0.0f,
-                      t->xpre + i * Nd, d);
-            be->bias_add_forward(t->xpre + i * Nd, P(ps, a->proj_b[i]), N, d);
+            half_gemm(be, a->prec, 0, 1, N, d, D, taps16[i], D, t->w16, D, 0.0f, t->xp, d);
+            be->bias_add_forward(t->xp, P(ps, a->proj_b[i]), N, d);
+            half_round(be, a->prec, t->xpre16 + i * Nd, t->xp, Nd);
         }
     }
     /* 2-6. guidance and consolidation onto the guide, a chunk of tokens at a time */
@@ -196,7 +215,7 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
         size_t cd = (size_t)n * d;
         for (int i = 0; i < K; i++)
             be->layernorm_forward(t->x + i * cd, t->ln_mean + (size_t)i * N + n0,
-                                  t->ln_rstd + (size_t)i * N + n0, t->xpre + i * Nd + (size_t)n0 * d,
+                                  t->ln_rstd + (size_t)i * N + n0, xpre_rows(a, be, t, i, N, n0, n),
                                   P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
                                   MTSA_PROJ_LN_EPS);
         be->mtsa_guide_forward(t->z + (size_t)n0 * d, t->s + (size_t)n0 * (K - 1),
@@ -239,7 +258,7 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
         int n = N - n0 < t->chunk ? N - n0 : t->chunk;
         size_t cd = (size_t)n * d, r0 = (size_t)n0 * d;
         for (int i = 0; i < K; i++)
-            be->layernorm_forward(t->x + i * cd, NULL, NULL, t->xpre + i * Nd + r0,
+            be->layernorm_forward(t->x + i * cd, NULL, NULL, xpre_rows(a, be, t, i, N, n0, n),
                                   P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
                                   MTSA_PROJ_LN_EPS);
         be->zero(t->d_x, (size_t)K * cd * sizeof(float));
@@ -250,7 +269,8 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
         for (int i = 0; i < K; i++) {
             be->zero(t->d_xpre, cd * sizeof(float));
             be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
-                                   t->d_x + i * cd, t->xpre + i * Nd + r0, P(ps, a->proj_ln_w[i]),
+                                   t->d_x + i * cd, xpre_rows(a, be, t, i, N, n0, n),
+                                   P(ps, a->proj_ln_w[i]),
                                    t->ln_mean + (size_t)i * N + n0,
                                    t->ln_rstd + (size_t)i * N + n0, n, d);
             /* the taps are frozen early-route outputs: no input gradient */

@@ -39,7 +39,9 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
 typedef struct {
     int N;
     int chunk;    /* tokens per pass of the guidance (mtsa_scratch_layout) */
-    float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs) */
+    float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs); NULL in half precision */
+    uint16_t *xpre16; /* [K,N,d] half precision: the same rounded, as autocast's Linear
+                       * returns them (the LayerNorm then reads them widened) */
     float *ln_mean, *ln_rstd; /* [K,N] */
     float *s, *rho, *alpha;   /* [N,K-1] */
     float *z, *rz;            /* [N,d] consolidated, relu(z) */
@@ -49,8 +51,11 @@ typedef struct {
      * them from xpre), their gradients, a tap's projection gradient */
     float *x, *d_x;           /* [K,chunk,d] */
     float *d_xpre;            /* [chunk,d] */
+    float *xw;                /* half precision: [chunk,d] one tap's xpre16 rows widened */
     /* forward scratch: dead once y is written */
     float *un, *ud;           /* [N,D] after LayerNorm_out, after dropout */
+    float *xp;                /* half precision: [N,d] one tap's projection before rounding
+                               * (over un, which is written after the projections) */
     /* backward scratch */
     float *d_ud, *d_un, *d_u; /* [N,D] */
     float *d_rz, *d_z;        /* [N,d] */

@@ -123,6 +123,7 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
         add(p, "op scratch", PLAN_TRANSIENT, be->scratch_bytes(&q));
     else /* a device keeps its library workspace and op scratch for the whole run */
         add(p, "op scratch and cuBLAS workspace", PLAN_ARENA, be->scratch_bytes(&q));
+    add(p, "BLAS packing buffers", PLAN_HOST, be->library_bytes(threads));
     add(p, "load staging", PLAN_TRANSIENT, bert_load_staging_bytes(cfg, be));
     add(p, "half-precision rounding buffer", PLAN_TRANSIENT, bert_load_wide_bytes(cfg, opt->precision));
     if (!be->host_memory) {

@@ -419,6 +419,9 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
         ar->used = end;
     STEP_GROUP_END(STEP_LAYER_SCRATCH);
     bert_workspace_layout(&s->ws, c, m->be, m->opt.precision, B, T, ar, 1);
+    /* the embedding sum: kept for full fine-tuning's embeddings backward, else dead once h0
+     * is written, before any layer's scratch is */
+    s->ws.emb = m->opt.method == METHOD_FULL ? arena_floats(ar, ND) : s->ws.acts.qkv;
     s->mask = arena_ints(ar, N);
     STEP_GROUP_END(STEP_FORWARD_WS);
     pooler_layout(&s->pool, m->be, m->opt.pooling, B, ar);

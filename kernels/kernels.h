@@ -52,6 +52,11 @@ struct sherl_backend {
     /* The most memory any single op allocates for itself during a step of these shapes (its
      * transient scratch beyond its arguments), for the memory planner. */
     size_t (*scratch_bytes)(const sherl_scratch_shape *shape);
+    /* Host memory the backend's libraries keep for the process's life once a job of `threads`
+     * threads has run its products: BLIS's pool of packing buffers on the CPU (one set per
+     * thread in a product at once), 0 on a GPU (cuBLAS's workspace is in scratch_bytes). A
+     * process running several jobs shares it. */
+    size_t (*library_bytes)(int threads);
     /* Reserves, for the calling thread, the scratch a step of these shapes needs (exactly
      * scratch_bytes(shape)), so that no op allocates inside a step. 0 on success, -1 when the
      * memory is not there (the message is then in take_error). Ops called without it, or at

@@ -1241,6 +1241,21 @@ static void cpu_scale(float *x, size_t n, float s)
         x[i] *= s;
 }
 
+/* BLIS packs each product's blocks of A (MC x KC) and panels of B (KC x NC) into buffers from a
+ * pool of its own that it keeps for the process's life, one set per thread in a product at once
+ * (every thread here). The pool sizes its blocks for the widest type, but a float product
+ * touches only a float block's pages. */
+static size_t cpu_library_bytes(int threads)
+{
+    if (threads <= 0)
+        threads = cpu_get_threads();
+    cntx_t *cx = bli_gks_query_cntx();
+    size_t mc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MC, cx);
+    size_t kc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cx);
+    size_t nc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NC, cx);
+    return (size_t)threads * (mc * kc + kc * nc) * sizeof(float);
+}
+
 /* What the ops above allocate on the heap for themselves; the largest single op bounds the
  * step's transient scratch. glibc's per-allocation header is counted too. */
 static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
@@ -1261,10 +1276,11 @@ static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
     size_t nc = red_chunks(q->max_reduce);
     if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
         most = b;
-    if (q->half) { /* gemm_half widens both operands: the widest activation and weight */
-        size_t wide = (size_t)(q->F > 3 * q->NH * q->HS ? q->F : 3 * q->NH * q->HS);
+    if (q->half) { /* gemm_half widens both operands: the widest activation (the engine's are
+                    * at most [N, 3D], the Q|K|V gradient) and the widest weight */
         size_t D = (size_t)q->NH * q->HS;
-        if ((b = ((size_t)q->N * wide + wide * D) * sizeof(float) + 32) > most)
+        size_t wide = (size_t)q->F > 3 * D ? (size_t)q->F : 3 * D;
+        if ((b = ((size_t)q->N * 3 * D + wide * D) * sizeof(float) + 32) > most)
             most = b;
     }
     return most;
@@ -1284,6 +1300,7 @@ static const sherl_backend cpu_backend = {
     .performance_advice = cpu_performance_advice,
     .host_memory = 1,
     .scratch_bytes = cpu_scratch_bytes,
+    .library_bytes = cpu_library_bytes,
     .prepare = cpu_prepare,
     .take_error = cpu_take_error,
     .mem_info = cpu_mem_info,

@@ -357,6 +357,13 @@ static size_t cuda_scratch_bytes(const sherl_scratch_shape *q)
     return CUBLAS_WORKSPACE_BYTES + op_scratch_bytes(q);
 }
 
+// cuBLAS's workspace is the thread's, in cuda_scratch_bytes: no library memory beyond it
+static size_t cuda_library_bytes(int threads)
+{
+    (void)threads;
+    return 0;
+}
+
 static int cuda_prepare(const sherl_scratch_shape *q)
 {
     cuda_ctx *c = ctx();
@@ -1693,6 +1700,7 @@ static void cuda_backend_fill(void)
     t->performance_advice = cuda_performance_advice;
     t->host_memory = 0;
     t->scratch_bytes = cuda_scratch_bytes;
+    t->library_bytes = cuda_library_bytes;
     t->prepare = cuda_prepare;
     t->take_error = cuda_take_error;
     t->mem_info = cuda_mem_info;

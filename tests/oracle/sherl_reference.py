@@ -13,6 +13,8 @@ token_type_ids, attention_mask, labels, targets) and for every case NAME:
                          gradients that are small sums of cancelling terms, such as the MTSA's
                          guide bias), losses [STEPS] (the loss before each of STEPS AdamW steps on
                          the same batch)
+and mtsa_bf16.safetensors / mtsa_fp16.safetensors (mtsa_half_cases: the MTSA alone in half
+precision against a float64 emulation of its rounding).
 Dropout is off everywhere (the backbone runs in inference mode; MTSA dropout p = 0)."""
 import copy
 import os
@@ -42,8 +44,10 @@ class MTSA(nn.Module):
         self.out_ln = nn.LayerNorm(D, eps=eps_out)
         self.gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, taps, h_last):
-        xs = [ln(p(t)) for p, ln, t in zip(self.proj, self.proj_ln, taps)]
+    def forward(self, taps, h_last, project=None):
+        """project(i, tap): tap i's projection (default self.proj[i](tap))."""
+        project = project or (lambda i, t: self.proj[i](t))
+        xs = [ln(project(i, t)) for i, (ln, t) in enumerate(zip(self.proj_ln, taps))]
         X = torch.stack(xs[:-1], dim=2)            # [B,T,S,d] shallow taps
         g = xs[-1].unsqueeze(2)                    # [B,T,1,d] guide
         xh = X / (X.norm(dim=-1, keepdim=True) + 1e-8)
@@ -180,6 +184,71 @@ def run_case(out_dir, name, bert_dir, batch, method, task, pooling, k=1, taps=No
     save_file(ref, os.path.join(out_dir, name + "_ref.safetensors"))
 
 
+def to_half(t, dt):
+    """t rounded to the half type dt (round to nearest even, from its float32 value) and back."""
+    return t.float().to(dt).to(t.dtype)
+
+
+class HalfProjection(torch.autograd.Function):
+    """A half-precision job's tap projection (engine/mtsa.c), as autocast runs a Linear:
+    forward half(tap16 . half(W)^T + b) with fp32 sums; backward dW = half(g)^T . tap16 and
+    db = sum g in fp32; the tap is frozen (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, tap16, w, b, dt):
+        ctx.save_for_backward(tap16)
+        ctx.dt = dt
+        return to_half(tap16 @ to_half(w, dt).t() + b, dt)
+
+    @staticmethod
+    def backward(ctx, g):
+        (tap16,) = ctx.saved_tensors
+        g, tap16 = g.reshape(-1, g.shape[-1]), tap16.reshape(-1, tap16.shape[-1])
+        return None, to_half(g, ctx.dt).t() @ tap16, g.sum(0), None
+
+
+def mtsa_half_cases(out_dir, N=45, D=32, d=16, K=4):
+    """MTSA_bf16.safetensors and MTSA_fp16.safetensors: the MTSA alone in half precision against
+    a float64 emulation of what a half job rounds (the taps, the projection weights, the
+    projection outputs, their gradients), and the same MTSA unrounded ("plain"). The taps are
+    multiples of 1/8 and the projection weights and biases of 1/1024 and 1/8192, all small: every
+    projection sum is exact in fp32 and float64 alike (and needs more bits than fp16 has), so the
+    emulation rounds the very values the engine rounds. Tensors: tap.<i>, h_last, dy, the parameters (engine names), y.half,
+    y.plain, grad.half.<name>, grad.plain.<name>."""
+    g = torch.Generator().manual_seed(99)
+    taps = [torch.randint(-12, 13, (N, D), generator=g).float() / 8 for _ in range(K)]
+    h_last = torch.randn(N, D, generator=g)
+    dy = torch.randn(N, D, generator=g)
+    mtsa = MTSA(K, D, d, 1e-12)
+    with torch.no_grad():
+        for i in range(K):
+            mtsa.proj[i].weight.copy_(torch.randint(-64, 65, (d, D), generator=g).float() / 1024)
+            mtsa.proj[i].bias.copy_(torch.randint(-512, 513, (d,), generator=g).float() / 8192)
+            mtsa.proj_ln[i].weight.add_(0.1 * torch.randn(d, generator=g))
+            mtsa.proj_ln[i].bias.add_(0.1 * torch.randn(d, generator=g))
+        mtsa.out_ln.weight.add_(0.1 * torch.randn(D, generator=g))
+        mtsa.gate.fill_(0.03)  # tanh(0.3): the gate and h_last matter
+    params = {"mtsa." + n: p.detach().clone().contiguous() for n, p in mtsa.named_parameters()}
+    for tag, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        out = dict(params)
+        out.update({"tap.%d" % i: t for i, t in enumerate(taps)})
+        out["h_last"], out["dy"] = h_last, dy
+        for kind in ("half", "plain"):
+            m64 = copy.deepcopy(mtsa).double()
+            # one sequence of N tokens; the grid makes the rounded taps exact anyway
+            t64 = [to_half(t.double(), dt).unsqueeze(0) for t in taps]
+            project = None
+            if kind == "half":
+                project = lambda i, t, m=m64: HalfProjection.apply(t, m.proj[i].weight,  # noqa: E731
+                                                                   m.proj[i].bias, dt)
+            y = m64(t64, h_last.double().unsqueeze(0), project)
+            y.backward(dy.double().unsqueeze(0))
+            out["y." + kind] = y.detach().squeeze(0).float().contiguous()
+            for n, p in m64.named_parameters():
+                out["grad.%s.mtsa.%s" % (kind, n)] = p.grad.float().contiguous()
+        save_file(out, os.path.join(out_dir, "mtsa_%s.safetensors" % tag))
+
+
 CASES = [  # name, method, task, pooling, options (late layers k, taps, tune_late)
     ("sherl", "sherl", "classification", "mean", {}),
     ("sherl_cls_regression", "sherl", "regression", "cls", {}),
@@ -219,6 +288,7 @@ def main(out_dir):
     save_file(batch, os.path.join(out_dir, "batch.safetensors"))
     for name, method, task, pooling, options in CASES:
         run_case(out_dir, name, bert_dir, batch, method, task, pooling, **options)
+    mtsa_half_cases(out_dir)
 
 
 if __name__ == "__main__":

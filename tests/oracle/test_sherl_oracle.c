@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "safetensors.h"
+#include "half.h"
+#include "mtsa.h"
 #include "sherl_model.h"
 
 #define REF SHERL_TEST_WORK "/sherl"
@@ -315,3 +317,111 @@ Test(sherl_finite_differences, full_every_tensor, .timeout = 120)
 {
     fd_case(METHOD_FULL, TASK_CLASSIFICATION, POOL_MEAN);
 }
+
+/* The MTSA alone in half precision (a bf16/fp16 job: half taps, projections with half operands
+ * and fp32 sums, their outputs rounded as autocast returns them, the weight gradient from the
+ * rounded output gradient) against sherl_reference.py's float64 emulation of that rounding
+ * (mtsa_<precision>.safetensors, on a grid that makes every projection sum exact). The output and
+ * every gradient must match the emulation, and be several times nearer it than the unrounded
+ * MTSA, so an engine that skipped a rounding fails. The projection weights' gradients get a wider
+ * tolerance: the engine rounds its float32 output gradient, the emulation its float64 one, and
+ * the two may round a value on a rounding boundary one half-ulp apart. */
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double most = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        most = fmax(most, fabs((double)a[i] - b[i]));
+        scale = fmax(scale, fabs((double)b[i]));
+    }
+    return most / (scale > 0.0 ? scale : 1.0);
+}
+
+static void mtsa_half_case(const char *tag, sherl_precision prec, double proj_tol)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    char path[512];
+    snprintf(path, sizeof path, REF "/mtsa_%s.safetensors", tag);
+    safetensors_file f;
+    cr_assert(safetensors_open(&f, path).code == SHERL_OK, "%s missing", path);
+    int64_t n;
+    const st_tensor *t0 = safetensors_find(&f, "tap.0"), *w0 = safetensors_find(&f, "mtsa.proj.0.weight");
+    cr_assert(t0 && w0 && t0->ndim == 2 && w0->ndim == 2, "%s: tap.0 / mtsa.proj.0.weight", path);
+    int N = (int)t0->shape[0], D = (int)t0->shape[1], d = (int)w0->shape[0], K = 0;
+    char name[128];
+    uint16_t *taps16[8];
+    for (; K < 8; K++) {
+        snprintf(name, sizeof name, "tap.%d", K);
+        if (!safetensors_find(&f, name))
+            break;
+        float *tap = tensor_f32(&f, name, &n);
+        taps16[K] = malloc((size_t)n * sizeof(uint16_t));
+        half_round(be, prec, taps16[K], tap, (size_t)n);
+        free(tap);
+    }
+    cr_assert(K >= 2, "%s: %d taps", path, K);
+
+    param_set ps;
+    param_set_init(&ps, be);
+    mtsa a;
+    cr_assert(mtsa_register(&a, &ps, K, D, d, 1e-12f, 0.0f).code == SHERL_OK);
+    a.prec = prec;
+    cr_assert(param_set_alloc(&ps).code == SHERL_OK);
+    sherl_status st = param_set_load(&ps, path, 1);
+    cr_assert(st.code == SHERL_OK, "%s", st.msg);
+    mtsa_acts acts;
+    sherl_arena ar;
+    arena_measure(&ar);
+    mtsa_acts_layout(&acts, &a, N, &ar);
+    mtsa_scratch_layout(&acts, &a, N, &ar);
+    size_t bytes = ar.used;
+    cr_assert(arena_alloc(&ar, be, bytes, "MTSA activations").code == SHERL_OK);
+    mtsa_acts_layout(&acts, &a, N, &ar);
+    mtsa_scratch_layout(&acts, &a, N, &ar);
+    cr_assert(arena_check(&ar, "MTSA activations").code == SHERL_OK);
+    cr_assert(acts.chunk < N, "the case should take more than one chunk (chunk %d of %d)",
+              acts.chunk, N);
+
+    float *h_last = tensor_f32(&f, "h_last", &n), *dy = tensor_f32(&f, "dy", &n);
+    float *y = malloc((size_t)N * D * sizeof(float));
+    const uint16_t *const *t16 = (const uint16_t *const *)taps16;
+    mtsa_forward(&a, &ps, &acts, y, NULL, t16, h_last, N, 0, 0);
+    param_set_zero_grad(&ps);
+    mtsa_backward(&a, &ps, &acts, dy, NULL, t16, h_last, N, 0, 0);
+
+    float *want = tensor_f32(&f, "y.half", &n), *plain = tensor_f32(&f, "y.plain", &n);
+    double e = max_rel_diff(y, want, n), e_plain = max_rel_diff(y, plain, n);
+    cr_expect(e <= 1e-5, "%s: y is %.3g off the emulation (relative to its largest entry)", tag, e);
+    double worst = e, worst_plain = e_plain;
+    free(want), free(plain);
+    for (int i = 0; i < ps.n; i++) {
+        const sherl_param *p = &ps.items[i];
+        snprintf(name, sizeof name, "grad.half.%s", p->name);
+        want = tensor_f32(&f, name, &n);
+        snprintf(name, sizeof name, "grad.plain.%s", p->name);
+        plain = tensor_f32(&f, name, &n);
+        cr_assert((size_t)n == p->numel, "%s: %s has %lld entries, the engine %zu", tag, name,
+                  (long long)n, p->numel);
+        double tol = strstr(p->name, "mtsa.proj.") && strstr(p->name, ".weight") ? proj_tol : 2e-4;
+        e = max_rel_diff(p->grad, want, p->numel);
+        e_plain = max_rel_diff(p->grad, plain, p->numel);
+        cr_expect(e <= tol, "%s: grad %s is %.3g off the emulation (tolerance %.3g)", tag, p->name,
+                  e, tol);
+        worst = fmax(worst, e), worst_plain = fmax(worst_plain, e_plain);
+        free(want), free(plain);
+    }
+    cr_expect(worst * 4 <= worst_plain,
+              "%s: the engine is %.3g off the emulation at worst but only %.3g off the unrounded "
+              "MTSA: it does not round as a half job does", tag, worst, worst_plain);
+    cr_log_info("mtsa %s: worst %.3g off the emulation, %.3g off the unrounded MTSA\n", tag, worst,
+                worst_plain);
+    free(y), free(h_last), free(dy);
+    for (int i = 0; i < K; i++)
+        free(taps16[i]);
+    arena_release(&ar);
+    param_set_free(&ps);
+    mtsa_free(&a);
+    safetensors_close(&f);
+}
+
+Test(sherl_oracle, mtsa_bf16, .timeout = 60) { mtsa_half_case("bf16", SHERL_BF16, 2e-3); }
+Test(sherl_oracle, mtsa_fp16, .timeout = 60) { mtsa_half_case("fp16", SHERL_FP16, 3e-4); }
