@@ -607,12 +607,15 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->positions = arena_ints(ar, BT);
     ws->emb_mean = arena_floats(ar, BT);
     ws->emb_rstd = arena_floats(ar, BT);
-    /* the widest operand a half product rounds: a feed-forward chunk's [chunk, F], else an
-     * input [BT, D] (forward), or the gradient [BT, 3D] of the Q|K|V product (backward) */
-    size_t wide = BT * (for_step ? 3 : 1) * ws->D;
-    size_t ffn = (size_t)bert_ffn_chunk(c, B * T) * ws->F;
-    ws->act16 = prec != SHERL_FP32 ? arena_take(ar, (wide > ffn ? wide : ffn) * sizeof(uint16_t))
-                                   : NULL;
+    /* a half product's rounded operand, whole when it is a feed-forward chunk's [chunk, F] or an
+     * input [BT, D], a block of rows at a time when wider (the Q|K|V gradient [BT, 3D]) */
+    size_t n16 = BT * ws->D, ffn = (size_t)bert_ffn_chunk(c, B * T) * ws->F;
+    if (n16 < ffn)
+        n16 = ffn;
+    if (n16 < 3 * (size_t)ws->D)
+        n16 = 3 * (size_t)ws->D;
+    ws->act16_n = prec != SHERL_FP32 ? n16 : 0;
+    ws->act16 = prec != SHERL_FP32 ? arena_take(ar, n16 * sizeof(uint16_t)) : NULL;
 }
 
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T)
@@ -728,26 +731,38 @@ void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
 
 /* out[N,OC] = inp[N,C] . W^T + bias, W fp32 (w) or bf16 (w16: inp is rounded to bf16 into
  * x16 and the product accumulates in fp32). */
+/* Row blocks of an [N, width] operand that fit x16's x16_n halves (at least one row). */
+static int rows_per_block(size_t x16_n, int width)
+{
+    size_t r = x16_n / (size_t)width;
+    return r < 1 ? 1 : r > (size_t)INT32_MAX ? INT32_MAX : (int)r;
+}
+
 static void linear_forward(const bert_model *m, float *out, const float *inp, const float *w,
-                           const uint16_t *w16, const float *bias, uint16_t *x16, int N, int C,
-                           int OC)
+                           const uint16_t *w16, const float *bias, uint16_t *x16, size_t x16_n,
+                           int N, int C, int OC)
 {
     const sherl_backend *be = m->be;
     if (w) {
         be->matmul_forward(out, inp, w, bias, N, C, OC);
         return;
     }
-    half_round(be, m->prec, x16, inp, (size_t)N * C);
-    half_gemm(be, m->prec, 0, 1, N, OC, C, x16, C, w16, C, 0.0f, out, OC);
+    int rows = rows_per_block(x16_n, C);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int n = N - r0 < rows ? N - r0 : rows;
+        half_round(be, m->prec, x16, inp + (size_t)r0 * C, (size_t)n * C);
+        half_gemm(be, m->prec, 0, 1, n, OC, C, x16, C, w16, C, 0.0f, out + (size_t)r0 * OC, OC);
+    }
     if (bias)
         be->bias_add_forward(out, bias, N, OC);
 }
 
 /* Backward of linear_forward. A bf16 matrix is frozen: only dinp += dout . W, with dout rounded
- * to bf16 into x16. */
+ * to bf16 into x16 a block of rows at a time. */
 static void linear_backward(const bert_model *m, float *dinp, float *dw, float *db,
                             const float *dout, const float *inp, const float *w,
-                            const uint16_t *w16, uint16_t *x16, int N, int C, int OC)
+                            const uint16_t *w16, uint16_t *x16, size_t x16_n, int N, int C,
+                            int OC)
 {
     const sherl_backend *be = m->be;
     if (w) {
@@ -756,12 +771,17 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
     }
     if (!dinp)
         return;
-    half_round(be, m->prec, x16, dout, (size_t)N * OC);
-    half_gemm(be, m->prec, 0, 0, N, C, OC, x16, OC, w16, C, 1.0f, dinp, C);
+    int rows = rows_per_block(x16_n, OC);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int n = N - r0 < rows ? N - r0 : rows;
+        half_round(be, m->prec, x16, dout + (size_t)r0 * OC, (size_t)n * OC);
+        half_gemm(be, m->prec, 0, 0, n, C, OC, x16, OC, w16, C, 1.0f, dinp + (size_t)r0 * C, C);
+    }
 }
 
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
-                        const float *inp, const float *mask_add, uint16_t *act16, int B, int T)
+                        const float *inp, const float *mask_add, uint16_t *act16, size_t act16_n,
+                        int B, int T)
 {
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
@@ -769,10 +789,10 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     int N = B * T;
     float eps = c->layer_norm_eps;
     /* attention block: LN1(x + Wo . attention(Wqkv x)) */
-    linear_forward(m, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, N, D, 3 * D);
+    linear_forward(m, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n, N, D, 3 * D);
     be->attention_forward(a->attn, a->probs, a->qkv, mask_add, B, T, NH, D / NH);
     linear_forward(m, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
-                   N, D, D);
+                   act16_n, N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
@@ -783,10 +803,10 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
         linear_forward(m, a->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
-                       act16, n, D, F);
+                       act16, act16_n, n, D, F);
         be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
         linear_forward(m, a->res2 + r, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b,
-                       act16, n, F, D);
+                       act16, act16_n, n, F, D);
     }
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
@@ -819,7 +839,8 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
 
 void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,
                          const bert_layer_acts *a, bert_layer_grad_ws *g, float *dinp,
-                         const float *dout, const float *inp, uint16_t *act16, int B, int T)
+                         const float *dout, const float *inp, uint16_t *act16, size_t act16_n,
+                         int B, int T)
 {
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
@@ -844,18 +865,18 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
         size_t r = (size_t)n0 * D, nF = (size_t)n * F;
         float *act = g->d_ffn_act; /* gelu(ffn_pre) until dW2 has read it */
         linear_forward(m, g->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
-                       act16, n, D, F);
+                       act16, act16_n, n, D, F);
         be->gelu_forward(act, g->ffn_pre, nF);
         if (gr)
             linear_backward(m, NULL, gr->ffn_out_w, gr->ffn_out_b, g->d_res2 + r, act,
-                            ly->ffn_out_w, ly->ffn_out_w16, act16, n, F, D);
+                            ly->ffn_out_w, ly->ffn_out_w16, act16, act16_n, n, F, D);
         be->zero(g->d_ffn_act, nF * sizeof(float));
         linear_backward(m, g->d_ffn_act, NULL, NULL, g->d_res2 + r, NULL, ly->ffn_out_w,
-                        ly->ffn_out_w16, act16, n, F, D);
+                        ly->ffn_out_w16, act16, act16_n, n, F, D);
         be->zero(g->d_ffn_pre, nF * sizeof(float));
         be->gelu_backward(g->d_ffn_pre, g->ffn_pre, g->d_ffn_act, nF);
         linear_backward(m, g->d_ln1 + r, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1 + r,
-                        ly->ffn_in_w, ly->ffn_in_w16, act16, n, D, F);
+                        ly->ffn_in_w, ly->ffn_in_w16, act16, act16_n, n, D, F);
     }
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
     be->zero(g->d_res1, ND * sizeof(float));
@@ -866,10 +887,10 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     if (dinp)
         be->residual_backward(dinp, NULL, g->d_res1, ND);
     linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
-                    ly->attn_out_w, ly->attn_out_w16, act16, N, D, D);
+                    ly->attn_out_w, ly->attn_out_w16, act16, act16_n, N, D, D);
     be->attention_backward(g->d_qkv, g->d_attn, a->qkv, a->probs, B, T, NH, D / NH);
     linear_backward(m, dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, ly->qkv_w16, act16,
-                    N, D, 3 * D);
+                    act16_n, N, D, 3 * D);
 #undef GR
 }
 
@@ -890,6 +911,7 @@ sherl_status bert_forward(const bert_model *m, bert_workspace *ws, const bert_ba
     for (int i = 1; i <= L; i++) {
         float *dst = hidden[i] ? hidden[i] : prev == ws->tmp ? ws->emb : ws->tmp;
         bert_layer_forward(m, &m->layers[i - 1], &ws->acts, dst, prev, ws->mask_add, ws->act16,
+                           ws->act16_n,
                            batch->B,
                            batch->T);
         prev = dst;

@@ -126,6 +126,7 @@ typedef struct {
     int32_t *ids, *types, *positions; /* [B*T] on the backend */
     float *emb_mean, *emb_rstd;
     uint16_t *act16; /* half models: an operand of a half product, rounded (see the layout) */
+    size_t act16_n;  /* its halves: at least one row of any product's operand */
     sherl_arena own; /* the arena of bert_workspace_create; empty when carved from another */
 } bert_workspace;
 
@@ -134,7 +135,7 @@ sherl_status bert_workspace_check(const hf_config *c, int B, int T);
 /* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked by
  * bert_workspace_check. for_step: a training step's, which carves ws->acts and ws->emb itself
  * (shared with its backward scratch unless its backward reads them) and has its own state
- * buffers (no tmp); its act16 also holds the backward's operands. */
+ * buffers (no tmp). */
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
                            sherl_precision prec, int B, int T, sherl_arena *ar, int for_step);
 /* A workspace in an arena of its own. */
@@ -165,11 +166,11 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
 void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
                          const bert_embeddings *grads, bert_workspace *ws, float *d_sum,
                          const float *dh0, int B, int T);
-/* out[B,T,D] = layer(inp); acts receives what backward needs. act16: the workspace's, needed
- * when the layer's matrices are bf16/fp16, else NULL. */
+/* out[B,T,D] = layer(inp); acts receives what backward needs. act16 / act16_n: the workspace's,
+ * needed when the layer's matrices are bf16/fp16, else NULL / 0. */
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
                         float *out, const float *inp, const float *mask_add, uint16_t *act16,
-                        int B, int T);
+                        size_t act16_n, int B, int T);
 /* Scratch for one layer's backward, reusable across layers of the same shape: [B,T,D] gradient
  * buffers and the feed-forward block's [chunk,F] ones (ffn_pre recomputed, its gelu and their
  * gradients); the attention block's overlap the feed-forward block's
@@ -187,7 +188,8 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
  * its forward saved (acts->ffn_pre and ffn_act are not read). */
 void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
                          const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,
-                         const float *dout, const float *inp, uint16_t *act16, int B, int T);
+                         const float *dout, const float *inp, uint16_t *act16, size_t act16_n,
+                         int B, int T);
 
 /* Runs the whole encoder. hidden[i] (i = 0..L) are [B,T,D] backend buffers; hidden[i] may be
  * NULL for states the caller does not need, except that the final state needs somewhere to go:

@@ -137,7 +137,7 @@ void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
         {half ? NULL : &t->xpre, K * n * a->d},
         {&t->ln_mean, K * n},          {&t->ln_rstd, K * n},
         {&t->s, n * (K - 1)},          {&t->rho, n * (K - 1)},    {&t->alpha, n * (K - 1)},
-        {&t->z, n * a->d},             {&t->rz, n * a->d},        {&t->u, n * a->D},
+        {&t->z, n * a->d},
         {&t->out_mean, n},             {&t->out_rstd, n},
     };
     carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
@@ -149,11 +149,12 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
     int half = a->prec != SHERL_FP32;
     t->chunk = chunk_tokens(a, N);
     size_t c = (size_t)t->chunk;
-    /* d_z lives through the backward; the rest overlaps by phase:
-     *   forward:             x (a chunk) | un | ud
-     *   backward, the head:  d_ud | d_un | d_u | d_rz
+    /* d_z and rz live through the backward; the rest overlaps by phase:
+     *   forward:             x (a chunk) | un | ud (the up-projection u until un is written)
+     *   backward, the head:  d_ud (then u again) | d_un | d_u | d_rz
      *   backward, guidance:  x (a chunk) | d_x (a chunk) | d_xpre (a chunk) | d_xpre16 */
     t->d_z = arena_floats(ar, n * d);
+    t->rz = arena_floats(ar, n * d);
     size_t at = ar->used, end;
     t->x = arena_floats(ar, K * c * d);
     t->xw = half ? arena_floats(ar, c * d) : NULL;
@@ -223,9 +224,10 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
                                t->x, P(ps, a->guide_w), P(ps, a->guide_c), K, n, d);
     }
     /* 7. y = Dropout(LayerNorm_out(W_u relu(z) + b_u)) + tanh(lambda / 0.1) h_last */
+    float *u = t->ud; /* the up-projection, until LayerNorm_out has read it */
     be->relu_forward(t->rz, t->z, Nd);
-    be->matmul_forward(t->u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
-    be->layernorm_forward(t->un, t->out_mean, t->out_rstd, t->u, P(ps, a->out_ln_w),
+    be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
+    be->layernorm_forward(t->un, t->out_mean, t->out_rstd, u, P(ps, a->out_ln_w),
                           P(ps, a->out_ln_b), N, D, a->out_eps);
     be->dropout_forward(t->ud, t->un, ND, train ? a->dropout : 0.0f, seed, 0);
     be->gate_add_forward(y, t->ud, h_last, P(ps, a->gate), MTSA_GATE_TEMPERATURE, ND);
@@ -246,7 +248,12 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
     be->gate_add_backward(t->d_ud, G(ps, a->gate), dy, h_last, P(ps, a->gate),
                           MTSA_GATE_TEMPERATURE, ND);
     be->dropout_backward(t->d_un, t->d_ud, ND, train ? a->dropout : 0.0f, seed, 0);
-    be->layernorm_backward(t->d_u, G(ps, a->out_ln_w), G(ps, a->out_ln_b), t->d_un, t->u,
+    /* relu(z) and the up-projection again (the same bits as the forward's: two buffers less
+     * kept from forward to backward); u over d_ud, which dropout's backward has consumed */
+    float *u = t->d_ud;
+    be->relu_forward(t->rz, t->z, Nd);
+    be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
+    be->layernorm_backward(t->d_u, G(ps, a->out_ln_w), G(ps, a->out_ln_b), t->d_un, u,
                            P(ps, a->out_ln_w), t->out_mean, t->out_rstd, N, D);
     be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz, P(ps, a->up_w), N,
                         d, D);

@@ -44,15 +44,16 @@ typedef struct {
                        * returns them (the LayerNorm then reads them widened) */
     float *ln_mean, *ln_rstd; /* [K,N] */
     float *s, *rho, *alpha;   /* [N,K-1] */
-    float *z, *rz;            /* [N,d] consolidated, relu(z) */
-    float *u;                 /* [N,D] up-projection */
+    float *z;                 /* [N,d] consolidated */
     float *out_mean, *out_rstd; /* [N] */
     /* scratch, for one chunk of tokens: the projected taps (forward and backward recompute
      * them from xpre), their gradients, a tap's projection gradient */
     float *x, *d_x;           /* [K,chunk,d] */
     float *d_xpre;            /* [chunk,d] */
     float *xw;                /* half precision: [chunk,d] one tap's xpre16 rows widened */
-    /* forward scratch: dead once y is written */
+    float *rz;                /* [N,d] relu(z): forward and backward compute it */
+    /* forward scratch: dead once y is written (ud holds the up-projection until un is written;
+     * the backward computes it again over d_ud) */
     float *un, *ud;           /* [N,D] after LayerNorm_out, after dropout */
     float *xp;                /* half precision: [N,d] one tap's projection before rounding
                                * (over un, which is written after the projections) */

@@ -593,7 +593,8 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
         if (!dst)
             dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
-        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, s->ws.act16, B, T);
+        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, s->ws.act16,
+                           s->ws.act16_n, B, T);
         keep_half_taps(m, s, i + 1, dst, N * D);
         prev = dst;
         phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, &t0);
@@ -664,7 +665,7 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
             be->zero(dnext, ND * sizeof(float));
         bert_layer_backward(m->bb, &m->layers[i], m->layer_trainable[i] ? &m->grads[i] : NULL,
                             &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, s->ws.act16,
-                            B, T);
+                            s->ws.act16_n, B, T);
         float *t = dcur;
         dcur = dnext;
         dnext = t;

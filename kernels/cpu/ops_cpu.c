@@ -1244,15 +1244,16 @@ static void cpu_scale(float *x, size_t n, float s)
 /* BLIS packs each product's blocks of A (MC x KC) and panels of B (KC x NC) into buffers from a
  * pool of its own that it keeps for the process's life, one set per thread in a product at once
  * (every thread here). The pool sizes its blocks for the widest type, but a float product
- * touches only a float block's pages. */
+ * touches only a float block's pages; a block may grow to the maximum sizes (a final partition
+ * takes up to those), so those count. */
 static size_t cpu_library_bytes(int threads)
 {
     if (threads <= 0)
         threads = cpu_get_threads();
     cntx_t *cx = bli_gks_query_cntx();
-    size_t mc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MC, cx);
-    size_t kc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cx);
-    size_t nc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NC, cx);
+    size_t mc = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_MC, cx);
+    size_t kc = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cx);
+    size_t nc = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_NC, cx);
     return (size_t)threads * (mc * kc + kc * nc) * sizeof(float);
 }
 
@@ -1277,10 +1278,12 @@ static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
     if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
         most = b;
     if (q->half) { /* gemm_half widens both operands: the widest activation (the engine's are
-                    * at most [N, 3D], the Q|K|V gradient) and the widest weight */
+                    * [N, 3D] at most, the Q|K|V gradient, or a feed-forward chunk of at least
+                    * one row of F) and the widest weight */
         size_t D = (size_t)q->NH * q->HS;
         size_t wide = (size_t)q->F > 3 * D ? (size_t)q->F : 3 * D;
-        if ((b = ((size_t)q->N * 3 * D + wide * D) * sizeof(float) + 32) > most)
+        size_t act = (size_t)q->N * 3 * D > (size_t)q->F ? (size_t)q->N * 3 * D : (size_t)q->F;
+        if ((b = (act + wide * D) * sizeof(float) + 32) > most)
             most = b;
     }
     return most;

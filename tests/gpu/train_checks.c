@@ -873,8 +873,8 @@ static int check_sharing(const options *o, const sherl_backend *be, const char *
         printf("  ratio measured / expected %.4f (tol %.0f%%)%s; a backbone copy per job would "
                "give %.2f\n",
                ratio, tol * 100, !rss_checked ? ": not checked in " RSS_NOTE : ok ? "" : ": FAIL",
-               ((double)N * (double)backbone + (double)(shared - backbone) + (double)N * (double)own) /
-                   expected);
+               ((double)N * (double)backbone + (double)(shared - backbone) +
+                (double)N * (double)own) / expected);
         if (!ok)
             failed = 1;
     } else {

@@ -208,7 +208,7 @@ class HalfProjection(torch.autograd.Function):
 
 
 def mtsa_half_cases(out_dir, N=45, D=32, d=16, K=4):
-    """MTSA_bf16.safetensors and MTSA_fp16.safetensors: the MTSA alone in half precision against
+    """mtsa_bf16.safetensors and mtsa_fp16.safetensors: the MTSA alone in half precision against
     a float64 emulation of what a half job rounds (the taps, the projection weights, the
     projection outputs, their gradients), and the same MTSA unrounded ("plain"). The taps are
     multiples of 1/8 and the projection weights and biases of 1/1024 and 1/8192, all small: every

@@ -344,7 +344,8 @@ static void mtsa_half_case(const char *tag, sherl_precision prec, double proj_to
     safetensors_file f;
     cr_assert(safetensors_open(&f, path).code == SHERL_OK, "%s missing", path);
     int64_t n;
-    const st_tensor *t0 = safetensors_find(&f, "tap.0"), *w0 = safetensors_find(&f, "mtsa.proj.0.weight");
+    const st_tensor *t0 = safetensors_find(&f, "tap.0");
+    const st_tensor *w0 = safetensors_find(&f, "mtsa.proj.0.weight");
     cr_assert(t0 && w0 && t0->ndim == 2 && w0->ndim == 2, "%s: tap.0 / mtsa.proj.0.weight", path);
     int N = (int)t0->shape[0], D = (int)t0->shape[1], d = (int)w0->shape[0], K = 0;
     char name[128];

@@ -1598,6 +1598,7 @@ Test(kernels, every_backend_fills_every_op)
         HAS(describe);
         HAS(performance_advice);
         HAS(scratch_bytes);
+        HAS(library_bytes);
         HAS(gemm);
         HAS(gemm_strided_batched);
         HAS(matmul_forward);
