@@ -179,6 +179,9 @@ def run(method):
         raise SystemExit("gpu_train_torch: --late-layers must be in 1..%d" % (cfg.num_hidden_layers - 1))
     net = Net(bert, method, a.late_layers, bool(a.tune_late)).to(dev)
     params = [p for p in net.parameters() if p.requires_grad]
+    # the model's own bytes (weights; gradients and AdamW state come with the first step), so the
+    # peak can be read as model + the rest (activations, gradients, optimizer, transients)
+    model_bytes = torch.cuda.memory_allocated() - base if cuda else None
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                             lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
@@ -219,11 +222,13 @@ def run(method):
         reserved = None
     med = statistics.median(times)
     r = {"median_s": med, "min_s": min(times), "samples_per_s": a.batch / med, "peak_bytes": peak,
-         "reserved_bytes": reserved, "loss": loss, "trainable": sum(p.numel() for p in params)}
+         "reserved_bytes": reserved, "model_bytes": model_bytes, "loss": loss,
+         "trainable": sum(p.numel() for p in params)}
     print("pytorch %-5s %s %s B=%d T=%d: median %.4f s/step (min %.4f), %.2f samples/s, peak "
           "%.1f MiB (%s), loss %.4f, %d trainable" % (
               method, precision, dev, a.batch, a.seq, med, min(times), a.batch / med, peak / 2**20,
-              "max_memory_allocated; reserved %.1f MiB" % (reserved / 2**20) if cuda else "VmHWM",
+              "max_memory_allocated, of which the model %.1f MiB; reserved %.1f MiB"
+              % (model_bytes / 2**20, reserved / 2**20) if cuda else "VmHWM",
               loss, r["trainable"]), flush=True)
     return r, cfg  # the model, optimizer and batch go with this frame (run() frees them first)
 
