@@ -40,8 +40,10 @@ typedef struct {
     size_t used16, cap16;
     float *host;        /* staging buffer, big enough for the largest tensor */
     size_t host_cap;    /* in floats */
-    float *wide;        /* half models: one tensor in fp32 on the backend, before rounding */
+    float *wide;        /* half models: one tensor in fp32 on the host, before rounding (the
+                         * staging buffer on a device) */
     size_t wide_cap;    /* in floats */
+    uint16_t *half;     /* half models on a device: a block of rounded elements on the host */
     sherl_precision prec;
     int failed;         /* a carve did not fit: the sizes and the layout disagree (a bug) */
 } loader;
@@ -60,7 +62,20 @@ static sherl_status read_tensor(loader *ld, float *dst, const char *name, int nd
     return sherl_ok();
 }
 
-/* A weight matrix: into w32 in fp32, or (w32 NULL) rounded to bf16 into w16. */
+/* ld->wide is its own only on a host-memory backend (a device's is the staging buffer) */
+static void free_wide(loader *ld)
+{
+    if (ld->wide && ld->wide != ld->host)
+        free(ld->wide);
+    free(ld->half);
+}
+
+#define HALF_BLOCK ((size_t)1 << 20) /* elements rounded on the host per copy to a device */
+
+/* A weight matrix: into w32 in fp32, or (w32 NULL) rounded to bf16/fp16 into w16. The fp32 values
+ * stay on the host: a host-memory backend rounds them straight into w16; for a device they are
+ * rounded here a block at a time (kernels.h's conversions, the same bits as the backends') and
+ * copied, so the device never holds an fp32 copy of a table. */
 static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const char *name,
                                 int64_t d0, int64_t d1)
 {
@@ -68,10 +83,24 @@ static sherl_status read_matrix(loader *ld, float *w32, uint16_t *w16, const cha
     size_t n = (size_t)d0 * (size_t)d1;
     if (w32)
         return read_tensor(ld, w32, name, 2, shape, n);
-    if (!w16 || !ld->wide || n > ld->wide_cap)
+    if (!w16 || !ld->wide || n > ld->wide_cap || (!ld->be->host_memory && !ld->half))
         return sherl_errorf(SHERL_EINTERNAL, "'%s': no half buffer for %zu elements", name, n);
-    SHERL_TRY(read_tensor(ld, ld->wide, name, 2, shape, n));
-    half_round(ld->be, ld->prec, w16, ld->wide, n);
+    SHERL_TRY(safetensors_read_f32(ld->sf, name, ld->wide, 2, shape));
+    if (ld->be->host_memory) {
+        half_round(ld->be, ld->prec, w16, ld->wide, n);
+        return sherl_ok();
+    }
+    for (size_t at = 0; at < n; at += HALF_BLOCK) {
+        size_t k = n - at < HALF_BLOCK ? n - at : HALF_BLOCK;
+        const float *src = ld->wide + at;
+        if (ld->prec == SHERL_FP16)
+            for (size_t i = 0; i < k; i++)
+                ld->half[i] = sherl_f32_to_f16(src[i]);
+        else
+            for (size_t i = 0; i < k; i++)
+                ld->half[i] = sherl_f32_to_bf16(src[i]);
+        ld->be->copy_to_device(w16 + at, ld->half, k * sizeof(uint16_t));
+    }
     return sherl_ok();
 }
 
@@ -246,10 +275,14 @@ size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be)
     return be->host_memory ? 0 : largest_tensor_floats(c) * sizeof(float);
 }
 
-/* Half loads round each table and matrix from an fp32 copy on the backend: the largest. */
-size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec)
+/* Half loads round each table and matrix from an fp32 copy on the host: on a host-memory backend
+ * a buffer for the largest; on a device the staging buffer, and a block of halves. */
+size_t bert_load_wide_bytes(const hf_config *c, const sherl_backend *be, sherl_precision prec)
 {
-    return prec == SHERL_FP32 ? 0 : largest_tensor_floats(c) * sizeof(float);
+    if (prec == SHERL_FP32)
+        return 0;
+    return be->host_memory ? largest_tensor_floats(c) * sizeof(float)
+                           : HALF_BLOCK * sizeof(uint16_t);
 }
 
 /* The embeddings: tables into dst's float pointers, or (float pointer NULL) rounded to bf16
@@ -417,14 +450,22 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     if (ld.arena && prec != SHERL_FP32) {
         ld.arena16 = (uint16_t *)((char *)ld.arena + fp32_bytes);
         ld.cap16 = (bert_weight_bytes(c, prec) - fp32_bytes) / sizeof(uint16_t);
-        ld.wide = be->alloc(bert_load_wide_bytes(c, prec));
-        ld.wide_cap = bert_load_wide_bytes(c, prec) / sizeof(float);
     }
     size_t staging = bert_load_staging_bytes(c, be);
     ld.host = staging ? malloc(staging) : NULL;
     ld.host_cap = staging / sizeof(float);
+    if (ld.arena && prec != SHERL_FP32) {
+        if (be->host_memory) {
+            ld.wide = malloc(bert_load_wide_bytes(c, be, prec));
+            ld.wide_cap = bert_load_wide_bytes(c, be, prec) / sizeof(float);
+        } else {
+            ld.wide = ld.host, ld.wide_cap = ld.host_cap;
+            ld.half = malloc(bert_load_wide_bytes(c, be, prec));
+        }
+    }
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(bert_layer));
-    if (!ld.arena || (staging && !ld.host) || !m->layers || (prec != SHERL_FP32 && !ld.wide)) {
+    if (!ld.arena || (staging && !ld.host) || !m->layers ||
+        (prec != SHERL_FP32 && (!ld.wide || (!be->host_memory && !ld.half)))) {
         st = sherl_errorf(SHERL_ENOMEM, "cannot allocate %.1f MB for the weights of %s",
                           total / 1e6, model_dir);
         goto fail;
@@ -445,15 +486,14 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
     for (int i = 0; !st.code && i < c->num_hidden_layers; i++)
         st = load_layer(&ld, &m->layers[i], i, c);
     if (!st.code)
-        be->synchronize(); /* the half rounding reads ld.wide, freed below */
+        be->synchronize(); /* a host-memory backend's rounding reads ld.wide, freed below */
     if (!st.code)
         st = sherl_backend_status(be, "uploading the weights");
     if (st.code)
         goto fail;
     m->n_params = (long long)bert_param_count(c);
     m->arena = ld.arena;
-    if (ld.wide)
-        be->free(ld.wide);
+    free_wide(&ld);
     free(ld.host);
     safetensors_close(&sf);
     *out = m;
@@ -461,8 +501,7 @@ sherl_status bert_load_prec(bert_model **out, const char *model_dir, const sherl
 fail:
     if (ld.arena)
         be->free(ld.arena);
-    if (ld.wide)
-        be->free(ld.wide);
+    free_wide(&ld);
     free(ld.host);
     free(m->layers);
     free(m);

@@ -81,8 +81,9 @@ size_t bert_param_count(const hf_config *c);
 size_t bert_weight_bytes(const hf_config *c, sherl_precision prec);
 /* Host staging bert_load needs while loading onto be (0 for host-memory backends). */
 size_t bert_load_staging_bytes(const hf_config *c, const sherl_backend *be);
-/* Backend memory a bf16 load holds while it rounds each matrix (0 for fp32). */
-size_t bert_load_wide_bytes(const hf_config *c, sherl_precision prec);
+/* Host memory a bf16/fp16 load holds while it rounds each table and matrix, besides the staging
+ * (0 for fp32). */
+size_t bert_load_wide_bytes(const hf_config *c, const sherl_backend *be, sherl_precision prec);
 void bert_free(bert_model *m);
 
 /* A padded batch on the host: [B, T] each, row-major. token_type_ids may be NULL (zeros). */

@@ -125,7 +125,8 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
         add(p, "op scratch and cuBLAS workspace", PLAN_ARENA, be->scratch_bytes(&q));
     add(p, "BLAS packing buffers", PLAN_HOST, be->library_bytes(threads));
     add(p, "load staging", PLAN_TRANSIENT, bert_load_staging_bytes(cfg, be));
-    add(p, "half-precision rounding buffer", PLAN_TRANSIENT, bert_load_wide_bytes(cfg, opt->precision));
+    add(p, "half-precision rounding buffer", PLAN_TRANSIENT,
+        bert_load_wide_bytes(cfg, be, opt->precision) + bert_load_staging_bytes(cfg, be));
     if (!be->host_memory) {
         add(p, "copy staging", PLAN_TRANSIENT, SHERL_COPY_CHUNK * sizeof(float));
         add(p, "checkpoint staging", PLAN_TRANSIENT, 2 * m->ps.total * sizeof(float));

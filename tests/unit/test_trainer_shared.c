@@ -102,8 +102,9 @@ Test(trainer, shared_backbone_gives_the_same_run, .timeout = 300)
 /* The engine on memory it may only reach through the backend's copies (as on a GPU): every
  * path of a run (weights upload, parameter init, batches, evaluation, checkpoints, resume)
  * must go through copy_to_device / copy_to_host, or the guarded backend faults. Its ops are
- * the CPU's, so the parameters must equal the CPU run's bit for bit. */
-Test(trainer, device_memory_run_equals_the_cpu_run, .timeout = 300)
+ * the CPU's, so the parameters must equal the CPU run's bit for bit; in bf16 too, where a
+ * device's backbone is rounded on the host and copied (the CPU's in place). */
+Test(trainer, device_memory_run_equals_the_cpu_run, .timeout = 600)
 {
     snprintf(work, sizeof work, "%s/trainer_device", SHERL_TEST_WORK);
     char cmd[400];
@@ -118,11 +119,14 @@ Test(trainer, device_memory_run_equals_the_cpu_run, .timeout = 300)
         "{\"text\": \"horses run across the field\", \"label\": \"animal\"}\n";
     write_file("train.jsonl", rows);
     write_file("val.jsonl", rows);
-    const char *methods[] = {"sherl", "full"};
-    for (int k = 0; k < 2; k++) {
+    /* (fp16 loads take the same path as bf16 with kernels.h's other conversion, which
+     * test_kernels checks bit for bit against the compiler's _Float16) */
+    const char *methods[] = {"sherl", "full", "sherl"};
+    const char *precisions[] = {"fp32", "fp32", "bf16"};
+    for (int k = 0; k < 3; k++) {
         char json[2048], out_cpu[64], out_dev[64];
-        snprintf(out_cpu, sizeof out_cpu, "%s-cpu", methods[k]);
-        snprintf(out_dev, sizeof out_dev, "%s-dev", methods[k]);
+        snprintf(out_cpu, sizeof out_cpu, "%s-%s-cpu", methods[k], precisions[k]);
+        snprintf(out_dev, sizeof out_dev, "%s-%s-dev", methods[k], precisions[k]);
         job_spec spec[2];
         for (int d = 0; d < 2; d++) {
             snprintf(json, sizeof json,
@@ -131,8 +135,9 @@ Test(trainer, device_memory_run_equals_the_cpu_run, .timeout = 300)
                      " \"max_length\": 16},"
                      " \"train\": {\"epochs\": 2, \"batch_size\": 2, \"seed\": 5,"
                      " \"checkpoint_every\": 2},"
-                     " \"resources\": {\"threads\": 1}, \"output\": \"%s\"}",
-                     SHERL_MINILM_DIR, methods[k], d ? out_dev : out_cpu);
+                     " \"resources\": {\"threads\": 1, \"precision\": \"%s\"},"
+                     " \"output\": \"%s\"}",
+                     SHERL_MINILM_DIR, methods[k], precisions[k], d ? out_dev : out_cpu);
             sherl_status st = job_spec_parse(&spec[d], json, strlen(json), "spec", work);
             cr_assert(st.code == SHERL_OK, "%s", st.msg);
         }
