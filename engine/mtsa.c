@@ -143,12 +143,12 @@ void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
     carve_all(bufs, sizeof bufs / sizeof bufs[0], ar);
 }
 
-void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
+static void scratch_carve(mtsa_acts *t, const mtsa *a, int N, int chunk, sherl_arena *ar)
 {
     size_t K = (size_t)a->K, n = (size_t)N, D = (size_t)a->D, d = (size_t)a->d;
     int half = a->prec != SHERL_FP32;
-    t->chunk = chunk_tokens(a, N);
-    size_t c = (size_t)t->chunk;
+    t->chunk = chunk;
+    size_t c = (size_t)chunk;
     /* d_z and rz live through the backward; the rest overlaps by phase:
      *   forward:             x (a chunk) | un | ud (the up-projection u until un is written)
      *   backward, the head:  d_ud (then u again) | d_un | d_u | d_rz
@@ -177,6 +177,33 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
     if (ar->used < end)
         ar->used = end;
     t->w16 = half ? arena_take(ar, d * D * sizeof(uint16_t)) : NULL;
+}
+
+static size_t scratch_bytes_at(const mtsa *a, int N, int chunk)
+{
+    mtsa_acts t;
+    sherl_arena m;
+    arena_measure(&m);
+    scratch_carve(&t, a, N, chunk, &m);
+    return m.used;
+}
+
+void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sherl_arena *ar)
+{
+    /* the largest chunk whose scratch fits the budget, and at least chunk_tokens' (fewer,
+     * larger passes: each pass launches 2 + 5K small ops on a device) */
+    int lo = chunk_tokens(a, N), hi = N;
+    if (scratch_bytes_at(a, N, hi) <= budget)
+        lo = hi;
+    else if (scratch_bytes_at(a, N, lo) <= budget)
+        while (hi - lo > 1) { /* bytes(lo) <= budget < bytes(hi) */
+            int mid = lo + (hi - lo) / 2;
+            if (scratch_bytes_at(a, N, mid) <= budget)
+                lo = mid;
+            else
+                hi = mid;
+        }
+    scratch_carve(t, a, N, lo, ar);
 }
 
 /* Tap i's LayerNorm inputs for tokens [n0, n0 + n): the kept rows, or (half precision) the kept

@@ -67,10 +67,11 @@ typedef struct {
 
 /* The activations the backward reads, kept from the forward. */
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
-/* The forward's and the backward's own scratch, overlapped by phase and sized for chunks of
- * about N * D / (K * d) tokens: may share memory with anything that is not live while
- * mtsa_forward or mtsa_backward runs (in a step: the layers' scratch). */
-void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
+/* The forward's and the backward's own scratch, overlapped by phase, for chunks of the most
+ * tokens whose scratch fits `budget` bytes, and at least about N * D / (K * d) tokens: may share
+ * memory with anything that is not live while mtsa_forward or mtsa_backward runs (in a step:
+ * the layers' scratch, whose size is the budget). */
+void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sherl_arena *ar);
 
 /* y[N,D] = MTSA(taps[0..K), h_last); taps[K-1] is the guide's source, h_last = h_{L-k}.
  * The taps are fp32 (taps) or, when a->prec is bf16/fp16, half (taps16; taps unused).

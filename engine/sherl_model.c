@@ -403,8 +403,8 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     if (ar->used > end)
         end = ar->used;
     ar->used = at;
-    if (m->opt.method == METHOD_SHERL)
-        mtsa_scratch_layout(&s->side, &m->side, (int)N, ar);
+    if (m->opt.method == METHOD_SHERL) /* as large a chunk as the layers' scratch holds */
+        mtsa_scratch_layout(&s->side, &m->side, (int)N, end - at, ar);
     if (ar->used < end)
         ar->used = end;
     at = ar->used;
