@@ -9,6 +9,40 @@
 
 #include <cJSON.h>
 
+#include "kernels.h"
+
+/* The backend a bench runs on: name NULL takes cuda when usable, else the CPU. Returns -1 with
+ * *be set, else the exit status to end with: 0 after a "no GPU" line when cuda was asked for and
+ * there is none (an answer, not a failure), 1 when a GPU is there but unusable, 2 for a name
+ * that is neither cuda nor cpu. */
+static inline int bench_backend(const char *prog, const char *name, const sherl_backend **be)
+{
+    if (!name) {
+        *be = sherl_backend_by_name("cuda");
+        if (!*be)
+            *be = sherl_backend_cpu();
+        return -1;
+    }
+    if (!strcmp(name, "cpu")) {
+        *be = sherl_backend_cpu();
+        return -1;
+    }
+    if (strcmp(name, "cuda")) {
+        fprintf(stderr, "%s: unknown backend '%s' (cuda or cpu)\n", prog, name);
+        return 2;
+    }
+    *be = sherl_backend_by_name("cuda");
+    if (*be)
+        return -1;
+    char why[256];
+    if (sherl_cuda_absent(why, sizeof why) == 0) {
+        printf("%s: no GPU (%s)\n", prog, why);
+        return 0;
+    }
+    fprintf(stderr, "%s: %s\n", prog, why);
+    return 1;
+}
+
 static inline double bench_now(void)
 {
     struct timespec ts;

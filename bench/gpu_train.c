@@ -540,27 +540,9 @@ int main(int argc, char **argv)
     }
 
     /* the backend first: no GPU is an answer, not a failure */
-    if (!backend) {
-        be = sherl_backend_by_name("cuda");
-        if (!be)
-            be = sherl_backend_cpu();
-    } else if (!strcmp(backend, "cpu")) {
-        be = sherl_backend_cpu();
-    } else if (!strcmp(backend, "cuda")) {
-        be = sherl_backend_by_name("cuda");
-        if (!be) {
-            char why[256];
-            if (sherl_cuda_absent(why, sizeof why) == 0) {
-                printf(PROG ": no GPU (%s)\n", why);
-                return 0;
-            }
-            fprintf(stderr, PROG ": %s\n", why);
-            return 1;
-        }
-    } else {
-        fprintf(stderr, PROG ": unknown backend '%s' (cuda or cpu)\n", backend);
-        return 2;
-    }
+    int ended = bench_backend(PROG, backend, &be);
+    if (ended >= 0)
+        return ended;
     if (!model_dir) {
         fprintf(stderr, PROG ": MODEL_DIR is missing\n");
         usage(stderr);

@@ -777,6 +777,21 @@ static int rows_per_block(size_t x16_n, int width)
     return r < 1 ? 1 : r > (size_t)INT32_MAX ? INT32_MAX : (int)r;
 }
 
+/* out[N, cols] = half(a) . op(w16) + beta out, with a [N, K] rounded into x16 (x16_n halves) a
+ * block of rows at a time; w16 is [cols, K] (tb) or [K, cols]. */
+static void half_rows_gemm(const bert_model *m, uint16_t *x16, size_t x16_n, const float *a,
+                           int N, int K, const uint16_t *w16, int tb, int cols, float beta,
+                           float *out)
+{
+    int rows = rows_per_block(x16_n, K);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int n = N - r0 < rows ? N - r0 : rows;
+        half_round(m->be, m->prec, x16, a + (size_t)r0 * K, (size_t)n * K);
+        half_gemm(m->be, m->prec, 0, tb, n, cols, K, x16, K, w16, tb ? K : cols, beta,
+                  out + (size_t)r0 * cols, cols);
+    }
+}
+
 static void linear_forward(const bert_model *m, float *out, const float *inp, const float *w,
                            const uint16_t *w16, const float *bias, uint16_t *x16, size_t x16_n,
                            int N, int C, int OC)
@@ -786,12 +801,7 @@ static void linear_forward(const bert_model *m, float *out, const float *inp, co
         be->matmul_forward(out, inp, w, bias, N, C, OC);
         return;
     }
-    int rows = rows_per_block(x16_n, C);
-    for (int r0 = 0; r0 < N; r0 += rows) {
-        int n = N - r0 < rows ? N - r0 : rows;
-        half_round(be, m->prec, x16, inp + (size_t)r0 * C, (size_t)n * C);
-        half_gemm(be, m->prec, 0, 1, n, OC, C, x16, C, w16, C, 0.0f, out + (size_t)r0 * OC, OC);
-    }
+    half_rows_gemm(m, x16, x16_n, inp, N, C, w16, 1, OC, 0.0f, out);
     if (bias)
         be->bias_add_forward(out, bias, N, OC);
 }
@@ -803,19 +813,12 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
                             const uint16_t *w16, uint16_t *x16, size_t x16_n, int N, int C,
                             int OC)
 {
-    const sherl_backend *be = m->be;
     if (w) {
-        be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
+        m->be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
         return;
     }
-    if (!dinp)
-        return;
-    int rows = rows_per_block(x16_n, OC);
-    for (int r0 = 0; r0 < N; r0 += rows) {
-        int n = N - r0 < rows ? N - r0 : rows;
-        half_round(be, m->prec, x16, dout + (size_t)r0 * OC, (size_t)n * OC);
-        half_gemm(be, m->prec, 0, 0, n, C, OC, x16, OC, w16, C, 1.0f, dinp + (size_t)r0 * C, C);
-    }
+    if (dinp)
+        half_rows_gemm(m, x16, x16_n, dout, N, OC, w16, 0, C, 1.0f, dinp);
 }
 
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
