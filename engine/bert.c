@@ -568,26 +568,53 @@ void bert_batch_free(bert_batch *batch)
 
 int bert_ffn_chunk(const hf_config *c, int N)
 {
-    long long n = (long long)N * c->hidden_size / c->intermediate_size;
+    long long n = (long long)N * c->hidden_size / (2LL * c->intermediate_size);
     return n < 1 ? 1 : n > N ? N : (int)n;
+}
+
+/* Sequences per attention pass at the layout's shape: the most whose probabilities take at most
+ * half a hidden state's floats, at least one. */
+static int attn_layout_seqs(const hf_config *c, int B, int T)
+{
+    long long per_seq = (long long)c->num_attention_heads * T * T;
+    long long s = (long long)B * T * c->hidden_size / 2 / per_seq;
+    return s < 1 ? 1 : s > B ? B : (int)s;
+}
+
+int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T)
+{
+    size_t by_probs = a->probs_n / ((size_t)NH * T * T), by_rows = (size_t)a->chunk_rows / T;
+    size_t s = by_probs < by_rows ? by_probs : by_rows;
+    return s < 1 ? 1 : s > (size_t)B ? B : (int)s;
 }
 
 void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
                             int NH)
 {
-    (void)F;
+    (void)F, (void)NH;
     size_t BT = (size_t)B * T;
     a->qkv = arena_floats(ar, BT * 3 * D);
-    a->probs = arena_floats(ar, (size_t)B * NH * T * T);
+    a->qkv_whole = 1;
     a->attn = arena_floats(ar, BT * D);
     a->res1 = arena_floats(ar, BT * D);
     a->ln1 = arena_floats(ar, BT * D);
     a->ln1_mean = arena_floats(ar, BT);
     a->ln1_rstd = arena_floats(ar, BT);
-    a->ffn_pre = a->ffn_act = NULL; /* forward scratch: the backward recomputes them */
     a->res2 = arena_floats(ar, BT * D);
     a->ln2_mean = arena_floats(ar, BT);
     a->ln2_rstd = arena_floats(ar, BT);
+    /* forward scratch (bert_layer_acts_share_scratch): the backward computes them again */
+    a->probs = a->ffn_pre = a->ffn_act = NULL;
+    a->probs_n = 0, a->chunk_rows = 0;
+}
+
+void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *scratch)
+{
+    a->probs = scratch->probs;
+    a->probs_n = scratch->probs_n;
+    a->chunk_rows = scratch->chunk_rows;
+    a->ffn_pre = scratch->ffn_pre;
+    a->ffn_act = scratch->ffn_act;
 }
 
 void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
@@ -596,17 +623,21 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, end;
     size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
-    /* the attention block's buffers... */
-    a->qkv = arena_floats(ar, BT * 3 * D);
-    a->probs = arena_floats(ar, (size_t)B * NH * T * T);
+    int seqs = attn_layout_seqs(c, B, T);
+    a->chunk_rows = seqs * T;
+    a->probs_n = (size_t)seqs * NH * T * T;
+    a->qkv_whole = 0;
+    /* the attention block's buffers: its output, and one chunk's Q|K|V and probabilities... */
     a->attn = arena_floats(ar, BT * D);
+    a->qkv = arena_floats(ar, (size_t)a->chunk_rows * 3 * D);
+    a->probs = arena_floats(ar, a->probs_n);
     end = ar->used;
-    /* ...and the feed-forward block's over them: res1 (written from attn) over qkv, which
-     * attention has consumed; one chunk's ffn_pre and ffn_act after ln1; res2 (written from
-     * ffn_act, then ln1 added) over res1, which LayerNorm 1 has consumed */
+    /* ...and the feed-forward block's: ln1 over attn (which the projection into res1 has
+     * consumed), res1 over the chunk buffers; one chunk's ffn_pre and ffn_act; res2 (written
+     * from ffn_act, then ln1 added) over res1, which LayerNorm 1 has consumed */
     ar->used = at;
-    a->res1 = arena_floats(ar, BT * D);
     a->ln1 = arena_floats(ar, BT * D);
+    a->res1 = arena_floats(ar, BT * D);
     a->ffn_pre = arena_floats(ar, chunk_f);
     a->ffn_act = arena_floats(ar, chunk_f);
     a->res2 = a->res1;
@@ -830,9 +861,17 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     int D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
     int N = B * T;
     float eps = c->layer_norm_eps;
-    /* attention block: LN1(x + Wo . attention(Wqkv x)) */
-    linear_forward(m, a->qkv, inp, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n, N, D, 3 * D);
-    be->attention_forward(a->attn, a->probs, a->qkv, mask_add, B, T, NH, D / NH);
+    /* attention block: LN1(x + Wo . attention(Wqkv x)), Q|K|V and the attention a chunk of
+     * sequences at a time (bert_attn_seqs) */
+    int seqs = bert_attn_seqs(a, NH, B, T);
+    for (int b0 = 0; b0 < B; b0 += seqs) {
+        int b = B - b0 < seqs ? B - b0 : seqs;
+        size_t r0 = (size_t)b0 * T;
+        float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
+        linear_forward(m, qkv, inp + r0 * D, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n,
+                       b * T, D, 3 * D);
+        be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
+    }
     linear_forward(m, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
                    act16_n, N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
@@ -858,31 +897,34 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
                                int T)
 {
-    int D = c->hidden_size;
-    size_t BT = (size_t)B * T, at = ar->used, ffn_at, end;
+    int D = c->hidden_size, NH = c->num_attention_heads;
+    size_t BT = (size_t)B * T, at = ar->used, chunks_at, end;
     size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
+    int seqs = attn_layout_seqs(c, B, T);
+    size_t rows = (size_t)seqs * T;
     g->d_res2 = arena_floats(ar, BT * D);
     g->d_ln1 = arena_floats(ar, BT * D);
-    ffn_at = ar->used;
+    chunks_at = ar->used;
     g->ffn_pre = arena_floats(ar, chunk_f);
     g->d_ffn_act = arena_floats(ar, chunk_f);
     g->d_ffn_pre = arena_floats(ar, chunk_f);
     end = ar->used;
-    /* the attention block's gradients come once the feed-forward block's are dead: d_res1 over
-     * d_res2, d_attn and d_qkv over the chunk buffers (d_ln1 lives across both) */
+    /* the attention block's come once the feed-forward block's are dead: d_res1 over d_res2,
+     * the chunk buffers after d_ln1 (which LayerNorm 1's backward reads into d_res1) */
     ar->used = at;
     g->d_res1 = arena_floats(ar, BT * D);
-    ar->used = ffn_at;
-    g->d_attn = arena_floats(ar, BT * D);
-    g->d_qkv = arena_floats(ar, BT * 3 * D);
+    ar->used = chunks_at;
+    g->d_attn = arena_floats(ar, rows * D);
+    g->d_qkv = arena_floats(ar, rows * 3 * D);
+    g->probs = arena_floats(ar, (size_t)seqs * NH * T * T);
     if (ar->used < end)
         ar->used = end;
 }
 
 void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_layer *gr,
                          const bert_layer_acts *a, bert_layer_grad_ws *g, float *dinp,
-                         const float *dout, const float *inp, uint16_t *act16, size_t act16_n,
-                         int B, int T)
+                         const float *dout, const float *inp, const float *mask_add,
+                         uint16_t *act16, size_t act16_n, int B, int T)
 {
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
@@ -922,17 +964,28 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     }
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
     be->zero(g->d_res1, ND * sizeof(float));
-    be->zero(g->d_attn, ND * sizeof(float));
-    be->zero(g->d_qkv, ND * 3 * sizeof(float));
     be->layernorm_backward(g->d_res1, GR(ln1_w), GR(ln1_b), g->d_ln1, a->res1, ly->ln1_w,
                            a->ln1_mean, a->ln1_rstd, N, D);
     if (dinp)
         be->residual_backward(dinp, NULL, g->d_res1, ND);
-    linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1, a->attn,
-                    ly->attn_out_w, ly->attn_out_w16, act16, act16_n, N, D, D);
-    be->attention_backward(g->d_qkv, g->d_attn, a->qkv, a->probs, B, T, NH, D / NH);
-    linear_backward(m, dinp, GR(qkv_w), GR(qkv_b), g->d_qkv, inp, ly->qkv_w, ly->qkv_w16, act16,
-                    act16_n, N, D, 3 * D);
+    /* The attention block by the forward's chunks of sequences: the probabilities again (the
+     * same bits as the forward's; its output goes to d_attn, overwritten next), then the
+     * gradients through the projection, the attention and Q|K|V. */
+    int seqs = bert_attn_seqs(a, NH, B, T);
+    for (int b0 = 0; b0 < B; b0 += seqs) {
+        int b = B - b0 < seqs ? B - b0 : seqs, n = b * T;
+        size_t r0 = (size_t)b0 * T, nD = (size_t)n * D;
+        const float *qkv = a->qkv + r0 * 3 * D;
+        be->attention_forward(g->d_attn, g->probs, qkv, mask_add + r0, b, T, NH, D / NH);
+        be->zero(g->d_attn, nD * sizeof(float));
+        linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1 + r0 * D,
+                        a->attn + r0 * D, ly->attn_out_w, ly->attn_out_w16, act16, act16_n, n, D,
+                        D);
+        be->zero(g->d_qkv, nD * 3 * sizeof(float));
+        be->attention_backward(g->d_qkv, g->d_attn, qkv, g->probs, b, T, NH, D / NH);
+        linear_backward(m, dinp ? dinp + r0 * D : NULL, GR(qkv_w), GR(qkv_b), g->d_qkv,
+                        inp + r0 * D, ly->qkv_w, ly->qkv_w16, act16, act16_n, n, D, 3 * D);
+    }
 #undef GR
 }
 

@@ -101,8 +101,16 @@ void bert_batch_free(bert_batch *batch);
 
 /* Activations of one layer's forward, kept for its backward. Buffers on the backend. */
 typedef struct {
-    float *qkv;      /* [B,T,3D] */
-    float *probs;    /* [B,NH,T,T] */
+    /* [B,T,3D] kept whole by a backprop layer (qkv_whole), else one attention chunk's
+     * [chunk_rows,3D] (forward scratch) */
+    float *qkv;
+    int qkv_whole;
+    /* the attention probabilities of one chunk of sequences, never kept (a backward computes
+     * them again from qkv): probs_n floats, a pass takes as many sequences as fit them and
+     * chunk_rows tokens (bert_attn_seqs) */
+    float *probs;
+    size_t probs_n;
+    int chunk_rows;
     float *attn;     /* [B,T,D] attention output before the projection */
     float *res1;     /* [B,T,D] projection + residual (LayerNorm 1 input) */
     float *ln1;      /* [B,T,D] */
@@ -142,15 +150,21 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
 /* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);
-/* Rows of tokens the feed-forward block runs at a time: about B*T*D/F, so that its [rows, F]
- * buffers hold about as many floats as one hidden state. */
+/* Rows of tokens the feed-forward block runs at a time: about B*T*D/(2F), so that each of its
+ * [rows, F] buffers holds about half as many floats as one hidden state. */
 int bert_ffn_chunk(const hf_config *c, int N);
-/* A backprop layer's activations, each its own buffer, except ffn_pre and ffn_act (NULL here):
- * the caller points them at a forward-only layer's (bert_layer_scratch_layout). */
+/* Sequences of T tokens one pass of the attention block takes, for buffers of probs_n floats of
+ * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */
+int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T);
+/* A backprop layer's kept activations, each its own buffer, with qkv whole; probs, ffn_pre and
+ * ffn_act are NULL here: the caller points them (and probs_n, chunk_rows) at a forward-only
+ * layer's (bert_layer_scratch_layout) with bert_layer_acts_share_scratch. */
 void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
                             int NH);
+void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *scratch);
 /* A forward-only layer's buffers (nothing kept for a backward), overlapped where their lives do
- * not meet: max(4 BTD + B NH T T, 2 BTD + 2 chunk F) floats. */
+ * not meet: max(BTD + chunk_rows 3D + probs_n, 2 BTD + 2 chunk F) floats, with the attention
+ * block's chunk buffers about half a hidden state's floats at most. */
 void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
                                int T);
 
@@ -173,11 +187,16 @@ void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer
                         float *out, const float *inp, const float *mask_add, uint16_t *act16,
                         size_t act16_n, int B, int T);
 /* Scratch for one layer's backward, reusable across layers of the same shape: [B,T,D] gradient
- * buffers and the feed-forward block's [chunk,F] ones (ffn_pre recomputed, its gelu and their
- * gradients); the attention block's overlap the feed-forward block's
- * (max(2 BTD + 3 chunk F, 6 BTD) floats). */
+ * buffers, the feed-forward block's [chunk,F] ones (ffn_pre recomputed, its gelu and their
+ * gradients) and the attention block's for one chunk of sequences (the probabilities computed
+ * again, the gradients of the attention output and of Q|K|V); the attention block's overlap the
+ * feed-forward block's. The chunk buffers have the capacities of the forward-only layers'
+ * (bert_layer_scratch_layout), so forward and backward take the same chunks. */
 typedef struct {
-    float *d_res2, *d_ln1, *ffn_pre, *d_ffn_act, *d_ffn_pre, *d_res1, *d_attn, *d_qkv;
+    float *d_res2, *d_ln1, *ffn_pre, *d_ffn_act, *d_ffn_pre, *d_res1;
+    float *d_attn; /* [chunk_rows, D] */
+    float *d_qkv;  /* [chunk_rows, 3D] */
+    float *probs;  /* probs_n */
 } bert_layer_grad_ws;
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
@@ -186,11 +205,11 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
 /* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
  * when grads is not NULL, every weight gradient accumulates into the matching field of grads
  * (a bert_layer whose pointers point at gradient buffers). inp is the layer's input, acts what
- * its forward saved (acts->ffn_pre and ffn_act are not read). */
+ * its forward saved (acts->probs, ffn_pre and ffn_act are not read), mask_add the forward's. */
 void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
                          const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,
-                         const float *dout, const float *inp, uint16_t *act16, size_t act16_n,
-                         int B, int T);
+                         const float *dout, const float *inp, const float *mask_add,
+                         uint16_t *act16, size_t act16_n, int B, int T);
 
 /* Runs the whole encoder. hidden[i] (i = 0..L) are [B,T,D] backend buffers; hidden[i] may be
  * NULL for states the caller does not need, except that the final state needs somewhere to go:

@@ -149,31 +149,29 @@ static void scratch_carve(mtsa_acts *t, const mtsa *a, int N, int chunk, sherl_a
     int half = a->prec != SHERL_FP32;
     t->chunk = chunk;
     size_t c = (size_t)chunk;
-    /* d_z and rz live through the backward; the rest overlaps by phase:
-     *   forward:             x (a chunk) | un | ud (the up-projection u until un is written)
-     *   backward, the head:  d_ud (then u again) | d_un | d_u | d_rz
-     *   backward, guidance:  x (a chunk) | d_x (a chunk) | d_xpre (a chunk) | d_xpre16 */
+    /* d_z lives from the head's backward through the guidance's; the rest overlaps by phase:
+     *   projections (half):  xp
+     *   guidance:            x | xw | d_x | d_xpre | d_xpre16   (a chunk each)
+     *   head:                rz | ud (the up-projection u until un is written; the backward's
+     *                        u and d_ud) | un (d_un) | d_u | d_rz   (a chunk each) */
     t->d_z = arena_floats(ar, n * d);
-    t->rz = arena_floats(ar, n * d);
     size_t at = ar->used, end;
+    t->xp = half ? arena_floats(ar, n * d) : NULL;
+    end = ar->used;
+    ar->used = at;
     t->x = arena_floats(ar, K * c * d);
     t->xw = half ? arena_floats(ar, c * d) : NULL;
-    size_t after_x = ar->used;
-    t->un = arena_floats(ar, n * D);
-    t->ud = arena_floats(ar, n * D);
-    t->xp = half ? t->un : NULL;
-    end = ar->used;
-    ar->used = after_x;
     t->d_x = arena_floats(ar, K * c * d);
     t->d_xpre = arena_floats(ar, c * d);
     t->d_xpre16 = half ? arena_take(ar, c * d * sizeof(uint16_t)) : NULL;
     if (ar->used > end)
         end = ar->used;
     ar->used = at;
-    t->d_ud = arena_floats(ar, n * D);
-    t->d_un = arena_floats(ar, n * D);
-    t->d_u = arena_floats(ar, n * D);
-    t->d_rz = arena_floats(ar, n * d);
+    t->rz = arena_floats(ar, c * d);
+    t->ud = t->d_ud = arena_floats(ar, c * D);
+    t->un = t->d_un = arena_floats(ar, c * D);
+    t->d_u = arena_floats(ar, c * D);
+    t->d_rz = arena_floats(ar, c * d);
     if (ar->used < end)
         ar->used = end;
     t->w16 = half ? arena_take(ar, d * D * sizeof(uint16_t)) : NULL;
@@ -224,7 +222,7 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
-    size_t Nd = (size_t)N * d, ND = (size_t)N * D;
+    size_t Nd = (size_t)N * d;
     /* 1. x_i = LayerNorm_i(W_i h_i + b_i) */
     for (int i = 0; i < K; i++) {
         if (a->prec == SHERL_FP32) {
@@ -250,14 +248,20 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
                                t->rho + (size_t)n0 * (K - 1), t->alpha + (size_t)n0 * (K - 1),
                                t->x, P(ps, a->guide_w), P(ps, a->guide_c), K, n, d);
     }
-    /* 7. y = Dropout(LayerNorm_out(W_u relu(z) + b_u)) + tanh(lambda / 0.1) h_last */
-    float *u = t->ud; /* the up-projection, until LayerNorm_out has read it */
-    be->relu_forward(t->rz, t->z, Nd);
-    be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
-    be->layernorm_forward(t->un, t->out_mean, t->out_rstd, u, P(ps, a->out_ln_w),
-                          P(ps, a->out_ln_b), N, D, a->out_eps);
-    be->dropout_forward(t->ud, t->un, ND, train ? a->dropout : 0.0f, seed, 0);
-    be->gate_add_forward(y, t->ud, h_last, P(ps, a->gate), MTSA_GATE_TEMPERATURE, ND);
+    /* 7. y = Dropout(LayerNorm_out(W_u relu(z) + b_u)) + tanh(lambda / 0.1) h_last, by the
+     * same chunks of tokens (every op is per token; dropout's stream is indexed by element) */
+    for (int n0 = 0; n0 < N; n0 += t->chunk) {
+        int n = N - n0 < t->chunk ? N - n0 : t->chunk;
+        size_t cd = (size_t)n * d, cD = (size_t)n * D, r0 = (size_t)n0 * D;
+        float *u = t->ud; /* the up-projection, until LayerNorm_out has read it */
+        be->relu_forward(t->rz, t->z + (size_t)n0 * d, cd);
+        be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), n, d, D);
+        be->layernorm_forward(t->un, t->out_mean + n0, t->out_rstd + n0, u, P(ps, a->out_ln_w),
+                              P(ps, a->out_ln_b), n, D, a->out_eps);
+        be->dropout_forward(t->ud, t->un, cD, train ? a->dropout : 0.0f, seed, r0);
+        be->gate_add_forward(y + r0, t->ud, h_last + r0, P(ps, a->gate), MTSA_GATE_TEMPERATURE,
+                             cD);
+    }
 }
 
 void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
@@ -266,25 +270,29 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
-    size_t Nd = (size_t)N * d, ND = (size_t)N * D;
-    be->zero(t->d_ud, ND * sizeof(float));
-    be->zero(t->d_un, ND * sizeof(float));
-    be->zero(t->d_u, ND * sizeof(float));
-    be->zero(t->d_rz, Nd * sizeof(float));
-    be->zero(t->d_z, Nd * sizeof(float));
-    be->gate_add_backward(t->d_ud, G(ps, a->gate), dy, h_last, P(ps, a->gate),
-                          MTSA_GATE_TEMPERATURE, ND);
-    be->dropout_backward(t->d_un, t->d_ud, ND, train ? a->dropout : 0.0f, seed, 0);
-    /* relu(z) and the up-projection again (the same bits as the forward's: two buffers less
-     * kept from forward to backward); u over d_ud, which dropout's backward has consumed */
-    float *u = t->d_ud;
-    be->relu_forward(t->rz, t->z, Nd);
-    be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), N, d, D);
-    be->layernorm_backward(t->d_u, G(ps, a->out_ln_w), G(ps, a->out_ln_b), t->d_un, u,
-                           P(ps, a->out_ln_w), t->out_mean, t->out_rstd, N, D);
-    be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz, P(ps, a->up_w), N,
-                        d, D);
-    be->relu_backward(t->d_z, t->z, t->d_rz, Nd);
+    be->zero(t->d_z, (size_t)N * d * sizeof(float));
+    /* The head by the forward's chunks of tokens: relu(z) and the up-projection again (the
+     * same bits as the forward's; nothing of the head kept from forward to backward but z and
+     * LayerNorm_out's statistics), u over d_ud, which dropout's backward has consumed. */
+    for (int n0 = 0; n0 < N; n0 += t->chunk) {
+        int n = N - n0 < t->chunk ? N - n0 : t->chunk;
+        size_t cd = (size_t)n * d, cD = (size_t)n * D, r0 = (size_t)n0 * D;
+        float *u = t->d_ud;
+        be->zero(t->d_ud, cD * sizeof(float));
+        be->gate_add_backward(t->d_ud, G(ps, a->gate), dy + r0, h_last + r0, P(ps, a->gate),
+                              MTSA_GATE_TEMPERATURE, cD);
+        be->zero(t->d_un, cD * sizeof(float));
+        be->dropout_backward(t->d_un, t->d_ud, cD, train ? a->dropout : 0.0f, seed, r0);
+        be->relu_forward(t->rz, t->z + (size_t)n0 * d, cd);
+        be->matmul_forward(u, t->rz, P(ps, a->up_w), P(ps, a->up_b), n, d, D);
+        be->zero(t->d_u, cD * sizeof(float));
+        be->layernorm_backward(t->d_u, G(ps, a->out_ln_w), G(ps, a->out_ln_b), t->d_un, u,
+                               P(ps, a->out_ln_w), t->out_mean + n0, t->out_rstd + n0, n, D);
+        be->zero(t->d_rz, cd * sizeof(float));
+        be->matmul_backward(t->d_rz, G(ps, a->up_w), G(ps, a->up_b), t->d_u, t->rz,
+                            P(ps, a->up_w), n, d, D);
+        be->relu_backward(t->d_z + (size_t)n0 * d, t->z + (size_t)n0 * d, t->d_rz, cd);
+    }
     /* The guidance, a chunk of tokens at a time: the projected taps again from the kept
      * LayerNorm inputs (the same bits as the forward's), their gradients, and on through each
      * tap's LayerNorm and projection (whose weight gradients accumulate over the chunks). */

@@ -38,7 +38,7 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
 /* Activations for N tokens. */
 typedef struct {
     int N;
-    int chunk;    /* tokens per pass of the guidance (mtsa_scratch_layout) */
+    int chunk;    /* tokens per pass of the guidance and the head (mtsa_scratch_layout) */
     float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs); NULL in half precision */
     uint16_t *xpre16; /* [K,N,d] half precision: the same rounded, as autocast's Linear
                        * returns them (the LayerNorm then reads them widened) */
@@ -51,15 +51,15 @@ typedef struct {
     float *x, *d_x;           /* [K,chunk,d] */
     float *d_xpre;            /* [chunk,d] */
     float *xw;                /* half precision: [chunk,d] one tap's xpre16 rows widened */
-    float *rz;                /* [N,d] relu(z): forward and backward compute it */
-    /* forward scratch: dead once y is written (ud holds the up-projection until un is written;
-     * the backward computes it again over d_ud) */
-    float *un, *ud;           /* [N,D] after LayerNorm_out, after dropout */
-    float *xp;                /* half precision: [N,d] one tap's projection before rounding
-                               * (over un, which is written after the projections) */
-    /* backward scratch */
-    float *d_ud, *d_un, *d_u; /* [N,D] */
-    float *d_rz, *d_z;        /* [N,d] */
+    float *xp;                /* half precision: [N,d] one tap's projection before rounding */
+    /* the head (up-projection, LayerNorm_out, dropout, gate) by the same chunks of tokens,
+     * forward and backward: relu(z) and the up-projection are computed again in backward */
+    float *rz;                /* [chunk,d] relu(z) */
+    float *ud, *un;           /* [chunk,D] after dropout (the up-projection u until un is
+                               * written), after LayerNorm_out */
+    float *d_ud, *d_un, *d_u; /* [chunk,D]: d_ud and d_un over ud and un; u again over d_ud */
+    float *d_rz;              /* [chunk,d] */
+    float *d_z;               /* [N,d] */
     /* half precision only: the projection weights and d_xpre rounded (scratch) */
     uint16_t *w16;            /* [d,D] */
     uint16_t *d_xpre16;       /* [chunk,d] */

@@ -393,11 +393,9 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     size_t at = ar->used, end;
     bert_layer_scratch_layout(&s->ws.acts, ar, c, B, T);
     end = ar->used, ar->used = at;
-    for (int i = 0; i < L; i++) /* a backprop layer's feed-forward buffers are scratch too */
-        if (backprop_layer(m, i)) {
-            s->acts[i].ffn_pre = s->ws.acts.ffn_pre;
-            s->acts[i].ffn_act = s->ws.acts.ffn_act;
-        }
+    for (int i = 0; i < L; i++) /* a backprop layer's chunk buffers are scratch too */
+        if (backprop_layer(m, i))
+            bert_layer_acts_share_scratch(&s->acts[i], &s->ws.acts);
     if (m->opt.method != METHOD_LINEAR)
         bert_layer_grad_ws_layout(&s->gws, ar, c, B, T);
     if (ar->used > end)
@@ -664,7 +662,7 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
         if (need_dinp)
             be->zero(dnext, ND * sizeof(float));
         bert_layer_backward(m->bb, &m->layers[i], m->layer_trainable[i] ? &m->grads[i] : NULL,
-                            &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, s->ws.act16,
+                            &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, s->ws.mask_add, s->ws.act16,
                             s->ws.act16_n, B, T);
         float *t = dcur;
         dcur = dnext;

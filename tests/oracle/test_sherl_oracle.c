@@ -241,7 +241,7 @@ Test(sherl_oracle, linear, .timeout = 120) { run_case("linear", METHOD_LINEAR, T
  * trainable tensor, the 3 entries with the largest gradient. h = 1e-3 balances float32 rounding
  * of the loss (~1e-7 / h) against the O(h^2) truncation and the chance of stepping over a relu
  * kink of the guidance (which a larger h does); tolerance 2% of the entry + 1e-4. */
-static void fd_case(train_method method, task_type task, pool_mode pooling)
+static void fd_case(train_method method, task_type task, pool_mode pooling, float dropout)
 {
     const sherl_backend *be = sherl_backend_cpu();
     fixture fx;
@@ -253,7 +253,7 @@ static void fd_case(train_method method, task_type task, pool_mode pooling)
     sherl_options o;
     sherl_options_default(&o);
     o.method = method, o.task = task, o.pooling = pooling, o.num_labels = 3;
-    o.side_dim = 16, o.dropout = 0.0f, o.tune_late = 1, o.seed = 5;
+    o.side_dim = 16, o.dropout = dropout, o.tune_late = 1, o.seed = 5;
     sherl_model *m;
     cr_assert(sherl_model_create(&m, bb, &o).code == SHERL_OK);
     sherl_step s;
@@ -305,17 +305,24 @@ static void fd_case(train_method method, task_type task, pool_mode pooling)
 
 Test(sherl_finite_differences, sherl_tune_late_every_tensor, .timeout = 120)
 {
-    fd_case(METHOD_SHERL, TASK_CLASSIFICATION, POOL_MEAN);
+    fd_case(METHOD_SHERL, TASK_CLASSIFICATION, POOL_MEAN, 0.0f);
+}
+
+/* MTSA dropout on (p 0.3): the backward must apply the forward's mask (the same seed, the same
+ * element indices), which the finite differences of the masked loss check */
+Test(sherl_finite_differences, sherl_mtsa_dropout_every_tensor, .timeout = 120)
+{
+    fd_case(METHOD_SHERL, TASK_CLASSIFICATION, POOL_MEAN, 0.3f);
 }
 
 Test(sherl_finite_differences, sherl_regression_every_tensor, .timeout = 120)
 {
-    fd_case(METHOD_SHERL, TASK_REGRESSION, POOL_CLS);
+    fd_case(METHOD_SHERL, TASK_REGRESSION, POOL_CLS, 0.0f);
 }
 
 Test(sherl_finite_differences, full_every_tensor, .timeout = 120)
 {
-    fd_case(METHOD_FULL, TASK_CLASSIFICATION, POOL_MEAN);
+    fd_case(METHOD_FULL, TASK_CLASSIFICATION, POOL_MEAN, 0.0f);
 }
 
 /* The MTSA alone in half precision (a bf16/fp16 job: half taps, projections with half operands
@@ -436,3 +443,91 @@ static void mtsa_case(const char *tag, sherl_precision prec, double proj_tol)
 Test(sherl_oracle, mtsa_fp32_chunked, .timeout = 60) { mtsa_case("bf16", SHERL_FP32, 2e-4); }
 Test(sherl_oracle, mtsa_bf16, .timeout = 60) { mtsa_case("bf16", SHERL_BF16, 2e-3); }
 Test(sherl_oracle, mtsa_fp16, .timeout = 60) { mtsa_case("fp16", SHERL_FP16, 3e-4); }
+
+/* One forward and backward of the MTSA in fp32 with its scratch laid out for `budget` bytes;
+ * y and the concatenated gradients (ps order) come back in malloc'd buffers. */
+static int mtsa_run_chunked(const mtsa *a, param_set *ps, int N, size_t budget,
+                            const float *const *taps, const float *h_last, const float *dy,
+                            int train, float **y, float **grads)
+{
+    const sherl_backend *be = ps->be;
+    mtsa_acts acts;
+    sherl_arena ar;
+    arena_measure(&ar);
+    mtsa_acts_layout(&acts, a, N, &ar);
+    mtsa_scratch_layout(&acts, a, N, budget, &ar);
+    cr_assert(arena_alloc(&ar, be, ar.used, "MTSA activations").code == SHERL_OK);
+    mtsa_acts_layout(&acts, a, N, &ar);
+    mtsa_scratch_layout(&acts, a, N, budget, &ar);
+    cr_assert(arena_check(&ar, "MTSA activations").code == SHERL_OK);
+    *y = malloc((size_t)N * a->D * sizeof(float));
+    mtsa_forward(a, ps, &acts, *y, taps, NULL, h_last, N, train, 11);
+    param_set_zero_grad(ps);
+    mtsa_backward(a, ps, &acts, dy, taps, NULL, h_last, N, train, 11);
+    size_t total = 0, at = 0;
+    for (int i = 0; i < ps->n; i++)
+        total += ps->items[i].numel;
+    *grads = malloc(total * sizeof(float));
+    for (int i = 0; i < ps->n; i++) {
+        memcpy(*grads + at, ps->items[i].grad, ps->items[i].numel * sizeof(float));
+        at += ps->items[i].numel;
+    }
+    arena_release(&ar);
+    return acts.chunk;
+}
+
+/* Dropout inside the MTSA draws its mask by element index, so the chunks of tokens the head runs
+ * by must not change it: the smallest chunks give the one-chunk run's output and gradients
+ * (up to summation order), and the mask is really applied (the output moves from p = 0's). */
+Test(sherl_oracle, mtsa_dropout_chunks, .timeout = 60)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    safetensors_file f;
+    cr_assert(safetensors_open(&f, REF "/mtsa_bf16.safetensors").code == SHERL_OK);
+    int64_t n;
+    const st_tensor *t0 = safetensors_find(&f, "tap.0");
+    const st_tensor *w0 = safetensors_find(&f, "mtsa.proj.0.weight");
+    cr_assert(t0 && w0);
+    int N = (int)t0->shape[0], D = (int)t0->shape[1], d = (int)w0->shape[0], K = 0;
+    float *taps[8];
+    char name[64];
+    for (; K < 8; K++) {
+        snprintf(name, sizeof name, "tap.%d", K);
+        if (!safetensors_find(&f, name))
+            break;
+        taps[K] = tensor_f32(&f, name, &n);
+    }
+    float *h_last = tensor_f32(&f, "h_last", &n), *dy = tensor_f32(&f, "dy", &n);
+    float *y[3], *g[3];
+    int chunk[3];
+    for (int run = 0; run < 3; run++) { /* p 0.3 one chunk, p 0.3 smallest chunks, p 0 */
+        param_set ps;
+        param_set_init(&ps, be);
+        mtsa a;
+        cr_assert(mtsa_register(&a, &ps, K, D, d, 1e-12f, run < 2 ? 0.3f : 0.0f).code == SHERL_OK);
+        cr_assert(param_set_alloc(&ps).code == SHERL_OK);
+        cr_assert(param_set_load(&ps, REF "/mtsa_bf16.safetensors", 1).code == SHERL_OK);
+        chunk[run] = mtsa_run_chunked(&a, &ps, N, run == 1 ? 0 : (size_t)1 << 30,
+                                      (const float *const *)taps, h_last, dy, 1, &y[run], &g[run]);
+        if (run == 0)
+            for (int i = n = 0; i < ps.n; i++)
+                n += (int64_t)ps.items[i].numel;
+        param_set_free(&ps);
+        mtsa_free(&a);
+    }
+    cr_assert(chunk[0] == N && chunk[1] < N, "chunks %d and %d of %d", chunk[0], chunk[1], N);
+    double ey = max_rel_diff(y[1], y[0], (size_t)N * D), eg = max_rel_diff(g[1], g[0], (size_t)n);
+    double moved = max_rel_diff(y[2], y[0], (size_t)N * D);
+    cr_expect(ey <= 1e-6 && eg <= 1e-5,
+              "chunks of %d tokens differ from one chunk under dropout: y %.3g, gradients %.3g",
+              chunk[1], ey, eg);
+    cr_expect(moved >= 1e-2, "dropout p = 0.3 left y within %.3g of p = 0", moved);
+    cr_log_info("mtsa dropout: chunks of %d vs %d tokens: y %.3g, gradients %.3g apart; p = 0 "
+                "is %.3g away\n", chunk[1], N, ey, eg, moved);
+    for (int run = 0; run < 3; run++)
+        free(y[run]), free(g[run]);
+    for (int i = 0; i < K; i++)
+        free(taps[i]);
+    free(h_last), free(dy);
+    safetensors_close(&f);
+}
