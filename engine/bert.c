@@ -678,12 +678,13 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     ws->emb_mean = arena_floats(ar, BT);
     ws->emb_rstd = arena_floats(ar, BT);
     /* a half product's rounded operand, whole when it is a feed-forward chunk's [chunk, F] or an
-     * input [BT, D], a block of rows at a time when wider (the Q|K|V gradient [BT, 3D]) */
+     * input [BT, D], a block of rows at a time when wider (the Q|K|V gradient [BT, 3D]; a
+     * trained matrix's output gradient and input side by side, at least one row of each) */
     size_t n16 = BT * ws->D, ffn = (size_t)bert_ffn_chunk(c, B * T) * ws->F;
     if (n16 < ffn)
         n16 = ffn;
-    if (n16 < 3 * (size_t)ws->D)
-        n16 = 3 * (size_t)ws->D;
+    if (n16 < (size_t)ws->F + 3 * (size_t)ws->D) /* a row of a trained product's dout and inp */
+        n16 = (size_t)ws->F + 3 * (size_t)ws->D;
     ws->act16_n = prec != SHERL_FP32 ? n16 : 0;
     ws->act16 = prec != SHERL_FP32 ? arena_take(ar, n16 * sizeof(uint16_t)) : NULL;
 }
@@ -837,19 +838,38 @@ static void linear_forward(const bert_model *m, float *out, const float *inp, co
         be->bias_add_forward(out, bias, N, OC);
 }
 
-/* Backward of linear_forward. A bf16 matrix is frozen: only dinp += dout . W, with dout rounded
- * to bf16 into x16 a block of rows at a time. */
+/* Backward of linear_forward. With a half matrix: dinp += half(dout) . W16, and when dw is
+ * given (a trained layer's half copy of its fp32 master) dw += half(dout)^T . half(inp) and
+ * db += column sums of dout, in fp32; dout and inp are rounded a block of rows at a time, side by
+ * side in x16. */
 static void linear_backward(const bert_model *m, float *dinp, float *dw, float *db,
                             const float *dout, const float *inp, const float *w,
                             const uint16_t *w16, uint16_t *x16, size_t x16_n, int N, int C,
                             int OC)
 {
+    const sherl_backend *be = m->be;
     if (w) {
-        m->be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
+        be->matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
         return;
     }
-    if (dinp)
-        half_rows_gemm(m, x16, x16_n, dout, N, OC, w16, 0, C, 1.0f, dinp);
+    if (!dw) {
+        if (dinp)
+            half_rows_gemm(m, x16, x16_n, dout, N, OC, w16, 0, C, 1.0f, dinp);
+        return;
+    }
+    int rows = rows_per_block(x16_n, C + OC);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int n = N - r0 < rows ? N - r0 : rows;
+        uint16_t *d16 = x16, *i16 = x16 + (size_t)n * OC;
+        half_round(be, m->prec, d16, dout + (size_t)r0 * OC, (size_t)n * OC);
+        half_round(be, m->prec, i16, inp + (size_t)r0 * C, (size_t)n * C);
+        if (dinp)
+            half_gemm(be, m->prec, 0, 0, n, C, OC, d16, OC, w16, C, 1.0f, dinp + (size_t)r0 * C,
+                      C);
+        half_gemm(be, m->prec, 1, 0, OC, C, n, d16, OC, i16, C, 1.0f, dw, C);
+        if (db)
+            be->bias_add_backward(db, dout + (size_t)r0 * OC, n, OC);
+    }
 }
 
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,

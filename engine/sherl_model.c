@@ -353,7 +353,7 @@ static int backprop_layer(const sherl_model *m, int i)
 
 const char *const SHERL_STEP_GROUP_NAMES[STEP_GROUPS] = {
     "kept hidden states", "layer activations", "MTSA activations", "layer scratch",
-    "embeddings and masks", "head and loss"};
+    "embeddings and masks", "head and loss", "half copies of trained matrices"};
 
 void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
                        size_t group_bytes[STEP_GROUPS])
@@ -432,6 +432,13 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     s->labels = arena_ints(ar, (size_t)B);
     s->targets = arena_floats(ar, (size_t)B);
     STEP_GROUP_END(STEP_HEAD);
+    for (int i = 0; i < L; i++) {
+        size_t n[4] = {(size_t)3 * D * D, (size_t)D * D, (size_t)F * D, (size_t)D * F};
+        int half = m->opt.precision != SHERL_FP32 && m->layer_trainable[i];
+        for (int j = 0; j < 4; j++)
+            s->half_w[i][j] = half ? arena_take(ar, n[j] * sizeof(uint16_t)) : NULL;
+    }
+    STEP_GROUP_END(STEP_HALF_WEIGHTS);
 #undef STEP_GROUP_END
 }
 
@@ -452,10 +459,14 @@ sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
     if (m->L > SHERL_MAX_LAYERS)
         return sherl_errorf(SHERL_EUNSUPPORTED, "%d layers: at most %d", m->L, SHERL_MAX_LAYERS);
     s.hidden = hidden, s.acts = acts;
+    s.half_w = calloc((size_t)m->L, sizeof *s.half_w);
+    if (!s.half_w)
+        return sherl_errorf(SHERL_ENOMEM, "out of memory");
     memset(acts, 0, sizeof acts);
     sherl_arena measure;
     arena_measure(&measure);
     sherl_step_layout(&s, m, B, T, &measure, group_bytes);
+    free(s.half_w);
     *total = measure.used;
     return sherl_ok();
 }
@@ -478,8 +489,9 @@ sherl_status sherl_step_create(sherl_step *s, const sherl_model *m, int B, int T
     s->grad_scale = 1.0f;
     s->hidden = calloc((size_t)m->L + 1, sizeof(float *));
     s->acts = calloc((size_t)m->L, sizeof(bert_layer_acts));
+    s->half_w = calloc((size_t)m->L, sizeof *s->half_w);
     sherl_status st;
-    if (!s->hidden || !s->acts) {
+    if (!s->hidden || !s->acts || !s->half_w) {
         st = sherl_errorf(SHERL_ENOMEM, "out of memory");
         goto fail;
     }
@@ -502,12 +514,41 @@ void sherl_step_free(sherl_step *s, const sherl_model *m)
 {
     (void)m;
     arena_release(&s->arena);
-    free(s->hidden), free(s->acts);
+    free(s->hidden), free(s->acts), free(s->half_w);
     memset(s, 0, sizeof *s);
 }
 
 /* ------------------------------------------------------------------------------------------
  * forward and backward */
+
+/* Layer i as the step's products take it: the model's, or for a trained layer of a half job its
+ * matrices' half copies (round_trained_layers), the fp32 masters then out of the products. */
+static bert_layer layer_in_use(const sherl_model *m, const sherl_step *s, int i)
+{
+    bert_layer ly = m->layers[i];
+    if (!s->half_w[i][0])
+        return ly;
+    ly.qkv_w16 = s->half_w[i][0], ly.attn_out_w16 = s->half_w[i][1];
+    ly.ffn_in_w16 = s->half_w[i][2], ly.ffn_out_w16 = s->half_w[i][3];
+    ly.qkv_w = ly.attn_out_w = ly.ffn_in_w = ly.ffn_out_w = NULL;
+    return ly;
+}
+
+/* The half copies of trained matrices from their fp32 masters, as autocast casts a Linear's
+ * weight at each forward (the optimizer has moved the masters since the last one). */
+static void round_trained_layers(const sherl_model *m, sherl_step *s)
+{
+    size_t D = (size_t)m->D, F = (size_t)m->cfg.intermediate_size;
+    for (int i = 0; i < m->L; i++) {
+        if (!s->half_w[i][0])
+            continue;
+        const bert_layer *ly = &m->layers[i];
+        half_round(m->be, m->opt.precision, s->half_w[i][0], ly->qkv_w, 3 * D * D);
+        half_round(m->be, m->opt.precision, s->half_w[i][1], ly->attn_out_w, D * D);
+        half_round(m->be, m->opt.precision, s->half_w[i][2], ly->ffn_in_w, F * D);
+        half_round(m->be, m->opt.precision, s->half_w[i][3], ly->ffn_out_w, D * F);
+    }
+}
 
 const char *const SHERL_PHASE_NAMES[SHERL_PHASES] = {
     "embeddings", "frozen layers (forward only)", "MTSA forward", "backprop layers forward",
@@ -568,6 +609,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
                 return sherl_errorf(SHERL_EINVAL, "target of example %d is not finite", b);
 
     double t0 = s->profile ? mono_s() : 0;
+    round_trained_layers(m, s);
     /* embeddings: the trainable copy for full fine-tuning, else the backbone's */
     float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
     SHERL_TRY(bert_embed_forward_weights(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb,
@@ -591,7 +633,8 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
         if (!dst)
             dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
-        bert_layer_forward(m->bb, &m->layers[i], acts, dst, inp, s->ws.mask_add, s->ws.act16,
+        bert_layer ly = layer_in_use(m, s, i);
+        bert_layer_forward(m->bb, &ly, acts, dst, inp, s->ws.mask_add, s->ws.act16,
                            s->ws.act16_n, B, T);
         keep_half_taps(m, s, i + 1, dst, N * D);
         prev = dst;
@@ -661,7 +704,8 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
         int need_dinp = i > first || m->opt.method != METHOD_LATE;
         if (need_dinp)
             be->zero(dnext, ND * sizeof(float));
-        bert_layer_backward(m->bb, &m->layers[i], m->layer_trainable[i] ? &m->grads[i] : NULL,
+        bert_layer ly = layer_in_use(m, s, i);
+        bert_layer_backward(m->bb, &ly, m->layer_trainable[i] ? &m->grads[i] : NULL,
                             &s->acts[i], &s->gws, need_dinp ? dnext : NULL, dcur, inp, s->ws.mask_add, s->ws.act16,
                             s->ws.act16_n, B, T);
         float *t = dcur;

@@ -86,6 +86,10 @@ typedef struct {
     uint16_t *tap16[SHERL_MAX_TAPS]; /* [N,D] each: the taps in half precision (sherl with a
                                       * bf16/fp16 backbone, whose fp32 taps are not kept) */
     float *d_a, *d_b;       /* [N,D] gradient ping-pong */
+    /* [L][4]: in a bf16/fp16 job, a trained layer's four matrices (Q|K|V, attention output,
+     * feed-forward in, out) in half precision, rounded from the fp32 masters at each forward:
+     * its products take half operands with fp32 sums, as autocast runs them; NULL otherwise */
+    uint16_t *(*half_w)[4];
     int32_t *mask;          /* [B,T] on the backend */
     pooler pool;
     float *pooled, *d_pooled; /* [B,D] */
@@ -117,6 +121,7 @@ typedef enum {
                          * scratch; state and gradient ping-pong */
     STEP_FORWARD_WS,    /* the embedding sum and its statistics, ids, masks */
     STEP_HEAD,          /* pooling, logits, loss */
+    STEP_HALF_WEIGHTS,  /* half copies of trained layers' matrices (bf16/fp16 jobs) */
     STEP_GROUPS
 } sherl_step_group;
 extern const char *const SHERL_STEP_GROUP_NAMES[STEP_GROUPS];
@@ -126,7 +131,8 @@ sherl_status sherl_step_check(const sherl_model *m, int B, int T);
  * Works on a shape-only model. */
 sherl_status sherl_step_bytes(const sherl_model *m, int B, int T, size_t *total,
                               size_t group_bytes[STEP_GROUPS]);
-/* Carves every step buffer from ar; s->hidden [L+1] and s->acts [L] must be allocated. */
+/* Carves every step buffer from ar; s->hidden [L+1], s->acts [L] and s->half_w [L] must be
+ * allocated. */
 void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_arena *ar,
                        size_t group_bytes[STEP_GROUPS]);
 /* The shapes a step runs its ops at, for the backend's scratch (planner and prepare). */

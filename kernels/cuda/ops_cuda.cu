@@ -324,7 +324,12 @@ static int cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
 static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 // Scratch each op takes from the thread's block (they never need it at the same time).
-static size_t attention_scratch(int B, int T) { return round256(sizeof(float) * (size_t)B * T * T); }
+// the backward's dP for one head over the batch, or the forward's 5 arrays of B*NH block pointers
+static size_t attention_scratch(int B, int T, int NH)
+{
+    size_t dp = sizeof(float) * (size_t)B * T * T, ptrs = 5 * sizeof(void *) * (size_t)B * NH;
+    return round256(dp > ptrs ? dp : ptrs);
+}
 static size_t reduce_scratch(size_t n)
 {
     return round256(sizeof(double) * ((n + RED_CHUNK - 1) / RED_CHUNK + 1));
@@ -341,7 +346,7 @@ static size_t op_scratch_bytes(const sherl_scratch_shape *q)
     size_t most = COL_SCRATCH_BYTES, b0 = reduce_scratch(q->max_reduce > 0 ? q->max_reduce : 1);
     if (b0 > most)
         most = b0;
-    size_t b = attention_scratch(q->B, q->T);
+    size_t b = attention_scratch(q->B, q->T, q->NH);
     if (b > most)
         most = b;
     if (q->K >= 2 && (b = mtsa_scratch(q->N, q->d)) > most)
@@ -964,27 +969,61 @@ static void cuda_softmax_backward(float *dinp, const float *dout, const float *o
     LAUNCHED(c, "softmax_backward_kernel");
 }
 
-// Attention, one head at a time over the whole batch: each head's q, k, v are strided views
-// of qkv[B,T,3C], so every product is one strided-batched GEMM with batch B.
+// The (b, h) blocks of attention's products as pointer arrays, i = b NH + h: one batched GEMM
+// covers every head of every sequence (the heads of q, k, v and the output are not one stride
+// apart from the sequences', so a strided batch would take one launch per head).
+struct attention_blocks {
+    const float *base[5]; // q, k, probs, v, out
+    long long seq[5], head[5]; // element offsets of the next sequence and the next head
+};
+
+__global__ void attention_ptrs_kernel(const float **out, attention_blocks a, int NH, int n)
+{
+    GRID_STRIDE(i, (size_t)5 * n)
+    {
+        int which = (int)(i / n);
+        size_t j = i % n;
+        out[i] = a.base[which] + (long long)(j / NH) * a.seq[which] +
+                 (long long)(j % NH) * a.head[which];
+    }
+}
+
+// Row-major C_i = op(A_i) op(B_i) + beta C_i for pointer arrays on the device (see gemm_any).
+static void gemm_ptr_batched(cuda_ctx *c, int trans_a, int trans_b, int M, int N, int K,
+                             const float *const *A, int lda, const float *const *B, int ldb,
+                             float beta, float *const *C, int ldc, int batch)
+{
+    const float alpha = 1.0f;
+    CKB(c, cublasGemmBatchedEx(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                               (const void *const *)B, CUDA_R_32F, ldb, (const void *const *)A,
+                               CUDA_R_32F, lda, &beta, (void *const *)C, CUDA_R_32F, ldc, batch,
+                               fp32_compute(c), CUBLAS_GEMM_DEFAULT));
+}
+
+// Attention over every (sequence, head) block at once: S = Q K^T, softmax, O = P V, in four
+// launches whatever B and NH (the pointer arrays, two batched GEMMs, the softmax).
 static void cuda_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
                                    int B, int T, int NH, int HS)
 {
     cuda_ctx *c = ctx();
-    if (!c->ready || B <= 0 || T <= 0 || NH <= 0)
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0 || !blas_ready(c))
         return;
-    const int C = NH * HS, C3 = 3 * C;
-    const long long sq = (long long)T * C3, sp = (long long)NH * T * T, so = (long long)T * C;
-    for (int h = 0; h < NH; h++) {
-        const float *q = qkv + h * HS, *k = qkv + C + h * HS;
-        cuda_gemm_strided_batched(0, 1, T, T, HS, 1.0f, q, C3, sq, k, C3, sq, 0.0f,
-                                  probs + (size_t)h * T * T, T, sp, B);
-    }
+    const int C = NH * HS, C3 = 3 * C, n = B * NH;
+    const float **ptr = (const float **)scratch(c, attention_scratch(B, T, NH));
+    if (!ptr)
+        return;
+    attention_blocks a = {{qkv, qkv + C, probs, qkv + 2 * C, out},
+                          {(long long)T * C3, (long long)T * C3, (long long)NH * T * T,
+                           (long long)T * C3, (long long)T * C},
+                          {HS, HS, (long long)T * T, HS, HS}};
+    attention_ptrs_kernel<<<grid_for((size_t)5 * n, 256), 256, 0, c->stream>>>(ptr, a, NH, n);
+    LAUNCHED(c, "attention_ptrs_kernel");
+    const float *const *q = ptr, *const *k = ptr + n, *const *p = ptr + 2 * n,
+                       *const *v = ptr + 3 * n, *const *o = ptr + 4 * n;
+    gemm_ptr_batched(c, 0, 1, T, T, HS, q, C3, k, C3, 0.0f, (float *const *)p, T, n);
     cuda_softmax_forward(probs, probs, mask, 1.0f / sqrtf((float)HS), B, NH, T, T);
-    for (int h = 0; h < NH; h++) {
-        const float *v = qkv + 2 * C + h * HS;
-        cuda_gemm_strided_batched(0, 0, T, HS, T, 1.0f, probs + (size_t)h * T * T, T, sp, v, C3,
-                                  sq, 0.0f, out + h * HS, C, so, B);
-    }
+    gemm_ptr_batched(c, 0, 0, T, HS, T, p, T, v, C3, 0.0f, (float *const *)o, C, n);
 }
 
 // dS = scale * P (dP - rowsum(P dP)), in place in dp[B,T,T] (one head h of probs[B,NH,T,T]).
@@ -1012,7 +1051,7 @@ static void cuda_attention_backward(float *dqkv, const float *dout, const float 
     cuda_ctx *c = ctx();
     if (!c->ready || B <= 0 || T <= 0 || NH <= 0)
         return;
-    float *dp = (float *)scratch(c, attention_scratch(B, T));
+    float *dp = (float *)scratch(c, attention_scratch(B, T, NH));
     if (!dp)
         return;
     const int C = NH * HS, C3 = 3 * C;

@@ -36,6 +36,10 @@ add_test(NAME gpu_train_parity_guarded
 add_test(NAME gpu_train_parity_bf16_guarded
   COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 ${small} --steps 20
           --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_guarded)
+# the late layer trained too: in bf16 its products take half copies of its fp32 masters
+add_test(NAME gpu_train_parity_bf16_tuned_guarded
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1 ${small}
+          --steps 20 --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_tuned_guarded)
 # the comparison is not vacuous: bf16 against fp32 at a tolerance bf16 cannot meet must FAIL
 add_test(NAME gpu_train_parity_self_test
   COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 ${small} --steps 5
@@ -57,6 +61,6 @@ add_test(NAME gpu_train_sharing_cuda
   COMMAND gpu_train_checks sharing --backend cuda ${medium} --jobs 4 --steps 6
           --work ${SHERL_GPU_TRAIN_WORK}/sharing_cuda)
 set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
-  gpu_train_parity_self_test gpu_train_parity_cuda
+  gpu_train_parity_bf16_tuned_guarded gpu_train_parity_self_test gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

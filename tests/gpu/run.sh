@@ -325,7 +325,8 @@ fi
 # parity: one SHERL job, 20 steps on the CPU in fp32 and on the GPU; fp32 (every step's loss
 # within 1e-4 relative) on a 4-layer, hidden-256 random BERT with a learnable 2-class task
 # (tests/gpu/make_train_task.py); bf16 (2e-2, validation accuracy within 0.01) on a 2-layer,
-# hidden-64 one: on deeper models bf16's rounding alone moves SHERL's per-step losses by more than
+# hidden-64 one, also with the late layer trained (bf16-tuned: its products on half copies of
+# fp32 masters): on deeper models bf16's rounding alone moves SHERL's per-step losses by more than
 # 2e-2 after ~10 steps, on the CPU too (MTSA's gates flip on tiny changes), so there a FAIL would
 # say nothing about the GPU. sharing: 4 concurrent jobs x 6 steps on one resident 12-layer,
 # hidden-768 backbone: device memory within 5% of backbone + 4 x a job's planned arenas. --cpu:
@@ -364,12 +365,14 @@ else
     fail_step train_task $(($(date +%s) - tt0)) "$(why_failed 06-train_checks.log)"
   else
     record train_task PASS $(($(date +%s) - tt0)) "4 layers x 256 and 2 x 64, 256 + 128 rows each"
-    for prec in fp32 bf16; do
-      task=$tp
+    for run in fp32 bf16 bf16-tuned; do
+      prec=${run%-tuned} task=$tp tune=0
       [ "$prec" = fp32 ] || task=$tb
+      [ "$run" = "$prec" ] || tune=1
       step "$tlog" 90 "$checks" parity --backend "$parity_backend" --precision "$prec" \
-        --model "$task/model" --data "$task/data" --steps 20 --work "$work/train-runs"
-      cuda_result "train_parity_$prec" "$tlog" "$(train_detail 'worst rel diff .*')"
+        --tune-late "$tune" --model "$task/model" --data "$task/data" --steps 20 \
+        --work "$work/train-runs"
+      cuda_result "train_parity_$run" "$tlog" "$(train_detail 'worst rel diff .*')"
     done
   fi
   if [ "$share_backend" = cuda ]; then

@@ -3,7 +3,7 @@
  *
  *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
  *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
- *                            [--tol X] [--work DIR]
+ *                            [--tune-late 0|1] [--tol X] [--work DIR]
  *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
  *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
  *
@@ -14,7 +14,8 @@
  * tests/gpu/make_train_task.py makes a model and such a task.
  *
  * parity: the same SHERL job (method sherl, classification, log_every 1, the default dropout,
- *   seed 17, max_steps = --steps) trained once on the CPU backend in fp32 and once on B at
+ *   seed 17, max_steps = --steps; --tune-late 1: the late layer trains too, so in bf16 its
+ *   products run on half copies of fp32 masters) trained once on the CPU backend in fp32 and once on B at
  *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend).
  *   Every step's training loss must match the CPU's within 1e-4 relative (fp32) or 2e-2 (bf16);
  *   with bf16 the final validation accuracy must also be within 0.01 of the fp32 run's (--tol
@@ -78,7 +79,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: " PROG " parity  --backend B --model DIR --data DIR [--precision fp32|bf16]\n"
             "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
-            "                         [--threads N] [--tol X] [--work DIR]\n"
+            "                         [--threads N] [--tune-late 0|1] [--tol X] [--work DIR]\n"
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
@@ -104,7 +105,7 @@ static double mib(double bytes) { return bytes / 1048576.0; }
 
 typedef struct {
     const char *mode, *backend, *model, *data, *work, *precision;
-    int steps, batch, max_length, threads, jobs;
+    int steps, batch, max_length, threads, jobs, tune_late;
     double lr, tol;
 } options;
 
@@ -185,6 +186,8 @@ static int parse_args(int argc, char **argv, options *o)
             bad = parse_int(a, v, 0, 1024, &o->threads);
         else if (!strcmp(a, "--jobs"))
             bad = parse_int(a, v, 1, 64, &o->jobs);
+        else if (!strcmp(a, "--tune-late"))
+            bad = parse_int(a, v, 0, 1, &o->tune_late);
         else if (!strcmp(a, "--lr"))
             bad = parse_double(a, v, &o->lr);
         else if (!strcmp(a, "--tol"))
@@ -357,6 +360,8 @@ static sherl_status make_spec(job_spec *spec, const options *o, const char *mode
     cJSON_AddStringToObject(j, "name", name);
     cJSON_AddStringToObject(j, "backbone", model);
     cJSON_AddStringToObject(j, "method", "sherl");
+    if (o->tune_late)
+        cJSON_AddBoolToObject(cJSON_AddObjectToObject(j, "sherl"), "tune_late", 1);
     cJSON *d = cJSON_AddObjectToObject(j, "data");
     cJSON_AddStringToObject(d, "train", train);
     cJSON_AddStringToObject(d, "validation", val);

@@ -13,8 +13,9 @@ token_type_ids, attention_mask, labels, targets) and for every case NAME:
                          gradients that are small sums of cancelling terms, such as the MTSA's
                          guide bias), losses [STEPS] (the loss before each of STEPS AdamW steps on
                          the same batch)
-and mtsa_bf16.safetensors / mtsa_fp16.safetensors (mtsa_half_cases: the MTSA alone in half
-precision against a float64 emulation of its rounding).
+mtsa_bf16.safetensors / mtsa_fp16.safetensors (mtsa_half_cases: the MTSA alone in half
+precision against a float64 emulation of its rounding) and layer_half.safetensors (a layer trained
+in a bf16 job, its products emulated in float64).
 Dropout is off everywhere (the backbone runs in inference mode; MTSA dropout p = 0)."""
 import copy
 import os
@@ -249,6 +250,61 @@ def mtsa_half_cases(out_dir, N=45, D=32, d=16, K=4):
         save_file(out, os.path.join(out_dir, "mtsa_%s.safetensors" % tag))
 
 
+class HalfLinear(torch.autograd.Function):
+    """A trained layer's product in a half-precision job (engine/bert.c linear_forward and
+    linear_backward with its matrix's half copy): forward half(x) . half(W)^T + b with the output
+    not rounded; backward dx = half(g) . half(W), dW = half(g)^T . half(x), db = sum g."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, dt):
+        xh, wh = to_half(x, dt), to_half(w, dt)
+        ctx.save_for_backward(xh, wh)
+        ctx.dt = dt
+        return xh @ wh.t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        xh, wh = ctx.saved_tensors
+        gh = to_half(g, ctx.dt)
+        dx = gh @ wh
+        g2, x2 = gh.reshape(-1, gh.shape[-1]), xh.reshape(-1, xh.shape[-1])
+        return dx, g2.t() @ x2, g.reshape(-1, g.shape[-1]).sum(0), None
+
+
+def layer_half_case(out_dir, bert_dir, batch, layer_index=3):
+    """layer_half.safetensors: one BERT layer trained in a bf16 job (its four products as
+    HalfLinear, everything else unrounded) computed in float64, and the same layer unrounded
+    ("plain"), on the batch's mask: x, dout, out.<kind>, dx.<kind>, grad.<kind>.<engine name>.
+    The engine's products sum in fp32, its other ops run in fp32: the two sides round the same
+    values except where fp32 and float64 land on either side of a bf16 rounding boundary, which
+    is rare (a relative 2^-16 of the values) and moves a result by a fraction of one half ulp."""
+    g = torch.Generator().manual_seed(7)
+    mask = batch["attention_mask"].long()
+    B, T = mask.shape
+    bert = BertModel.from_pretrained(bert_dir, add_pooling_layer=False).eval()
+    D = bert.config.hidden_size
+    x = torch.randn(B, T, D, generator=g)
+    dout = torch.randn(B, T, D, generator=g)
+    out = {"x": x, "dout": dout}
+    for kind in ("half", "plain"):
+        layer = copy.deepcopy(bert.encoder.layer[layer_index]).double()
+        if kind == "half":
+            for lin in (layer.attention.self.query, layer.attention.self.key,
+                        layer.attention.self.value, layer.attention.output.dense,
+                        layer.intermediate.dense, layer.output.dense):
+                lin.forward = lambda t, m=lin: HalfLinear.apply(t, m.weight, m.bias,  # noqa: E731
+                                                                torch.bfloat16)
+        ext = bert.get_extended_attention_mask(mask, (B, T)).double()
+        x64 = x.double().requires_grad_(True)
+        y = layer(x64, attention_mask=ext)[0]
+        y.backward(dout.double())
+        out["out." + kind] = y.detach().float().contiguous()
+        out["dx." + kind] = x64.grad.float().contiguous()
+        for n, ts in fused_layer_tensors(layer).items():
+            out["grad.%s.%s" % (kind, n)] = torch.cat([t.grad for t in ts]).float().contiguous()
+    save_file(out, os.path.join(out_dir, "layer_half.safetensors"))
+
+
 CASES = [  # name, method, task, pooling, options (late layers k, taps, tune_late)
     ("sherl", "sherl", "classification", "mean", {}),
     ("sherl_cls_regression", "sherl", "regression", "cls", {}),
@@ -289,6 +345,7 @@ def main(out_dir):
     for name, method, task, pooling, options in CASES:
         run_case(out_dir, name, bert_dir, batch, method, task, pooling, **options)
     mtsa_half_cases(out_dir)
+    layer_half_case(out_dir, bert_dir, batch)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
  * small sums of cancelling terms: float32 PyTorch is 1.7e-4 (relative) off the exact gradient of
  * the MTSA guide bias in the regression case, so no float32 engine can be held to 1e-4 of it. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -530,4 +531,117 @@ Test(sherl_oracle, mtsa_dropout_chunks, .timeout = 60)
         free(taps[i]);
     free(h_last), free(dy);
     safetensors_close(&f);
+}
+
+/* A bert_layer's twelve tensors in the order of fused_layer_tensors (sherl_reference.py). */
+static const char *const LAYER_TENSOR[12] = {
+    "qkv.weight", "qkv.bias", "attn_out.weight", "attn_out.bias", "ln1.weight", "ln1.bias",
+    "ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias", "ln2.weight", "ln2.bias"};
+
+static float **layer_tensor(bert_layer *ly, int j)
+{
+    float **f[12] = {&ly->qkv_w,    &ly->qkv_b,    &ly->attn_out_w, &ly->attn_out_b,
+                     &ly->ln1_w,    &ly->ln1_b,    &ly->ffn_in_w,   &ly->ffn_in_b,
+                     &ly->ffn_out_w, &ly->ffn_out_b, &ly->ln2_w,     &ly->ln2_b};
+    return f[j];
+}
+
+/* A layer trained in a bf16 job: its four products take its matrices' half copies and half
+ * operands with fp32 sums (linear_forward / linear_backward), as autocast runs them; the rest of
+ * the layer is fp32. Against sherl_reference.py's float64 emulation (layer_half.safetensors):
+ * the output, the input gradient and every weight gradient must match it, and be several times
+ * nearer it than the unrounded layer, so an engine that skipped a rounding (or kept its fp32
+ * products) fails. */
+Test(sherl_oracle, layer_bf16_trained, .timeout = 60)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    bert_model *bb;
+    sherl_status st = bert_load_prec(&bb, REF "/tiny", be, SHERL_BF16);
+    cr_assert(st.code == SHERL_OK, "%s", st.msg);
+    const hf_config *c = &bb->cfg;
+    size_t D = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    int NH = c->num_attention_heads, li = c->num_hidden_layers - 1;
+    safetensors_file f, bf;
+    cr_assert(safetensors_open(&f, REF "/layer_half.safetensors").code == SHERL_OK);
+    cr_assert(safetensors_open(&bf, REF "/batch.safetensors").code == SHERL_OK);
+    const st_tensor *tx = safetensors_find(&f, "x");
+    cr_assert(tx && tx->ndim == 3 && (size_t)tx->shape[2] == D, "layer_half: x");
+    int B = (int)tx->shape[0], T = (int)tx->shape[1];
+    size_t N = (size_t)B * T;
+    int64_t n;
+    float *x = tensor_f32(&f, "x", &n), *dout = tensor_f32(&f, "dout", &n);
+    int32_t *mask = tensor_i32(&bf, "attention_mask");
+    float *mask_add = malloc(N * sizeof(float));
+    for (size_t i = 0; i < N; i++)
+        mask_add[i] = mask[i] ? 0.0f : -FLT_MAX;
+
+    size_t numel[12] = {3 * D * D, 3 * D, D * D, D, D, D, F * D, F, D * F, D, D, D};
+    bert_layer master, grads, ly;
+    memset(&master, 0, sizeof master), memset(&grads, 0, sizeof grads);
+    for (int j = 0; j < 12; j++) {
+        *layer_tensor(&master, j) = malloc(numel[j] * sizeof(float));
+        *layer_tensor(&grads, j) = calloc(numel[j], sizeof(float));
+    }
+    st = bert_read_layer_f32(bb, li, &master);
+    cr_assert(st.code == SHERL_OK, "%s", st.msg);
+    ly = master;
+    uint16_t *w16[4];
+    int mat[4] = {0, 2, 6, 8};
+    for (int j = 0; j < 4; j++) {
+        w16[j] = malloc(numel[mat[j]] * sizeof(uint16_t));
+        half_round(be, SHERL_BF16, w16[j], *layer_tensor(&master, mat[j]), numel[mat[j]]);
+        *layer_tensor(&ly, mat[j]) = NULL;
+    }
+    ly.qkv_w16 = w16[0], ly.attn_out_w16 = w16[1], ly.ffn_in_w16 = w16[2], ly.ffn_out_w16 = w16[3];
+
+    bert_workspace ws;
+    cr_assert(bert_workspace_create(&ws, bb, B, T).code == SHERL_OK);
+    bert_layer_acts acts;
+    bert_layer_grad_ws gws;
+    sherl_arena ar;
+    arena_measure(&ar);
+    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, (int)F, NH);
+    bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
+    cr_assert(arena_alloc(&ar, be, ar.used, "layer activations").code == SHERL_OK);
+    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, (int)F, NH);
+    bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
+    cr_assert(arena_check(&ar, "layer activations").code == SHERL_OK);
+    bert_layer_acts_share_scratch(&acts, &ws.acts);
+
+    float *out = malloc(N * D * sizeof(float)), *dx = calloc(N * D, sizeof(float));
+    bert_layer_forward(bb, &ly, &acts, out, x, mask_add, ws.act16, ws.act16_n, B, T);
+    bert_layer_backward(bb, &ly, &grads, &acts, &gws, dx, dout, x, mask_add, ws.act16,
+                        ws.act16_n, B, T);
+
+    double worst = 0.0, worst_plain = 0.0;
+    char name[96];
+    for (int j = -2; j < 12; j++) {
+        const float *got = j == -2 ? out : j == -1 ? dx : *layer_tensor(&grads, j);
+        const char *what = j == -2 ? "out" : j == -1 ? "dx" : LAYER_TENSOR[j];
+        size_t cnt = j < 0 ? N * D : numel[j];
+        snprintf(name, sizeof name, j < 0 ? "%s.half" : "grad.half.%s", what);
+        float *want = tensor_f32(&f, name, &n);
+        snprintf(name, sizeof name, j < 0 ? "%s.plain" : "grad.plain.%s", what);
+        float *plain = tensor_f32(&f, name, &n);
+        cr_assert((size_t)n == cnt, "%s: %lld entries, the engine %zu", name, (long long)n, cnt);
+        double e = max_rel_diff(got, want, cnt), e_plain = max_rel_diff(got, plain, cnt);
+        cr_expect(e <= 2e-4, "bf16 trained layer: %s is %.3g off the emulation (tolerance 2e-4)",
+                  what, e);
+        worst = fmax(worst, e), worst_plain = fmax(worst_plain, e_plain);
+        free(want), free(plain);
+    }
+    cr_expect(worst * 4 <= worst_plain,
+              "bf16 trained layer: %.3g off the emulation at worst but only %.3g off the "
+              "unrounded layer: its products do not round as a half job's do", worst, worst_plain);
+    cr_log_info("layer bf16 trained: worst %.3g off the emulation, %.3g off the unrounded layer\n",
+                worst, worst_plain);
+    free(out), free(dx), free(x), free(dout), free(mask), free(mask_add);
+    for (int j = 0; j < 12; j++)
+        free(*layer_tensor(&grads, j)), free(*layer_tensor(&master, j));
+    for (int j = 0; j < 4; j++)
+        free(w16[j]);
+    arena_release(&ar);
+    bert_workspace_free(&ws);
+    safetensors_close(&f), safetensors_close(&bf);
+    bert_free(bb);
 }
