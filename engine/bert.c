@@ -588,16 +588,18 @@ int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T)
     return s < 1 ? 1 : s > (size_t)B ? B : (int)s;
 }
 
-void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
-                            int NH)
+void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D,
+                            sherl_precision prec, int trained)
 {
-    (void)F, (void)NH;
     size_t BT = (size_t)B * T;
+    int half = prec != SHERL_FP32;
     a->qkv = arena_floats(ar, BT * 3 * D);
     a->qkv_whole = 1;
-    a->attn = arena_floats(ar, BT * D);
+    a->attn = half ? NULL : arena_floats(ar, BT * D);
+    a->attn16 = half && trained ? arena_take(ar, BT * D * sizeof(uint16_t)) : NULL;
     a->res1 = arena_floats(ar, BT * D);
-    a->ln1 = arena_floats(ar, BT * D);
+    a->ln1 = half ? NULL : arena_floats(ar, BT * D);
+    a->ln1_16 = half ? arena_take(ar, BT * D * sizeof(uint16_t)) : NULL;
     a->ln1_mean = arena_floats(ar, BT);
     a->ln1_rstd = arena_floats(ar, BT);
     a->res2 = arena_floats(ar, BT * D);
@@ -615,6 +617,12 @@ void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *sc
     a->chunk_rows = scratch->chunk_rows;
     a->ffn_pre = scratch->ffn_pre;
     a->ffn_act = scratch->ffn_act;
+    /* a half layer's attn and ln1 (kept rounded): the scratch's, which overlap each other as
+     * their lives do not, and neither the other buffers a backprop layer uses */
+    if (!a->attn)
+        a->attn = scratch->attn;
+    if (!a->ln1)
+        a->ln1 = scratch->ln1;
 }
 
 void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
@@ -627,6 +635,7 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
     a->qkv_whole = 0;
+    a->attn16 = a->ln1_16 = NULL;
     /* the attention block's buffers: its output, and one chunk's Q|K|V and probabilities... */
     a->attn = arena_floats(ar, BT * D);
     a->qkv = arena_floats(ar, (size_t)a->chunk_rows * 3 * D);
@@ -824,28 +833,33 @@ static void half_rows_gemm(const bert_model *m, uint16_t *x16, size_t x16_n, con
     }
 }
 
-static void linear_forward(const bert_model *m, float *out, const float *inp, const float *w,
-                           const uint16_t *w16, const float *bias, uint16_t *x16, size_t x16_n,
-                           int N, int C, int OC)
+/* inp16, when not NULL, is inp already rounded (kept by the layer): the product reads it
+ * instead of rounding inp again (the same bits). */
+static void linear_forward(const bert_model *m, float *out, const float *inp,
+                           const uint16_t *inp16, const float *w, const uint16_t *w16,
+                           const float *bias, uint16_t *x16, size_t x16_n, int N, int C, int OC)
 {
     const sherl_backend *be = m->be;
     if (w) {
         be->matmul_forward(out, inp, w, bias, N, C, OC);
         return;
     }
-    half_rows_gemm(m, x16, x16_n, inp, N, C, w16, 1, OC, 0.0f, out);
+    if (inp16)
+        half_gemm(be, m->prec, 0, 1, N, OC, C, inp16, C, w16, C, 0.0f, out, OC);
+    else
+        half_rows_gemm(m, x16, x16_n, inp, N, C, w16, 1, OC, 0.0f, out);
     if (bias)
         be->bias_add_forward(out, bias, N, OC);
 }
 
 /* Backward of linear_forward. With a half matrix: dinp += half(dout) . W16, and when dw is
  * given (a trained layer's half copy of its fp32 master) dw += half(dout)^T . half(inp) and
- * db += column sums of dout, in fp32; dout and inp are rounded a block of rows at a time, side by
- * side in x16. */
+ * db += column sums of dout, in fp32; dout and inp (unless inp16 holds it rounded) are rounded a
+ * block of rows at a time, side by side in x16. */
 static void linear_backward(const bert_model *m, float *dinp, float *dw, float *db,
-                            const float *dout, const float *inp, const float *w,
-                            const uint16_t *w16, uint16_t *x16, size_t x16_n, int N, int C,
-                            int OC)
+                            const float *dout, const float *inp, const uint16_t *inp16,
+                            const float *w, const uint16_t *w16, uint16_t *x16, size_t x16_n,
+                            int N, int C, int OC)
 {
     const sherl_backend *be = m->be;
     if (w) {
@@ -857,12 +871,15 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
             half_rows_gemm(m, x16, x16_n, dout, N, OC, w16, 0, C, 1.0f, dinp);
         return;
     }
-    int rows = rows_per_block(x16_n, C + OC);
+    int rows = rows_per_block(x16_n, inp16 ? OC : C + OC);
     for (int r0 = 0; r0 < N; r0 += rows) {
         int n = N - r0 < rows ? N - r0 : rows;
         uint16_t *d16 = x16, *i16 = x16 + (size_t)n * OC;
         half_round(be, m->prec, d16, dout + (size_t)r0 * OC, (size_t)n * OC);
-        half_round(be, m->prec, i16, inp + (size_t)r0 * C, (size_t)n * C);
+        if (inp16)
+            i16 = (uint16_t *)(uintptr_t)(inp16 + (size_t)r0 * C);
+        else
+            half_round(be, m->prec, i16, inp + (size_t)r0 * C, (size_t)n * C);
         if (dinp)
             half_gemm(be, m->prec, 0, 0, n, C, OC, d16, OC, w16, C, 1.0f, dinp + (size_t)r0 * C,
                       C);
@@ -888,25 +905,29 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
-        linear_forward(m, qkv, inp + r0 * D, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n,
+        linear_forward(m, qkv, inp + r0 * D, NULL, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n,
                        b * T, D, 3 * D);
         be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
     }
-    linear_forward(m, a->res1, a->attn, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
+    if (a->attn16)
+        half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
+    linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
                    act16_n, N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
+    if (a->ln1_16)
+        half_round(be, m->prec, a->ln1_16, a->ln1, (size_t)N * D);
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
     int chunk = bert_ffn_chunk(c, N);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
-        linear_forward(m, a->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
+        linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
                        act16, act16_n, n, D, F);
         be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
-        linear_forward(m, a->res2 + r, a->ffn_act, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b,
+        linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b,
                        act16, act16_n, n, F, D);
     }
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
@@ -968,18 +989,19 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D, nF = (size_t)n * F;
         float *act = g->d_ffn_act; /* gelu(ffn_pre) until dW2 has read it */
-        linear_forward(m, g->ffn_pre, a->ln1 + r, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
+        linear_forward(m, g->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
                        act16, act16_n, n, D, F);
         be->gelu_forward(act, g->ffn_pre, nF);
         if (gr)
-            linear_backward(m, NULL, gr->ffn_out_w, gr->ffn_out_b, g->d_res2 + r, act,
+            linear_backward(m, NULL, gr->ffn_out_w, gr->ffn_out_b, g->d_res2 + r, act, NULL,
                             ly->ffn_out_w, ly->ffn_out_w16, act16, act16_n, n, F, D);
         be->zero(g->d_ffn_act, nF * sizeof(float));
-        linear_backward(m, g->d_ffn_act, NULL, NULL, g->d_res2 + r, NULL, ly->ffn_out_w,
+        linear_backward(m, g->d_ffn_act, NULL, NULL, g->d_res2 + r, NULL, NULL, ly->ffn_out_w,
                         ly->ffn_out_w16, act16, act16_n, n, F, D);
         be->zero(g->d_ffn_pre, nF * sizeof(float));
         be->gelu_backward(g->d_ffn_pre, g->ffn_pre, g->d_ffn_act, nF);
         linear_backward(m, g->d_ln1 + r, GR(ffn_in_w), GR(ffn_in_b), g->d_ffn_pre, a->ln1 + r,
+                        a->ln1_16 ? a->ln1_16 + r : NULL,
                         ly->ffn_in_w, ly->ffn_in_w16, act16, act16_n, n, D, F);
     }
     /* ln1 = LN1(res1), res1 = Wo attention(Wqkv inp) + inp */
@@ -999,12 +1021,12 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
         be->attention_forward(g->d_attn, g->probs, qkv, mask_add + r0, b, T, NH, D / NH);
         be->zero(g->d_attn, nD * sizeof(float));
         linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1 + r0 * D,
-                        a->attn + r0 * D, ly->attn_out_w, ly->attn_out_w16, act16, act16_n, n, D,
+                        a->attn + r0 * D, a->attn16 ? a->attn16 + r0 * D : NULL, ly->attn_out_w, ly->attn_out_w16, act16, act16_n, n, D,
                         D);
         be->zero(g->d_qkv, nD * 3 * sizeof(float));
         be->attention_backward(g->d_qkv, g->d_attn, qkv, g->probs, b, T, NH, D / NH);
         linear_backward(m, dinp ? dinp + r0 * D : NULL, GR(qkv_w), GR(qkv_b), g->d_qkv,
-                        inp + r0 * D, ly->qkv_w, ly->qkv_w16, act16, act16_n, n, D, 3 * D);
+                        inp + r0 * D, NULL, ly->qkv_w, ly->qkv_w16, act16, act16_n, n, D, 3 * D);
     }
 #undef GR
 }

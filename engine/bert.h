@@ -121,6 +121,10 @@ typedef struct {
     float *ffn_act;  /* [chunk,F] after GELU */
     float *res2;     /* [B,T,D] (LayerNorm 2 input) */
     float *ln2_mean, *ln2_rstd; /* [B*T] */
+    /* A half layer (bf16/fp16 matrices) keeps attn and ln1 only rounded, as its products read
+     * them (attn only when the layer trains: a frozen one's backward never reads it); attn and
+     * ln1 are then forward scratch. NULL otherwise. */
+    uint16_t *attn16, *ln1_16; /* [B,T,D] */
 } bert_layer_acts;
 
 /* Scratch for the forward of batches up to B x T (one layer's activations, reused). */
@@ -157,10 +161,11 @@ int bert_ffn_chunk(const hf_config *c, int N);
  * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */
 int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T);
 /* A backprop layer's kept activations, each its own buffer, with qkv whole; probs, ffn_pre and
- * ffn_act are NULL here: the caller points them (and probs_n, chunk_rows) at a forward-only
+ * ffn_act (and attn and ln1 of a half layer, kept as attn16 / ln1_16: prec not fp32; attn16 only
+ * when trained) are NULL here: the caller points them (and probs_n, chunk_rows) at a forward-only
  * layer's (bert_layer_scratch_layout) with bert_layer_acts_share_scratch. */
-void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D, int F,
-                            int NH);
+void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D,
+                            sherl_precision prec, int trained);
 void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *scratch);
 /* A forward-only layer's buffers (nothing kept for a backward), overlapped where their lives do
  * not meet: max(BTD + chunk_rows 3D + probs_n, 2 BTD + 2 chunk F) floats, with the attention

@@ -359,7 +359,7 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
                        size_t group_bytes[STEP_GROUPS])
 {
     const hf_config *c = &m->cfg;
-    int L = m->L, D = m->D, F = c->intermediate_size, NH = c->num_attention_heads;
+    int L = m->L, D = m->D, F = c->intermediate_size;
     size_t N = (size_t)B * T, ND = N * D;
     int C = m->out_dim;
     size_t mark = ar->used;
@@ -379,7 +379,8 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     STEP_GROUP_END(STEP_KEPT);
     for (int i = 0; i < L; i++)
         if (backprop_layer(m, i))
-            bert_layer_acts_layout(&s->acts[i], ar, B, T, D, F, NH);
+            bert_layer_acts_layout(&s->acts[i], ar, B, T, D, m->opt.precision,
+                                   m->layer_trainable[i]);
     STEP_GROUP_END(STEP_LAYER_ACTS);
     if (m->opt.method == METHOD_SHERL)
         mtsa_acts_layout(&s->side, &m->side, (int)N, ar);

@@ -560,7 +560,7 @@ Test(sherl_oracle, layer_bf16_trained, .timeout = 60)
     cr_assert(st.code == SHERL_OK, "%s", st.msg);
     const hf_config *c = &bb->cfg;
     size_t D = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
-    int NH = c->num_attention_heads, li = c->num_hidden_layers - 1;
+    int li = c->num_hidden_layers - 1;
     safetensors_file f, bf;
     cr_assert(safetensors_open(&f, REF "/layer_half.safetensors").code == SHERL_OK);
     cr_assert(safetensors_open(&bf, REF "/batch.safetensors").code == SHERL_OK);
@@ -600,10 +600,10 @@ Test(sherl_oracle, layer_bf16_trained, .timeout = 60)
     bert_layer_grad_ws gws;
     sherl_arena ar;
     arena_measure(&ar);
-    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, (int)F, NH);
+    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, SHERL_BF16, 1);
     bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
     cr_assert(arena_alloc(&ar, be, ar.used, "layer activations").code == SHERL_OK);
-    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, (int)F, NH);
+    bert_layer_acts_layout(&acts, &ar, B, T, (int)D, SHERL_BF16, 1);
     bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
     cr_assert(arena_check(&ar, "layer activations").code == SHERL_OK);
     bert_layer_acts_share_scratch(&acts, &ws.acts);
