@@ -56,8 +56,9 @@ static const sherl_backend *be;
 
 /* Loads the backbone in `precision` (when *bb is NULL) and sets the model options `o` (NULL on
  * the first, load-only call) and the thread's TF32 switch for it, as the trainer does
- * (engine/trainer.c): fp32, or bf16 (the backbone's weight matrices in bf16, frozen products in
- * bf16 with fp32 accumulation, and the job's fp32 products allowed TF32). */
+ * (engine/trainer.c): fp32, or bf16 (the backbone's weight matrices in bf16, the layers'
+ * products in bf16 with fp32 accumulation, a trained layer's on bf16 copies of its fp32 masters,
+ * and the job's remaining fp32 products allowed TF32). */
 static sherl_status apply_precision(const char *precision, const char *model_dir,
                                     bert_model **bb, sherl_options *o)
 {

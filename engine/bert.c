@@ -593,13 +593,15 @@ void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, i
 {
     size_t BT = (size_t)B * T;
     int half = prec != SHERL_FP32;
-    a->qkv = arena_floats(ar, BT * 3 * D);
-    a->qkv_whole = 1;
+    a->qkv = half ? NULL : arena_floats(ar, BT * 3 * D);
+    a->qkv_whole = !half;
+    a->qkv16 = half ? arena_take(ar, BT * 3 * D * sizeof(uint16_t)) : NULL;
     a->attn = half ? NULL : arena_floats(ar, BT * D);
     a->attn16 = half && trained ? arena_take(ar, BT * D * sizeof(uint16_t)) : NULL;
     a->res1 = arena_floats(ar, BT * D);
     a->ln1 = half ? NULL : arena_floats(ar, BT * D);
     a->ln1_16 = half ? arena_take(ar, BT * D * sizeof(uint16_t)) : NULL;
+    a->inp16 = half && trained ? arena_take(ar, BT * D * sizeof(uint16_t)) : NULL;
     a->ln1_mean = arena_floats(ar, BT);
     a->ln1_rstd = arena_floats(ar, BT);
     a->res2 = arena_floats(ar, BT * D);
@@ -617,8 +619,10 @@ void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *sc
     a->chunk_rows = scratch->chunk_rows;
     a->ffn_pre = scratch->ffn_pre;
     a->ffn_act = scratch->ffn_act;
-    /* a half layer's attn and ln1 (kept rounded): the scratch's, which overlap each other as
-     * their lives do not, and neither the other buffers a backprop layer uses */
+    /* a half layer's qkv, attn and ln1 (kept rounded): the scratch's, which overlap each other
+     * only as their lives do not, and none of the other buffers a backprop layer uses */
+    if (!a->qkv)
+        a->qkv = scratch->qkv;
     if (!a->attn)
         a->attn = scratch->attn;
     if (!a->ln1)
@@ -635,7 +639,7 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
     a->qkv_whole = 0;
-    a->attn16 = a->ln1_16 = NULL;
+    a->qkv16 = NULL, a->attn16 = a->ln1_16 = a->inp16 = NULL;
     /* the attention block's buffers: its output, and one chunk's Q|K|V and probabilities... */
     a->attn = arena_floats(ar, BT * D);
     a->qkv = arena_floats(ar, (size_t)a->chunk_rows * 3 * D);
@@ -889,6 +893,18 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
     }
 }
 
+/* x[n] rounded to the model's half type and widened back in place, through x16 a block of x16_n
+ * at a time. */
+static void round_through_half(const bert_model *m, float *x, size_t n, uint16_t *x16,
+                               size_t x16_n)
+{
+    for (size_t at = 0; at < n; at += x16_n) {
+        size_t k = n - at < x16_n ? n - at : x16_n;
+        half_round(m->be, m->prec, x16, x + at, k);
+        half_widen(m->be, m->prec, x + at, x16, k);
+    }
+}
+
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
                         const float *inp, const float *mask_add, uint16_t *act16, size_t act16_n,
                         int B, int T)
@@ -901,18 +917,29 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     /* attention block: LN1(x + Wo . attention(Wqkv x)), Q|K|V and the attention a chunk of
      * sequences at a time (bert_attn_seqs) */
     int seqs = bert_attn_seqs(a, NH, B, T);
+    if (a->inp16)
+        half_round(be, m->prec, a->inp16, inp, (size_t)N * D);
     for (int b0 = 0; b0 < B; b0 += seqs) {
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
-        linear_forward(m, qkv, inp + r0 * D, NULL, ly->qkv_w, ly->qkv_w16, ly->qkv_b, act16, act16_n,
-                       b * T, D, 3 * D);
+        linear_forward(m, qkv, inp + r0 * D, a->inp16 ? a->inp16 + r0 * D : NULL, ly->qkv_w,
+                       ly->qkv_w16, ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
+        if (m->prec != SHERL_FP32) { /* Q|K|V rounded, as autocast's Linear returns them */
+            size_t n3 = (size_t)b * T * 3 * D;
+            if (a->qkv16) {
+                half_round(be, m->prec, a->qkv16 + r0 * 3 * D, qkv, n3);
+                half_widen(be, m->prec, qkv, a->qkv16 + r0 * 3 * D, n3);
+            } else {
+                round_through_half(m, qkv, n3, act16, act16_n);
+            }
+        }
         be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
-    linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16, ly->attn_out_b, act16,
-                   act16_n, N, D, D);
+    linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16,
+                   ly->attn_out_b, act16, act16_n, N, D, D);
     be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
     be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
                           eps);
@@ -924,11 +951,11 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
-        linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
-                       act16, act16_n, n, D, F);
+        linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
+                       ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, act16_n, n, D, F);
         be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
-        linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16, ly->ffn_out_b,
-                       act16, act16_n, n, F, D);
+        linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16,
+                       ly->ffn_out_b, act16, act16_n, n, F, D);
     }
     be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
     be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
@@ -944,20 +971,22 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
     int seqs = attn_layout_seqs(c, B, T);
     size_t rows = (size_t)seqs * T;
     g->d_res2 = arena_floats(ar, BT * D);
-    g->d_ln1 = arena_floats(ar, BT * D);
     chunks_at = ar->used;
+    g->d_ln1 = arena_floats(ar, BT * D);
     g->ffn_pre = arena_floats(ar, chunk_f);
     g->d_ffn_act = arena_floats(ar, chunk_f);
     g->d_ffn_pre = arena_floats(ar, chunk_f);
     end = ar->used;
     /* the attention block's come once the feed-forward block's are dead: d_res1 over d_res2,
-     * the chunk buffers after d_ln1 (which LayerNorm 1's backward reads into d_res1) */
+     * the chunk buffers over d_ln1 (dead once LayerNorm 1's backward has read it into d_res1,
+     * before the first chunk) */
     ar->used = at;
     g->d_res1 = arena_floats(ar, BT * D);
     ar->used = chunks_at;
     g->d_attn = arena_floats(ar, rows * D);
     g->d_qkv = arena_floats(ar, rows * 3 * D);
     g->probs = arena_floats(ar, (size_t)seqs * NH * T * T);
+    g->qkv = arena_floats(ar, rows * 3 * D);
     if (ar->used < end)
         ar->used = end;
 }
@@ -989,8 +1018,8 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D, nF = (size_t)n * F;
         float *act = g->d_ffn_act; /* gelu(ffn_pre) until dW2 has read it */
-        linear_forward(m, g->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL, ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b,
-                       act16, act16_n, n, D, F);
+        linear_forward(m, g->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
+                       ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, act16_n, n, D, F);
         be->gelu_forward(act, g->ffn_pre, nF);
         if (gr)
             linear_backward(m, NULL, gr->ffn_out_w, gr->ffn_out_b, g->d_res2 + r, act, NULL,
@@ -1017,16 +1046,21 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     for (int b0 = 0; b0 < B; b0 += seqs) {
         int b = B - b0 < seqs ? B - b0 : seqs, n = b * T;
         size_t r0 = (size_t)b0 * T, nD = (size_t)n * D;
-        const float *qkv = a->qkv + r0 * 3 * D;
+        const float *qkv = g->qkv; /* a half layer's kept Q|K|V widened, or the kept fp32 */
+        if (a->qkv16)
+            half_widen(be, m->prec, g->qkv, a->qkv16 + r0 * 3 * D, nD * 3);
+        else
+            qkv = a->qkv + r0 * 3 * D;
         be->attention_forward(g->d_attn, g->probs, qkv, mask_add + r0, b, T, NH, D / NH);
         be->zero(g->d_attn, nD * sizeof(float));
         linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1 + r0 * D,
-                        a->attn + r0 * D, a->attn16 ? a->attn16 + r0 * D : NULL, ly->attn_out_w, ly->attn_out_w16, act16, act16_n, n, D,
-                        D);
+                        a->attn + r0 * D, a->attn16 ? a->attn16 + r0 * D : NULL, ly->attn_out_w,
+                        ly->attn_out_w16, act16, act16_n, n, D, D);
         be->zero(g->d_qkv, nD * 3 * sizeof(float));
         be->attention_backward(g->d_qkv, g->d_attn, qkv, g->probs, b, T, NH, D / NH);
         linear_backward(m, dinp ? dinp + r0 * D : NULL, GR(qkv_w), GR(qkv_b), g->d_qkv,
-                        inp + r0 * D, NULL, ly->qkv_w, ly->qkv_w16, act16, act16_n, n, D, 3 * D);
+                        inp ? inp + r0 * D : NULL, a->inp16 ? a->inp16 + r0 * D : NULL,
+                        ly->qkv_w, ly->qkv_w16, act16, act16_n, n, D, 3 * D);
     }
 #undef GR
 }

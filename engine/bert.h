@@ -16,9 +16,10 @@
 #include "tokenizer.h"
 
 /* How a backbone's weight matrices and embedding tables are held: fp32, or bf16 / fp16 (half the
- * memory; products with half operands and fp32 accumulation; biases, LayerNorms and the
- * encoder's activations in fp32; a SHERL job keeps its taps in the same half type). fp16 has
- * bf16's memory and 3 more mantissa bits, but overflows above 65504. */
+ * memory; products with half operands and fp32 accumulation, a trained layer's on half copies of
+ * its fp32 masters; biases, LayerNorms and the encoder's activations in fp32, except the inputs
+ * of products a layer keeps for its backward, kept rounded; a SHERL job keeps its taps in the
+ * same half type). fp16 has bf16's memory and 3 more mantissa bits, but overflows above 65504. */
 typedef enum { SHERL_FP32 = 0, SHERL_BF16 = 1, SHERL_FP16 = 2 } sherl_precision;
 
 /* "fp32", "bf16" or "fp16"; -1 for anything else. */
@@ -102,9 +103,12 @@ void bert_batch_free(bert_batch *batch);
 /* Activations of one layer's forward, kept for its backward. Buffers on the backend. */
 typedef struct {
     /* [B,T,3D] kept whole by a backprop layer (qkv_whole), else one attention chunk's
-     * [chunk_rows,3D] (forward scratch) */
+     * [chunk_rows,3D] (forward scratch). A half layer rounds Q|K|V as autocast's Linear returns
+     * them (its attention reads them widened), and a backprop half layer keeps them only so, in
+     * qkv16 [B,T,3D] (qkv then forward scratch; NULL otherwise). */
     float *qkv;
     int qkv_whole;
+    uint16_t *qkv16;
     /* the attention probabilities of one chunk of sequences, never kept (a backward computes
      * them again from qkv): probs_n floats, a pass takes as many sequences as fit them and
      * chunk_rows tokens (bert_attn_seqs) */
@@ -125,6 +129,9 @@ typedef struct {
      * them (attn only when the layer trains: a frozen one's backward never reads it); attn and
      * ln1 are then forward scratch. NULL otherwise. */
     uint16_t *attn16, *ln1_16; /* [B,T,D] */
+    /* a trained half layer's input, rounded: the Q|K|V weight gradient's operand (the caller
+     * then need not keep the input); NULL otherwise */
+    uint16_t *inp16;           /* [B,T,D] */
 } bert_layer_acts;
 
 /* Scratch for the forward of batches up to B x T (one layer's activations, reused). */
@@ -160,10 +167,11 @@ int bert_ffn_chunk(const hf_config *c, int N);
 /* Sequences of T tokens one pass of the attention block takes, for buffers of probs_n floats of
  * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */
 int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T);
-/* A backprop layer's kept activations, each its own buffer, with qkv whole; probs, ffn_pre and
- * ffn_act (and attn and ln1 of a half layer, kept as attn16 / ln1_16: prec not fp32; attn16 only
- * when trained) are NULL here: the caller points them (and probs_n, chunk_rows) at a forward-only
- * layer's (bert_layer_scratch_layout) with bert_layer_acts_share_scratch. */
+/* A backprop layer's kept activations, each its own buffer, with qkv whole. A half layer (prec
+ * not fp32) keeps qkv, attn and ln1 only rounded, as qkv16 / attn16 / ln1_16 (attn16, and inp16,
+ * only when it trains). probs, ffn_pre and ffn_act (and a half layer's qkv, attn and ln1) are
+ * NULL here: bert_layer_acts_share_scratch points them (and probs_n, chunk_rows) at a
+ * forward-only layer's buffers (bert_layer_scratch_layout). */
 void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, int D,
                             sherl_precision prec, int trained);
 void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *scratch);
@@ -202,6 +210,7 @@ typedef struct {
     float *d_attn; /* [chunk_rows, D] */
     float *d_qkv;  /* [chunk_rows, 3D] */
     float *probs;  /* probs_n */
+    float *qkv;    /* [chunk_rows, 3D]: a half layer's kept Q|K|V of one chunk, widened */
 } bert_layer_grad_ws;
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
@@ -209,7 +218,8 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
 
 /* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
  * when grads is not NULL, every weight gradient accumulates into the matching field of grads
- * (a bert_layer whose pointers point at gradient buffers). inp is the layer's input, acts what
+ * (a bert_layer whose pointers point at gradient buffers). inp is the layer's input (not read
+ * when acts->inp16 holds it, or when the layer is frozen), acts what
  * its forward saved (acts->probs, ffn_pre and ffn_act are not read), mask_add the forward's. */
 void bert_layer_backward(const bert_model *m, const bert_layer *layer, const bert_layer *grads,
                          const bert_layer_acts *acts, bert_layer_grad_ws *ws, float *dinp,

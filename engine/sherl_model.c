@@ -317,24 +317,27 @@ void sherl_model_free(sherl_model *m)
 
 /* Which hidden states a method keeps between forward and backward: the taps (sherl), the
  * late layers' inputs (sherl, late), every layer's input (full). The last state is read only
- * by the pooling right after the forward (no backward reads it), so it goes to scratch. */
+ * by the pooling right after the forward (no backward reads it), so it goes to scratch. In a
+ * half job the taps are kept in half (tap16) and a layer's input only rounded, by the layer
+ * itself when it trains (its acts' inp16: the Q|K|V weight gradient is all that reads it), so
+ * only h_{L-k} stays, for the MTSA gate's backward. */
 static int keeps_state(const sherl_model *m, int i)
 {
-    int L = m->L;
+    int L = m->L, half = m->opt.precision != SHERL_FP32;
     if (i >= L)
         return 0;
     switch (m->opt.method) {
     case METHOD_SHERL:
-        if (m->opt.precision != SHERL_FP32) /* the taps are kept in half (tap16) */
-            return i >= L - m->k;
+        if (half)
+            return i == L - m->k;
         for (int t = 0; t < m->K; t++)
             if (m->tap_layer[t] == i)
                 return 1;
         return i > L - m->k;
     case METHOD_LATE:
-        return i >= L - m->k;
+        return !half && i >= L - m->k;
     case METHOD_FULL:
-        return 1;
+        return !half;
     case METHOD_LINEAR:
         return 0;
     }
@@ -370,8 +373,9 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     s->B = B, s->T = T;
     for (int i = 0; i <= L; i++)
         s->hidden[i] = keeps_state(m, i) ? arena_floats(ar, ND) : NULL;
-    if (m->opt.method == METHOD_SHERL)
-        s->y = arena_floats(ar, ND); /* the gated h_{L-k} that enters the late route */
+    /* the gated h_{L-k} that enters the late route; a half job's goes to scratch (above) */
+    s->y = m->opt.method == METHOD_SHERL && m->opt.precision == SHERL_FP32 ? arena_floats(ar, ND)
+                                                                           : NULL;
     for (int t = 0; t < SHERL_MAX_TAPS; t++)
         s->tap16[t] = m->opt.method == METHOD_SHERL && m->opt.precision != SHERL_FP32 && t < m->K
                           ? arena_take(ar, ND * sizeof(uint16_t))
@@ -624,15 +628,16 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
             const float *taps[SHERL_MAX_TAPS];
             for (int t = 0; t < m->K; t++)
                 taps[t] = s->hidden[m->tap_layer[t]];
-            mtsa_forward(&m->side, &m->ps, &s->side, s->y, taps,
+            float *y = s->y ? s->y : prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
+            mtsa_forward(&m->side, &m->ps, &s->side, y, taps,
                          (const uint16_t *const *)s->tap16, s->hidden[first_late], (int)N, train,
                          dropout_seed);
-            inp = s->y;
+            inp = y;
             phase_end(m, s, PH_MTSA_FWD, &t0);
         }
         float *dst = s->hidden[i + 1];
-        if (!dst)
-            dst = prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
+        if (!dst) /* the scratch buffer the input is not in */
+            dst = inp == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
         bert_layer ly = layer_in_use(m, s, i);
         bert_layer_forward(m->bb, &ly, acts, dst, inp, s->ws.mask_add, s->ws.act16,
@@ -700,7 +705,8 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
     pool_backward(&s->pool, dcur, s->d_pooled, s->mask, B, T, D);
     int first = m->opt.method == METHOD_FULL ? 0 : L - m->k;
     for (int i = L - 1; i >= first; i--) {
-        /* the layer's input: the previous state, or the MTSA output for sherl's first late layer */
+        /* the layer's input: the previous state, or the MTSA output for sherl's first late layer
+         * (NULL in a half job: a trained layer keeps it rounded, a frozen one never reads it) */
         const float *inp = (m->opt.method == METHOD_SHERL && i == first) ? s->y : s->hidden[i];
         int need_dinp = i > first || m->opt.method != METHOD_LATE;
         if (need_dinp)

@@ -370,8 +370,8 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     if (st.code)
         goto done;
     have_step = 1;
-    /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (the trained
-     * layers, attention) may use TF32 tensor cores; turned off again at the end */
+    /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (attention, the
+     * MTSA up-projection, the head) may use TF32 tensor cores; turned off again at the end */
     be->allow_tf32(opt.precision != SHERL_FP32);
     {
         int threads = spec->threads > 0 ? spec->threads : be->get_threads();

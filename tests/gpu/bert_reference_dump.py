@@ -72,8 +72,10 @@ for i, h in enumerate(hidden_states(model)):
     tensors["hidden_%d" % i] = h.float().contiguous()
 # The half-precision semantics of our engine, emulated in float32 PyTorch: the three embedding
 # tables are rounded to bf16 (or fp16; nearest even), every encoder Linear takes its input and
-# its weight rounded the same way and accumulates in fp32; everything else (biases, LayerNorms,
-# softmax, GELU, residuals, the sums) stays fp32. The oracle for `gpu_bert_oracle --precision`.
+# its weight rounded the same way and accumulates in fp32, and the query, key and value outputs
+# are rounded too (as autocast's Linear returns them: attention reads them so); everything else
+# (biases, LayerNorms, softmax, GELU, residuals, the sums) stays fp32. The oracle for
+# `gpu_bert_oracle --precision`.
 def emulate(half):
     def rounded(t):
         return t.to(half).float()
@@ -88,8 +90,10 @@ def emulate(half):
         for name, mod in model.encoder.named_modules():
             if isinstance(mod, torch.nn.Linear):
                 saved[name] = mod.forward
-                mod.forward = (lambda m_: (lambda x: torch.nn.functional.linear(
-                    rounded(x), rounded(m_.weight), m_.bias)))(mod)
+                out = rounded if name.rsplit(".", 1)[-1] in ("query", "key", "value") \
+                    else (lambda t: t)
+                mod.forward = (lambda m_, o_: (lambda x: o_(torch.nn.functional.linear(
+                    rounded(x), rounded(m_.weight), m_.bias))))(mod, out)
         try:
             return hidden_states(model)
         finally:

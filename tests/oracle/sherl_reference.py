@@ -271,9 +271,22 @@ class HalfLinear(torch.autograd.Function):
         return dx, g2.t() @ x2, g.reshape(-1, g.shape[-1]).sum(0), None
 
 
+class RoundOutput(torch.autograd.Function):
+    """A half layer's Q, K or V: rounded to the half type in forward (as autocast's Linear returns
+    them; attention reads them so), the gradient passed through unchanged."""
+
+    @staticmethod
+    def forward(ctx, t, dt):
+        return to_half(t, dt)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
 def layer_half_case(out_dir, bert_dir, batch, layer_index=3):
     """layer_half.safetensors: one BERT layer trained in a bf16 job (its four products as
-    HalfLinear, everything else unrounded) computed in float64, and the same layer unrounded
+    HalfLinear, Q, K and V rounded, everything else unrounded) computed in float64, and the same layer unrounded
     ("plain"), on the batch's mask: x, dout, out.<kind>, dx.<kind>, grad.<kind>.<engine name>.
     The engine's products sum in fp32, its other ops run in fp32: the two sides round the same
     values except where fp32 and float64 land on either side of a bf16 rounding boundary, which
@@ -289,9 +302,11 @@ def layer_half_case(out_dir, bert_dir, batch, layer_index=3):
     for kind in ("half", "plain"):
         layer = copy.deepcopy(bert.encoder.layer[layer_index]).double()
         if kind == "half":
-            for lin in (layer.attention.self.query, layer.attention.self.key,
-                        layer.attention.self.value, layer.attention.output.dense,
-                        layer.intermediate.dense, layer.output.dense):
+            sa = layer.attention.self
+            for lin in (sa.query, sa.key, sa.value):
+                lin.forward = lambda t, m=lin: RoundOutput.apply(  # noqa: E731
+                    HalfLinear.apply(t, m.weight, m.bias, torch.bfloat16), torch.bfloat16)
+            for lin in (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
                 lin.forward = lambda t, m=lin: HalfLinear.apply(t, m.weight, m.bias,  # noqa: E731
                                                                 torch.bfloat16)
         ext = bert.get_extended_attention_mask(mask, (B, T)).double()
