@@ -105,12 +105,13 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed)
     fill_const(ps, a->gate, 0.0f);
 }
 
-/* Tokens per pass of the guidance: its projected taps x and their gradients d_x are scratch of
- * [K, chunk, d] floats, about N x D each, instead of the whole batch's [K, N, d] (the guidance
- * is per token; only the parameter gradients sum over tokens, and those accumulate). */
+/* Tokens per pass of the guidance: its projections, projected taps x and their gradients d_x
+ * are scratch of [K, chunk, d] floats, about N x D / 2 each at this many tokens, instead of the
+ * whole batch's [K, N, d] (the guidance is per token; only the parameter gradients sum over
+ * tokens, and those accumulate). The lower bound of a pass's tokens. */
 static int chunk_tokens(const mtsa *a, int N)
 {
-    long long n = (long long)N * a->D / ((long long)a->K * a->d);
+    long long n = (long long)N * a->D / (2LL * a->K * a->d);
     return n < 1 ? 1 : n > N ? N : (int)n;
 }
 
@@ -130,11 +131,7 @@ void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar)
 {
     size_t K = (size_t)a->K, n = (size_t)N;
     t->N = N;
-    int half = a->prec != SHERL_FP32;
-    t->xpre = NULL;
-    t->xpre16 = half ? arena_take(ar, K * n * a->d * sizeof(uint16_t)) : NULL;
     mtsa_buf bufs[] = {
-        {half ? NULL : &t->xpre, K * n * a->d},
         {&t->ln_mean, K * n},          {&t->ln_rstd, K * n},
         {&t->s, n * (K - 1)},          {&t->rho, n * (K - 1)},    {&t->alpha, n * (K - 1)},
         {&t->z, n * a->d},
@@ -149,23 +146,20 @@ static void scratch_carve(mtsa_acts *t, const mtsa *a, int N, int chunk, sherl_a
     int half = a->prec != SHERL_FP32;
     t->chunk = chunk;
     size_t c = (size_t)chunk;
-    /* d_z lives from the head's backward through the guidance's; the rest overlaps by phase:
-     *   projections (half):  xp
-     *   guidance:            x | xw | d_x | d_xpre | d_xpre16   (a chunk each)
-     *   head:                rz | ud (the up-projection u until un is written; the backward's
-     *                        u and d_ud) | un (d_un) | d_u | d_rz   (a chunk each) */
+    /* w16 (rounded at the start of the forward and of the backward) and d_z (from the head's
+     * backward through the guidance's) live through a pass; the rest overlaps by phase:
+     *   guidance:  xpre | x | d_x | d_xpre | d_xpre16   (a chunk each)
+     *   head:      rz | ud (the up-projection u until un is written; the backward's u and
+     *              d_ud) | un (d_un) | d_u | d_rz   (a chunk each) */
+    t->w16 = half ? arena_take(ar, K * d * D * sizeof(uint16_t)) : NULL;
     t->d_z = arena_floats(ar, n * d);
     size_t at = ar->used, end;
-    t->xp = half ? arena_floats(ar, n * d) : NULL;
-    end = ar->used;
-    ar->used = at;
+    t->xpre = arena_floats(ar, K * c * d);
     t->x = arena_floats(ar, K * c * d);
-    t->xw = half ? arena_floats(ar, c * d) : NULL;
     t->d_x = arena_floats(ar, K * c * d);
     t->d_xpre = arena_floats(ar, c * d);
     t->d_xpre16 = half ? arena_take(ar, c * d * sizeof(uint16_t)) : NULL;
-    if (ar->used > end)
-        end = ar->used;
+    end = ar->used;
     ar->used = at;
     t->rz = arena_floats(ar, c * d);
     t->ud = t->d_ud = arena_floats(ar, c * D);
@@ -174,7 +168,6 @@ static void scratch_carve(mtsa_acts *t, const mtsa *a, int N, int chunk, sherl_a
     t->d_rz = arena_floats(ar, c * d);
     if (ar->used < end)
         ar->used = end;
-    t->w16 = half ? arena_take(ar, d * D * sizeof(uint16_t)) : NULL;
 }
 
 static size_t scratch_bytes_at(const mtsa *a, int N, int chunk)
@@ -189,7 +182,7 @@ static size_t scratch_bytes_at(const mtsa *a, int N, int chunk)
 void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sherl_arena *ar)
 {
     /* the largest chunk whose scratch fits the budget, and at least chunk_tokens' (fewer,
-     * larger passes: each pass launches 2 + 5K small ops on a device) */
+     * larger passes: each pass launches 2 + 8K small ops on a device) */
     int lo = chunk_tokens(a, N), hi = N;
     if (scratch_bytes_at(a, N, hi) <= budget)
         lo = hi;
@@ -204,16 +197,38 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sher
     scratch_carve(t, a, N, lo, ar);
 }
 
-/* Tap i's LayerNorm inputs for tokens [n0, n0 + n): the kept rows, or (half precision) the kept
- * half rows widened into t->xw. */
-static const float *xpre_rows(const mtsa *a, const sherl_backend *be, const mtsa_acts *t, int i,
-                              int N, int n0, int n)
+/* The projections of tokens [n0, n0 + n) of every tap into t->xpre ([K, n, d]): W_i h_i + b_i,
+ * or in half precision half(half tap . half(W_i)^T + b_i) with fp32 sums, as autocast's Linear
+ * returns it (the LayerNorm then reads it widened). The forward and the backward both compute
+ * them, with the same bits, so nothing of them is kept between the two. */
+static void project_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t,
+                          const float *const *taps, const uint16_t *const *taps16, int n0, int n)
 {
-    size_t at = ((size_t)i * N + n0) * a->d;
-    if (a->prec == SHERL_FP32)
-        return t->xpre + at;
-    half_widen(be, a->prec, t->xw, t->xpre16 + at, (size_t)n * a->d);
-    return t->xw;
+    const sherl_backend *be = ps->be;
+    size_t D = (size_t)a->D, d = (size_t)a->d, cd = (size_t)n * d;
+    for (int i = 0; i < a->K; i++) {
+        float *out = t->xpre + i * cd;
+        if (a->prec == SHERL_FP32) {
+            be->matmul_forward(out, taps[i] + (size_t)n0 * D, P(ps, a->proj_w[i]),
+                               P(ps, a->proj_b[i]), n, (int)D, (int)d);
+            continue;
+        }
+        half_gemm(be, a->prec, 0, 1, n, (int)d, (int)D, taps16[i] + (size_t)n0 * D, (int)D,
+                  t->w16 + i * d * D, (int)D, 0.0f, out, (int)d);
+        be->bias_add_forward(out, P(ps, a->proj_b[i]), n, (int)d);
+        half_round(be, a->prec, t->d_xpre16, out, cd);
+        half_widen(be, a->prec, out, t->d_xpre16, cd);
+    }
+}
+
+/* Half precision: every tap's projection weights rounded into t->w16 (they may have moved since
+ * the last pass). */
+static void round_proj_weights(const mtsa *a, const param_set *ps, mtsa_acts *t)
+{
+    size_t dD = (size_t)a->d * a->D;
+    if (a->prec != SHERL_FP32)
+        for (int i = 0; i < a->K; i++)
+            half_round(ps->be, a->prec, t->w16 + i * dD, P(ps, a->proj_w[i]), dD);
 }
 
 void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
@@ -222,26 +237,16 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
-    size_t Nd = (size_t)N * d;
-    /* 1. x_i = LayerNorm_i(W_i h_i + b_i) */
-    for (int i = 0; i < K; i++) {
-        if (a->prec == SHERL_FP32) {
-            be->matmul_forward(t->xpre + i * Nd, taps[i], P(ps, a->proj_w[i]),
-                               P(ps, a->proj_b[i]), N, D, d);
-        } else { /* half(half tap . half(W_i)^T + b_i), fp32 sums */
-            half_round(be, a->prec, t->w16, P(ps, a->proj_w[i]), (size_t)d * D);
-            half_gemm(be, a->prec, 0, 1, N, d, D, taps16[i], D, t->w16, D, 0.0f, t->xp, d);
-            be->bias_add_forward(t->xp, P(ps, a->proj_b[i]), N, d);
-            half_round(be, a->prec, t->xpre16 + i * Nd, t->xp, Nd);
-        }
-    }
-    /* 2-6. guidance and consolidation onto the guide, a chunk of tokens at a time */
+    round_proj_weights(a, ps, t);
+    /* 1-6. x_i = LayerNorm_i(W_i h_i + b_i), the guidance and the consolidation onto the guide,
+     * a chunk of tokens at a time */
     for (int n0 = 0; n0 < N; n0 += t->chunk) {
         int n = N - n0 < t->chunk ? N - n0 : t->chunk;
         size_t cd = (size_t)n * d;
+        project_chunk(a, ps, t, taps, taps16, n0, n);
         for (int i = 0; i < K; i++)
             be->layernorm_forward(t->x + i * cd, t->ln_mean + (size_t)i * N + n0,
-                                  t->ln_rstd + (size_t)i * N + n0, xpre_rows(a, be, t, i, N, n0, n),
+                                  t->ln_rstd + (size_t)i * N + n0, t->xpre + i * cd,
                                   P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
                                   MTSA_PROJ_LN_EPS);
         be->mtsa_guide_forward(t->z + (size_t)n0 * d, t->s + (size_t)n0 * (K - 1),
@@ -293,14 +298,16 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
                             P(ps, a->up_w), n, d, D);
         be->relu_backward(t->d_z + (size_t)n0 * d, t->z + (size_t)n0 * d, t->d_rz, cd);
     }
-    /* The guidance, a chunk of tokens at a time: the projected taps again from the kept
-     * LayerNorm inputs (the same bits as the forward's), their gradients, and on through each
-     * tap's LayerNorm and projection (whose weight gradients accumulate over the chunks). */
+    /* The guidance, a chunk of tokens at a time: the projections and the projected taps again
+     * (the same bits as the forward's), their gradients, and on through each tap's LayerNorm
+     * and projection (whose weight gradients accumulate over the chunks). */
+    round_proj_weights(a, ps, t);
     for (int n0 = 0; n0 < N; n0 += t->chunk) {
         int n = N - n0 < t->chunk ? N - n0 : t->chunk;
         size_t cd = (size_t)n * d, r0 = (size_t)n0 * d;
+        project_chunk(a, ps, t, taps, taps16, n0, n);
         for (int i = 0; i < K; i++)
-            be->layernorm_forward(t->x + i * cd, NULL, NULL, xpre_rows(a, be, t, i, N, n0, n),
+            be->layernorm_forward(t->x + i * cd, NULL, NULL, t->xpre + i * cd,
                                   P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
                                   MTSA_PROJ_LN_EPS);
         be->zero(t->d_x, (size_t)K * cd * sizeof(float));
@@ -311,8 +318,7 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
         for (int i = 0; i < K; i++) {
             be->zero(t->d_xpre, cd * sizeof(float));
             be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
-                                   t->d_x + i * cd, xpre_rows(a, be, t, i, N, n0, n),
-                                   P(ps, a->proj_ln_w[i]),
+                                   t->d_x + i * cd, t->xpre + i * cd, P(ps, a->proj_ln_w[i]),
                                    t->ln_mean + (size_t)i * N + n0,
                                    t->ln_rstd + (size_t)i * N + n0, n, d);
             /* the taps are frozen early-route outputs: no input gradient */

@@ -39,19 +39,15 @@ void mtsa_init(const mtsa *a, param_set *ps, uint64_t seed);
 typedef struct {
     int N;
     int chunk;    /* tokens per pass of the guidance and the head (mtsa_scratch_layout) */
-    float *xpre;  /* [K,N,d] projection outputs (LayerNorm inputs); NULL in half precision */
-    uint16_t *xpre16; /* [K,N,d] half precision: the same rounded, as autocast's Linear
-                       * returns them (the LayerNorm then reads them widened) */
-    float *ln_mean, *ln_rstd; /* [K,N] */
+    float *ln_mean, *ln_rstd; /* [K,N] the projections' LayerNorm statistics */
     float *s, *rho, *alpha;   /* [N,K-1] */
     float *z;                 /* [N,d] consolidated */
     float *out_mean, *out_rstd; /* [N] */
-    /* scratch, for one chunk of tokens: the projected taps (forward and backward recompute
-     * them from xpre), their gradients, a tap's projection gradient */
-    float *x, *d_x;           /* [K,chunk,d] */
+    /* scratch, for one chunk of tokens: the projections (half precision: rounded as autocast's
+     * Linear returns them) and the projected taps, which the forward and the backward both
+     * compute, their gradients, a tap's projection gradient */
+    float *xpre, *x, *d_x;    /* [K,chunk,d] */
     float *d_xpre;            /* [chunk,d] */
-    float *xw;                /* half precision: [chunk,d] one tap's xpre16 rows widened */
-    float *xp;                /* half precision: [N,d] one tap's projection before rounding */
     /* the head (up-projection, LayerNorm_out, dropout, gate) by the same chunks of tokens,
      * forward and backward: relu(z) and the up-projection are computed again in backward */
     float *rz;                /* [chunk,d] relu(z) */
@@ -60,15 +56,16 @@ typedef struct {
     float *d_ud, *d_un, *d_u; /* [chunk,D]: d_ud and d_un over ud and un; u again over d_ud */
     float *d_rz;              /* [chunk,d] */
     float *d_z;               /* [N,d] */
-    /* half precision only: the projection weights and d_xpre rounded (scratch) */
-    uint16_t *w16;            /* [d,D] */
+    /* half precision only (scratch): every tap's projection weights rounded, and a chunk's
+     * projection (forward) or d_xpre (backward) rounded */
+    uint16_t *w16;            /* [K,d,D] */
     uint16_t *d_xpre16;       /* [chunk,d] */
 } mtsa_acts;
 
 /* The activations the backward reads, kept from the forward. */
 void mtsa_acts_layout(mtsa_acts *t, const mtsa *a, int N, sherl_arena *ar);
 /* The forward's and the backward's own scratch, overlapped by phase, for chunks of the most
- * tokens whose scratch fits `budget` bytes, and at least about N * D / (K * d) tokens: may share
+ * tokens whose scratch fits `budget` bytes, and at least about N * D / (2 K d) tokens: may share
  * memory with anything that is not live while mtsa_forward or mtsa_backward runs (in a step:
  * the layers' scratch, whose size is the budget). */
 void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sherl_arena *ar);
