@@ -442,12 +442,12 @@ fi
 # ---- the table ----
 total=$(($(date +%s) - t_start))
 {
-  printf '\n%-18s %-8s %7s  %s\n' step result seconds detail
-  printf '%-18s %-8s %7s  %s\n' ------------------ -------- ------- ------
+  printf '\n%-23s %-8s %7s  %s\n' step result seconds detail
+  printf '%-23s %-8s %7s  %s\n' ----------------------- -------- ------- ------
   for i in "${!names[@]}"; do
-    printf '%-18s %-8s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${secs[$i]}" "${notes[$i]}"
+    printf '%-23s %-8s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${secs[$i]}" "${notes[$i]}"
   done
-  printf '%-18s %-8s %7s  %s\n' total "$([ "$failed" = 0 ] && echo PASS || echo FAIL)" "$total" \
+  printf '%-23s %-8s %7s  %s\n' total "$([ "$failed" = 0 ] && echo PASS || echo FAIL)" "$total" \
     "logs in $out"
 } | tee "$out/summary.txt"
 # The device tool brings back at most 8 files: the step logs travel as one archive, beside
