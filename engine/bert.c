@@ -878,12 +878,11 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
     int rows = rows_per_block(x16_n, inp16 ? OC : C + OC);
     for (int r0 = 0; r0 < N; r0 += rows) {
         int n = N - r0 < rows ? N - r0 : rows;
-        uint16_t *d16 = x16, *i16 = x16 + (size_t)n * OC;
+        uint16_t *d16 = x16;
+        const uint16_t *i16 = inp16 ? inp16 + (size_t)r0 * C : x16 + (size_t)n * OC;
         half_round(be, m->prec, d16, dout + (size_t)r0 * OC, (size_t)n * OC);
-        if (inp16)
-            i16 = (uint16_t *)(uintptr_t)(inp16 + (size_t)r0 * C);
-        else
-            half_round(be, m->prec, i16, inp + (size_t)r0 * C, (size_t)n * C);
+        if (!inp16)
+            half_round(be, m->prec, x16 + (size_t)n * OC, inp + (size_t)r0 * C, (size_t)n * C);
         if (dinp)
             half_gemm(be, m->prec, 0, 0, n, C, OC, d16, OC, w16, C, 1.0f, dinp + (size_t)r0 * C,
                       C);
