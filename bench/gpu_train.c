@@ -4,7 +4,8 @@
  * run (after the methods, so its buffers are in no method's peak). Prints numbers; never fails
  * on a timing. bench/gpu_train puts them next to PyTorch's.
  *
- *   bench_gpu_train [--backend cuda|cpu] [--precision fp32|bf16] [--batch 64] [--seq 128]
+ *   bench_gpu_train [--backend cuda|cpu|cpu-guarded] [--precision fp32|bf16] [--batch 64]
+ *                   [--seq 128]
  *                   [--layers L] [--hidden D] [--steps 10] [--warmup 3] [--profile-steps 2]
  *                   [--methods sherl,late,full] [--late-layers 1] [--tune-late 1]
  *                   [--ceiling S] [--threads N] [--json FILE] MODEL_DIR
@@ -28,6 +29,14 @@
  * not sampled (the planner counts them as transient). The planner's planned
  * peak is printed beside it. --ceiling S: the GEMM ceilings' size (default 8192 on a device,
  * 2048 on the CPU; 0 skips them).
+ * --graphs 1 (the default): each method's passes go through sherl_train_pass with graphs on, so
+ * on a backend that captures graphs (CUDA) the warm-up's first pass is recorded and every later
+ * one replayed; the output says how many were, and why not when they were not. --graphs 0: op by
+ * op. The profiled steps always run op by op (a clock between phases).
+ * --backend cpu-guarded: the CPU ops behind tests/unit/guarded_backend.c, which counts every
+ * call: each method also prints its backend calls per timed step, by op. On a device each call
+ * is at least one kernel launch or copy, so this counts a step's launches on a machine without
+ * a GPU (times and memory mean nothing there: memory is mapped and protected per call).
  * Exit status: 0, 1 on a failure, 2 on bad usage, 3 when this build lacks --precision. */
 #include <math.h>
 #include <stdint.h>
@@ -40,6 +49,7 @@
 
 #include "bench_util.h"
 #include "bert.h"
+#include "guarded_backend.h"
 #include "memstat.h"
 #include "optim.h"
 #include "planner.h"
@@ -231,11 +241,17 @@ typedef struct {
     int frozen_layers;
     double frozen_s, frozen_flops; /* per step */
     double phase_s[SHERL_PHASES], opt_s; /* per step, from the profiled steps */
+    double calls; /* backend calls per timed step (--backend cpu-guarded), else 0 */
+    long long graph_passes; /* warm-up and timed steps replayed from a graph */
+    double eager_med_s;     /* with graphs replayed: the median of as many steps op by op */
+    char graph_note[240];   /* why steps ran op by op (with --graphs 1) */
 } method_result;
 
 typedef struct {
     int B, T, steps, warmup, profile_steps, k, tune_late, threads;
     const char *precision, *model_dir;
+    int count_calls; /* --backend cpu-guarded: the backend counts its calls */
+    int graphs;      /* --graphs: passes recorded into a graph and replayed (sherl_train_pass) */
 } bench_cfg;
 
 /* One optimizer step as the trainer takes it (engine/trainer.c): zero the gradients, forward,
@@ -244,8 +260,7 @@ static sherl_status train_step(sherl_model *m, sherl_step *s, const bert_batch *
                                const int32_t *labels, int t, double *loss, double *opt_s)
 {
     param_set_zero_grad(&m->ps);
-    SHERL_TRY(sherl_forward(m, s, batch, labels, NULL, 1, (uint64_t)t, loss, NULL));
-    sherl_backward(m, s, (uint64_t)t);
+    SHERL_TRY(sherl_train_pass(m, s, batch, labels, NULL, (uint64_t)t, loss));
     double t0 = 0;
     if (opt_s) {
         be->synchronize();
@@ -267,6 +282,38 @@ static double layer_flops(const hf_config *c, int B, int T)
     double D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
     double HS = D / NH, tokens = (double)B * T;
     return 2.0 * (4.0 * D * D + 2.0 * D * F) * tokens + 4.0 * B * NH * (double)T * T * HS;
+}
+
+/* The guarded backend's counts over the timed steps, per step: the total and the ops that make
+ * most of it (the synchronize calls around the clock reads included, 2 a step). */
+static void print_calls(method_result *r, int steps)
+{
+    guarded_op_calls c[128];
+    int n = guarded_backend_calls(c, 128);
+    unsigned long long total = 0;
+    for (int i = 0; i < n; i++)
+        total += c[i].calls;
+    r->calls = (double)total / steps;
+    printf("%s: %.0f backend calls per step; by op:", r->name, r->calls);
+    for (int i = 0; i < n; i++)
+        printf("%s %s %.0f", i ? "," : "", c[i].op, (double)c[i].calls / steps);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* cfg->steps steps, each timed alone into t[] (synchronised clock reads around it) */
+static sherl_status timed_steps(const bench_cfg *cfg, sherl_model *m, sherl_step *s,
+                                const bert_batch *batch, const int32_t *labels, int *step,
+                                double *t, method_result *r)
+{
+    for (int i = 0; i < cfg->steps; i++) {
+        be->synchronize();
+        double t0 = bench_now();
+        SHERL_TRY(train_step(m, s, batch, labels, ++*step, &r->loss, NULL));
+        be->synchronize();
+        t[i] = bench_now() - t0;
+    }
+    return sherl_ok();
 }
 
 /* first: the first method of the run, whose peak counts from before the backbone's load
@@ -319,6 +366,7 @@ static sherl_status run_method(const bench_cfg *cfg, bert_model **bb, train_meth
     if ((st = sherl_model_create(&m, bbm, &o)).code || (st = sherl_step_create(&s, m, B, T)).code)
         goto done;
     have_step = 1;
+    s.graphs = cfg->graphs;
     sherl_scratch_shape q = sherl_step_scratch_shape(m, B, T, cfg->threads);
     if (be->prepare(&q)) {
         st = sherl_backend_status(be, "reserving the step's scratch");
@@ -335,20 +383,27 @@ static sherl_status run_method(const bench_cfg *cfg, bert_model **bb, train_meth
         if ((st = train_step(m, &s, &batch, labels, ++step, &r->loss, NULL)).code)
             goto done;
     mem_sample(mem);
-    for (int i = 0; i < cfg->steps; i++) {
-        be->synchronize();
-        double t0 = bench_now();
-        if ((st = train_step(m, &s, &batch, labels, ++step, &r->loss, NULL)).code)
-            goto done;
-        be->synchronize();
-        t[i] = bench_now() - t0;
-    }
+    if (cfg->count_calls)
+        guarded_backend_reset_calls();
+    if ((st = timed_steps(cfg, m, &s, &batch, labels, &step, t, r)).code)
+        goto done;
     mem_sample(mem);
+    if (cfg->count_calls)
+        print_calls(r, cfg->steps);
     r->min_s = t[0];
     for (int i = 1; i < cfg->steps; i++)
         if (t[i] < r->min_s)
             r->min_s = t[i];
     r->med_s = bench_median(t, cfg->steps);
+    /* the timed steps' graph use (the profiled ones below always run op by op) */
+    r->graph_passes = s.graph_passes;
+    snprintf(r->graph_note, sizeof r->graph_note, "%s", s.graph_note);
+    if (s.graph_passes > 0) { /* the same steps op by op, for the graphs' gain */
+        s.graphs = 0;
+        if ((st = timed_steps(cfg, m, &s, &batch, labels, &step, t, r)).code)
+            goto done;
+        r->eager_med_s = bench_median(t, cfg->steps);
+    }
 
     /* profiled steps: a synchronised clock at every phase boundary */
     s.profile = 1;
@@ -397,6 +452,7 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
     cJSON_AddStringToObject(o, "backend", be->name);
     cJSON_AddStringToObject(o, "device", desc);
     cJSON_AddStringToObject(o, "precision", cfg->precision);
+    cJSON_AddBoolToObject(o, "graphs", cfg->graphs);
     cJSON_AddNumberToObject(o, "batch", cfg->B);
     cJSON_AddNumberToObject(o, "seq", cfg->T);
     cJSON_AddNumberToObject(o, "layers", hc->num_hidden_layers);
@@ -430,6 +486,12 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
         cJSON_AddNumberToObject(m, "planned_peak_bytes", (double)r->planned);
         cJSON_AddNumberToObject(m, "planned_backbone_bytes", (double)r->planned_backbone);
         cJSON_AddNumberToObject(m, "trainable", (double)r->trainable);
+        if (r->calls > 0)
+            cJSON_AddNumberToObject(m, "backend_calls_per_step", r->calls);
+        cJSON_AddNumberToObject(m, "graph_steps", (double)r->graph_passes);
+        if (r->eager_med_s > 0)
+            cJSON_AddNumberToObject(m, "op_by_op_median_s", r->eager_med_s);
+        cJSON_AddStringToObject(m, "op_by_op_because", r->graph_note);
         cJSON_AddNumberToObject(m, "loss", r->loss);
         cJSON_AddNumberToObject(m, "frozen_layers", r->frozen_layers);
         if (r->frozen_layers && r->frozen_s > 0) {
@@ -451,10 +513,11 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: " PROG " [--backend cuda|cpu] [--precision fp32|bf16] [--batch 64] "
+    fprintf(f, "usage: " PROG " [--backend cuda|cpu|cpu-guarded] [--precision fp32|bf16] [--batch 64] "
                "[--seq 128] [--layers L] [--hidden D] [--steps 10] [--warmup 3] "
                "[--profile-steps 2] [--methods sherl,late,full] [--late-layers 1] "
-               "[--tune-late 1] [--ceiling S] [--threads N] [--json FILE] MODEL_DIR\n");
+               "[--tune-late 1] [--ceiling S] [--graphs 0|1] [--threads N] [--json FILE] "
+               "MODEL_DIR\n");
 }
 
 int main(int argc, char **argv)
@@ -485,25 +548,27 @@ int main(int argc, char **argv)
         }
     }
     int B = 64, T = 128, L = 0, D = 0, steps = 10, warmup = 3, profile_steps = 2, k = 1;
-    int tune_late = 1, ceiling = -1, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int tune_late = 1, ceiling = -1, graphs = 1, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     /* zero-valued options go through strings (bench_parse takes positive integers only) */
     const char *str_names[] = {"--backend", "--precision", "--methods", "--json",
-                               "--warmup", "--profile-steps", "--tune-late", "--ceiling"};
-    const char *sv[] = {NULL, "fp32", "sherl,late,full", NULL, NULL, NULL, NULL, NULL};
+                               "--warmup", "--profile-steps", "--tune-late", "--ceiling",
+                               "--graphs"};
+    const char *sv[] = {NULL, "fp32", "sherl,late,full", NULL, NULL, NULL, NULL, NULL, NULL};
     bench_int_opt opts[] = {{"--batch", &B},       {"--seq", &T},         {"--layers", &L},
                             {"--hidden", &D},      {"--steps", &steps},   {"--late-layers", &k},
                             {"--threads", &threads}};
-    int bad = bench_parse(PROG, optc, optv, 0, opts, 7, str_names, sv, 8);
+    int bad = bench_parse(PROG, optc, optv, 0, opts, 7, str_names, sv, 9);
     free(optv);
     if (bad) {
         usage(stderr);
         return 2;
     }
     const char *backend = sv[0], *precision = sv[1], *methods = sv[2], *json = sv[3];
-    const char *int0_names[] = {"--warmup", "--profile-steps", "--tune-late", "--ceiling"};
-    int *int0_vals[] = {&warmup, &profile_steps, &tune_late, &ceiling};
-    const long int0_max[] = {1000, 1000, 1, 32768};
-    for (int i = 0; i < 4; i++) {
+    const char *int0_names[] = {"--warmup", "--profile-steps", "--tune-late", "--ceiling",
+                                "--graphs"};
+    int *int0_vals[] = {&warmup, &profile_steps, &tune_late, &ceiling, &graphs};
+    const long int0_max[] = {1000, 1000, 1, 32768, 1};
+    for (int i = 0; i < 5; i++) {
         const char *v = sv[4 + i];
         if (!v)
             continue;
@@ -541,7 +606,12 @@ int main(int argc, char **argv)
     }
 
     /* the backend first: no GPU is an answer, not a failure */
-    int ended = bench_backend(PROG, backend, &be);
+    int count_calls = backend && !strcmp(backend, "cpu-guarded");
+    int ended = -1;
+    if (count_calls)
+        be = guarded_backend();
+    else
+        ended = bench_backend(PROG, backend, &be);
     if (ended >= 0)
         return ended;
     if (!model_dir) {
@@ -554,7 +624,7 @@ int main(int argc, char **argv)
         ceiling = gpu ? 8192 : 2048;
     be->set_threads(threads);
     bench_cfg cfg = {B, T, steps, warmup, profile_steps, k, tune_late, threads, precision,
-                     model_dir};
+                     model_dir, count_calls, graphs};
 
     mem_probe mem;
     mem_init(&mem);
@@ -603,6 +673,13 @@ int main(int argc, char **argv)
                "%.1f MiB (planned %.1f MiB), loss %.4f, %lld trainable\n",
                r->name, precision, be->name, B, T, r->med_s, r->min_s, B / r->med_s,
                mib(r->peak), mib(r->planned), r->loss, r->trainable);
+        if (cfg.graphs)
+            printf("  graphs: %lld of %d warm-up and timed steps replayed from a graph%s%s\n",
+                   r->graph_passes, warmup + steps, r->graph_note[0] ? "; op by op: " : "",
+                   r->graph_note);
+        if (r->eager_med_s > 0)
+            printf("  op by op instead: median %.4f s/step, %.2f samples/s (graphs %.2fx)\n",
+                   r->eager_med_s, B / r->eager_med_s, r->eager_med_s / r->med_s);
         if (r->frozen_layers && r->frozen_s > 0)
             printf("  frozen forward (%d of %d layers): %.2f ms, %.3f TFLOP/s\n", r->frozen_layers,
                    hc->num_hidden_layers, 1e3 * r->frozen_s,

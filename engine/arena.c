@@ -54,6 +54,12 @@ sherl_status arena_check(const sherl_arena *a, const char *what)
     if (a->overflow)
         return sherl_errorf(SHERL_EINTERNAL, "%s: layout exceeded its measured arena of %zu bytes",
                             what, a->cap);
+    /* Less is a bug too: the measuring pass (every pointer NULL) took another path than the
+     * real one, so the memory plan, which is the measuring pass, is wrong. */
+    if (a->base && a->used != a->cap)
+        return sherl_errorf(SHERL_EINTERNAL, "%s: layout used %zu bytes of its measured arena of "
+                                             "%zu: the measuring and the real layout disagree",
+                            what, a->used, a->cap);
     return sherl_ok();
 }
 

@@ -34,7 +34,8 @@ size_t arena_round(size_t bytes);
 /* What a glibc malloc of `bytes` occupies: the request plus its 8-byte header, in 16-byte
  * granules, at least 32 bytes. For host-side lines of the memory plan. */
 size_t arena_malloc_size(size_t bytes);
-/* SHERL_EINTERNAL when a take overflowed the arena (the layout and its measure disagreed). */
+/* SHERL_EINTERNAL when the layout and its measure disagreed: a take overflowed the arena, or
+ * the layout used less than was measured. */
 sherl_status arena_check(const sherl_arena *a, const char *what);
 
 #endif

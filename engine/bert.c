@@ -555,6 +555,32 @@ sherl_status bert_batch_from_encodings(bert_batch *batch, const tok_encoding *en
     return sherl_ok();
 }
 
+sherl_status bert_batch_pad_to(bert_batch *batch, int T, int pad_id)
+{
+    if (T < batch->T)
+        return sherl_errorf(SHERL_EINVAL, "cannot pad a batch of %d tokens to %d", batch->T, T);
+    if (T == batch->T)
+        return sherl_ok();
+    bert_batch p = {batch->B, T, malloc((size_t)batch->B * T * sizeof(int32_t)),
+                    calloc((size_t)batch->B * T, sizeof(int32_t)),
+                    calloc((size_t)batch->B * T, sizeof(int32_t))};
+    if (!p.input_ids || !p.token_type_ids || !p.attention_mask) {
+        bert_batch_free(&p);
+        return sherl_errorf(SHERL_ENOMEM, "out of memory for a %d x %d batch", batch->B, T);
+    }
+    for (int b = 0; b < batch->B; b++)
+        for (int t = 0; t < T; t++) {
+            size_t k = (size_t)b * T + t, o = (size_t)b * batch->T + t;
+            int in = t < batch->T;
+            p.input_ids[k] = in ? batch->input_ids[o] : pad_id;
+            p.token_type_ids[k] = in && batch->token_type_ids ? batch->token_type_ids[o] : 0;
+            p.attention_mask[k] = in ? batch->attention_mask[o] : 0;
+        }
+    bert_batch_free(batch);
+    *batch = p;
+    return sherl_ok();
+}
+
 void bert_batch_free(bert_batch *batch)
 {
     free(batch->input_ids);
@@ -735,9 +761,16 @@ sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const b
 sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddings *w,
                                         bert_workspace *ws, const bert_batch *batch, float *h0)
 {
+    SHERL_TRY(bert_embed_upload(m, ws, batch));
+    bert_embed_compute(m, w, ws, batch->B, batch->T, h0);
+    return sherl_ok();
+}
+
+sherl_status bert_embed_upload(const bert_model *m, bert_workspace *ws, const bert_batch *batch)
+{
     const hf_config *c = &m->cfg;
     const sherl_backend *be = m->be;
-    int B = batch->B, T = batch->T, D = c->hidden_size;
+    int B = batch->B, T = batch->T;
     if (B <= 0 || T <= 0 || B > ws->B || T > ws->T)
         return sherl_errorf(SHERL_EINVAL, "batch %d x %d does not fit the workspace %d x %d", B,
                             T, ws->B, ws->T);
@@ -776,7 +809,16 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
     be->copy_to_device(ws->positions, pos, BT * sizeof(int32_t));
     be->copy_to_device(ws->mask_add, madd, BT * sizeof(float));
     free(pos), free(types), free(madd);
+    return sherl_ok();
+}
 
+void bert_embed_compute(const bert_model *m, const bert_embeddings *w, bert_workspace *ws, int B,
+                        int T, float *h0)
+{
+    const hf_config *c = &m->cfg;
+    const sherl_backend *be = m->be;
+    int D = c->hidden_size;
+    size_t BT = (size_t)B * T;
     /* e = word[ids] + pos[t] + type[tt]; h0 = LayerNorm(e). h0 doubles as scratch. */
     if (w->word) {
         be->embedding_forward(ws->emb, ws->ids, w->word, (int)BT, D);
@@ -793,7 +835,6 @@ sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddin
     be->residual_forward(ws->emb, ws->emb, h0, BT * D);
     be->layernorm_forward(h0, ws->emb_mean, ws->emb_rstd, ws->emb, w->ln_w, w->ln_b, (int)BT, D,
                           c->layer_norm_eps);
-    return sherl_ok();
 }
 
 void bert_embed_backward(const bert_model *m, const bert_embeddings *w,

@@ -98,6 +98,9 @@ typedef struct {
 /* Pads encodings to the longest one (pad id, type 0, mask 0). Free with bert_batch_free. */
 sherl_status bert_batch_from_encodings(bert_batch *batch, const tok_encoding *encs, int n,
                                        int pad_id);
+/* Pads a batch out to T tokens the same way (a fixed shape, for a replayed graph); T must be at
+ * least batch->T. On failure the batch is unchanged. */
+sherl_status bert_batch_pad_to(bert_batch *batch, int T, int pad_id);
 void bert_batch_free(bert_batch *batch);
 
 /* Activations of one layer's forward, kept for its backward. Buffers on the backend. */
@@ -189,6 +192,12 @@ sherl_status bert_embed_forward(const bert_model *m, bert_workspace *ws, const b
  * (the LayerNorm input) and ws->emb_mean/emb_rstd its statistics until ws is next used. */
 sherl_status bert_embed_forward_weights(const bert_model *m, const bert_embeddings *w,
                                         bert_workspace *ws, const bert_batch *batch, float *h0);
+/* bert_embed_forward_weights in two: the batch validated and uploaded into ws (host copies),
+ * then the embedding ops alone on what was uploaded (no host transfer: a device may record them
+ * into a graph). */
+sherl_status bert_embed_upload(const bert_model *m, bert_workspace *ws, const bert_batch *batch);
+void bert_embed_compute(const bert_model *m, const bert_embeddings *w, bert_workspace *ws, int B,
+                        int T, float *h0);
 /* Backward of bert_embed_forward_weights for the batch last embedded with ws: gradients of the
  * tables and the LayerNorm accumulate into grads; d_sum [B,T,D] is scratch. */
 void bert_embed_backward(const bert_model *m, const bert_embeddings *w,

@@ -34,6 +34,20 @@ static inline void half_gemm(const sherl_backend *be, sherl_precision p, int ta,
         be->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* half_gemm repeated `batch` times, element strides between the matrices */
+static inline void half_gemm_batched(const sherl_backend *be, sherl_precision p, int ta, int tb,
+                                     int M, int N, int K, const uint16_t *A, int lda,
+                                     long long sa, const uint16_t *B, int ldb, long long sb,
+                                     float beta, float *C, int ldc, long long sc, int batch)
+{
+    if (p == SHERL_FP16)
+        be->gemm_f16_strided_batched(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, beta, C, ldc,
+                                     sc, batch);
+    else
+        be->gemm_bf16_strided_batched(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, beta, C,
+                                      ldc, sc, batch);
+}
+
 static inline void half_gather(const sherl_backend *be, sherl_precision p, float *out,
                                const int32_t *ids, const uint16_t *table, int N, int C)
 {

@@ -37,7 +37,7 @@ static const char *const OPTIM_KEYS[] = {"lr",        "weight_decay", "warmup_ra
 static const char *const TRAIN_KEYS[] = {"epochs",     "max_steps",        "batch_size",
                                          "grad_accum", "eval_every",       "checkpoint_every",
                                          "seed",       "log_every"};
-static const char *const RESOURCE_KEYS[] = {"device", "precision", "ranks", "threads"};
+static const char *const RESOURCE_KEYS[] = {"device", "precision", "ranks", "threads", "graphs"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -475,6 +475,7 @@ static sherl_status parse_resources(const parse_ctx *c, const cJSON *root, job_s
     sherl_precision_parse(s->precision, &s->model.precision);
     SHERL_TRY(get_int(c, o, "resources", "ranks", 1, 4096, &s->ranks));
     SHERL_TRY(get_int(c, o, "resources", "threads", 0, 1024, &s->threads));
+    SHERL_TRY(get_bool(c, o, "resources", "graphs", &s->graphs));
     return sherl_ok();
 }
 
@@ -770,6 +771,7 @@ char *job_spec_to_json(const job_spec *s)
     add(&b, res, "precision", BUF_STRING(s->precision));
     add(&b, res, "ranks", cJSON_CreateNumber(s->ranks));
     add(&b, res, "threads", cJSON_CreateNumber(s->threads));
+    add(&b, res, "graphs", cJSON_CreateBool(s->graphs));
 
     add(&b, root, "output", BUF_STRING(s->output));
 

@@ -25,8 +25,9 @@
  *     non-negative integers; task.text_fields 1 or 2 non-empty strings and label_field a
  *     non-empty string, each under 64 bytes; resources.device "cpu", "cuda" or "auto" (cuda
  *     when a GPU is usable), precision "fp32", "bf16" or "fp16" (the backbone's frozen
- *     weights in that type; on any device), ranks 1..4096, threads 0..1024. Number ranges are
- *     checked on the JSON value and on the float that is stored. What depends on the backbone
+ *     weights in that type; on any device), ranks 1..4096, threads 0..1024, graphs a
+ *     boolean. Number ranges are checked on the JSON value and on the float that is stored.
+ *     What depends on the backbone
  *     (late_layers < L, taps <= L - k, side_dim <= D, max_length <= positions) is checked when
  *     the model is built (sherl_model_create), not here.
  *   - The "sherl" object is accepted with every method, so that comparing methods means
@@ -82,9 +83,11 @@ typedef struct {
      *           steps, "seed" 17, "log_every" 10 steps} */
     int epochs, max_steps, batch_size, grad_accum, eval_every_steps, checkpoint_every, log_every;
     uint64_t seed;
-    /* "resources": {"device" "cpu", "precision" "fp32", "ranks" 1, "threads" 0 (= all cores)} */
+    /* "resources": {"device" "cpu", "precision" "fp32", "ranks" 1, "threads" 0 (= all cores),
+     *               "graphs" false (record a training pass into a CUDA graph and replay it:
+     *               sherl_train_pass)} */
     char device[16], precision[8];
-    int ranks, threads;
+    int ranks, threads, graphs;
     char output[JOB_PATH_MAX];   /* "output": run folder (default "runs/<name>") */
 } job_spec;
 

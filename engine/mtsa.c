@@ -10,6 +10,18 @@
 #define P(ps, i) ((ps)->items[(i)].data)
 #define G(ps, i) ((ps)->items[(i)].grad)
 
+/* The distance in floats between consecutive tensors idx[0..K) of ps, or -1 when they are not
+ * evenly spaced. */
+static long long spacing(const param_set *ps, const int *idx, int K)
+{
+    long long first = (long long)ps->items[idx[0]].offset;
+    long long step = (long long)ps->items[idx[1]].offset - first;
+    for (int i = 2; i < K; i++)
+        if ((long long)ps->items[idx[i]].offset - first != i * step)
+            return -1;
+    return step;
+}
+
 sherl_status mtsa_register(mtsa *a, param_set *ps, int K, int D, int d, float out_eps,
                            float dropout)
 {
@@ -31,15 +43,28 @@ sherl_status mtsa_register(mtsa *a, param_set *ps, int K, int D, int d, float ou
     }
     char name[96];
     int bad = 0;
+    /* each kind in one run of K, so a kind's tensors are equally spaced (w_stride, v_stride) */
     for (int i = 0; i < K; i++) {
         snprintf(name, sizeof name, "mtsa.proj.%d.weight", i);
         bad |= (a->proj_w[i] = param_set_add(ps, name, d, D, 1)) < 0;
+    }
+    for (int i = 0; i < K; i++) {
         snprintf(name, sizeof name, "mtsa.proj.%d.bias", i);
         bad |= (a->proj_b[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+    }
+    for (int i = 0; i < K; i++) {
         snprintf(name, sizeof name, "mtsa.proj_ln.%d.weight", i);
         bad |= (a->proj_ln_w[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+    }
+    for (int i = 0; i < K; i++) {
         snprintf(name, sizeof name, "mtsa.proj_ln.%d.bias", i);
         bad |= (a->proj_ln_b[i] = param_set_add(ps, name, d, 0, 0)) < 0;
+    }
+    if (!bad) { /* param_set_add pads every tensor alike, so these hold by construction */
+        a->w_stride = spacing(ps, a->proj_w, K);
+        a->v_stride = spacing(ps, a->proj_b, K);
+        bad |= a->w_stride < 0 || a->v_stride < 0 || spacing(ps, a->proj_ln_w, K) != a->v_stride ||
+               spacing(ps, a->proj_ln_b, K) != a->v_stride;
     }
     bad |= (a->guide_w = param_set_add(ps, "mtsa.guide.weight", 1, d, 1)) < 0;
     bad |= (a->guide_c = param_set_add(ps, "mtsa.guide.bias", 1, 0, 0)) < 0;
@@ -148,17 +173,16 @@ static void scratch_carve(mtsa_acts *t, const mtsa *a, int N, int chunk, sherl_a
     size_t c = (size_t)chunk;
     /* w16 (rounded at the start of the forward and of the backward) and d_z (from the head's
      * backward through the guidance's) live through a pass; the rest overlaps by phase:
-     *   guidance:  xpre | x | d_x | d_xpre | d_xpre16   (a chunk each)
+     *   guidance:  xpre | x (then d_xpre) | d_x (or x16 while d_x is not live)  (K chunks each)
      *   head:      rz | ud (the up-projection u until un is written; the backward's u and
      *              d_ud) | un (d_un) | d_u | d_rz   (a chunk each) */
-    t->w16 = half ? arena_take(ar, K * d * D * sizeof(uint16_t)) : NULL;
+    t->w16 = half ? arena_take(ar, K * (size_t)a->w_stride * sizeof(uint16_t)) : NULL;
     t->d_z = arena_floats(ar, n * d);
     size_t at = ar->used, end;
     t->xpre = arena_floats(ar, K * c * d);
-    t->x = arena_floats(ar, K * c * d);
+    t->x = t->d_xpre = arena_floats(ar, K * c * d);
     t->d_x = arena_floats(ar, K * c * d);
-    t->d_xpre = arena_floats(ar, c * d);
-    t->d_xpre16 = half ? arena_take(ar, c * d * sizeof(uint16_t)) : NULL;
+    t->x16 = half ? (uint16_t *)t->d_x : NULL;
     end = ar->used;
     ar->used = at;
     t->rz = arena_floats(ar, c * d);
@@ -199,41 +223,49 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sher
 
 /* The projections of tokens [n0, n0 + n) of every tap into t->xpre ([K, n, d]): W_i h_i + b_i,
  * or in half precision half(half tap . half(W_i)^T + b_i) with fp32 sums, as autocast's Linear
- * returns it (the LayerNorm then reads it widened). The forward and the backward both compute
- * them, with the same bits, so nothing of them is kept between the two. */
-static void project_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t,
-                          const float *const *taps, const uint16_t *const *taps16, int n0, int n)
+ * returns it (the LayerNorm then reads it widened), all K taps in one batched product. The
+ * forward and the backward both compute them, with the same bits, so nothing of them is kept
+ * between the two. Half precision uses x16 (over d_x) as its scratch. */
+static void project_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t, const float *taps,
+                          const uint16_t *taps16, int n0, int n)
 {
     const sherl_backend *be = ps->be;
-    size_t D = (size_t)a->D, d = (size_t)a->d, cd = (size_t)n * d;
-    for (int i = 0; i < a->K; i++) {
-        float *out = t->xpre + i * cd;
-        if (a->prec == SHERL_FP32) {
-            be->matmul_forward(out, taps[i] + (size_t)n0 * D, P(ps, a->proj_w[i]),
-                               P(ps, a->proj_b[i]), n, (int)D, (int)d);
-            continue;
-        }
-        half_gemm(be, a->prec, 0, 1, n, (int)d, (int)D, taps16[i] + (size_t)n0 * D, (int)D,
-                  t->w16 + i * d * D, (int)D, 0.0f, out, (int)d);
-        be->bias_add_forward(out, P(ps, a->proj_b[i]), n, (int)d);
-        half_round(be, a->prec, t->d_xpre16, out, cd);
-        half_widen(be, a->prec, out, t->d_xpre16, cd);
+    int K = a->K, D = a->D, d = a->d;
+    long long tap = (long long)t->N * D, cd = (long long)n * d;
+    if (a->prec == SHERL_FP32)
+        be->gemm_strided_batched(0, 1, n, d, D, 1.0f, taps + (size_t)n0 * D, D, tap,
+                                 P(ps, a->proj_w[0]), D, a->w_stride, 0.0f, t->xpre, d, cd, K);
+    else
+        half_gemm_batched(be, a->prec, 0, 1, n, d, D, taps16 + (size_t)n0 * D, D, tap, t->w16, D,
+                          a->w_stride, 0.0f, t->xpre, d, cd, K);
+    be->bias_add_grouped_forward(t->xpre, P(ps, a->proj_b[0]), a->v_stride, K, n, d);
+    if (a->prec != SHERL_FP32) {
+        half_round(be, a->prec, t->x16, t->xpre, (size_t)(K * cd));
+        half_widen(be, a->prec, t->xpre, t->x16, (size_t)(K * cd));
     }
 }
 
-/* Half precision: every tap's projection weights rounded into t->w16 (they may have moved since
- * the last pass). */
-static void round_proj_weights(const mtsa *a, const param_set *ps, mtsa_acts *t)
+/* x = LayerNorm_i(xpre) for every tap of a chunk (statistics saved when mean is given) */
+static void normalise_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t, int N, int n0,
+                            int n, int keep_stats)
 {
-    size_t dD = (size_t)a->d * a->D;
-    if (a->prec != SHERL_FP32)
-        for (int i = 0; i < a->K; i++)
-            half_round(ps->be, a->prec, t->w16 + i * dD, P(ps, a->proj_w[i]), dD);
+    ps->be->layernorm_grouped_forward(t->x, keep_stats ? t->ln_mean + n0 : NULL,
+                                      keep_stats ? t->ln_rstd + n0 : NULL, N, t->xpre,
+                                      P(ps, a->proj_ln_w[0]), P(ps, a->proj_ln_b[0]),
+                                      a->v_stride, a->K, n, a->d, MTSA_PROJ_LN_EPS);
 }
 
-void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
-                  const float *const *taps, const uint16_t *const *taps16, const float *h_last,
-                  int N, int train, uint64_t seed)
+/* Half precision: every tap's projection weights rounded into t->w16 (they may have moved since
+ * the last pass); one conversion over the K weights and the zero padding between them. */
+static void round_proj_weights(const mtsa *a, const param_set *ps, mtsa_acts *t)
+{
+    if (a->prec != SHERL_FP32)
+        half_round(ps->be, a->prec, t->w16, P(ps, a->proj_w[0]),
+                   (size_t)((a->K - 1) * a->w_stride + (long long)a->d * a->D));
+}
+
+void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y, const float *taps,
+                  const uint16_t *taps16, const float *h_last, int N, int train, uint64_t seed)
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
@@ -242,13 +274,8 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
      * a chunk of tokens at a time */
     for (int n0 = 0; n0 < N; n0 += t->chunk) {
         int n = N - n0 < t->chunk ? N - n0 : t->chunk;
-        size_t cd = (size_t)n * d;
         project_chunk(a, ps, t, taps, taps16, n0, n);
-        for (int i = 0; i < K; i++)
-            be->layernorm_forward(t->x + i * cd, t->ln_mean + (size_t)i * N + n0,
-                                  t->ln_rstd + (size_t)i * N + n0, t->xpre + i * cd,
-                                  P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
-                                  MTSA_PROJ_LN_EPS);
+        normalise_chunk(a, ps, t, N, n0, n, 1);
         be->mtsa_guide_forward(t->z + (size_t)n0 * d, t->s + (size_t)n0 * (K - 1),
                                t->rho + (size_t)n0 * (K - 1), t->alpha + (size_t)n0 * (K - 1),
                                t->x, P(ps, a->guide_w), P(ps, a->guide_c), K, n, d);
@@ -269,9 +296,8 @@ void mtsa_forward(const mtsa *a, const param_set *ps, mtsa_acts *t, float *y,
     }
 }
 
-void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
-                   const float *const *taps, const uint16_t *const *taps16,
-                   const float *h_last, int N, int train, uint64_t seed)
+void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy, const float *taps,
+                   const uint16_t *taps16, const float *h_last, int N, int train, uint64_t seed)
 {
     const sherl_backend *be = ps->be;
     int K = a->K, D = a->D, d = a->d;
@@ -299,38 +325,39 @@ void mtsa_backward(const mtsa *a, param_set *ps, mtsa_acts *t, const float *dy,
         be->relu_backward(t->d_z + (size_t)n0 * d, t->z + (size_t)n0 * d, t->d_rz, cd);
     }
     /* The guidance, a chunk of tokens at a time: the projections and the projected taps again
-     * (the same bits as the forward's), their gradients, and on through each tap's LayerNorm
-     * and projection (whose weight gradients accumulate over the chunks). */
+     * (the same bits as the forward's), their gradients, and on through the taps' LayerNorms
+     * and projections (whose weight gradients accumulate over the chunks), every tap in one
+     * grouped or batched op. */
     round_proj_weights(a, ps, t);
+    long long tap = (long long)t->N * D;
     for (int n0 = 0; n0 < N; n0 += t->chunk) {
         int n = N - n0 < t->chunk ? N - n0 : t->chunk;
         size_t cd = (size_t)n * d, r0 = (size_t)n0 * d;
         project_chunk(a, ps, t, taps, taps16, n0, n);
-        for (int i = 0; i < K; i++)
-            be->layernorm_forward(t->x + i * cd, NULL, NULL, t->xpre + i * cd,
-                                  P(ps, a->proj_ln_w[i]), P(ps, a->proj_ln_b[i]), n, d,
-                                  MTSA_PROJ_LN_EPS);
+        normalise_chunk(a, ps, t, N, n0, n, 0);
         be->zero(t->d_x, (size_t)K * cd * sizeof(float));
         be->mtsa_guide_backward(t->d_x, G(ps, a->guide_w), G(ps, a->guide_c), t->d_z + r0, t->x,
                                 P(ps, a->guide_w), t->s + (size_t)n0 * (K - 1),
                                 t->rho + (size_t)n0 * (K - 1), t->alpha + (size_t)n0 * (K - 1),
                                 K, n, d);
-        for (int i = 0; i < K; i++) {
-            be->zero(t->d_xpre, cd * sizeof(float));
-            be->layernorm_backward(t->d_xpre, G(ps, a->proj_ln_w[i]), G(ps, a->proj_ln_b[i]),
-                                   t->d_x + i * cd, t->xpre + i * cd, P(ps, a->proj_ln_w[i]),
-                                   t->ln_mean + (size_t)i * N + n0,
-                                   t->ln_rstd + (size_t)i * N + n0, n, d);
-            /* the taps are frozen early-route outputs: no input gradient */
-            if (a->prec == SHERL_FP32) {
-                be->matmul_backward(NULL, G(ps, a->proj_w[i]), G(ps, a->proj_b[i]), t->d_xpre,
-                                    taps[i] + (size_t)n0 * D, P(ps, a->proj_w[i]), n, D, d);
-            } else { /* dW_i += half(d_xpre)^T . half tap, fp32 sums; db_i in fp32 */
-                half_round(be, a->prec, t->d_xpre16, t->d_xpre, cd);
-                half_gemm(be, a->prec, 1, 0, d, D, n, t->d_xpre16, d,
-                          taps16[i] + (size_t)n0 * D, D, 1.0f, G(ps, a->proj_w[i]), D);
-                be->bias_add_backward(G(ps, a->proj_b[i]), t->d_xpre, n, d);
-            }
+        /* x is dead: its memory takes the projections' gradients */
+        be->zero(t->d_xpre, (size_t)K * cd * sizeof(float));
+        be->layernorm_grouped_backward(t->d_xpre, G(ps, a->proj_ln_w[0]), G(ps, a->proj_ln_b[0]),
+                                       a->v_stride, t->d_x, t->xpre, P(ps, a->proj_ln_w[0]),
+                                       t->ln_mean + n0, t->ln_rstd + n0, N, K, n, d);
+        /* the taps are frozen early-route outputs: no input gradient. dW_i += d_xpre_i^T . tap_i
+         * (half: half(d_xpre_i)^T . half tap_i with fp32 sums, d_xpre rounded over the consumed
+         * d_x); db_i in fp32 */
+        if (a->prec == SHERL_FP32) {
+            be->gemm_strided_batched(1, 0, d, D, n, 1.0f, t->d_xpre, d, (long long)cd,
+                                     taps + (size_t)n0 * D, D, tap, 1.0f, G(ps, a->proj_w[0]), D,
+                                     a->w_stride, K);
+        } else {
+            half_round(be, a->prec, t->x16, t->d_xpre, K * cd);
+            half_gemm_batched(be, a->prec, 1, 0, d, D, n, t->x16, d, (long long)cd,
+                              taps16 + (size_t)n0 * D, D, tap, 1.0f, G(ps, a->proj_w[0]), D,
+                              a->w_stride, K);
         }
+        be->bias_add_grouped_backward(G(ps, a->proj_b[0]), a->v_stride, t->d_xpre, K, n, d);
     }
 }

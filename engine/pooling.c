@@ -67,6 +67,12 @@ void pooler_free(pooler *p)
     memset(p, 0, sizeof *p);
 }
 
+void pool_prepare(pooler *p, int T)
+{
+    if (p->mode == POOL_CLS)
+        set_first_rows(p, T);
+}
+
 void pool_forward(pooler *p, float *out, const float *hidden, const int32_t *mask, int B, int T,
                   int D)
 {

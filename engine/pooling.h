@@ -31,6 +31,10 @@ void pooler_layout(pooler *p, const sherl_backend *be, pool_mode mode, int max_B
 sherl_status pooler_create(pooler *p, const sherl_backend *be, pool_mode mode, int max_B);
 void pooler_free(pooler *p);
 /* out[B,D] from hidden[B,T,D]; mask [B,T] on the backend (used by mean); B <= max_B. */
+/* Uploads what pooling sequences of length T needs (CLS: the first rows' indices), so that
+ * pool_forward / pool_backward at that T copy nothing from the host (a device may then record
+ * them into a graph); they do it themselves otherwise. */
+void pool_prepare(pooler *p, int T);
 void pool_forward(pooler *p, float *out, const float *hidden, const int32_t *mask, int B, int T,
                   int D);
 /* dhidden[B,T,D] += d(out)/d(hidden) . dout */

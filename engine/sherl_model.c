@@ -371,15 +371,23 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
         group_bytes = local;
 #define STEP_GROUP_END(g) (group_bytes[g] = ar->used - mark, mark = ar->used)
     s->B = B, s->T = T;
+    int sherl = m->opt.method == METHOD_SHERL, half = m->opt.precision != SHERL_FP32;
+    s->taps = sherl && !half ? arena_floats(ar, (size_t)m->K * ND) : NULL;
+    s->taps16 = sherl && half ? arena_take(ar, (size_t)m->K * ND * sizeof(uint16_t)) : NULL;
+    /* (decided by flags, never by pointers: a measuring arena's buffers are all NULL) */
+    char in_taps[SHERL_MAX_LAYERS + 1] = {0};
     for (int i = 0; i <= L; i++)
-        s->hidden[i] = keeps_state(m, i) ? arena_floats(ar, ND) : NULL;
+        s->hidden[i] = NULL;
+    if (sherl && !half)
+        for (int t = 0; t < m->K; t++) {
+            s->hidden[m->tap_layer[t]] = s->taps ? s->taps + (size_t)t * ND : NULL;
+            in_taps[m->tap_layer[t]] = 1;
+        }
+    for (int i = 0; i <= L; i++)
+        if (!in_taps[i] && keeps_state(m, i))
+            s->hidden[i] = arena_floats(ar, ND);
     /* the gated h_{L-k} that enters the late route; a half job's goes to scratch (above) */
-    s->y = m->opt.method == METHOD_SHERL && m->opt.precision == SHERL_FP32 ? arena_floats(ar, ND)
-                                                                           : NULL;
-    for (int t = 0; t < SHERL_MAX_TAPS; t++)
-        s->tap16[t] = m->opt.method == METHOD_SHERL && m->opt.precision != SHERL_FP32 && t < m->K
-                          ? arena_take(ar, ND * sizeof(uint16_t))
-                          : NULL;
+    s->y = sherl && !half ? arena_floats(ar, ND) : NULL;
     STEP_GROUP_END(STEP_KEPT);
     for (int i = 0; i < L; i++)
         if (backprop_layer(m, i))
@@ -439,9 +447,9 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     STEP_GROUP_END(STEP_HEAD);
     for (int i = 0; i < L; i++) {
         size_t n[4] = {(size_t)3 * D * D, (size_t)D * D, (size_t)F * D, (size_t)D * F};
-        int half = m->opt.precision != SHERL_FP32 && m->layer_trainable[i];
+        int rounded = half && m->layer_trainable[i];
         for (int j = 0; j < 4; j++)
-            s->half_w[i][j] = half ? arena_take(ar, n[j] * sizeof(uint16_t)) : NULL;
+            s->half_w[i][j] = rounded ? arena_take(ar, n[j] * sizeof(uint16_t)) : NULL;
     }
     STEP_GROUP_END(STEP_HALF_WEIGHTS);
 #undef STEP_GROUP_END
@@ -517,7 +525,8 @@ fail:
 
 void sherl_step_free(sherl_step *s, const sherl_model *m)
 {
-    (void)m;
+    if (s->graph && m)
+        m->be->graph_free(s->graph);
     arena_release(&s->arena);
     free(s->hidden), free(s->acts), free(s->half_w);
     memset(s, 0, sizeof *s);
@@ -582,58 +591,75 @@ static void phase_end(const sherl_model *m, sherl_step *s, int phase, double *t0
 #define PG(i) (m->ps.items[(i)].grad)
 
 /* Half-precision taps: hidden state `state` (just computed, fp32) rounded into each tap that
- * reads it. */
+ * reads it (taps a step's whole N x D apart, as the fp32 block, whatever this batch's size). */
 static void keep_half_taps(const sherl_model *m, sherl_step *s, int state, const float *h,
                            size_t n)
 {
     if (m->opt.method != METHOD_SHERL || m->opt.precision == SHERL_FP32)
         return;
+    size_t stride = (size_t)s->B * s->T * m->D;
     for (int t = 0; t < m->K; t++)
         if (m->tap_layer[t] == state)
-            half_round(m->be, m->opt.precision, s->tap16[t], h, n);
+            half_round(m->be, m->opt.precision, s->taps16 + t * stride, h, n);
 }
 
-sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch *batch,
-                           const int32_t *labels, const float *targets, int train,
-                           uint64_t dropout_seed, double *loss, float *logits_out)
+/* The host side of a forward: the batch (and labels or targets, with want_loss) validated and
+ * uploaded, so that the forward's ops that follow copy nothing from the host. */
+static sherl_status forward_upload(const sherl_model *m, sherl_step *s, const bert_batch *batch,
+                                   const int32_t *labels, const float *targets, int want_loss)
 {
     const sherl_backend *be = m->be;
-    int L = m->L, D = m->D, B = batch->B, T = batch->T, C = m->out_dim;
-    size_t N = (size_t)B * T;
+    int B = batch->B, T = batch->T;
     if (B > s->B || T > s->T)
         return sherl_errorf(SHERL_EINVAL, "batch %d x %d exceeds the step's %d x %d", B, T, s->B,
                             s->T);
-    if (labels && m->opt.task == TASK_CLASSIFICATION)
+    int cls = m->opt.task == TASK_CLASSIFICATION;
+    if (want_loss && !(cls ? (const void *)labels : (const void *)targets))
+        return sherl_errorf(SHERL_EINVAL, "a loss needs %s", cls ? "labels" : "targets");
+    if (labels && cls)
         for (int b = 0; b < B; b++)
             if (labels[b] < 0 || labels[b] >= m->opt.num_labels)
                 return sherl_errorf(SHERL_EINVAL, "label %d of example %d: expected 0..%d",
                                     labels[b], b, m->opt.num_labels - 1);
-    if (targets && m->opt.task == TASK_REGRESSION)
+    if (targets && !cls)
         for (int b = 0; b < B; b++)
             if (!isfinite(targets[b]))
                 return sherl_errorf(SHERL_EINVAL, "target of example %d is not finite", b);
+    SHERL_TRY(bert_embed_upload(m->bb, &s->ws, batch));
+    /* every upload before the first op: a copy to a device waits for its queue to drain */
+    be->copy_to_device(s->mask, batch->attention_mask, (size_t)B * T * sizeof(int32_t));
+    if (want_loss && cls)
+        be->copy_to_device(s->labels, labels, (size_t)B * sizeof(int32_t));
+    else if (want_loss)
+        be->copy_to_device(s->targets, targets, (size_t)B * sizeof(float));
+    pool_prepare(&s->pool, T);
+    return sherl_ok();
+}
 
-    double t0 = s->profile ? mono_s() : 0;
+/* The device side of a forward of the uploaded B x T batch, through the logits and (with
+ * want_loss) the per-example losses: ops only, no host transfer (but the profile's clocks). */
+static void forward_ops(const sherl_model *m, sherl_step *s, int B, int T, int train,
+                        uint64_t dropout_seed, int want_loss, double *t0)
+{
+    const sherl_backend *be = m->be;
+    int L = m->L, D = m->D, C = m->out_dim;
+    size_t N = (size_t)B * T;
     round_trained_layers(m, s);
     /* embeddings: the trainable copy for full fine-tuning, else the backbone's */
     float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
-    SHERL_TRY(bert_embed_forward_weights(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb,
-                                         &s->ws, batch, prev));
+    bert_embed_compute(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb, &s->ws, B, T,
+                       prev);
     keep_half_taps(m, s, 0, prev, N * D);
-    phase_end(m, s, PH_EMBED, &t0);
+    phase_end(m, s, PH_EMBED, t0);
     int first_late = L - m->k; /* layers [first_late, L) are the late route (sherl, late) */
     for (int i = 0; i < L; i++) {
         const float *inp = prev;
         if (m->opt.method == METHOD_SHERL && i == first_late) {
-            const float *taps[SHERL_MAX_TAPS];
-            for (int t = 0; t < m->K; t++)
-                taps[t] = s->hidden[m->tap_layer[t]];
             float *y = s->y ? s->y : prev == s->scratch[0] ? s->scratch[1] : s->scratch[0];
-            mtsa_forward(&m->side, &m->ps, &s->side, y, taps,
-                         (const uint16_t *const *)s->tap16, s->hidden[first_late], (int)N, train,
-                         dropout_seed);
+            mtsa_forward(&m->side, &m->ps, &s->side, y, s->taps, s->taps16, s->hidden[first_late],
+                         (int)N, train, dropout_seed);
             inp = y;
-            phase_end(m, s, PH_MTSA_FWD, &t0);
+            phase_end(m, s, PH_MTSA_FWD, t0);
         }
         float *dst = s->hidden[i + 1];
         if (!dst) /* the scratch buffer the input is not in */
@@ -644,42 +670,116 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
                            s->ws.act16_n, B, T);
         keep_half_taps(m, s, i + 1, dst, N * D);
         prev = dst;
-        phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, &t0);
+        phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, t0);
     }
     s->final = prev;
     s->last_B = B, s->last_T = T;
-    be->copy_to_device(s->mask, batch->attention_mask, N * sizeof(int32_t));
     pool_forward(&s->pool, s->pooled, s->final, s->mask, B, T, D);
     be->matmul_forward(s->logits, s->pooled, PD(m->head_w), PD(m->head_b), B, D, C);
-    if (logits_out)
-        be->copy_to_host(logits_out, s->logits, (size_t)B * C * sizeof(float));
-    if (!loss)
-        return sherl_ok();
+    if (!want_loss)
+        return;
+    if (m->opt.task == TASK_CLASSIFICATION)
+        be->crossentropy_forward(s->losses, s->probs, s->logits, s->labels, B, C);
+    else
+        be->mse_forward(s->losses, s->logits, s->targets, B);
+}
+
+/* The mean of the B per-example losses the forward left on the backend. */
+static sherl_status read_loss(const sherl_model *m, sherl_step *s, int B, double *loss)
+{
     float host_losses[1024];
     float *hl = B <= 1024 ? host_losses : malloc((size_t)B * sizeof(float));
     if (!hl)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
-    if (m->opt.task == TASK_CLASSIFICATION && labels) {
-        be->copy_to_device(s->labels, labels, (size_t)B * sizeof(int32_t));
-        be->crossentropy_forward(s->losses, s->probs, s->logits, s->labels, B, C);
-    } else if (m->opt.task == TASK_REGRESSION && targets) {
-        be->copy_to_device(s->targets, targets, (size_t)B * sizeof(float));
-        be->mse_forward(s->losses, s->logits, s->targets, B);
-    } else {
-        if (hl != host_losses)
-            free(hl);
-        return sherl_errorf(SHERL_EINVAL, "a loss needs %s", m->opt.task == TASK_CLASSIFICATION
-                                                                  ? "labels" : "targets");
-    }
-    be->copy_to_host(hl, s->losses, (size_t)B * sizeof(float));
+    m->be->copy_to_host(hl, s->losses, (size_t)B * sizeof(float));
     double sum = 0.0;
     for (int b = 0; b < B; b++)
         sum += hl[b];
     *loss = sum / B;
     if (hl != host_losses)
         free(hl);
+    return sherl_ok();
+}
+
+sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch *batch,
+                           const int32_t *labels, const float *targets, int train,
+                           uint64_t dropout_seed, double *loss, float *logits_out)
+{
+    int B = batch->B;
+    double t0 = s->profile ? mono_s() : 0;
+    SHERL_TRY(forward_upload(m, s, batch, labels, targets, loss != NULL));
+    forward_ops(m, s, B, batch->T, train, dropout_seed, loss != NULL, &t0);
+    if (logits_out)
+        m->be->copy_to_host(logits_out, s->logits, (size_t)B * m->out_dim * sizeof(float));
+    if (loss)
+        SHERL_TRY(read_loss(m, s, B, loss));
     phase_end(m, s, PH_HEAD, &t0);
     return sherl_ok();
+}
+
+/* Why this pass cannot run as a graph, or NULL when it can. */
+static const char *graph_unusable(const sherl_model *m, const sherl_step *s)
+{
+    const sherl_backend *be = m->be;
+    if (!s->graphs)
+        return "not asked for";
+    if (!be->capture_begin || !be->capture_end || !be->graph_launch || !be->graph_free)
+        return "the backend cannot capture graphs";
+    if (s->graph_failed)
+        return "an earlier capture failed";
+    if (s->profile)
+        return "profiling (a clock between phases)";
+    if (m->opt.method == METHOD_SHERL && m->side.dropout > 0.0f)
+        return "MTSA dropout is on (its masks change every step)";
+    return NULL;
+}
+
+sherl_status sherl_train_pass(sherl_model *m, sherl_step *s, const bert_batch *batch,
+                              const int32_t *labels, const float *targets,
+                              uint64_t dropout_seed, double *loss)
+{
+    const sherl_backend *be = m->be;
+    int B = batch->B, T = batch->T;
+    double t0 = s->profile ? mono_s() : 0;
+    SHERL_TRY(forward_upload(m, s, batch, labels, targets, 1));
+    const char *why = graph_unusable(m, s);
+    if (!why && s->graph &&
+        (s->graph_B != B || s->graph_T != T || s->graph_scale != s->grad_scale)) {
+        be->graph_free(s->graph); /* another shape: record this one instead */
+        s->graph = NULL;
+    }
+    if (!why && !s->graph) {
+        int began = be->capture_begin() == 0;
+        if (began) {
+            forward_ops(m, s, B, T, 1, dropout_seed, 1, &t0);
+            sherl_backward(m, s, dropout_seed);
+            s->graph = be->capture_end();
+        }
+        if (s->graph) {
+            s->graph_B = B, s->graph_T = T, s->graph_scale = s->grad_scale;
+            s->graph_captures++;
+        } else { /* nothing ran: the same work op by op, from now on */
+            char msg[200] = "";
+            if (began) /* the capture's own failure, consumed here; one from before a refused
+                        * start stays for the caller's status check */
+                be->take_error(msg, sizeof msg);
+            snprintf(s->graph_note, sizeof s->graph_note, "%s: %s",
+                     began ? "capture failed" : "capture refused to start",
+                     msg[0] ? msg : "the backend gave no reason");
+            s->graph_failed = 1;
+        }
+    }
+    if (!why && s->graph) {
+        be->graph_launch(s->graph);
+        s->last_B = B, s->last_T = T;
+        s->graph_passes++;
+    } else {
+        if (why && !s->graph_failed)
+            snprintf(s->graph_note, sizeof s->graph_note, "%s", why);
+        forward_ops(m, s, B, T, 1, dropout_seed, 1, &t0);
+        sherl_backward(m, s, dropout_seed);
+    }
+    return read_loss(m, s, B, loss);
 }
 
 void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
@@ -721,11 +821,8 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed)
     }
     phase_end(m, s, PH_LATE_BWD, &t0);
     if (m->opt.method == METHOD_SHERL) {
-        const float *taps[SHERL_MAX_TAPS];
-        for (int t = 0; t < m->K; t++)
-            taps[t] = s->hidden[m->tap_layer[t]];
-        mtsa_backward(&m->side, &m->ps, &s->side, dcur, taps, (const uint16_t *const *)s->tap16,
-                      s->hidden[first], (int)N, 1, dropout_seed);
+        mtsa_backward(&m->side, &m->ps, &s->side, dcur, s->taps, s->taps16, s->hidden[first],
+                      (int)N, 1, dropout_seed);
         phase_end(m, s, PH_MTSA_BWD, &t0);
     } else if (m->opt.method == METHOD_FULL) {
         bert_embed_backward(m->bb, &m->emb, &m->emb_grads, &s->ws, dnext, dcur, B, T);

@@ -83,8 +83,11 @@ typedef struct {
     bert_layer_grad_ws gws;
     mtsa_acts side;
     float *y;               /* [N,D] MTSA output (sherl) */
-    uint16_t *tap16[SHERL_MAX_TAPS]; /* [N,D] each: the taps in half precision (sherl with a
-                                      * bf16/fp16 backbone, whose fp32 taps are not kept) */
+    /* sherl: the taps as one block [K,N,D], which MTSA reads with batched ops: fp32 (taps; the
+     * tap layers' hidden[] point into it) or, with a bf16/fp16 backbone, whose fp32 taps are not
+     * kept, half (taps16); the other is NULL */
+    float *taps;
+    uint16_t *taps16;
     float *d_a, *d_b;       /* [N,D] gradient ping-pong */
     /* [L][4]: in a bf16/fp16 job, a trained layer's four matrices (Q|K|V, attention output,
      * feed-forward in, out) in half precision, rounded from the fp32 masters at each forward:
@@ -103,6 +106,15 @@ typedef struct {
                              * share of an accumulated step; 1 after sherl_step_create */
     int last_B, last_T;
     sherl_arena arena;      /* every buffer above, in one allocation */
+    /* Graphs (sherl_train_pass): asked for by the caller; the recorded pass and the shape and
+     * gradient scale it was recorded at; why passes run op by op (empty while they use the
+     * graph); counts of captures and of passes replayed */
+    int graphs;
+    void *graph;
+    int graph_B, graph_T, graph_failed;
+    float graph_scale;
+    char graph_note[240];
+    long long graph_captures, graph_passes;
     int profile;            /* non-zero: phase_s accumulates seconds per phase (the backend is
                              * synchronised at each phase boundary) */
     double phase_s[8];      /* see SHERL_PHASE_NAMES */
@@ -152,5 +164,15 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
 /* Backward of the last forward (train = 1, with labels/targets): accumulates the gradient of
  * the mean loss into m->ps's grad arena. */
 void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed);
+/* sherl_forward with the loss, then sherl_backward: one micro-batch of training. With s->graphs
+ * set, on a backend that captures graphs (CUDA), the device work of the first pass is recorded
+ * into a graph and every later pass of the same B x T and grad_scale replays it, one launch
+ * instead of thousands; only the uploads and the loss read-back stay on the host. Passes run op
+ * by op instead (s->graph_note says why) when the backend cannot capture, when a capture failed
+ * (then never again for this step), when profiling, or when MTSA dropout is on (the graph would
+ * replay one step's masks). The results are the same either way. */
+sherl_status sherl_train_pass(sherl_model *m, sherl_step *s, const bert_batch *batch,
+                              const int32_t *labels, const float *targets,
+                              uint64_t dropout_seed, double *loss);
 
 #endif

@@ -370,6 +370,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
     if (st.code)
         goto done;
     have_step = 1;
+    s.graphs = spec->graphs;
     /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (attention, the
      * MTSA up-projection, the head) may use TF32 tensor cores; turned off again at the end */
     be->allow_tf32(opt.precision != SHERL_FP32);
@@ -450,16 +451,20 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             st = dataset_batch(&in.train, idx, nb, pad, &batch, cls ? lab : NULL, cls ? NULL : tg);
             if (st.code)
                 break;
+            /* a graph replays one shape: every batch padded to the step's (the masks keep the
+             * padding out of attention and pooling) */
+            if (spec->graphs && (st = bert_batch_pad_to(&batch, T, pad)).code) {
+                bert_batch_free(&batch);
+                break;
+            }
             double loss;
             /* a distinct dropout mask per micro-batch, reproducible from (seed, step, a) */
             uint64_t dseed = spec->seed * 0x9E3779B97F4A7C15ull + (uint64_t)step * 4096u + a;
-            st = sherl_forward(m, &s, &batch, cls ? lab : NULL, cls ? NULL : tg, 1, dseed, &loss,
-                               NULL);
+            s.grad_scale = (float)nb / (float)in_step;
+            st = sherl_train_pass(m, &s, &batch, cls ? lab : NULL, cls ? NULL : tg, dseed, &loss);
             bert_batch_free(&batch);
             if (st.code)
                 break;
-            s.grad_scale = (float)nb / (float)in_step;
-            sherl_backward(m, &s, dseed);
             step_loss += loss * nb;
             step_examples += nb;
             pos += nb;
@@ -521,6 +526,8 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         goto done;
     res->steps = step;
     res->epochs_done = epoch + (pos >= n);
+    res->graph_captures = s.graph_captures, res->graph_passes = s.graph_passes;
+    snprintf(res->graph_note, sizeof res->graph_note, "%s", s.graph_note);
     if (!res->stopped_early) {
         st = save_checkpoint(spec, &m->ps, &in.labels, step, epoch, pos);
         eval_metrics e;
@@ -548,6 +555,14 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         }
         res->wall_s = now_s() - t_start;
         cJSON_AddNumberToObject(metrics, "wall_s", res->wall_s);
+        if (spec->graphs) {
+            cJSON *g = cJSON_AddObjectToObject(metrics, "graphs");
+            if (g) {
+                cJSON_AddNumberToObject(g, "captures", (double)s.graph_captures);
+                cJSON_AddNumberToObject(g, "replayed_passes", (double)s.graph_passes);
+                cJSON_AddStringToObject(g, "op_by_op_because", s.graph_note);
+            }
+        }
         measure_peak(res, &ms0);
         cJSON *mem = memory_plan_to_json(&res->plan);
         if (mem) {

@@ -48,6 +48,10 @@ typedef struct {
     size_t measured_peak_bytes;  /* VmHWM during the run minus the RSS when it started */
     int peak_reset;              /* the high-water mark was restarted at the run's start (else
                                   * it counts from process start: an upper bound) */
+    /* resources.graphs: passes recorded into a graph, passes run from one, and why passes ran
+     * op by op instead (empty when none did) */
+    long long graph_captures, graph_passes;
+    char graph_note[240];
 } train_result;
 
 sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_result *result);

@@ -81,6 +81,19 @@ struct sherl_backend {
      * cpu. */
     void (*allow_tf32)(int on);
 
+    /* ---- graph capture (CUDA graphs), optional: NULL on a backend without it ----
+     * capture_begin: from here on, this thread's ops are recorded instead of run, until
+     * capture_end returns them as a graph (NULL when the capture failed: the reason is then in
+     * take_error and the ops recorded are lost). Between the two no call may copy to or from
+     * the host, synchronize, allocate, or return a value (sumsq), and no op's scratch may grow
+     * (prepare first). graph_launch runs the recorded ops again, with the same pointers and
+     * arguments, on this thread's stream; graph_free releases a graph. A graph replaces a
+     * fixed sequence of launches by one, where launching is what a step's time goes to. */
+    int (*capture_begin)(void);
+    void *(*capture_end)(void);
+    void (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
+
     /* ---- general matrix multiply ----
      * C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C; op(X) = X or X^T (trans_x != 0).
      * Row-major with leading dimensions lda/ldb/ldc; beta = 1 accumulates.
@@ -105,6 +118,16 @@ struct sherl_backend {
                      int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
     void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
     void (*f16_to_f32)(float *dst, const uint16_t *src, size_t n);
+    /* gemm_bf16 / gemm_f16 repeated `batch` times with element strides between matrices, as
+     * gemm_strided_batched (MTSA's K tap projections in one call instead of K). */
+    void (*gemm_bf16_strided_batched)(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                                      const uint16_t *A, int lda, long long stride_a,
+                                      const uint16_t *B, int ldb, long long stride_b, float beta,
+                                      float *C, int ldc, long long stride_c, int batch);
+    void (*gemm_f16_strided_batched)(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                                     const uint16_t *A, int lda, long long stride_a,
+                                     const uint16_t *B, int ldb, long long stride_b, float beta,
+                                     float *C, int ldc, long long stride_c, int batch);
 
     /* ---- Linear: out[N,OC] = inp[N,C] . weight[OC,C]^T + bias[OC] (bias may be NULL) ---- */
     void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
@@ -117,12 +140,33 @@ struct sherl_backend {
     void (*bias_add_forward)(float *x, const float *bias, int N, int C);
     void (*bias_add_backward)(float *dbias, const float *dout, int N, int C);
 
+    /* ---- grouped bias: G independent [N,C] blocks, each with its own bias row ----
+     * x[g,n,c] += bias[g * bias_stride + c]   (x [G,N,C] contiguous) */
+    void (*bias_add_grouped_forward)(float *x, const float *bias, long long bias_stride, int G,
+                                     int N, int C);
+    /* dbias[g * bias_stride + c] += sum_n dout[g,n,c] */
+    void (*bias_add_grouped_backward)(float *dbias, long long bias_stride, const float *dout,
+                                      int G, int N, int C);
+
     /* ---- LayerNorm over the last dim; mean/rstd [N] saved for backward ---- */
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, int N, int C, float eps);
     void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int N, int C);
+
+    /* ---- grouped LayerNorm: G independent LayerNorms over [G,N,C] (inp, out, dout, dinp
+     * contiguous), group g with weight/bias at g * param_stride and its statistics at
+     * mean/rstd + g * stat_stride (may be NULL in forward). Each group's results are exactly
+     * layernorm_forward / layernorm_backward's on that group alone. ---- */
+    void (*layernorm_grouped_forward)(float *out, float *mean, float *rstd, long long stat_stride,
+                                      const float *inp, const float *weight, const float *bias,
+                                      long long param_stride, int G, int N, int C, float eps);
+    void (*layernorm_grouped_backward)(float *dinp, float *dweight, float *dbias,
+                                       long long param_stride, const float *dout,
+                                       const float *inp, const float *weight, const float *mean,
+                                       const float *rstd, long long stat_stride, int G, int N,
+                                       int C);
 
     /* ---- GELU, exact erf form: 0.5 x (1 + erf(x / sqrt 2)) ---- */
     void (*gelu_forward)(float *out, const float *inp, size_t n);

@@ -243,6 +243,38 @@ static void cpu_gemm_f16(int trans_a, int trans_b, int M, int N, int K, float al
     gemm_half(cpu_f16_to_f32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* The batched half products: one product at a time, each the reference semantics above. */
+static void gemm_half_batched(void (*widen)(float *, const uint16_t *, size_t), int trans_a,
+                              int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
+                              int lda, long long stride_a, const uint16_t *B, int ldb,
+                              long long stride_b, float beta, float *C, int ldc,
+                              long long stride_c, int batch)
+{
+    for (int i = 0; i < batch; i++)
+        gemm_half(widen, trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda,
+                  B + i * stride_b, ldb, beta, C + i * stride_c, ldc);
+}
+
+static void cpu_gemm_bf16_strided_batched(int trans_a, int trans_b, int M, int N, int K,
+                                          float alpha, const uint16_t *A, int lda,
+                                          long long stride_a, const uint16_t *B, int ldb,
+                                          long long stride_b, float beta, float *C, int ldc,
+                                          long long stride_c, int batch)
+{
+    gemm_half_batched(cpu_bf16_to_f32, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb,
+                      stride_b, beta, C, ldc, stride_c, batch);
+}
+
+static void cpu_gemm_f16_strided_batched(int trans_a, int trans_b, int M, int N, int K,
+                                         float alpha, const uint16_t *A, int lda,
+                                         long long stride_a, const uint16_t *B, int ldb,
+                                         long long stride_b, float beta, float *C, int ldc,
+                                         long long stride_c, int batch)
+{
+    gemm_half_batched(cpu_f16_to_f32, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb,
+                      stride_b, beta, C, ldc, stride_c, batch);
+}
+
 static void cpu_bias_add_forward(float *x, const float *bias, int N, int C)
 {
 #pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
@@ -289,6 +321,22 @@ static void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const
         cpu_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias)
         cpu_bias_add_backward(dbias, dout, N, OC);
+}
+
+/* Grouped bias: each group exactly the ungrouped op on its block (the op's threads already
+ * split a block's rows or columns). */
+static void cpu_bias_add_grouped_forward(float *x, const float *bias, long long bias_stride,
+                                         int G, int N, int C)
+{
+    for (int g = 0; g < G; g++)
+        cpu_bias_add_forward(x + (size_t)g * N * C, bias + g * bias_stride, N, C);
+}
+
+static void cpu_bias_add_grouped_backward(float *dbias, long long bias_stride, const float *dout,
+                                          int G, int N, int C)
+{
+    for (int g = 0; g < G; g++)
+        cpu_bias_add_backward(dbias + g * bias_stride, dout + (size_t)g * N * C, N, C);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -362,6 +410,34 @@ static void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, co
             if (dbias)
                 dbias[c] += (float)gb;
         }
+    }
+}
+
+static void cpu_layernorm_grouped_forward(float *out, float *mean, float *rstd,
+                                          long long stat_stride, const float *inp,
+                                          const float *weight, const float *bias,
+                                          long long param_stride, int G, int N, int C, float eps)
+{
+    for (int g = 0; g < G; g++) {
+        size_t at = (size_t)g * N * C;
+        cpu_layernorm_forward(out + at, mean ? mean + g * stat_stride : NULL,
+                              rstd ? rstd + g * stat_stride : NULL, inp + at,
+                              weight + g * param_stride, bias + g * param_stride, N, C, eps);
+    }
+}
+
+static void cpu_layernorm_grouped_backward(float *dinp, float *dweight, float *dbias,
+                                           long long param_stride, const float *dout,
+                                           const float *inp, const float *weight,
+                                           const float *mean, const float *rstd,
+                                           long long stat_stride, int G, int N, int C)
+{
+    for (int g = 0; g < G; g++) {
+        size_t at = (size_t)g * N * C;
+        cpu_layernorm_backward(dinp ? dinp + at : NULL, dweight ? dweight + g * param_stride : NULL,
+                               dbias ? dbias + g * param_stride : NULL, dout + at, inp + at,
+                               weight + g * param_stride, mean + g * stat_stride,
+                               rstd + g * stat_stride, N, C);
     }
 }
 
@@ -1324,6 +1400,12 @@ static const sherl_backend cpu_backend = {
     .bias_add_backward = cpu_bias_add_backward,
     .layernorm_forward = cpu_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
+    .gemm_bf16_strided_batched = cpu_gemm_bf16_strided_batched,
+    .gemm_f16_strided_batched = cpu_gemm_f16_strided_batched,
+    .bias_add_grouped_forward = cpu_bias_add_grouped_forward,
+    .bias_add_grouped_backward = cpu_bias_add_grouped_backward,
+    .layernorm_grouped_forward = cpu_layernorm_grouped_forward,
+    .layernorm_grouped_backward = cpu_layernorm_grouped_backward,
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
     .softmax_forward = cpu_softmax_forward,

@@ -41,9 +41,15 @@ extern "C" {
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 // The same chunking as the CPU's deterministic reductions.
 #define RED_CHUNK 8192
-#define MTSA_CHUNK 32
+// Tokens per block of the MTSA guidance's backward. Each token's block work is serial (the
+// warps' dots, one thread's S x S pass, then the features), so a block of several tokens runs
+// them one after another: measured on an H200 at BERT-base 64 x 128 (K = 12, d = 384), 32
+// tokens a block made the MTSA backward 15 ms of a 33 ms step. One token a block, as the
+// forward, at the price of a (d + 1)-double partial per token.
+#define MTSA_CHUNK 1
 #define MTSA_EPS 1e-8
-// Column sums' partials (2 x chunks x C doubles); chunks shrink for very wide rows to fit.
+// Column sums' partials (groups x chunks x C doubles, twice for LayerNorm); chunks shrink for
+// very wide rows to fit, and groups whose partials still do not fit are summed without them.
 #define COL_SCRATCH_BYTES ((size_t)4 << 20)
 
 struct cuda_ctx {
@@ -57,6 +63,7 @@ struct cuda_ctx {
     void *workspace;       // cuBLAS workspace
     void *scratch;         // the ops' own scratch (attention dP, reduction partials)
     size_t scratch_bytes;
+    unsigned long long gen; // changes of scratch and cuBLAS workspace (graphs hold their pointers)
 
     ~cuda_ctx()
     {
@@ -146,6 +153,7 @@ static int blas_ready(cuda_ctx *c)
         return 0;
     }
     c->blas_ready = 1;
+    c->gen++;
     return 1;
 }
 
@@ -162,6 +170,7 @@ static void *scratch(cuda_ctx *c, size_t bytes)
         cudaFree(c->scratch);
     c->scratch = NULL;
     c->scratch_bytes = 0;
+    c->gen++;
     bytes = (bytes + 255) & ~(size_t)255;
     if (CK(c, cudaMalloc(&c->scratch, bytes)))
         return NULL;
@@ -324,11 +333,35 @@ static int cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
 static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 // Scratch each op takes from the thread's block (they never need it at the same time).
-// the backward's dP for one head over the batch, or the forward's 5 arrays of B*NH block pointers
-static size_t attention_scratch(int B, int T, int NH)
+// Attention's pointer arrays: `arrays` arrays of B*NH (sequence, head) block pointers (the
+// forward's 5, the backward's 9 per group of heads).
+#define ATTN_FWD_ARRAYS 5
+#define ATTN_BWD_ARRAYS 9
+static size_t attention_ptrs_bytes(int B, int NH, int arrays)
 {
-    size_t dp = sizeof(float) * (size_t)B * T * T, ptrs = 5 * sizeof(void *) * (size_t)B * NH;
-    return round256(dp > ptrs ? dp : ptrs);
+    return round256((size_t)arrays * sizeof(void *) * (size_t)B * NH);
+}
+// The backward for groups of NH heads: dP[B,NH,T,T], then its pointer arrays, 256-aligned.
+static size_t attention_backward_bytes(int B, int T, int NH)
+{
+    return round256(sizeof(float) * (size_t)B * NH * T * T) +
+           attention_ptrs_bytes(B, NH, ATTN_BWD_ARRAYS);
+}
+// At a step's shape (B the job's whole batch): the backward's dP of all heads at the sequences
+// the engine calls attention on at a time (engine/bert.c attn_layout_seqs: about half a hidden
+// state's worth of probabilities, at least one sequence, at most B), at least one head's over B,
+// with the pointer arrays of every head; and the forward's pointers.
+static size_t attention_scratch(int B, int T, int NH, int HS)
+{
+    size_t seq = (size_t)NH * T * T, half = (size_t)B * T * NH * HS / 2;
+    size_t chunk = half > seq ? half : seq, all = (size_t)B * seq, head = (size_t)B * T * T;
+    if (chunk > all)
+        chunk = all;
+    if (chunk < head)
+        chunk = head;
+    size_t bwd = round256(sizeof(float) * chunk) + attention_ptrs_bytes(B, NH, ATTN_BWD_ARRAYS),
+           fwd = attention_ptrs_bytes(B, NH, ATTN_FWD_ARRAYS);
+    return bwd > fwd ? bwd : fwd;
 }
 static size_t reduce_scratch(size_t n)
 {
@@ -341,12 +374,12 @@ static size_t mtsa_scratch(int N, int d)
 
 static size_t op_scratch_bytes(const sherl_scratch_shape *q)
 {
-    // column sums: at most COL_SCRATCH_BYTES (a single chunk of a wider row is more, but no
-    // BERT has rows of 262144 floats)
+    // column sums, grouped or not: at most COL_SCRATCH_BYTES (partials that would need more
+    // are not kept: the sum then runs in one stage)
     size_t most = COL_SCRATCH_BYTES, b0 = reduce_scratch(q->max_reduce > 0 ? q->max_reduce : 1);
     if (b0 > most)
         most = b0;
-    size_t b = attention_scratch(q->B, q->T, q->NH);
+    size_t b = attention_scratch(q->B, q->T, q->NH, q->HS);
     if (b > most)
         most = b;
     if (q->K >= 2 && (b = mtsa_scratch(q->N, q->d)) > most)
@@ -380,6 +413,7 @@ static int cuda_prepare(const sherl_scratch_shape *q)
             cudaFree(c->scratch);
         c->scratch = NULL;
         c->scratch_bytes = 0;
+        c->gen++;
         if (c->blas_ready) {
             cublasDestroy(c->blas);
             cudaFree(c->workspace);
@@ -428,6 +462,83 @@ static cublasComputeType_t fp32_compute(const cuda_ctx *c)
     return use_tf32 || c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+// ------------------------------------------------------------------------------------------
+// graphs: a pass recorded by stream capture and replayed with one launch
+
+// A graph's nodes hold the pointers of the thread's scratch and cuBLAS workspace at capture:
+// it may only run on that thread, with those still in place (c->gen counts their changes).
+struct cuda_graph {
+    cudaGraphExec_t exec;
+    const cuda_ctx *owner;
+    unsigned long long gen;
+};
+
+static int cuda_capture_begin(void)
+{
+    cuda_ctx *c = ctx();
+    // cuBLAS must exist before the capture (creating it is no stream work), and a failure
+    // already recorded stays the caller's to report: refuse without touching it.
+    if (!c->ready || c->failed || !blas_ready(c))
+        return -1;
+    return CK(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal)) ? -1 : 0;
+}
+
+static void *cuda_capture_end(void)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready)
+        return NULL;
+    cudaGraph_t g = NULL;
+    // a call the capture refused invalidates it: the error comes back here
+    if (CK(c, cudaStreamEndCapture(c->stream, &g)) || !g || c->failed) {
+        if (g)
+            cudaGraphDestroy(g);
+        if (!c->failed)
+            record(c, "cuda: the capture recorded no graph (ops_cuda.cu:%d)", __LINE__);
+        return NULL;
+    }
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaGraphInstantiateWithFlags(&exec, g, 0);
+    cudaGraphDestroy(g);
+    if (CK(c, e))
+        return NULL;
+    cuda_graph *cg = (cuda_graph *)malloc(sizeof *cg);
+    if (!cg) {
+        cudaGraphExecDestroy(exec);
+        record(c, "cuda: out of host memory for a graph (ops_cuda.cu:%d)", __LINE__);
+        return NULL;
+    }
+    cg->exec = exec;
+    cg->owner = c;
+    cg->gen = c->gen;
+    return cg;
+}
+
+static void cuda_graph_launch(void *graph)
+{
+    cuda_ctx *c = ctx();
+    cuda_graph *g = (cuda_graph *)graph;
+    if (!c->ready || !g)
+        return;
+    if (g->owner != c || g->gen != c->gen) {
+        record(c, "cuda: a graph replayed on %s (ops_cuda.cu:%d)",
+               g->owner != c ? "another thread than it was recorded on"
+                             : "a thread whose scratch or cuBLAS workspace has moved since",
+               __LINE__);
+        return;
+    }
+    CK(c, cudaGraphLaunch(g->exec, c->stream));
+}
+
+static void cuda_graph_free(void *graph)
+{
+    cuda_graph *g = (cuda_graph *)graph;
+    if (!g)
+        return;
+    cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
 static void cuda_allow_tf32(int on) { tls_ctx.tf32 = on != 0; }
 
 static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
@@ -471,6 +582,26 @@ static void cuda_gemm_strided_batched(int trans_a, int trans_b, int M, int N, in
                                       float *C, int ldc, long long stride_c, int batch)
 {
     gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, CUDA_R_32F,
+             beta, C, ldc, stride_c, batch);
+}
+
+static void cuda_gemm_bf16_strided_batched(int trans_a, int trans_b, int M, int N, int K,
+                                           float alpha, const uint16_t *A, int lda,
+                                           long long stride_a, const uint16_t *B, int ldb,
+                                           long long stride_b, float beta, float *C, int ldc,
+                                           long long stride_c, int batch)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, CUDA_R_16BF,
+             beta, C, ldc, stride_c, batch);
+}
+
+static void cuda_gemm_f16_strided_batched(int trans_a, int trans_b, int M, int N, int K,
+                                          float alpha, const uint16_t *A, int lda,
+                                          long long stride_a, const uint16_t *B, int ldb,
+                                          long long stride_b, float beta, float *C, int ldc,
+                                          long long stride_c, int batch)
+{
+    gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, CUDA_R_16F,
              beta, C, ldc, stride_c, batch);
 }
 
@@ -543,122 +674,201 @@ static void cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
 // ------------------------------------------------------------------------------------------
 // column reductions (bias and LayerNorm parameter gradients)
 //
-// Two stages, no atomics, so the same inputs give the same bits. Stage 1: a grid of (32-column
-// tile) x (row chunk) blocks; each block's 32 x 32 threads walk their chunk's rows with
+// Two stages, no atomics, so the same inputs give the same bits. Stage 1: a grid of (group,
+// 32-column tile) x (row chunk) blocks; each block's 32 x 32 threads walk their chunk's rows with
 // per-thread sums in double, added over the 32 row lanes in a fixed tree into the chunk's
-// partial. Stage 2: per column, the chunk partials in order. Enough chunks to fill the GPU
-// for the usual widths (768 columns: 24 tiles x up to 64 chunks).
+// partial. Stage 2: per group and column, the chunk partials in order. Enough chunks to fill the
+// GPU for the usual widths (768 columns: 24 tiles x up to 64 chunks).
+//
+// Groups: G independent [N,C] blocks of one contiguous [G,N,C], each summed into its own output
+// row. A group's rows are chunked exactly as an ungrouped [N,C] sum's (chunks from N and C only),
+// so each group gets the bits it would get alone. When the G groups' partials would not fit in
+// COL_SCRATCH_BYTES, stage 1 does stage 2's work too: one block per (group, tile) walks its
+// chunks in turn and adds their partials in the same order stage 2 would (the same bits, no
+// scratch, but G x tiles blocks only).
 
 #define COL_TILE 32
 #define COL_ROWS 32
 #define COL_MAX_CHUNKS 64
 
-// mode 0: sum_n dout[n,c] (into part1)
-// mode 1: also sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n] (into part0)
-__global__ void column_partial_kernel(double *part0, double *part1, const float *dout,
-                                      const float *inp, const float *mean, const float *rstd,
-                                      int N, int C, int rows_per_chunk, int mode)
+// The outputs of column col of group g (rows out_stride apart) from its sums a and b.
+__device__ __forceinline__ void column_store(float *out0, float *out1, long long out_stride,
+                                             long long g, int col, double a, double b, int mode)
+{
+    long long o = g * out_stride + col;
+    if (mode == 0) {
+        out0[o] += (float)b;
+    } else {
+        if (out0)
+            out0[o] += (float)a;
+        if (out1)
+            out1[o] += (float)b;
+    }
+}
+
+// Block (g * tiles + tile, chunk): chunk `chunk` of group g's rows into part[g * chunks + chunk];
+// with `direct` (a grid of one chunk row), every chunk of the group in order, into the outputs.
+// mode 0: sum_n dout[g,n,c] (part1, b; part0 is not used)
+// mode 1: also sum_n dout[g,n,c] (inp[g,n,c] - mean[g,n]) rstd[g,n] (part0, a), with group g's
+//         statistics at mean/rstd + g * stat_stride
+__global__ void column_partial_kernel(double *part0, double *part1, float *out0, float *out1,
+                                      long long out_stride, const float *dout, const float *inp,
+                                      const float *mean, const float *rstd,
+                                      long long stat_stride, int N, int C, int chunks,
+                                      int rows_per_chunk, int mode, int direct)
 {
     __shared__ double s0[COL_ROWS][COL_TILE + 1], s1[COL_ROWS][COL_TILE + 1];
-    int col = blockIdx.x * COL_TILE + threadIdx.x, chunk = blockIdx.y;
-    int lo = chunk * rows_per_chunk, hi = lo + rows_per_chunk < N ? lo + rows_per_chunk : N;
-    double a = 0.0, b = 0.0;
-    if (col < C) {
-        for (int n = lo + threadIdx.y; n < hi; n += COL_ROWS) {
-            float dy = dout[(size_t)n * C + col];
-            b += dy;
-            if (mode == 1)
-                a += (double)dy * ((inp[(size_t)n * C + col] - mean[n]) * rstd[n]);
-        }
-    }
-    s0[threadIdx.y][threadIdx.x] = a;
-    s1[threadIdx.y][threadIdx.x] = b;
-    __syncthreads();
-    for (int h = COL_ROWS / 2; h > 0; h >>= 1) {
-        if ((int)threadIdx.y < h) {
-            s0[threadIdx.y][threadIdx.x] += s0[threadIdx.y + h][threadIdx.x];
-            s1[threadIdx.y][threadIdx.x] += s1[threadIdx.y + h][threadIdx.x];
-        }
-        __syncthreads();
-    }
-    if (threadIdx.y == 0 && col < C) {
-        part0[(size_t)chunk * C + col] = s0[0][threadIdx.x];
-        part1[(size_t)chunk * C + col] = s1[0][threadIdx.x];
-    }
-}
-
-__global__ void column_finish_kernel(float *out0, float *out1, const double *part0,
-                                     const double *part1, int chunks, int C, int mode)
-{
-    GRID_STRIDE(col, (size_t)C)
-    {
+    const int tiles = (C + COL_TILE - 1) / COL_TILE;
+    const long long g = blockIdx.x / tiles;
+    const int col = (blockIdx.x % tiles) * COL_TILE + threadIdx.x;
+    const size_t base = (size_t)g * N * C;
+    const float *dy = dout + base;
+    const float *x = mode == 1 ? inp + base : NULL;
+    const float *m = mode == 1 ? mean + g * stat_stride : NULL;
+    const float *rs = mode == 1 ? rstd + g * stat_stride : NULL;
+    const int first = direct ? 0 : blockIdx.y, end = direct ? chunks : blockIdx.y + 1;
+    double ta = 0.0, tb = 0.0; // direct: the chunks' partials so far, in order
+    for (int chunk = first; chunk < end; chunk++) {
+        int lo = chunk * rows_per_chunk, hi = lo + rows_per_chunk < N ? lo + rows_per_chunk : N;
         double a = 0.0, b = 0.0;
-        for (int ch = 0; ch < chunks; ch++) {
-            a += part0[(size_t)ch * C + col];
-            b += part1[(size_t)ch * C + col];
+        if (col < C) {
+            for (int n = lo + threadIdx.y; n < hi; n += COL_ROWS) {
+                float d = dy[(size_t)n * C + col];
+                b += d;
+                if (mode == 1)
+                    a += (double)d * ((x[(size_t)n * C + col] - m[n]) * rs[n]);
+            }
         }
-        if (mode == 0) {
-            out0[col] += (float)b;
-        } else {
-            if (out0)
-                out0[col] += (float)a;
-            if (out1)
-                out1[col] += (float)b;
+        s0[threadIdx.y][threadIdx.x] = a;
+        s1[threadIdx.y][threadIdx.x] = b;
+        __syncthreads();
+        for (int h = COL_ROWS / 2; h > 0; h >>= 1) {
+            if ((int)threadIdx.y < h) {
+                s0[threadIdx.y][threadIdx.x] += s0[threadIdx.y + h][threadIdx.x];
+                s1[threadIdx.y][threadIdx.x] += s1[threadIdx.y + h][threadIdx.x];
+            }
+            __syncthreads();
         }
+        if (threadIdx.y == 0 && col < C) {
+            if (direct) {
+                ta += s0[0][threadIdx.x];
+                tb += s1[0][threadIdx.x];
+            } else {
+                size_t p = ((size_t)g * chunks + chunk) * C + col;
+                if (mode == 1)
+                    part0[p] = s0[0][threadIdx.x];
+                part1[p] = s1[0][threadIdx.x];
+            }
+        }
+        __syncthreads(); // row 0 is read before the next chunk writes the tile again
+    }
+    if (direct && threadIdx.y == 0 && col < C)
+        column_store(out0, out1, out_stride, g, col, ta, tb, mode);
+}
+
+__global__ void column_finish_kernel(float *out0, float *out1, long long out_stride,
+                                     const double *part0, const double *part1, int G, int chunks,
+                                     int C, int mode)
+{
+    GRID_STRIDE(i, (size_t)G * C)
+    {
+        size_t g = i / C, col = i % C, at = g * chunks * C + col;
+        double a = 0.0, b = 0.0;
+        for (int ch = 0; ch < chunks; ch++, at += C) {
+            if (mode == 1)
+                a += part0[at];
+            b += part1[at];
+        }
+        column_store(out0, out1, out_stride, (long long)g, (int)col, a, b, mode);
     }
 }
 
-// mode 0: out0[c] += sum_n dout[n,c]
-// mode 1: out0[c] += sum_n dout[n,c] (inp[n,c] - mean[n]) rstd[n]; out1[c] += sum_n dout[n,c]
-static void column_sum(cuda_ctx *c, float *out0, float *out1, const float *dout, const float *inp,
-                       const float *mean, const float *rstd, int N, int C, int mode)
+// Over G groups of [N,C] (dout, inp contiguous [G,N,C]), into output rows out_stride apart:
+// mode 0: out0[g,c] += sum_n dout[g,n,c]
+// mode 1: out0[g,c] += sum_n dout[g,n,c] (inp[g,n,c] - mean[g,n]) rstd[g,n];
+//         out1[g,c] += sum_n dout[g,n,c]   (either may be NULL; statistics stat_stride apart)
+// Two launches (one when the partials do not fit), whatever G.
+static void column_sum(cuda_ctx *c, float *out0, float *out1, long long out_stride,
+                       const float *dout, const float *inp, const float *mean, const float *rstd,
+                       long long stat_stride, int G, int N, int C, int mode)
 {
-    if (N <= 0 || C <= 0)
+    if (G <= 0 || N <= 0 || C <= 0)
         return;
+    // one group's chunking, as an ungrouped sum of [N,C] (whatever the mode: the same bits)
     int chunks = (N + 127) / 128;
     if (chunks > COL_MAX_CHUNKS)
         chunks = COL_MAX_CHUNKS;
     int fit = (int)(COL_SCRATCH_BYTES / (2 * sizeof(double) * (size_t)C));
     if (chunks > fit)
         chunks = fit > 0 ? fit : 1;
-    double *part0 = (double *)scratch(c, 2 * sizeof(double) * (size_t)chunks * C);
-    if (!part0)
-        return;
-    double *part1 = part0 + (size_t)chunks * C;
     int rows_per_chunk = (N + chunks - 1) / chunks;
-    dim3 grid((C + COL_TILE - 1) / COL_TILE, chunks), block(COL_TILE, COL_ROWS);
-    column_partial_kernel<<<grid, block, 0, c->stream>>>(part0, part1, dout, inp, mean, rstd, N,
-                                                         C, rows_per_chunk, mode);
+    size_t tiles = ((size_t)C + COL_TILE - 1) / COL_TILE, blocks = (size_t)G * tiles;
+    if (blocks > 0x7fffffffu) {
+        record(c, "cuda: column sum of %d groups of %d columns: too many blocks (ops_cuda.cu:%d)",
+               G, C, __LINE__);
+        return;
+    }
+    // partials: G x chunks x C doubles, twice in mode 1
+    size_t nparts = (size_t)G * chunks * C, part_bytes = sizeof(double) * nparts * (mode + 1);
+    int direct = part_bytes > COL_SCRATCH_BYTES;
+    double *part0 = NULL, *part1 = NULL;
+    if (!direct) {
+        part1 = (double *)scratch(c, part_bytes);
+        if (!part1)
+            return;
+        part0 = mode == 1 ? part1 + nparts : NULL;
+    }
+    dim3 grid((unsigned)blocks, direct ? 1 : chunks), block(COL_TILE, COL_ROWS);
+    column_partial_kernel<<<grid, block, 0, c->stream>>>(part0, part1, out0, out1, out_stride,
+                                                         dout, inp, mean, rstd, stat_stride, N, C,
+                                                         chunks, rows_per_chunk, mode, direct);
     LAUNCHED(c, "column_partial_kernel");
-    column_finish_kernel<<<grid_for((size_t)C, 128), 128, 0, c->stream>>>(out0, out1, part0,
-                                                                          part1, chunks, C, mode);
+    if (direct)
+        return;
+    column_finish_kernel<<<grid_for((size_t)G * C, 128), 128, 0, c->stream>>>(
+        out0, out1, out_stride, part0, part1, G, chunks, C, mode);
     LAUNCHED(c, "column_finish_kernel");
 }
 
 // ------------------------------------------------------------------------------------------
 // bias and Linear
 
-__global__ void bias_add_kernel(float *x, const float *bias, size_t n, int C)
+// x[g,n,c] += bias[g * bias_stride + c] over n elements of [G,N,C], nc = N * C
+__global__ void bias_add_kernel(float *x, const float *bias, long long bias_stride, size_t n,
+                                size_t nc, int C)
 {
-    GRID_STRIDE(i, n) x[i] += bias[i % C];
+    GRID_STRIDE(i, n) x[i] += bias[(long long)(i / nc) * bias_stride + (long long)(i % C)];
+}
+
+// One launch whatever G.
+static void cuda_bias_add_grouped_forward(float *x, const float *bias, long long bias_stride,
+                                          int G, int N, int C)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || G <= 0 || N <= 0 || C <= 0)
+        return;
+    size_t nc = (size_t)N * C, n = (size_t)G * nc;
+    bias_add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(x, bias, bias_stride, n, nc, C);
+    LAUNCHED(c, "bias_add_kernel");
 }
 
 static void cuda_bias_add_forward(float *x, const float *bias, int N, int C)
 {
-    cuda_ctx *c = ctx();
-    size_t n = (size_t)N * C;
-    if (!c->ready || !n)
-        return;
-    bias_add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(x, bias, n, C);
-    LAUNCHED(c, "bias_add_kernel");
+    cuda_bias_add_grouped_forward(x, bias, 0, 1, N, C);
 }
 
-static void cuda_bias_add_backward(float *dbias, const float *dout, int N, int C)
+static void cuda_bias_add_grouped_backward(float *dbias, long long bias_stride, const float *dout,
+                                           int G, int N, int C)
 {
     cuda_ctx *c = ctx();
     if (!c->ready)
         return;
-    column_sum(c, dbias, NULL, dout, NULL, NULL, NULL, N, C, 0);
+    column_sum(c, dbias, NULL, bias_stride, dout, NULL, NULL, NULL, 0, G, N, C, 0);
+}
+
+static void cuda_bias_add_backward(float *dbias, const float *dout, int N, int C)
+{
+    cuda_bias_add_grouped_backward(dbias, 0, dout, 1, N, C);
 }
 
 static void cuda_matmul_forward(float *out, const float *inp, const float *weight,
@@ -681,17 +891,31 @@ static void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, cons
 }
 
 // ------------------------------------------------------------------------------------------
-// LayerNorm: one warp per row, statistics in double as on the CPU
+// LayerNorm: one warp per row, statistics in double as on the CPU. Grouped: G independent
+// LayerNorms over the G * N rows of [G,N,C]; row r is row r % N of group g = r / N, with the
+// group's weight and bias at g * param_stride and its statistics at g * stat_stride. The
+// ungrouped ops are G = 1.
 
 #define ROWS_PER_BLOCK 8 // warps of a 256-thread block, one row each
 
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *weight, const float *bias, int N, int C,
+static unsigned long_row_blocks(long long rows)
+{
+    return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+}
+
+__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd,
+                                         long long stat_stride, const float *inp,
+                                         const float *weight, const float *bias,
+                                         long long param_stride, long long rows, int N, int C,
                                          float eps)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N)
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
         return;
+    long long g = row / N, n = row % N;
+    weight += g * param_stride;
+    bias += g * param_stride;
     const float *x = inp + (size_t)row * C;
     double s = 0.0;
     for (int i = lane; i < C; i += 32)
@@ -709,27 +933,31 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
         y[i] = (x[i] - fm) * rs * weight[i] + bias[i];
     if (lane == 0) {
         if (mean)
-            mean[row] = fm;
+            mean[g * stat_stride + n] = fm;
         if (rstd)
-            rstd[row] = rs;
+            rstd[g * stat_stride + n] = rs;
     }
 }
 
 __global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp,
-                                          const float *weight, const float *mean,
-                                          const float *rstd, int N, int C)
+                                          const float *weight, long long param_stride,
+                                          const float *mean, const float *rstd,
+                                          long long stat_stride, long long rows, int N, int C)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N)
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
         return;
+    long long g = row / N, n = row % N;
+    weight += g * param_stride;
     const float *x = inp + (size_t)row * C, *dy = dout + (size_t)row * C;
     float *dx = dinp + (size_t)row * C;
-    float m = mean[row], rs = rstd[row];
+    float m = mean[g * stat_stride + n], rs = rstd[g * stat_stride + n];
     double a = 0.0, b = 0.0;
     for (int i = lane; i < C; i += 32) {
-        double g = (double)dy[i] * weight[i];
-        a += g;
-        b += g * ((x[i] - m) * rs);
+        double gw = (double)dy[i] * weight[i];
+        a += gw;
+        b += gw * ((x[i] - m) * rs);
     }
     float ma = (float)(warp_sum(a) / C), mb = (float)(warp_sum(b) / C);
     for (int i = lane; i < C; i += 32) {
@@ -740,31 +968,54 @@ __global__ void layernorm_backward_kernel(float *dinp, const float *dout, const 
 
 static unsigned row_blocks(int rows) { return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
 
+// One launch whatever G.
+static void cuda_layernorm_grouped_forward(float *out, float *mean, float *rstd,
+                                           long long stat_stride, const float *inp,
+                                           const float *weight, const float *bias,
+                                           long long param_stride, int G, int N, int C, float eps)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || G <= 0 || N <= 0 || C <= 0)
+        return;
+    long long rows = (long long)G * N;
+    layernorm_forward_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
+        out, mean, rstd, stat_stride, inp, weight, bias, param_stride, rows, N, C, eps);
+    LAUNCHED(c, "layernorm_forward_kernel");
+}
+
 static void cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                    const float *weight, const float *bias, int N, int C, float eps)
 {
+    cuda_layernorm_grouped_forward(out, mean, rstd, 0, inp, weight, bias, 0, 1, N, C, eps);
+}
+
+// At most three launches whatever G: dinp's, and the column sum's two for dweight and dbias.
+static void cuda_layernorm_grouped_backward(float *dinp, float *dweight, float *dbias,
+                                            long long param_stride, const float *dout,
+                                            const float *inp, const float *weight,
+                                            const float *mean, const float *rstd,
+                                            long long stat_stride, int G, int N, int C)
+{
     cuda_ctx *c = ctx();
-    if (!c->ready || N <= 0 || C <= 0)
+    if (!c->ready || G <= 0 || N <= 0 || C <= 0)
         return;
-    layernorm_forward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(out, mean, rstd, inp, weight,
-                                                                    bias, N, C, eps);
-    LAUNCHED(c, "layernorm_forward_kernel");
+    if (dinp) {
+        long long rows = (long long)G * N;
+        layernorm_backward_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
+            dinp, dout, inp, weight, param_stride, mean, rstd, stat_stride, rows, N, C);
+        LAUNCHED(c, "layernorm_backward_kernel");
+    }
+    if (dweight || dbias)
+        column_sum(c, dweight, dbias, param_stride, dout, inp, mean, rstd, stat_stride, G, N, C,
+                   1);
 }
 
 static void cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                     const float *inp, const float *weight, const float *mean,
                                     const float *rstd, int N, int C)
 {
-    cuda_ctx *c = ctx();
-    if (!c->ready || N <= 0 || C <= 0)
-        return;
-    if (dinp) {
-        layernorm_backward_kernel<<<row_blocks(N), 256, 0, c->stream>>>(dinp, dout, inp, weight,
-                                                                         mean, rstd, N, C);
-        LAUNCHED(c, "layernorm_backward_kernel");
-    }
-    if (dweight || dbias)
-        column_sum(c, dweight, dbias, dout, inp, mean, rstd, N, C, 1);
+    cuda_layernorm_grouped_backward(dinp, dweight, dbias, 0, dout, inp, weight, mean, rstd, 0, 1,
+                                    N, C);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -940,11 +1191,6 @@ __global__ void softmax_backward_kernel(float *dinp, const float *dout, const fl
         dx[k] += scale * y[k] * (dy[k] - fd);
 }
 
-static unsigned long_row_blocks(long long rows)
-{
-    return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-}
-
 static void cuda_softmax_forward(float *out, const float *inp, const float *mask, float scale,
                                  int B, int H, int Tq, int Tk)
 {
@@ -971,21 +1217,34 @@ static void cuda_softmax_backward(float *dinp, const float *dout, const float *o
 
 // The (b, h) blocks of attention's products as pointer arrays, i = b NH + h: one batched GEMM
 // covers every head of every sequence (the heads of q, k, v and the output are not one stride
-// apart from the sequences', so a strided batch would take one launch per head).
+// apart from the sequences', so a strided batch would take one launch per head). NH here is the
+// heads the arrays cover (the backward's group), the bases those of their first head.
+#define ATTN_MAX_ARRAYS ATTN_BWD_ARRAYS
 struct attention_blocks {
-    const float *base[5]; // q, k, probs, v, out
-    long long seq[5], head[5]; // element offsets of the next sequence and the next head
+    const float *base[ATTN_MAX_ARRAYS];
+    // element offsets of the next sequence and the next head
+    long long seq[ATTN_MAX_ARRAYS], head[ATTN_MAX_ARRAYS];
 };
 
-__global__ void attention_ptrs_kernel(const float **out, attention_blocks a, int NH, int n)
+// out[w n + j] = block j of array w, for `arrays` arrays of n = B NH blocks
+__global__ void attention_ptrs_kernel(const float **out, attention_blocks a, int arrays, int NH,
+                                      int n)
 {
-    GRID_STRIDE(i, (size_t)5 * n)
+    GRID_STRIDE(i, (size_t)arrays * n)
     {
         int which = (int)(i / n);
         size_t j = i % n;
         out[i] = a.base[which] + (long long)(j / NH) * a.seq[which] +
                  (long long)(j % NH) * a.head[which];
     }
+}
+
+static int attention_ptrs(cuda_ctx *c, const float **out, const attention_blocks &a, int arrays,
+                          int NH, int n)
+{
+    attention_ptrs_kernel<<<grid_for((size_t)arrays * n, 256), 256, 0, c->stream>>>(out, a, arrays,
+                                                                                    NH, n);
+    return LAUNCHED(c, "attention_ptrs_kernel");
 }
 
 // Row-major C_i = op(A_i) op(B_i) + beta C_i for pointer arrays on the device (see gemm_any).
@@ -1010,15 +1269,16 @@ static void cuda_attention_forward(float *out, float *probs, const float *qkv, c
     if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0 || !blas_ready(c))
         return;
     const int C = NH * HS, C3 = 3 * C, n = B * NH;
-    const float **ptr = (const float **)scratch(c, attention_scratch(B, T, NH));
+    const float **ptr =
+        (const float **)scratch(c, attention_ptrs_bytes(B, NH, ATTN_FWD_ARRAYS));
     if (!ptr)
         return;
     attention_blocks a = {{qkv, qkv + C, probs, qkv + 2 * C, out},
                           {(long long)T * C3, (long long)T * C3, (long long)NH * T * T,
                            (long long)T * C3, (long long)T * C},
                           {HS, HS, (long long)T * T, HS, HS}};
-    attention_ptrs_kernel<<<grid_for((size_t)5 * n, 256), 256, 0, c->stream>>>(ptr, a, NH, n);
-    LAUNCHED(c, "attention_ptrs_kernel");
+    if (attention_ptrs(c, ptr, a, ATTN_FWD_ARRAYS, NH, n))
+        return;
     const float *const *q = ptr, *const *k = ptr + n, *const *p = ptr + 2 * n,
                        *const *v = ptr + 3 * n, *const *o = ptr + 4 * n;
     gemm_ptr_batched(c, 0, 1, T, T, HS, q, C3, k, C3, 0.0f, (float *const *)p, T, n);
@@ -1026,16 +1286,17 @@ static void cuda_attention_forward(float *out, float *probs, const float *qkv, c
     gemm_ptr_batched(c, 0, 0, T, HS, T, p, T, v, C3, 0.0f, (float *const *)o, C, n);
 }
 
-// dS = scale * P (dP - rowsum(P dP)), in place in dp[B,T,T] (one head h of probs[B,NH,T,T]).
-__global__ void attention_dscores_kernel(float *dp, const float *probs, int B, int T, int NH,
-                                         int h, float scale)
+// dS = scale * P (dP - rowsum(P dP)), in place in dp[B,hg,T,T] for heads h0 .. h0 + hg - 1 of
+// probs[B,NH,T,T]: rows = B hg T, one warp a row.
+__global__ void attention_dscores_kernel(float *dp, const float *probs, long long rows, int T,
+                                         int NH, int hg, int h0, float scale)
 {
     long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
-    if (row >= (long long)B * T)
+    if (row >= rows)
         return;
-    long long b = row / T, i = row % T;
-    const float *p = probs + ((b * NH + h) * T + i) * T;
+    long long per_b = (long long)hg * T, b = row / per_b, r = row % per_b; // r = g T + i
+    const float *p = probs + ((b * NH + h0) * T + r) * T;
     float *d = dp + row * T;
     double dot = 0.0;
     for (int j = lane; j < T; j += 32)
@@ -1045,32 +1306,56 @@ __global__ void attention_dscores_kernel(float *dp, const float *probs, int B, i
         d[j] = scale * p[j] * (d[j] - fd);
 }
 
+// The heads in groups whose dP fits in the scratch prepare reserved (all of them at the
+// engine's shapes; one at a time where the thread has less than one head needs, the scratch
+// then growing to that), each group in six launches whatever B: the pointer arrays,
+// dP = dO V^T, dV += P^T dO, dS, dQ += dS K, dK += dS^T Q.
 static void cuda_attention_backward(float *dqkv, const float *dout, const float *qkv,
                                     const float *probs, int B, int T, int NH, int HS)
 {
     cuda_ctx *c = ctx();
-    if (!c->ready || B <= 0 || T <= 0 || NH <= 0)
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0 || !blas_ready(c))
         return;
-    float *dp = (float *)scratch(c, attention_scratch(B, T, NH));
-    if (!dp)
+    size_t have = c->scratch_bytes, one = attention_backward_bytes(B, T, 1);
+    if (have < one)
+        have = one;
+    int hg = NH;
+    while (hg > 1 && attention_backward_bytes(B, T, hg) > have)
+        hg--;
+    char *s = (char *)scratch(c, attention_backward_bytes(B, T, hg));
+    if (!s)
         return;
+    float *dp = (float *)s;
+    const float **ptr = (const float **)(s + round256(sizeof(float) * (size_t)B * hg * T * T));
     const int C = NH * HS, C3 = 3 * C;
     const long long sq = (long long)T * C3, sp = (long long)NH * T * T, so = (long long)T * C,
                     sd = (long long)T * T;
     const float scale = 1.0f / sqrtf((float)HS);
-    for (int h = 0; h < NH; h++) {
-        const float *q = qkv + h * HS, *k = qkv + C + h * HS, *v = qkv + 2 * C + h * HS;
-        float *dq = dqkv + h * HS, *dk = dqkv + C + h * HS, *dv = dqkv + 2 * C + h * HS;
-        const float *p = probs + (size_t)h * T * T, *dy = dout + h * HS;
+    for (int h0 = 0; h0 < NH; h0 += hg) {
+        const int g = NH - h0 < hg ? NH - h0 : hg, n = B * g;
+        const long long o = (long long)h0 * HS; // the group's first head in q|k|v and dout
+        attention_blocks a = {
+            {dout + o, qkv + 2 * C + o, dp, probs + h0 * sd, dqkv + 2 * C + o, qkv + C + o,
+             dqkv + o, qkv + o, dqkv + C + o},
+            {so, sq, g * sd, sp, sq, sq, sq, sq, sq},
+            {HS, HS, sd, sd, HS, HS, HS, HS, HS}};
+        if (attention_ptrs(c, ptr, a, ATTN_BWD_ARRAYS, g, n))
+            return;
+        const float *const *dy = ptr, *const *v = ptr + n, *const *ds = ptr + 2 * n,
+                           *const *p = ptr + 3 * n, *const *dv = ptr + 4 * n,
+                           *const *k = ptr + 5 * n, *const *dq = ptr + 6 * n,
+                           *const *q = ptr + 7 * n, *const *dk = ptr + 8 * n;
         // dP = dO V^T;  dV += P^T dO
-        cuda_gemm_strided_batched(0, 1, T, T, HS, 1.0f, dy, C, so, v, C3, sq, 0.0f, dp, T, sd, B);
-        cuda_gemm_strided_batched(1, 0, T, HS, T, 1.0f, p, T, sp, dy, C, so, 1.0f, dv, C3, sq, B);
-        attention_dscores_kernel<<<long_row_blocks((long long)B * T), 256, 0, c->stream>>>(
-            dp, probs, B, T, NH, h, scale);
-        LAUNCHED(c, "attention_dscores_kernel");
+        gemm_ptr_batched(c, 0, 1, T, T, HS, dy, C, v, C3, 0.0f, (float *const *)ds, T, n);
+        gemm_ptr_batched(c, 1, 0, T, HS, T, p, T, dy, C, 1.0f, (float *const *)dv, C3, n);
+        long long rows = (long long)n * T;
+        attention_dscores_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
+            dp, probs, rows, T, NH, g, h0, scale);
+        if (LAUNCHED(c, "attention_dscores_kernel"))
+            return;
         // dQ += dS K;  dK += dS^T Q
-        cuda_gemm_strided_batched(0, 0, T, HS, T, 1.0f, dp, T, sd, k, C3, sq, 1.0f, dq, C3, sq, B);
-        cuda_gemm_strided_batched(1, 0, T, HS, T, 1.0f, dp, T, sd, q, C3, sq, 1.0f, dk, C3, sq, B);
+        gemm_ptr_batched(c, 0, 0, T, HS, T, ds, T, k, C3, 1.0f, (float *const *)dq, C3, n);
+        gemm_ptr_batched(c, 1, 0, T, HS, T, ds, T, q, C3, 1.0f, (float *const *)dk, C3, n);
     }
 }
 
@@ -1378,7 +1663,7 @@ static void cuda_gate_add_backward(float *dy, float *dlambda, const float *dout,
 // thread does the S x S scalar work; then the threads combine the taps feature by feature.
 // Backward: one block per chunk of MTSA_CHUNK tokens, taken in order, so that each thread
 // adds its features' dw terms into the chunk's own slot in the order the CPU does; the
-// chunk slots are then summed in order by a second kernel.
+// chunk slots are then summed in order by a second kernel (no atomics: the same bits each run).
 
 #define MTSA_THREADS 128
 
@@ -1745,9 +2030,15 @@ static void cuda_backend_fill(void)
     t->mem_info = cuda_mem_info;
     t->copy_device = cuda_copy_device;
     t->allow_tf32 = cuda_allow_tf32;
+    t->capture_begin = cuda_capture_begin;
+    t->capture_end = cuda_capture_end;
+    t->graph_launch = cuda_graph_launch;
+    t->graph_free = cuda_graph_free;
     t->gemm = cuda_gemm;
     t->gemm_strided_batched = cuda_gemm_strided_batched;
     t->gemm_bf16 = cuda_gemm_bf16;
+    t->gemm_bf16_strided_batched = cuda_gemm_bf16_strided_batched;
+    t->gemm_f16_strided_batched = cuda_gemm_f16_strided_batched;
     t->f32_to_bf16 = cuda_f32_to_bf16;
     t->bf16_to_f32 = cuda_bf16_to_f32;
     t->matmul_forward = cuda_matmul_forward;
@@ -1756,6 +2047,10 @@ static void cuda_backend_fill(void)
     t->bias_add_backward = cuda_bias_add_backward;
     t->layernorm_forward = cuda_layernorm_forward;
     t->layernorm_backward = cuda_layernorm_backward;
+    t->bias_add_grouped_forward = cuda_bias_add_grouped_forward;
+    t->bias_add_grouped_backward = cuda_bias_add_grouped_backward;
+    t->layernorm_grouped_forward = cuda_layernorm_grouped_forward;
+    t->layernorm_grouped_backward = cuda_layernorm_grouped_backward;
     t->gelu_forward = cuda_gelu_forward;
     t->gelu_backward = cuda_gelu_backward;
     t->softmax_forward = cuda_softmax_forward;
@@ -1849,6 +2144,10 @@ extern "C" void cuda_backend_init(void)
     const char *off = getenv("SHERL_CUDA_DISABLE");
     const char *tf32 = getenv("SHERL_CUDA_TF32");
     use_tf32 = tf32 && !strcmp(tf32, "1");
+    // Every handle gets our own workspace (cublasSetWorkspace, counted by the planner); without
+    // this cuBLAS also keeps a default one per handle, which on an H200 was 70 MiB a job thread
+    // more than planned (4 jobs: 1.32x the plan; with it 1.03x). A value the user set stands.
+    setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0", 0);
     cuda_backend_fill();
     if ((off && *off && strcmp(off, "0")) || sherl_cuda_devices(NULL, 0, NULL, 0) <= 0)
         return;

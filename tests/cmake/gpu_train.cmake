@@ -40,6 +40,21 @@ add_test(NAME gpu_train_parity_bf16_guarded
 add_test(NAME gpu_train_parity_bf16_tuned_guarded
   COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1 ${small}
           --steps 20 --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_tuned_guarded)
+# resources.graphs: every pass recorded once per shape and replayed (the guarded backend records
+# graphs as a device does and aborts on a call no device can capture), in fp32 and in bf16 with
+# the late layer trained; the self-test below shows the fp32 tolerance is met by no accident
+add_test(NAME gpu_train_parity_graphs_guarded
+  COMMAND gpu_train_checks parity --backend cpu-guarded --graphs 1 ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_graphs_guarded)
+add_test(NAME gpu_train_parity_bf16_graphs_guarded
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1 --graphs 1
+          ${small} --steps 20 --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_graphs_guarded)
+# graphs on a backend that cannot capture: the run goes op by op, and the check says FAIL
+add_test(NAME gpu_train_parity_graphs_self_test
+  COMMAND gpu_train_checks parity --backend cpu --graphs 1 ${small} --steps 3
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_graphs_self_test)
+set_tests_properties(gpu_train_parity_graphs_self_test PROPERTIES
+  PASS_REGULAR_EXPRESSION "the backend cannot capture graphs: FAIL")
 # the comparison is not vacuous: bf16 against fp32 at a tolerance bf16 cannot meet must FAIL
 add_test(NAME gpu_train_parity_self_test
   COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 ${small} --steps 5
@@ -61,6 +76,8 @@ add_test(NAME gpu_train_sharing_cuda
   COMMAND gpu_train_checks sharing --backend cuda ${medium} --jobs 4 --steps 6
           --work ${SHERL_GPU_TRAIN_WORK}/sharing_cuda)
 set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
-  gpu_train_parity_bf16_tuned_guarded gpu_train_parity_self_test gpu_train_parity_cuda
+  gpu_train_parity_bf16_tuned_guarded gpu_train_parity_graphs_guarded
+  gpu_train_parity_bf16_graphs_guarded gpu_train_parity_graphs_self_test
+  gpu_train_parity_self_test gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

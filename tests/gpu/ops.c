@@ -688,6 +688,49 @@ static void t_gsb_attention(tcase *tc, int arg)
     check_f32(tc, "dqkv", dqkv, (size_t)T * C3, TOL_F32);
 }
 
+/* Half operands in strided batches (f16: fp16, else bf16), with gaps between the matrices as in
+ * gsb_case; shared_b: every batch multiplies the same B (stride 0, as one weight applied to K
+ * taps). alpha -0.5, and beta 1 accumulates into C. */
+static void gsb_half_case(tcase *tc, int f16, int ta, int tb, int M, int N, int K, int batch,
+                          float beta, int shared_b)
+{
+    gemm_shape g = gemm_shape_of(ta, tb, M, N, K);
+    long long sa = (long long)g.na + 7, sb = shared_b ? 0 : (long long)g.nb + 11;
+    long long sc = (long long)g.nc + 5;
+    size_t na = (size_t)sa * batch, nb = shared_b ? g.nb : (size_t)sb * batch;
+    size_t nc = (size_t)sc * batch;
+    pair a = up_half(tc, na, f16), b = up_half(tc, nb, f16);
+    pair c = beta == 0.0f ? up_poison(tc, nc) : up_rand(tc, nc, -1, 1);
+    if (f16) {
+        ON_BOTH(tc, be->gemm_f16_strided_batched(ta, tb, M, N, K, -0.5f, P(a), g.lda, sa, P(b),
+                                                 g.ldb, sb, beta, P(c), g.ldc, sc, batch));
+    } else {
+        ON_BOTH(tc, be->gemm_bf16_strided_batched(ta, tb, M, N, K, -0.5f, P(a), g.lda, sa, P(b),
+                                                  g.ldb, sb, beta, P(c), g.ldc, sc, batch));
+    }
+    if (!settle(tc, f16 ? "gemm_f16_strided_batched" : "gemm_bf16_strided_batched"))
+        return;
+    check_f32(tc, label(tc, "C[ta=%d,tb=%d,beta=%g,shared_b=%d]", ta, tb, beta, shared_b), c, nc,
+              TOL_BF16);
+}
+
+/* arg: bit 0 big, bit 1 fp16. Every transpose pair, writing and accumulating; the small shapes
+ * also with a shared B. */
+static void t_gsb_half(tcase *tc, int arg)
+{
+    int big = arg & 1, f16 = (arg >> 1) & 1;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int acc = 0; acc < 2; acc++) {
+                if (big) {
+                    gsb_half_case(tc, f16, ta, tb, 259, 385, 131, 3, (float)acc, 0);
+                } else {
+                    gsb_half_case(tc, f16, ta, tb, 19, 23, 21, 3, (float)acc, 0);
+                    gsb_half_case(tc, f16, ta, tb, 19, 23, 21, 4, (float)acc, 1);
+                }
+            }
+}
+
 /* ------------------------------------------------------------------------------------------
  * Linear and bias */
 
@@ -760,6 +803,44 @@ static void t_bias_add_backward(tcase *tc, int arg)
     }
 }
 
+/* Grouped ops: parameter and statistic rows further apart than their width (rounded up to 16,
+ * plus 16), so an op that assumes packed rows reads or writes the wrong elements; the padding of
+ * gradients and statistics must come back as it went in. */
+static long long grouped_stride(int n) { return (long long)((n + 15) / 16 * 16 + 16); }
+
+static void t_bias_add_grouped_forward(tcase *tc, int arg)
+{
+    static const int shapes[][3] = {{3, 37, 83}, {4, 1001, 97}}; /* G, N, C */
+    for (int i = 0; i < 2; i++) {
+        int G = shapes[i][0], N = shapes[i][1], C = shapes[i][2];
+        long long bs = grouped_stride(C);
+        size_t n = (size_t)G * N * C;
+        pair x = up_rand(tc, n, -1, 1), bias = up_rand(tc, (size_t)G * bs, -1, 1);
+        ON_BOTH(tc, be->bias_add_grouped_forward(P(x), P(bias), bs, G, N, C));
+        if (!settle(tc, "bias_add_grouped_forward"))
+            return;
+        check_f32(tc, label(tc, "x[G=%d,N=%d]", G, N), x, n, TOL_F32);
+    }
+}
+
+/* big: the engine's shape (12 taps, a chunk of 1200 tokens, side width 384), and many groups
+ * whose partial sums would not fit the CUDA backend's column scratch (its one-stage path). */
+static void t_bias_add_grouped_backward(tcase *tc, int big)
+{
+    static const int small[][3] = {{3, 37, 83}, {4, 1001, 97}}, large[][3] = {{12, 1200, 384},
+                                                                              {520, 3, 1024}};
+    for (int i = 0; i < 2; i++) {
+        const int *s = big ? large[i] : small[i];
+        int G = s[0], N = s[1], C = s[2];
+        long long bs = grouped_stride(C);
+        pair dout = up_rand(tc, (size_t)G * N * C, -1, 1), dbias = up_grad(tc, (size_t)G * bs);
+        ON_BOTH(tc, be->bias_add_grouped_backward(P(dbias), bs, P(dout), G, N, C));
+        if (!settle(tc, "bias_add_grouped_backward"))
+            return;
+        check_f32(tc, label(tc, "dbias[G=%d,N=%d]", G, N), dbias, (size_t)G * bs, TOL_F32);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------
  * LayerNorm, GELU, softmax */
 
@@ -806,6 +887,76 @@ static void t_layernorm_backward(tcase *tc, int big)
         check_f32(tc, label(tc, "dweight[want=%d]", want), dw, C, TOL_F32);
         check_f32(tc, label(tc, "dbias[want=%d]", want), db, C, TOL_F32);
     }
+}
+
+/* G LayerNorms, each with its own weight and bias; the statistics with and without (NULL). */
+static void t_layernorm_grouped_forward(tcase *tc, int big)
+{
+    static const float epss[] = {1e-5f, 1e-12f};
+    const int G = big ? 12 : 3, N = big ? 260 : 37, C = big ? 771 : 83;
+    const long long ps = grouped_stride(C), ss = grouped_stride(N);
+    const size_t n = (size_t)G * N * C;
+    pair inp = up_rand(tc, n, -1.5f, 2.5f);
+    pair w = up_rand(tc, (size_t)G * ps, -1, 1), b = up_rand(tc, (size_t)G * ps, -1, 1);
+    for (int v = 0; v < 3; v++) {
+        float eps = epss[v & 1];
+        int stats = v < 2;
+        pair out = up_poison(tc, n);
+        pair mean = stats ? up_poison(tc, (size_t)G * ss) : NONE;
+        pair rstd = stats ? up_poison(tc, (size_t)G * ss) : NONE;
+        ON_BOTH(tc, be->layernorm_grouped_forward(P(out), P(mean), P(rstd), ss, P(inp), P(w),
+                                                  P(b), ps, G, N, C, eps));
+        if (!settle(tc, "layernorm_grouped_forward"))
+            return;
+        check_f32(tc, label(tc, "out[eps=%g,stats=%d]", eps, stats), out, n, TOL_F32);
+        check_f32(tc, label(tc, "mean[eps=%g]", eps), mean, (size_t)G * ss, TOL_F32);
+        check_f32(tc, label(tc, "rstd[eps=%g]", eps), rstd, (size_t)G * ss, TOL_F32);
+    }
+}
+
+static void ln_grouped_backward_case(tcase *tc, int G, int N, int C, const int *wants, int nwants)
+{
+    const long long ps = grouped_stride(C), ss = grouped_stride(N);
+    const size_t n = (size_t)G * N * C, np = (size_t)G * ps;
+    pair inp = up_rand(tc, n, -1.5f, 2.5f), dout = up_rand(tc, n, -1, 1);
+    pair w = up_rand(tc, np, -1, 1), b = up_rand(tc, np, -1, 1);
+    pair mean = up_poison(tc, (size_t)G * ss), rstd = up_poison(tc, (size_t)G * ss);
+    float *out = tc->bk[REF]->alloc(n * sizeof(float)); /* only the statistics are kept */
+    if (!out)
+        die("cannot go on without memory");
+    tc->bk[REF]->layernorm_grouped_forward(out, mean.p[REF], rstd.p[REF], ss, inp.p[REF], w.p[REF],
+                                           b.p[REF], ps, G, N, C, 1e-5f);
+    tc->bk[REF]->free(out);
+    mean = shared(tc, mean, (size_t)G * ss * sizeof(float));
+    rstd = shared(tc, rstd, (size_t)G * ss * sizeof(float));
+    for (int v = 0; v < nwants; v++) {
+        int want = wants[v];
+        pair dinp = want & 1 ? up_grad(tc, n) : NONE;
+        pair dw = want & 2 ? up_grad(tc, np) : NONE, db = want & 4 ? up_grad(tc, np) : NONE;
+        ON_BOTH(tc, be->layernorm_grouped_backward(P(dinp), P(dw), P(db), ps, P(dout), P(inp),
+                                                   P(w), P(mean), P(rstd), ss, G, N, C));
+        if (!settle(tc, "layernorm_grouped_backward"))
+            return;
+        check_f32(tc, label(tc, "dinp[G=%d,want=%d]", G, want), dinp, n, TOL_F32);
+        check_f32(tc, label(tc, "dweight[G=%d,want=%d]", G, want), dw, np, TOL_F32);
+        check_f32(tc, label(tc, "dbias[G=%d,want=%d]", G, want), db, np, TOL_F32);
+    }
+}
+
+/* arg 0: every gradient, then each left out. 1: the engine's shape (12 taps, 1200 tokens, width
+ * 384), all, none but the parameters', dbias alone. 2: 132 groups of 129 rows (two chunks each),
+ * whose partial sums would not fit the CUDA backend's column scratch (its one-stage path), the
+ * parameter gradients only. */
+static void t_layernorm_grouped_backward(tcase *tc, int arg)
+{
+    static const int wants[] = {7, 6, 1, 3, 4}; /* bits: 1 dinp, 2 dweight, 4 dbias */
+    static const int big[] = {7, 6, 4}, params[] = {6, 4};
+    if (arg == 0)
+        ln_grouped_backward_case(tc, 3, 37, 83, wants, 5);
+    else if (arg == 1)
+        ln_grouped_backward_case(tc, 12, 1200, 384, big, 3);
+    else
+        ln_grouped_backward_case(tc, 132, 129, 1000, params, 2);
 }
 
 static const size_t elementwise_sizes[] = {37, NBIG};
@@ -887,10 +1038,12 @@ typedef struct {
     size_t nqkv, nout, nprobs;
 } attention_shape;
 
-static attention_shape attention_of(int big)
+/* 0 small, 1 big, 2 the backward's head groups (see t_attention_backward) */
+static attention_shape attention_of(int which)
 {
-    attention_shape a = big ? (attention_shape){2, 130, 4, 64, 0, 0, 0}
-                            : (attention_shape){3, 19, 3, 21, 0, 0, 0};
+    static const attention_shape shapes[] = {
+        {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {12, 150, 7, 20, 0, 0, 0}};
+    attention_shape a = shapes[which];
     a.nout = (size_t)a.B * a.T * a.NH * a.HS;
     a.nqkv = 3 * a.nout;
     a.nprobs = (size_t)a.B * a.NH * a.T * a.T;
@@ -913,10 +1066,30 @@ static void t_attention_forward(tcase *tc, int big)
     }
 }
 
-/* probs from the reference forward (masked: rows with exact zeros), the same on both sides. */
-static void t_attention_backward(tcase *tc, int big)
+/* The scratch a backend reserves for the calling thread: prepare(NULL) gives it back, then
+ * with `shape` a step of the test's T, NH, HS over `B` sequences is prepared. */
+static void prepare_scratch(tcase *tc, const attention_shape *shape, int B)
 {
-    attention_shape a = attention_of(big);
+    sherl_scratch_shape q = {.B = B, .T = shape ? shape->T : 0, .NH = shape ? shape->NH : 0,
+                             .HS = shape ? shape->HS : 0, .threads = 1};
+    for (int s = 0; s < 2; s++)
+        if (tc->bk[s]->prepare(NULL) != 0 || (shape && tc->bk[s]->prepare(&q) != 0))
+            fail(tc, "%s: prepare failed", tc->bk[s]->name);
+}
+
+/* probs from the reference forward (masked: rows with exact zeros), the same on both sides.
+ * The CUDA backward takes its heads in groups whose dP fits in the thread's prepared scratch
+ * (at least one head's worth), so each variant fixes the scratch first:
+ *   small: none prepared, one head per group (3 groups);
+ *   big: its own shape prepared, all heads in one group;
+ *   groups: one sequence prepared (the backend's 4 MiB floor) while the call's dP of all heads
+ *   needs 8.6 MB: 3 heads a group, groups of 3, 3 and 1. */
+static void t_attention_backward(tcase *tc, int which)
+{
+    attention_shape a = attention_of(which);
+    prepare_scratch(tc, which == 0 ? NULL : &a, which == 2 ? 1 : a.B);
+    if (!settle(tc, "prepare"))
+        return;
     pair qkv = up_rand(tc, a.nqkv, -2, 2), dout = up_rand(tc, a.nout, -1, 1);
     pair mask = up(tc, host_key_mask(tc, a.B, a.T, 0), sizeof(float) * a.B * a.T);
     for (int masked = 0; masked < 2; masked++) {
@@ -1457,6 +1630,10 @@ static const test_def tests[] = {
     {"gemm_bf16.big", t_gemm_half, 1},
     {"gemm_f16.small", t_gemm_half, 2},
     {"gemm_f16.big", t_gemm_half, 3},
+    {"gemm_bf16_strided_batched.small", t_gsb_half, 0},
+    {"gemm_bf16_strided_batched.big", t_gsb_half, 1},
+    {"gemm_f16_strided_batched.small", t_gsb_half, 2},
+    {"gemm_f16_strided_batched.big", t_gsb_half, 3},
     {"matmul_forward.nobias", t_matmul_forward, 0},
     {"matmul_forward.bias", t_matmul_forward, 1},
     {"matmul_forward.big", t_matmul_forward, 2},
@@ -1464,10 +1641,18 @@ static const test_def tests[] = {
     {"matmul_backward.big", t_matmul_backward, 1},
     {"bias_add_forward", t_bias_add_forward, 0},
     {"bias_add_backward", t_bias_add_backward, 0},
+    {"bias_add_grouped_forward", t_bias_add_grouped_forward, 0},
+    {"bias_add_grouped_backward.small", t_bias_add_grouped_backward, 0},
+    {"bias_add_grouped_backward.big", t_bias_add_grouped_backward, 1},
     {"layernorm_forward.small", t_layernorm_forward, 0},
     {"layernorm_forward.big", t_layernorm_forward, 1},
     {"layernorm_backward.small", t_layernorm_backward, 0},
     {"layernorm_backward.big", t_layernorm_backward, 1},
+    {"layernorm_grouped_forward.small", t_layernorm_grouped_forward, 0},
+    {"layernorm_grouped_forward.big", t_layernorm_grouped_forward, 1},
+    {"layernorm_grouped_backward.small", t_layernorm_grouped_backward, 0},
+    {"layernorm_grouped_backward.big", t_layernorm_grouped_backward, 1},
+    {"layernorm_grouped_backward.many", t_layernorm_grouped_backward, 2},
     {"gelu_forward", t_gelu_forward, 0},
     {"gelu_backward", t_gelu_backward, 0},
     {"softmax_forward.small", t_softmax_forward, 0},
@@ -1478,6 +1663,7 @@ static const test_def tests[] = {
     {"attention_forward.big", t_attention_forward, 1},
     {"attention_backward.small", t_attention_backward, 0},
     {"attention_backward.big", t_attention_backward, 1},
+    {"attention_backward.groups", t_attention_backward, 2},
     {"embedding_forward.small", t_embedding_forward, 0},
     {"embedding_forward.big", t_embedding_forward, 1},
     {"embedding_forward_bf16.small", t_embedding_forward_half, 0},
@@ -1631,6 +1817,53 @@ static void mut_layernorm_backward(float *dinp, float *dweight, float *dbias, co
         perturb_max(dweight, C);
 }
 
+/* gemm_bf16_strided_batched / gemm_f16_strided_batched: the last batch is not computed */
+static void mut_gemm_bf16_strided_batched(int ta, int tb, int M, int N, int K, float alpha,
+                                          const uint16_t *A, int lda, long long sa,
+                                          const uint16_t *B, int ldb, long long sb, float beta,
+                                          float *C, int ldc, long long sc, int batch)
+{
+    real_ops->gemm_bf16_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
+                                        ldc, sc, batch - 1);
+}
+
+static void mut_gemm_f16_strided_batched(int ta, int tb, int M, int N, int K, float alpha,
+                                         const uint16_t *A, int lda, long long sa,
+                                         const uint16_t *B, int ldb, long long sb, float beta,
+                                         float *C, int ldc, long long sc, int batch)
+{
+    real_ops->gemm_f16_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
+                                       ldc, sc, batch - 1);
+}
+
+/* bias_add_grouped_backward: the last group's gradient is lost */
+static void mut_bias_add_grouped_backward(float *dbias, long long bias_stride, const float *dout,
+                                          int G, int N, int C)
+{
+    real_ops->bias_add_grouped_backward(dbias, bias_stride, dout, G - 1, N, C);
+}
+
+/* layernorm_grouped_forward: every group normalised with group 0's weight and bias */
+static void mut_layernorm_grouped_forward(float *out, float *mean, float *rstd,
+                                          long long stat_stride, const float *inp,
+                                          const float *weight, const float *bias,
+                                          long long param_stride, int G, int N, int C, float eps)
+{
+    real_ops->layernorm_grouped_forward(out, mean, rstd, stat_stride, inp, weight, bias, 0, G, N,
+                                        C, eps);
+}
+
+/* layernorm_grouped_backward: the statistics read as if packed (stat_stride taken as N) */
+static void mut_layernorm_grouped_backward(float *dinp, float *dweight, float *dbias,
+                                           long long param_stride, const float *dout,
+                                           const float *inp, const float *weight,
+                                           const float *mean, const float *rstd,
+                                           long long stat_stride, int G, int N, int C)
+{
+    real_ops->layernorm_grouped_backward(dinp, dweight, dbias, param_stride, dout, inp, weight,
+                                         mean, rstd, N, G, N, C);
+}
+
 /* softmax_forward: the last element of out is never written */
 static void mut_softmax_forward(float *out, const float *inp, const float *mask, float scale,
                                 int B, int H, int Tq, int Tk)
@@ -1750,6 +1983,11 @@ INSTALL(f32_to_bf16)
 INSTALL(matmul_backward)
 INSTALL(layernorm_forward)
 INSTALL(layernorm_backward)
+INSTALL(gemm_bf16_strided_batched)
+INSTALL(gemm_f16_strided_batched)
+INSTALL(bias_add_grouped_backward)
+INSTALL(layernorm_grouped_forward)
+INSTALL(layernorm_grouped_backward)
 INSTALL(softmax_forward)
 INSTALL(attention_backward)
 INSTALL(embedding_backward)
@@ -1777,6 +2015,16 @@ static const mutation mutations[] = {
     {"layernorm_forward.", "layernorm_forward: out off by 1e-3", install_layernorm_forward},
     {"layernorm_backward.", "layernorm_backward: dweight off by 1e-3",
      install_layernorm_backward},
+    {"gemm_bf16_strided_batched.", "gemm_bf16_strided_batched skips the last batch",
+     install_gemm_bf16_strided_batched},
+    {"gemm_f16_strided_batched.", "gemm_f16_strided_batched skips the last batch",
+     install_gemm_f16_strided_batched},
+    {"bias_add_grouped_backward.", "bias_add_grouped_backward drops the last group",
+     install_bias_add_grouped_backward},
+    {"layernorm_grouped_forward.", "layernorm_grouped_forward uses group 0's parameters",
+     install_layernorm_grouped_forward},
+    {"layernorm_grouped_backward.", "layernorm_grouped_backward reads the statistics packed",
+     install_layernorm_grouped_backward},
     {"softmax_forward.", "softmax_forward leaves the last element unwritten",
      install_softmax_forward},
     {"attention_backward.", "attention_backward: dqkv off by 1e-3", install_attention_backward},

@@ -8,7 +8,8 @@
 #   4. makes a BERT-base-shaped random model and Hugging Face's hidden states for a padded
 #      8 x 128 batch, and runs gpu_bert_oracle --backend cuda on it (<= 1e-4 relative),
 #   5. trains one SHERL job on the CPU and on the GPU in fp32 and bf16 (per-step loss parity),
-#      and 4 jobs on one resident backbone (device memory against the planner): gpu_train_checks,
+#      fp32 again with its passes replayed from a CUDA graph, and 4 jobs on one resident
+#      backbone (device memory against the planner): gpu_train_checks,
 #   6. runs bench_kernels --backend cuda,
 #   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
 # then prints one table (step, result, seconds) and exits 1 if any step failed.
@@ -18,12 +19,14 @@
 # OUTDIR gets summary.txt, bench_kernels.json and logs.tar.gz (one log per step; at most 8 files
 # come back from the device tool). Without a GPU the CUDA steps
 # report "no GPU ... not run"; --cpu then runs the BERT step on the CPU backend with a smaller
-# model, so the whole flow is exercised anywhere. Everything fits 8 minutes on an H100
-# (SHERL_GPU_BUDGET_S, default 470 s, caps the sum of the steps' timeouts).
+# model, so the whole flow is exercised anywhere. Everything fits 8 minutes on an H100; on an
+# H200 on 2026-11-28 it took 116 to 150 s (SHERL_GPU_BUDGET_S, default 470 s, caps the sum of
+# the steps' timeouts).
 # Environment: SHERL_PYTHON (a python with torch + transformers; default: the first of python3,
 # /usr/bin/python3 that has them), SHERL_GPU_BUILD (build folder, default build/gpu-check),
 # SHERL_GPU_WORK (models and references, default /tmp/sherl-gpu-work), SHERL_DEPS_PREFIX (where
-# to unpack the .deb files, default /tmp/sherl-gpu-deps; it is emptied first).
+# to unpack the .deb files, default /tmp/sherl-gpu-deps; it is emptied first),
+# SHERL_GPU_BENCH_ONLY=1 (steps 1, 2 and 7 only: a short re-measure of the training bench).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -264,6 +267,8 @@ cuda_result() { # NAME LOG DETAIL
   fi
 }
 
+# SHERL_GPU_BENCH_ONLY=1: the build and the training bench alone (a short re-measure)
+if [ "${SHERL_GPU_BENCH_ONLY:-0}" != 1 ]; then
 # ---- 3. gpu_ops ----
 olog=$out/02-gpu_ops.log
 : >"$olog"
@@ -365,13 +370,15 @@ else
     fail_step train_task $(($(date +%s) - tt0)) "$(why_failed 06-train_checks.log)"
   else
     record train_task PASS $(($(date +%s) - tt0)) "4 layers x 256 and 2 x 64, 256 + 128 rows each"
-    for run in fp32 bf16 bf16-tuned; do
-      prec=${run%-tuned} task=$tp tune=0
+    # fp32-graphs: the same fp32 job with its passes recorded into a CUDA graph and replayed
+    for run in fp32 bf16 bf16-tuned fp32-graphs; do
+      prec=${run%-*} task=$tp tune=0 graphs=0
       [ "$prec" = fp32 ] || task=$tb
-      [ "$run" = "$prec" ] || tune=1
+      [ "$run" != bf16-tuned ] || tune=1
+      [ "$run" != fp32-graphs ] || graphs=1
       step "$tlog" 90 "$checks" parity --backend "$parity_backend" --precision "$prec" \
-        --tune-late "$tune" --model "$task/model" --data "$task/data" --steps 20 \
-        --work "$work/train-runs"
+        --tune-late "$tune" --graphs "$graphs" --model "$task/model" --data "$task/data" \
+        --steps 20 --work "$work/train-runs"
       cuda_result "train_parity_$run" "$tlog" "$(train_detail 'worst rel diff .*')"
     done
   fi
@@ -402,6 +409,7 @@ else
   if [ "$built" = 1 ]; then record bench_kernels SKIP 0 "no bench_kernels target"; else fail_step bench_kernels 0 "not built"; fi
 fi
 
+fi # SHERL_GPU_BENCH_ONLY
 # ---- 7. bench_gpu_train: training steps, ours against PyTorch (bench/gpu_train) ----
 # sherl, late and full in our engine and PyTorch's SHERL and full fine-tuning (bf16 autocast) on
 # BERT-base (the BERT step's model when it made one), batch 64 x 128, 3 warm-up + 10 timed steps
@@ -442,12 +450,12 @@ fi
 # ---- the table ----
 total=$(($(date +%s) - t_start))
 {
-  printf '\n%-23s %-8s %7s  %s\n' step result seconds detail
-  printf '%-23s %-8s %7s  %s\n' ----------------------- -------- ------- ------
+  printf '\n%-24s %-8s %7s  %s\n' step result seconds detail
+  printf '%-24s %-8s %7s  %s\n' ------------------------ -------- ------- ------
   for i in "${!names[@]}"; do
-    printf '%-23s %-8s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${secs[$i]}" "${notes[$i]}"
+    printf '%-24s %-8s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${secs[$i]}" "${notes[$i]}"
   done
-  printf '%-23s %-8s %7s  %s\n' total "$([ "$failed" = 0 ] && echo PASS || echo FAIL)" "$total" \
+  printf '%-24s %-8s %7s  %s\n' total "$([ "$failed" = 0 ] && echo PASS || echo FAIL)" "$total" \
     "logs in $out"
 } | tee "$out/summary.txt"
 # The device tool brings back at most 8 files: the step logs travel as one archive, beside

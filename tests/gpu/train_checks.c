@@ -3,7 +3,8 @@
  *
  *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
  *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
- *                            [--tune-late 0|1] [--tol X] [--work DIR]
+ *                            [--tune-late 0|1] [--graphs 0|1] [--tol X] [--dropout P]
+ *                            [--work DIR]
  *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
  *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
  *
@@ -19,7 +20,10 @@
  *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend).
  *   Every step's training loss must match the CPU's within 1e-4 relative (fp32) or 2e-2 (bf16);
  *   with bf16 the final validation accuracy must also be within 0.01 of the fp32 run's (--tol
- *   sets the loss tolerance instead). A failing train_run (e.g. a precision the trainer
+ *   sets the loss tolerance instead). --graphs 1: the tested run has resources.graphs (its
+ *   passes recorded into a graph and replayed; both runs with MTSA dropout 0), and every pass
+ *   must have run from a graph. --dropout P sets both runs' MTSA dropout (default: the spec's).
+ *   A failing train_run (e.g. a precision the trainer
  *   refuses) is a FAIL with its message.
  * sharing: ONE backbone loaded with bert_load on B, then --jobs SHERL jobs run concurrently (a
  *   thread each, hooks.backbone = that backbone), all held at their first step until every
@@ -79,7 +83,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: " PROG " parity  --backend B --model DIR --data DIR [--precision fp32|bf16]\n"
             "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
-            "                         [--threads N] [--tune-late 0|1] [--tol X] [--work DIR]\n"
+            "                         [--threads N] [--tune-late 0|1] [--graphs 0|1] [--tol X]\n"
+            "                         [--dropout P] [--work DIR]\n"
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
@@ -105,8 +110,8 @@ static double mib(double bytes) { return bytes / 1048576.0; }
 
 typedef struct {
     const char *mode, *backend, *model, *data, *work, *precision;
-    int steps, batch, max_length, threads, jobs, tune_late;
-    double lr, tol;
+    int steps, batch, max_length, threads, jobs, tune_late, graphs;
+    double lr, tol, dropout; /* dropout < 0: the spec's default */
 } options;
 
 static int parse_int(const char *flag, const char *v, int lo, int hi, int *out)
@@ -140,6 +145,7 @@ static int parse_args(int argc, char **argv, options *o)
     memset(o, 0, sizeof *o);
     o->precision = "fp32";
     o->steps = -1, o->batch = 8, o->max_length = 32, o->threads = -1, o->jobs = 4;
+    o->dropout = -1;
     if (argc < 2) {
         usage();
         return 2;
@@ -188,10 +194,19 @@ static int parse_args(int argc, char **argv, options *o)
             bad = parse_int(a, v, 1, 64, &o->jobs);
         else if (!strcmp(a, "--tune-late"))
             bad = parse_int(a, v, 0, 1, &o->tune_late);
+        else if (!strcmp(a, "--graphs"))
+            bad = parse_int(a, v, 0, 1, &o->graphs);
         else if (!strcmp(a, "--lr"))
             bad = parse_double(a, v, &o->lr);
         else if (!strcmp(a, "--tol"))
             bad = parse_double(a, v, &o->tol);
+        else if (!strcmp(a, "--dropout")) {
+            char *end;
+            o->dropout = strtod(v, &end);
+            bad = *end || !*v || !(o->dropout >= 0 && o->dropout < 1);
+            if (bad)
+                fprintf(stderr, PROG ": --dropout %s: expected a number in [0, 1)\n", v);
+        }
         else {
             fprintf(stderr, PROG ": unknown argument %s\n", a);
             usage();
@@ -349,9 +364,11 @@ static be_result pick_backend(const char *name, const sherl_backend **be)
 
 /* The job as JSON, parsed and validated as any spec is. precision "bf16" with device "cpu" goes
  * through the same validation as a user's spec. */
+/* graphs: resources.graphs for this run. With --graphs 1 every run has MTSA dropout 0 (dropout
+ * keeps a run from graphs), so that the runs compared are the same job. */
 static sherl_status make_spec(job_spec *spec, const options *o, const char *model,
                               const char *data, const char *name, const char *precision,
-                              int threads, const char *out)
+                              int threads, const char *out, int graphs)
 {
     char train[PATH_MAX + 32], val[PATH_MAX + 32];
     snprintf(train, sizeof train, "%s/train.jsonl", data);
@@ -360,8 +377,11 @@ static sherl_status make_spec(job_spec *spec, const options *o, const char *mode
     cJSON_AddStringToObject(j, "name", name);
     cJSON_AddStringToObject(j, "backbone", model);
     cJSON_AddStringToObject(j, "method", "sherl");
+    cJSON *sh = cJSON_AddObjectToObject(j, "sherl");
     if (o->tune_late)
-        cJSON_AddBoolToObject(cJSON_AddObjectToObject(j, "sherl"), "tune_late", 1);
+        cJSON_AddBoolToObject(sh, "tune_late", 1);
+    if (o->graphs || o->dropout >= 0)
+        cJSON_AddNumberToObject(sh, "dropout", o->graphs ? 0.0 : o->dropout);
     cJSON *d = cJSON_AddObjectToObject(j, "data");
     cJSON_AddStringToObject(d, "train", train);
     cJSON_AddStringToObject(d, "validation", val);
@@ -378,6 +398,7 @@ static sherl_status make_spec(job_spec *spec, const options *o, const char *mode
     cJSON_AddStringToObject(r, "device", "cpu");
     cJSON_AddStringToObject(r, "precision", precision);
     cJSON_AddNumberToObject(r, "threads", threads);
+    cJSON_AddBoolToObject(r, "graphs", graphs);
     cJSON_AddStringToObject(j, "output", out);
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -458,7 +479,7 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
            be->name, o->precision, o->steps, o->batch, o->max_length, SEED, desc, model, data);
 
     job_spec ref, test;
-    sherl_status st = make_spec(&ref, o, model, data, "parity-cpu", "fp32", threads, out_ref);
+    sherl_status st = make_spec(&ref, o, model, data, "parity-cpu", "fp32", threads, out_ref, 0);
     if (st.code) {
         fprintf(stderr, PROG ": the reference spec: %s\n", st.msg);
         return 2;
@@ -480,7 +501,8 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
            rr.steps, t_ref, rr.steps / (t_ref > 1e-9 ? t_ref : 1e-9), rr.val_accuracy);
 
     /* the tested run: its spec may be refused (precision), or train_run may refuse it */
-    st = make_spec(&test, o, model, data, "parity-test", o->precision, threads, out_test);
+    st = make_spec(&test, o, model, data, "parity-test", o->precision, threads, out_test,
+                   o->graphs);
     if (!st.code) {
         train_hooks ht = {.on_progress = on_progress, .ctx = &lt, .backend = be};
         t0 = now_s();
@@ -496,6 +518,14 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
     printf("  %s %s run: %d steps in %.2f s (%.1f steps/s), validation accuracy %.4f\n\n",
            be->name, o->precision, rt.steps, t_test, rt.steps / (t_test > 1e-9 ? t_test : 1e-9),
            rt.val_accuracy);
+    int graph_fail = 0;
+    if (o->graphs) { /* every pass must have run from a graph, or the check checked nothing */
+        graph_fail = rt.graph_passes < rt.steps || rt.graph_captures < 1;
+        printf("  graphs: %lld recorded, %lld of %d passes run from one%s%s%s\n\n",
+               rt.graph_captures, rt.graph_passes, rt.steps,
+               rt.graph_note[0] ? "; op by op because: " : "", rt.graph_note,
+               graph_fail ? ": FAIL" : "");
+    }
 
     char col[64];
     snprintf(col, sizeof col, "%s %s loss", be->name, o->precision);
@@ -541,8 +571,9 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
     char at[32] = "";
     if (!(worst <= 0))
         snprintf(at, sizeof at, " at step %d", worst_step);
-    printf("parity: %s %s: %s worst rel diff %.3g%s (tol %.0e)\n", be->name, o->precision,
-           failed ? "FAIL" : "PASS", worst, at, tol);
+    failed |= graph_fail;
+    printf("parity: %s %s%s: %s worst rel diff %.3g%s (tol %.0e)\n", be->name, o->precision,
+           o->graphs ? " graphs" : "", failed ? "FAIL" : "PASS", worst, at, tol);
     log_free(&lr), log_free(&lt);
     return failed ? 1 : 0;
 }
@@ -725,7 +756,7 @@ static int check_sharing(const options *o, const sherl_backend *be, const char *
             snprintf(name, sizeof name, "%s", device ? "warmup" : "single");
         snprintf(out, sizeof out, "%s/%s", work, name);
         remove_tree(out);
-        sherl_status st = make_spec(&jobs[i].spec, o, model, data, name, "fp32", threads, out);
+        sherl_status st = make_spec(&jobs[i].spec, o, model, data, name, "fp32", threads, out, 0);
         if (st.code) {
             fprintf(stderr, PROG ": the job spec: %s\n", st.msg);
             free(jobs), free(th);
@@ -897,7 +928,7 @@ static int check_sharing(const options *o, const sherl_backend *be, const char *
             snprintf(out, sizeof out, "%s/single", work);
             remove_tree(out);
             log_free(&s->log);
-            sst = make_spec(&s->spec, o, model, data, "single", "fp32", threads, out);
+            sst = make_spec(&s->spec, o, model, data, "single", "fp32", threads, out, 0);
         }
         s->hooks.backbone = bb;
         s->gate = NULL;

@@ -346,6 +346,25 @@ static double max_rel_diff(const float *a, const float *b, size_t n)
     return most / (scale > 0.0 ? scale : 1.0);
 }
 
+/* The fixture's taps "tap.0", "tap.1", ... (up to 8) as one block [K,N,D], as MTSA reads them;
+ * their count in *K. */
+static float *read_taps(safetensors_file *f, int *K, size_t ND)
+{
+    float *block = malloc(8 * ND * sizeof(float));
+    char name[32];
+    int64_t n;
+    for (*K = 0; *K < 8; (*K)++) {
+        snprintf(name, sizeof name, "tap.%d", *K);
+        if (!safetensors_find(f, name))
+            break;
+        float *t = tensor_f32(f, name, &n);
+        cr_assert((size_t)n == ND, "%s has %lld entries, expected %zu", name, (long long)n, ND);
+        memcpy(block + (size_t)*K * ND, t, ND * sizeof(float));
+        free(t);
+    }
+    return block;
+}
+
 /* tag: the fixture file's precision; prec: the engine's (SHERL_FP32: the unrounded MTSA, on the
  * same data, against the "plain" reference). */
 static void mtsa_case(const char *tag, sherl_precision prec, double proj_tol)
@@ -361,19 +380,13 @@ static void mtsa_case(const char *tag, sherl_precision prec, double proj_tol)
     cr_assert(t0 && w0 && t0->ndim == 2 && w0->ndim == 2, "%s: tap.0 / mtsa.proj.0.weight", path);
     int N = (int)t0->shape[0], D = (int)t0->shape[1], d = (int)w0->shape[0], K = 0;
     char name[128];
-    uint16_t *taps16[8];
-    float *taps32[8];
     int half = prec != SHERL_FP32;
     const char *want_kind = half ? "half" : "plain";
     const char *label = half ? tag : "fp32", *ref = half ? "the emulation" : "the float64 MTSA";
-    for (; K < 8; K++) {
-        snprintf(name, sizeof name, "tap.%d", K);
-        if (!safetensors_find(&f, name))
-            break;
-        taps32[K] = tensor_f32(&f, name, &n);
-        taps16[K] = malloc((size_t)n * sizeof(uint16_t));
-        half_round(be, half ? prec : SHERL_BF16, taps16[K], taps32[K], (size_t)n);
-    }
+    size_t ND = (size_t)N * D;
+    float *taps32 = read_taps(&f, &K, ND);
+    uint16_t *taps16 = malloc((size_t)K * ND * sizeof(uint16_t));
+    half_round(be, half ? prec : SHERL_BF16, taps16, taps32, (size_t)K * ND);
     cr_assert(K >= 2, "%s: %d taps", path, K);
 
     param_set ps;
@@ -399,8 +412,8 @@ static void mtsa_case(const char *tag, sherl_precision prec, double proj_tol)
 
     float *h_last = tensor_f32(&f, "h_last", &n), *dy = tensor_f32(&f, "dy", &n);
     float *y = malloc((size_t)N * D * sizeof(float));
-    const uint16_t *const *t16 = half ? (const uint16_t *const *)taps16 : NULL;
-    const float *const *t32 = half ? NULL : (const float *const *)taps32;
+    const uint16_t *t16 = half ? taps16 : NULL;
+    const float *t32 = half ? NULL : taps32;
     mtsa_forward(&a, &ps, &acts, y, t32, t16, h_last, N, 0, 0);
     param_set_zero_grad(&ps);
     mtsa_backward(&a, &ps, &acts, dy, t32, t16, h_last, N, 0, 0);
@@ -432,9 +445,7 @@ static void mtsa_case(const char *tag, sherl_precision prec, double proj_tol)
               "MTSA: it does not round as a half job does", tag, worst, worst_plain);
     cr_log_info("mtsa %s: worst %.3g off %s, %.3g off the unrounded MTSA (chunks of %d of %d "
                 "tokens)\n", label, worst, ref, worst_plain, acts.chunk, N);
-    free(y), free(h_last), free(dy);
-    for (int i = 0; i < K; i++)
-        free(taps16[i]), free(taps32[i]);
+    free(y), free(h_last), free(dy), free(taps16), free(taps32);
     arena_release(&ar);
     param_set_free(&ps);
     mtsa_free(&a);
@@ -448,7 +459,7 @@ Test(sherl_oracle, mtsa_fp16, .timeout = 60) { mtsa_case("fp16", SHERL_FP16, 3e-
 /* One forward and backward of the MTSA in fp32 with its scratch laid out for `budget` bytes;
  * y and the concatenated gradients (ps order) come back in malloc'd buffers. */
 static int mtsa_run_chunked(const mtsa *a, param_set *ps, int N, size_t budget,
-                            const float *const *taps, const float *h_last, const float *dy,
+                            const float *taps, const float *h_last, const float *dy,
                             int train, float **y, float **grads)
 {
     const sherl_backend *be = ps->be;
@@ -490,14 +501,7 @@ Test(sherl_oracle, mtsa_dropout_chunks, .timeout = 60)
     const st_tensor *w0 = safetensors_find(&f, "mtsa.proj.0.weight");
     cr_assert(t0 && w0);
     int N = (int)t0->shape[0], D = (int)t0->shape[1], d = (int)w0->shape[0], K = 0;
-    float *taps[8];
-    char name[64];
-    for (; K < 8; K++) {
-        snprintf(name, sizeof name, "tap.%d", K);
-        if (!safetensors_find(&f, name))
-            break;
-        taps[K] = tensor_f32(&f, name, &n);
-    }
+    float *taps = read_taps(&f, &K, (size_t)N * D);
     float *h_last = tensor_f32(&f, "h_last", &n), *dy = tensor_f32(&f, "dy", &n);
     float *y[3], *g[3];
     int chunk[3];
@@ -509,7 +513,7 @@ Test(sherl_oracle, mtsa_dropout_chunks, .timeout = 60)
         cr_assert(param_set_alloc(&ps).code == SHERL_OK);
         cr_assert(param_set_load(&ps, REF "/mtsa_bf16.safetensors", 1).code == SHERL_OK);
         chunk[run] = mtsa_run_chunked(&a, &ps, N, run == 1 ? 0 : (size_t)1 << 30,
-                                      (const float *const *)taps, h_last, dy, 1, &y[run], &g[run]);
+                                      taps, h_last, dy, 1, &y[run], &g[run]);
         if (run == 0)
             for (int i = n = 0; i < ps.n; i++)
                 n += (int64_t)ps.items[i].numel;
@@ -527,9 +531,7 @@ Test(sherl_oracle, mtsa_dropout_chunks, .timeout = 60)
                 "is %.3g away\n", chunk[1], N, ey, eg, moved);
     for (int run = 0; run < 3; run++)
         free(y[run]), free(g[run]);
-    for (int i = 0; i < K; i++)
-        free(taps[i]);
-    free(h_last), free(dy);
+    free(taps), free(h_last), free(dy);
     safetensors_close(&f);
 }
 

@@ -34,7 +34,8 @@ static const char *k_full =
     "  \"train\": {\"epochs\": 5, \"max_steps\": 1000, \"batch_size\": 16, \"grad_accum\": 2,\n"
     "            \"eval_every\": 200, \"checkpoint_every\": 500, \"seed\": 1234,\n"
     "            \"log_every\": 5},\n"
-    "  \"resources\": {\"device\": \"cuda\", \"precision\": \"bf16\", \"ranks\": 2, \"threads\": 4},\n"
+    "  \"resources\": {\"device\": \"cuda\", \"precision\": \"bf16\", \"ranks\": 2, \"threads\": 4,\n"
+    "                \"graphs\": true},\n"
     "  \"output\": \"runs/wordnet-sherl\"\n"
     "}\n";
 
@@ -133,6 +134,7 @@ static void assert_same(const job_spec *a, const job_spec *b)
     cr_assert_str_eq(a->device, b->device);
     cr_assert_str_eq(a->precision, b->precision);
     cr_assert_eq(a->ranks, b->ranks);
+    cr_assert_eq(a->graphs, b->graphs);
     cr_assert_eq(a->threads, b->threads);
     cr_assert_str_eq(a->output, b->output);
     cr_assert(memcmp(a, b, sizeof *a) == 0, "structs differ in their bytes");
@@ -241,6 +243,7 @@ Test(job_spec, full_spec)
     cr_assert_str_eq(s.device, "cuda");
     cr_assert_str_eq(s.precision, "bf16");
     cr_assert_eq(s.ranks, 2);
+    cr_assert_eq(s.graphs, 1);
     cr_assert_eq(s.threads, 4);
     cr_assert_str_eq(s.output, "/base/dir/runs/wordnet-sherl");
 }
@@ -334,6 +337,7 @@ Test(job_spec, minimal_spec_gets_every_default)
     cr_assert_str_eq(s.device, "cpu");
     cr_assert_str_eq(s.precision, "fp32");
     cr_assert_eq(s.ranks, 1);
+    cr_assert_eq(s.graphs, 0, "graphs default to off");
     cr_assert_eq(s.threads, 0);
     cr_assert_str_eq(s.output, "runs/job");
 
@@ -540,6 +544,7 @@ Test(job_spec, invalid_resources)
     expect_field("resources.ranks", "4097", "[1, 4096]");
     expect_field("resources.threads", "-1", "[0, 1024]");
     expect_field("resources.threads", "1025", "[0, 1024]");
+    expect_field("resources.graphs", "1", "true or false");
     expect_field("resources.gpus", "1", "unknown field", "allowed in 'resources'", "ranks");
 }
 

@@ -172,6 +172,111 @@ Test(kernels, gemm_all_transposes)
     }
 }
 
+/* Whether element i of a buffer of `stride`-apart [rows x ld] matrices lies inside one of the
+ * rows x cols blocks (not in the ld padding of a row nor in the gap between matrices). */
+static int in_block(size_t i, long long stride, int ld, int rows, int cols)
+{
+    size_t off = i % (size_t)stride;
+    return off < (size_t)rows * ld && (int)(off % (size_t)ld) < cols;
+}
+
+/* Elements outside the blocks must come back bit for bit as they went in. */
+static void expect_outside_unchanged(const char *what, const float *after, const float *before,
+                                     size_t n, long long stride, int ld, int rows, int cols)
+{
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!in_block(i, stride, ld, rows, cols) && memcmp(&after[i], &before[i], sizeof(float))) {
+            if (!bad++)
+                first = i;
+        }
+    cr_expect(bad == 0, "%s: %zu padding elements written, first %zu: %.9g was %.9g", what, bad,
+              first, bad ? (double)after[first] : 0.0, bad ? (double)before[first] : 0.0);
+}
+
+/* Bit-for-bit equality of two float arrays. */
+static void expect_same(const char *what, const float *got, const float *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float))) {
+            cr_expect(0, "%s: element %zu is %.9g, want exactly %.9g", what, i, (double)got[i],
+                      (double)want[i]);
+            return;
+        }
+}
+
+static uint16_t *dev_u16(const sherl_backend *be, const uint16_t *h, size_t n)
+{
+    uint16_t *d = be->alloc(n * sizeof(uint16_t));
+    be->copy_to_device(d, h, n * sizeof(uint16_t));
+    return d;
+}
+
+/* Batches of half operands (bf16 and fp16) with every transpose pair, leading dimensions and
+ * strides beyond the minimum, accumulating into a non-zero C. The operands' padding holds NaN,
+ * so a product that reads outside its matrices shows; the reference is the double product of
+ * the widened half values (exact in fp32, so only the fp32 accumulation may differ). */
+Test(kernels, gemm_half_strided_batched)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        for (int f16 = 0; f16 < 2; f16++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    const int M = 5, N = 6, K = 7, batch = 3;
+                    const float alpha = 0.75f, beta = 1.0f;
+                    int ra = ta ? K : M, ca = ta ? M : K; /* A as stored: ra rows of ca */
+                    int rb = tb ? N : K, cb = tb ? K : N;
+                    int lda = ca + 3, ldb = cb + 2, ldc = N + 4;
+                    long long sa = (long long)ra * lda + 5, sb = (long long)rb * ldb + 9,
+                              sc = (long long)M * ldc + 6;
+                    size_t na = (size_t)sa * batch, nb = (size_t)sb * batch,
+                           nc = (size_t)sc * batch;
+                    uint16_t nan_h = f16 ? 0x7e00u : 0x7fc0u;
+                    uint16_t *A = malloc(na * sizeof(uint16_t));
+                    uint16_t *B = malloc(nb * sizeof(uint16_t));
+                    double *Ad = calloc(na, sizeof(double)), *Bd = calloc(nb, sizeof(double));
+                    float *fa = randv(na, 1), *fb = randv(nb, 1);
+                    for (size_t i = 0; i < na; i++) {
+                        A[i] = !in_block(i, sa, lda, ra, ca) ? nan_h
+                               : f16                         ? sherl_f32_to_f16(fa[i])
+                                                             : sherl_f32_to_bf16(fa[i]);
+                        if (in_block(i, sa, lda, ra, ca))
+                            Ad[i] = f16 ? sherl_f16_to_f32(A[i]) : sherl_bf16_to_f32(A[i]);
+                    }
+                    for (size_t i = 0; i < nb; i++) {
+                        B[i] = !in_block(i, sb, ldb, rb, cb) ? nan_h
+                               : f16                         ? sherl_f32_to_f16(fb[i])
+                                                             : sherl_f32_to_bf16(fb[i]);
+                        if (in_block(i, sb, ldb, rb, cb))
+                            Bd[i] = f16 ? sherl_f16_to_f32(B[i]) : sherl_bf16_to_f32(B[i]);
+                    }
+                    float *C0 = randv(nc, 1), *C = malloc(nc * sizeof(float));
+                    double *Cd = to_d(C0, nc);
+                    for (int i = 0; i < batch; i++)
+                        ref_gemm(ta, tb, M, N, K, alpha, Ad + i * sa, lda, Bd + i * sb, ldb, beta,
+                                 Cd + i * sc, ldc);
+                    uint16_t *dA = dev_u16(be, A, na), *dB = dev_u16(be, B, nb);
+                    float *dC = dev_f(be, C0, nc);
+                    if (f16)
+                        be->gemm_f16_strided_batched(ta, tb, M, N, K, alpha, dA, lda, sa, dB, ldb,
+                                                     sb, beta, dC, ldc, sc, batch);
+                    else
+                        be->gemm_bf16_strided_batched(ta, tb, M, N, K, alpha, dA, lda, sa, dB,
+                                                      ldb, sb, beta, dC, ldc, sc, batch);
+                    back_f(be, C, dC, nc);
+                    char what[96];
+                    snprintf(what, sizeof what, "%s gemm_%s_strided_batched ta=%d tb=%d",
+                             be->name, f16 ? "f16" : "bf16", ta, tb);
+                    expect_close(what, C, Cd, nc, 1e-5, 1e-5);
+                    expect_outside_unchanged(what, C, C0, nc, sc, ldc, M, N);
+                    be->free(dA), be->free(dB), be->free(dC);
+                    free(A), free(B), free(Ad), free(Bd), free(fa), free(fb), free(C0), free(C),
+                        free(Cd);
+                }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Linear (matmul + bias) */
 
@@ -292,6 +397,52 @@ Test(kernels, bias_add)
     }
 }
 
+/* G groups of [N,C], each with its own bias row bias_stride apart; the padding between rows
+ * holds garbage that must neither reach the output nor be written by the backward. */
+Test(kernels, bias_add_grouped)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        const int G = 3, N = 5, C = 7;
+        const long long S = 16;
+        size_t nx = (size_t)G * N * C, nb = (size_t)G * S;
+        float *x = randv(nx, 1), *b = randv(nb, 1), *dout = randv(nx, 1);
+        for (size_t i = 0; i < nb; i++)
+            if (!in_block(i, S, (int)S, 1, C))
+                b[i] = 1000.0f + (float)i; /* garbage padding */
+        double *ref = malloc(8 * nx);
+        for (int g = 0; g < G; g++)
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < C; k++) {
+                    size_t i = ((size_t)g * N + n) * C + k;
+                    ref[i] = (double)x[i] + b[g * S + k];
+                }
+        float *dx = dev_f(be, x, nx), *db = dev_f(be, b, nb);
+        be->bias_add_grouped_forward(dx, db, S, G, N, C);
+        float *y = malloc(4 * nx);
+        back_f(be, y, dx, nx);
+        expect_close("bias_add_grouped_forward", y, ref, nx, 1e-6, 1e-6);
+
+        /* backward: dbias[g*S + c] += sum_n dout[g,n,c], padding untouched */
+        float *g0 = randv(nb, 1), *gd = dev_f(be, g0, nb), *dd = dev_f(be, dout, nx);
+        be->bias_add_grouped_backward(gd, S, dd, G, N, C);
+        float *h = malloc(4 * nb);
+        back_f(be, h, gd, nb);
+        double *want = to_d(g0, nb);
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < C; k++) {
+                double s = 0;
+                for (int n = 0; n < N; n++)
+                    s += dout[((size_t)g * N + n) * C + k];
+                want[g * S + k] += s;
+            }
+        expect_close("bias_add_grouped_backward", h, want, nb, 1e-5, 1e-5);
+        expect_outside_unchanged("bias_add_grouped_backward padding", h, g0, nb, S, (int)S, 1, C);
+        be->free(dx), be->free(db), be->free(gd), be->free(dd);
+        free(x), free(b), free(dout), free(ref), free(y), free(g0), free(h), free(want);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * LayerNorm */
 
@@ -361,6 +512,113 @@ Test(kernels, layernorm_forward_backward)
         free(x), free(w), free(b), free(dout), free(ref), free(y), free(g0x), free(g0w),
             free(g0b), free(hx), free(hw), free(hb), free(fx), free(fw), free(fb), free(c.x),
             free(c.w), free(c.b), free(c.dout);
+    }
+}
+
+/* G independent LayerNorms over [G,N,C]: weight/bias of group g at g * param_stride, its
+ * statistics at mean/rstd + g * stat_stride. Every group has its own parameters and an offset
+ * row; each group's results are the ungrouped op's on that group alone. */
+Test(kernels, layernorm_grouped_forward_backward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        const int G = 3, N = 4, C = 9;
+        const long long PS = 16, SS = N + 3;
+        const size_t nx = (size_t)G * N * C, np = (size_t)G * PS, ns = (size_t)G * SS,
+                     gx = (size_t)N * C;
+        float *x = randv(nx, 2), *w = randv(np, 1), *b = randv(np, 1), *dout = randv(nx, 1);
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < C; k++) /* an offset row per group: mean far from 0 */
+                x[g * gx + (size_t)(g % N) * C + k] += 5.0f + g;
+        for (size_t i = 0; i < np; i++)
+            if (!in_block(i, PS, (int)PS, 1, C))
+                w[i] = 1000.0f + (float)i, b[i] = -1000.0f - (float)i; /* garbage padding */
+        float *m0 = randv(ns, 1), *r0 = randv(ns, 1); /* statistics' initial garbage */
+
+        float *dx = dev_f(be, x, nx), *dw = dev_f(be, w, np), *db = dev_f(be, b, np);
+        float *dy = be->alloc(4 * nx), *dmean = dev_f(be, m0, ns), *drstd = dev_f(be, r0, ns);
+        be->layernorm_grouped_forward(dy, dmean, drstd, SS, dx, dw, db, PS, G, N, C, 1e-5f);
+        float *y = malloc(4 * nx), *mean = malloc(4 * ns), *rstd = malloc(4 * ns);
+        back_f(be, y, dy, nx), back_f(be, mean, dmean, ns), back_f(be, rstd, drstd, ns);
+        expect_outside_unchanged("layernorm_grouped_forward mean padding", mean, m0, ns, SS,
+                                 (int)SS, 1, N);
+        expect_outside_unchanged("layernorm_grouped_forward rstd padding", rstd, r0, ns, SS,
+                                 (int)SS, 1, N);
+
+        /* without statistics: the same output */
+        float *dy2 = be->alloc(4 * nx), *y2 = malloc(4 * nx);
+        be->layernorm_grouped_forward(dy2, NULL, NULL, SS, dx, dw, db, PS, G, N, C, 1e-5f);
+        back_f(be, y2, dy2, nx);
+        expect_same("layernorm_grouped_forward out without mean/rstd", y2, y, nx);
+
+        /* backward, accumulating into non-zero gradients (parameter padding included) */
+        float *g0x = randv(nx, 1), *g0w = randv(np, 1), *g0b = randv(np, 1);
+        float *gxd = dev_f(be, g0x, nx), *gwd = dev_f(be, g0w, np), *gbd = dev_f(be, g0b, np);
+        float *dd = dev_f(be, dout, nx);
+        be->layernorm_grouped_backward(gxd, gwd, gbd, PS, dd, dx, dw, dmean, drstd, SS, G, N, C);
+        float *hx = malloc(4 * nx), *hw = malloc(4 * np), *hb = malloc(4 * np);
+        back_f(be, hx, gxd, nx), back_f(be, hw, gwd, np), back_f(be, hb, gbd, np);
+        expect_outside_unchanged("layernorm_grouped_backward dweight padding", hw, g0w, np, PS,
+                                 (int)PS, 1, C);
+        expect_outside_unchanged("layernorm_grouped_backward dbias padding", hb, g0b, np, PS,
+                                 (int)PS, 1, C);
+
+        for (int g = 0; g < G; g++) {
+            char what[96];
+            ln_ctx c = {N, C, 1e-5, to_d(x + g * gx, gx), to_d(w + g * PS, C),
+                        to_d(b + g * PS, C), to_d(dout + g * gx, gx)};
+            double *ref = malloc(8 * gx);
+            ref_layernorm(ref, &c);
+            snprintf(what, sizeof what, "layernorm_grouped_forward group %d", g);
+            expect_close(what, y + g * gx, ref, gx, 1e-5, 1e-5);
+
+            /* the ungrouped op on this group alone: the same statistics and output, bit for bit */
+            float *ux = dev_f(be, x + g * gx, gx), *uw = dev_f(be, w + g * PS, C),
+                  *ub = dev_f(be, b + g * PS, C);
+            float *uy = be->alloc(4 * gx), *um = be->alloc(4 * N), *ur = be->alloc(4 * N);
+            be->layernorm_forward(uy, um, ur, ux, uw, ub, N, C, 1e-5f);
+            float *hy = malloc(4 * gx), *hm = malloc(4 * N), *hr = malloc(4 * N);
+            back_f(be, hy, uy, gx), back_f(be, hm, um, N), back_f(be, hr, ur, N);
+            snprintf(what, sizeof what, "layernorm_grouped_forward group %d mean", g);
+            expect_same(what, mean + g * SS, hm, N);
+            snprintf(what, sizeof what, "layernorm_grouped_forward group %d rstd", g);
+            expect_same(what, rstd + g * SS, hr, N);
+            snprintf(what, sizeof what, "layernorm_grouped_forward group %d out", g);
+            expect_same(what, y + g * gx, hy, gx);
+
+            double *fx = malloc(8 * gx), *fw = malloc(8 * C), *fb = malloc(8 * C);
+            fd_grad(fx, c.x, gx, ln_loss, &c);
+            fd_grad(fw, c.w, C, ln_loss, &c);
+            fd_grad(fb, c.b, C, ln_loss, &c);
+            snprintf(what, sizeof what, "layernorm_grouped dinp group %d", g);
+            expect_grad(what, hx + g * gx, g0x + g * gx, fx, gx);
+            snprintf(what, sizeof what, "layernorm_grouped dweight group %d", g);
+            expect_grad(what, hw + g * PS, g0w + g * PS, fw, C);
+            snprintf(what, sizeof what, "layernorm_grouped dbias group %d", g);
+            expect_grad(what, hb + g * PS, g0b + g * PS, fb, C);
+            be->free(ux), be->free(uw), be->free(ub), be->free(uy), be->free(um), be->free(ur);
+            free(ref), free(hy), free(hm), free(hr), free(fx), free(fw), free(fb), free(c.x),
+                free(c.w), free(c.b), free(c.dout);
+        }
+
+        /* dinp NULL: the same parameter gradients; dweight = dbias = NULL: the same dinp */
+        float *gwd2 = dev_f(be, g0w, np), *gbd2 = dev_f(be, g0b, np), *gxd2 = dev_f(be, g0x, nx);
+        be->layernorm_grouped_backward(NULL, gwd2, gbd2, PS, dd, dx, dw, dmean, drstd, SS, G, N,
+                                       C);
+        be->layernorm_grouped_backward(gxd2, NULL, NULL, PS, dd, dx, dw, dmean, drstd, SS, G, N,
+                                       C);
+        float *hx2 = malloc(4 * nx), *hw2 = malloc(4 * np), *hb2 = malloc(4 * np);
+        back_f(be, hx2, gxd2, nx), back_f(be, hw2, gwd2, np), back_f(be, hb2, gbd2, np);
+        expect_same("layernorm_grouped_backward dweight with dinp NULL", hw2, hw, np);
+        expect_same("layernorm_grouped_backward dbias with dinp NULL", hb2, hb, np);
+        expect_same("layernorm_grouped_backward dinp with dweight, dbias NULL", hx2, hx, nx);
+
+        be->free(dx), be->free(dw), be->free(db), be->free(dy), be->free(dmean),
+            be->free(drstd), be->free(dy2), be->free(gxd), be->free(gwd), be->free(gbd),
+            be->free(dd), be->free(gwd2), be->free(gbd2), be->free(gxd2);
+        free(x), free(w), free(b), free(dout), free(m0), free(r0), free(y), free(mean),
+            free(rstd), free(y2), free(g0x), free(g0w), free(g0b), free(hx), free(hw), free(hb),
+            free(hx2), free(hw2), free(hb2);
     }
 }
 
@@ -1599,14 +1857,31 @@ Test(kernels, every_backend_fills_every_op)
         HAS(performance_advice);
         HAS(scratch_bytes);
         HAS(library_bytes);
+        HAS(prepare);
+        HAS(take_error);
+        HAS(mem_info);
+        HAS(copy_device);
+        HAS(allow_tf32);
         HAS(gemm);
         HAS(gemm_strided_batched);
+        HAS(gemm_bf16);
+        HAS(f32_to_bf16);
+        HAS(bf16_to_f32);
+        HAS(gemm_f16);
+        HAS(f32_to_f16);
+        HAS(f16_to_f32);
+        HAS(gemm_bf16_strided_batched);
+        HAS(gemm_f16_strided_batched);
         HAS(matmul_forward);
         HAS(matmul_backward);
         HAS(bias_add_forward);
         HAS(bias_add_backward);
+        HAS(bias_add_grouped_forward);
+        HAS(bias_add_grouped_backward);
         HAS(layernorm_forward);
         HAS(layernorm_backward);
+        HAS(layernorm_grouped_forward);
+        HAS(layernorm_grouped_backward);
         HAS(gelu_forward);
         HAS(gelu_backward);
         HAS(softmax_forward);
@@ -1614,6 +1889,8 @@ Test(kernels, every_backend_fills_every_op)
         HAS(attention_forward);
         HAS(attention_backward);
         HAS(embedding_forward);
+        HAS(embedding_forward_bf16);
+        HAS(embedding_forward_f16);
         HAS(embedding_backward);
         HAS(residual_forward);
         HAS(residual_backward);
