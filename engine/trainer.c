@@ -371,6 +371,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         goto done;
     have_step = 1;
     s.graphs = spec->graphs;
+    const int pad_for_graphs = spec->graphs && !(opt.method == METHOD_SHERL && opt.dropout > 0.0f);
     /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (attention, the
      * MTSA up-projection, the head) may use TF32 tensor cores; turned off again at the end */
     be->allow_tf32(opt.precision != SHERL_FP32);
@@ -452,8 +453,9 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
             if (st.code)
                 break;
             /* a graph replays one shape: every batch padded to the step's (the masks keep the
-             * padding out of attention and pooling) */
-            if (spec->graphs && (st = bert_batch_pad_to(&batch, T, pad)).code) {
+             * padding out of attention and pooling), unless MTSA dropout keeps graphs off (its
+             * masks are drawn by element, so padding would change them for nothing) */
+            if (pad_for_graphs && (st = bert_batch_pad_to(&batch, T, pad)).code) {
                 bert_batch_free(&batch);
                 break;
             }
