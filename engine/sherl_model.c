@@ -717,8 +717,7 @@ sherl_status sherl_forward(const sherl_model *m, sherl_step *s, const bert_batch
     return sherl_ok();
 }
 
-/* Why this pass cannot run as a graph, or NULL when it can. */
-static const char *graph_unusable(const sherl_model *m, const sherl_step *s)
+const char *sherl_graph_unusable(const sherl_model *m, const sherl_step *s)
 {
     const sherl_backend *be = m->be;
     if (!s->graphs)
@@ -742,7 +741,7 @@ sherl_status sherl_train_pass(sherl_model *m, sherl_step *s, const bert_batch *b
     int B = batch->B, T = batch->T;
     double t0 = s->profile ? mono_s() : 0;
     SHERL_TRY(forward_upload(m, s, batch, labels, targets, 1));
-    const char *why = graph_unusable(m, s);
+    const char *why = sherl_graph_unusable(m, s);
     if (!why && s->graph &&
         (s->graph_B != B || s->graph_T != T || s->graph_scale != s->grad_scale)) {
         be->graph_free(s->graph); /* another shape: record this one instead */

@@ -174,5 +174,7 @@ void sherl_backward(sherl_model *m, sherl_step *s, uint64_t dropout_seed);
 sherl_status sherl_train_pass(sherl_model *m, sherl_step *s, const bert_batch *batch,
                               const int32_t *labels, const float *targets,
                               uint64_t dropout_seed, double *loss);
+/* Why sherl_train_pass would run op by op with this step, or NULL when it would replay a graph. */
+const char *sherl_graph_unusable(const sherl_model *m, const sherl_step *s);
 
 #endif

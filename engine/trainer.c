@@ -371,7 +371,7 @@ sherl_status train_run(const job_spec *spec, const train_hooks *hooks, train_res
         goto done;
     have_step = 1;
     s.graphs = spec->graphs;
-    const int pad_for_graphs = spec->graphs && !(opt.method == METHOD_SHERL && opt.dropout > 0.0f);
+    const int pad_for_graphs = !sherl_graph_unusable(m, &s);
     /* a half-precision job trades fp32 products for speed anyway: its fp32 ones (attention, the
      * MTSA up-projection, the head) may use TF32 tensor cores; turned off again at the end */
     be->allow_tf32(opt.precision != SHERL_FP32);
