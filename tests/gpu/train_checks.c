@@ -4,15 +4,17 @@
  *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
  *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
  *                            [--tune-late 0|1] [--graphs 0|1] [--tol X] [--dropout P]
- *                            [--work DIR]
+ *                            [--control 0|1] [--work DIR]
  *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
  *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
  *
  * B: cpu, cuda, auto, cpu-guarded (the CPU backend on memory the host cannot touch outside
  * backend calls, tests/unit/guarded_backend.c: bit-identical to cpu; single-threaded, so not for
- * sharing) or cpu-counted (the CPU backend as a device: host_memory 0 and mem_info counting
- * exactly the bytes it allocated; thread-safe, so sharing's device path runs without a GPU). DIR (--data) holds train.jsonl and validation.jsonl with "text" and "label" fields;
- * tests/gpu/make_train_task.py makes a model and such a task.
+ * sharing), cpu-counted (the CPU backend as a device: host_memory 0 and mem_info counting
+ * exactly the bytes it allocated; thread-safe, so sharing's device path runs without a GPU) or
+ * cpu-perturbed (the CPU backend with every fp32 product's result nudged by about one ulp, as a
+ * device's other summation order would). DIR (--data) holds train.jsonl and validation.jsonl
+ * with "text" and "label" fields; tests/gpu/make_train_task.py makes a model and such a task.
  *
  * parity: the same SHERL job (method sherl, classification, log_every 1, the default dropout,
  *   seed 17, max_steps = --steps; --tune-late 1: the late layer trains too, so in bf16 its
@@ -23,8 +25,13 @@
  *   sets the loss tolerance instead). --graphs 1: the tested run has resources.graphs (its
  *   passes recorded into a graph and replayed; both runs with MTSA dropout 0), and every pass
  *   must have run from a graph. --dropout P sets both runs' MTSA dropout (default: the spec's).
- *   A failing train_run (e.g. a precision the trainer
- *   refuses) is a FAIL with its message.
+ *   A failing train_run (e.g. a precision the trainer refuses) is a FAIL with its message.
+ *   --control 1 (fp32): the reference's job also trains on cpu-perturbed, a column of the
+ *   table. SHERL's guidance weights alpha_j = a_j / (sum_m |a_m| + 1e-8) move by ~1/sum per
+ *   unit of a_j, so a token whose scores are all <= 0 but one just above (sum ~1e-5) turns
+ *   rounding into a visible gradient change, and from there the loss curves part. When the
+ *   control leaves the tolerance at or before B's first step over it, and nothing else failed,
+ *   the verdict is ILL-CONDITIONED (exit 3): those losses cannot tell B's error from rounding.
  * sharing: ONE backbone loaded with bert_load on B, then --jobs SHERL jobs run concurrently (a
  *   thread each, hooks.backbone = that backbone), all held at their first step until every
  *   one is there, so they overlap. A monitor thread samples memory all along:
@@ -39,7 +46,8 @@
  *     only the parameters are checked, and the output says so.
  *
  * Exit 0 when the check passes (or, for --backend cuda, when there is no GPU: it says so and
- * runs nothing), 1 when it fails, 2 on bad arguments or unreadable inputs.
+ * runs nothing), 1 when it fails, 2 on bad arguments or unreadable inputs, 3 when
+ * ILL-CONDITIONED (above).
  * Plain C without Criterion, so it builds on the GPU machine's image (tests/gpu/run.sh). */
 #include <errno.h>
 #include <ftw.h>
@@ -84,16 +92,21 @@ static void usage(void)
             "usage: " PROG " parity  --backend B --model DIR --data DIR [--precision fp32|bf16]\n"
             "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
             "                         [--threads N] [--tune-late 0|1] [--graphs 0|1] [--tol X]\n"
-            "                         [--dropout P] [--work DIR]\n"
+            "                         [--dropout P] [--control 0|1] [--work DIR]\n"
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
-            "  B: cpu, cuda, auto, cpu-guarded or cpu-counted. DIR (--data) holds train.jsonl and\n"
-            "  validation.jsonl (tests/gpu/make_train_task.py makes a model and a task).\n"
+            "  B: cpu, cuda, auto, cpu-guarded, cpu-counted or cpu-perturbed. DIR (--data) holds\n"
+            "  train.jsonl and validation.jsonl (tests/gpu/make_train_task.py makes a model and\n"
+            "  a task).\n"
             "  parity: per-step training loss on B vs the CPU in fp32 (1e-4 relative; bf16 2e-2\n"
-            "  and validation accuracy within 0.01). sharing: N concurrent jobs on one resident\n"
-            "  backbone use backbone + N x job's planned memory (5%% on a device, 10%% RSS on\n"
-            "  the host, plus identical parameters to a single run).\n");
+            "  and validation accuracy within 0.01). --control 1 (fp32) also trains on\n"
+            "  cpu-perturbed, the CPU with every fp32 product nudged by about 1 ulp: when B fails\n"
+            "  and that control fails too, at or before B's first step over the tolerance, the\n"
+            "  verdict is ILL-CONDITIONED (exit 3) instead of FAIL.\n"
+            "  sharing: N concurrent jobs on one resident backbone use backbone + N x job's\n"
+            "  planned memory (5%% on a device, 10%% RSS on the host, plus identical parameters\n"
+            "  to a single run).\n");
 }
 
 static double now_s(void)
@@ -110,7 +123,7 @@ static double mib(double bytes) { return bytes / 1048576.0; }
 
 typedef struct {
     const char *mode, *backend, *model, *data, *work, *precision;
-    int steps, batch, max_length, threads, jobs, tune_late, graphs;
+    int steps, batch, max_length, threads, jobs, tune_late, graphs, control;
     double lr, tol, dropout; /* dropout < 0: the spec's default */
 } options;
 
@@ -196,6 +209,8 @@ static int parse_args(int argc, char **argv, options *o)
             bad = parse_int(a, v, 0, 1, &o->tune_late);
         else if (!strcmp(a, "--graphs"))
             bad = parse_int(a, v, 0, 1, &o->graphs);
+        else if (!strcmp(a, "--control"))
+            bad = parse_int(a, v, 0, 1, &o->control);
         else if (!strcmp(a, "--lr"))
             bad = parse_double(a, v, &o->lr);
         else if (!strcmp(a, "--tol"))
@@ -223,6 +238,11 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16")) {
         fprintf(stderr, PROG ": --precision %s: fp32 or bf16\n", o->precision);
+        return 2;
+    }
+    if (o->control && (strcmp(o->mode, "parity") || strcmp(o->precision, "fp32"))) {
+        fprintf(stderr, PROG ": --control 1 is for parity in fp32 (it measures what fp32 "
+                        "rounding alone does), not for %s %s\n", o->mode, o->precision);
         return 2;
     }
     if (o->steps < 0)
@@ -329,6 +349,61 @@ static const sherl_backend *counted_backend(void)
     return &counted;
 }
 
+/* "cpu-perturbed": the CPU backend with every fp32 product's result nudged by about one unit
+ * in the last place (a fixed hash of call and element picks -1, 0 or +1 ulp), as a device's
+ * different summation order would: parity against it says what rounding alone does to the
+ * check. Single-threaded callers only. */
+static sherl_backend perturbed;
+static uint64_t perturb_calls;
+
+static void perturb(float *C, int M, int N, int ldc)
+{
+    uint64_t call = ++perturb_calls;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float u = sherl_dropout_uniform(call, (uint64_t)i * N + j);
+            float *c = &C[(size_t)i * ldc + j];
+            if (u < 1.0f / 3)
+                *c = nextafterf(*c, -INFINITY);
+            else if (u > 2.0f / 3)
+                *c = nextafterf(*c, INFINITY);
+        }
+}
+
+static void perturbed_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                           int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    sherl_backend_cpu()->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    perturb(C, M, N, ldc);
+}
+
+static void perturbed_gemm_sb(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                              int lda, long long sa, const float *B, int ldb, long long sb,
+                              float beta, float *C, int ldc, long long sc, int batch)
+{
+    sherl_backend_cpu()->gemm_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb,
+                                              beta, C, ldc, sc, batch);
+    for (int b = 0; b < batch; b++)
+        perturb(C + b * sc, M, N, ldc);
+}
+
+static void perturbed_matmul_forward(float *out, const float *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC)
+{
+    sherl_backend_cpu()->matmul_forward(out, inp, weight, bias, N, C, OC);
+    perturb(out, N, OC, OC);
+}
+
+static const sherl_backend *perturbed_backend(void)
+{
+    perturbed = *sherl_backend_cpu();
+    perturbed.name = "cpu-perturbed";
+    perturbed.gemm = perturbed_gemm;
+    perturbed.gemm_strided_batched = perturbed_gemm_sb;
+    perturbed.matmul_forward = perturbed_matmul_forward;
+    return &perturbed;
+}
+
 typedef enum { BE_OK, BE_NO_GPU, BE_FAIL, BE_BAD } be_result;
 
 static be_result pick_backend(const char *name, const sherl_backend **be)
@@ -340,6 +415,10 @@ static be_result pick_backend(const char *name, const sherl_backend **be)
     }
     if (!strcmp(name, "cpu-counted")) {
         *be = counted_backend();
+        return BE_OK;
+    }
+    if (!strcmp(name, "cpu-perturbed")) {
+        *be = perturbed_backend();
         return BE_OK;
     }
     *be = sherl_backend_by_name(name);
@@ -460,6 +539,11 @@ static void on_progress(void *ctx, const train_progress *p)
 /* ------------------------------------------------------------------------------------------
  * parity */
 
+static double rel_diff(double ref, double x)
+{
+    return ref == x ? 0.0 : fabs(x - ref) / fmax(fabs(ref), 1e-30);
+}
+
 static int check_parity(const options *o, const sherl_backend *be, const char *model,
                         const char *data, const char *work)
 {
@@ -527,11 +611,37 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
                graph_fail ? ": FAIL" : "");
     }
 
+    /* --control 1: the same job as the reference on cpu-perturbed, so the table shows what
+     * fp32 rounding alone does to this trajectory */
+    run_log lc = {0};
+    int controlled = 0;
+    if (o->control) {
+        char out_ctrl[PATH_MAX + 64];
+        snprintf(out_ctrl, sizeof out_ctrl, "%s/parity-control", work);
+        remove_tree(out_ctrl);
+        job_spec ctrl;
+        train_result rc;
+        st = make_spec(&ctrl, o, model, data, "parity-control", "fp32", threads, out_ctrl, 0);
+        if (!st.code) {
+            train_hooks hc = {.on_progress = on_progress, .ctx = &lc,
+                              .backend = perturbed_backend()};
+            st = train_run(&ctrl, &hc, &rc);
+        }
+        if (st.code) {
+            printf("parity: %s %s: FAIL (the control run on cpu-perturbed failed: %s)\n",
+                   be->name, o->precision, st.msg);
+            log_free(&lr), log_free(&lt), log_free(&lc);
+            return 1;
+        }
+        controlled = 1;
+    }
+
     char col[64];
     snprintf(col, sizeof col, "%s %s loss", be->name, o->precision);
-    printf("  %5s  %14s  %22s  %10s\n", "step", "cpu fp32 loss", col, "rel diff");
+    printf("  %5s  %14s  %22s  %10s%s\n", "step", "cpu fp32 loss", col, "rel diff",
+           controlled ? "   cpu-perturbed rel diff" : "");
     double worst = 0;
-    int worst_step = 0, failed = 0;
+    int worst_step = 0, failed = 0, first_bad = 0, control_bad = 0;
     int n = lr.n > lt.n ? lr.n : lt.n;
     for (int i = 0; i < n; i++) {
         if (i >= lr.n || i >= lt.n || lr.step[i] != lt.step[i]) {
@@ -540,42 +650,65 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
             failed = 1;
             continue;
         }
-        double c = lr.loss[i], t = lt.loss[i];
-        double rel = fabs(t - c) / fmax(fabs(c), 1e-30);
-        if (c == t)
-            rel = 0;
+        double rel = rel_diff(lr.loss[i], lt.loss[i]);
         int ok = rel <= tol; /* false for NaN */
-        printf("  %5d  %14.9f  %22.9f  %10.3g%s\n", lr.step[i], c, t, rel, ok ? "" : "  > tol");
-        if (!ok)
+        printf("  %5d  %14.9f  %22.9f  %10.3g%s", lr.step[i], lr.loss[i], lt.loss[i], rel,
+               ok ? "" : "  > tol");
+        if (controlled) {
+            /* a control that lost a step counts as over the tolerance there */
+            double rc = i < lc.n && lc.step[i] == lr.step[i] ? rel_diff(lr.loss[i], lc.loss[i])
+                                                              : NAN;
+            printf("%*s%10.3g%s", ok ? 17 : 10, "", rc, rc <= tol ? "" : "  > tol");
+            if (!(rc <= tol) && !control_bad)
+                control_bad = lr.step[i];
+        }
+        printf("\n");
+        if (!ok) {
             failed = 1;
+            if (!first_bad)
+                first_bad = lr.step[i];
+        }
         if (!(rel <= worst)) /* NaN sticks */
             worst = rel, worst_step = lr.step[i];
     }
+    /* rounding alone leaves the tolerance on this trajectory no later than B did: B's losses
+     * cannot tell its own error from rounding's. Anything else wrong is still a FAIL. */
+    int ill = failed && first_bad && control_bad && control_bad <= first_bad;
     if (lr.n != o->steps || lt.n != o->steps) {
         printf("  expected %d steps: cpu logged %d, %s logged %d\n", o->steps, lr.n, be->name,
                lt.n);
-        failed = 1;
+        failed = 1, ill = 0;
     }
+    if (controlled && control_bad)
+        printf("\n  control: cpu-perturbed left the tolerance first at step %d\n", control_bad);
+    else if (controlled)
+        printf("\n  control: cpu-perturbed stayed within the tolerance\n");
     printf("\n  validation: cpu fp32 accuracy %.4f loss %.6f; %s %s accuracy %.4f loss %.6f\n",
            rr.val_accuracy, rr.val_loss, be->name, o->precision, rt.val_accuracy, rt.val_loss);
     if (!rr.has_val || !rt.has_val) {
         printf("  no validation result (cpu %d, %s %d)\n", rr.has_val, be->name, rt.has_val);
-        failed = 1;
+        failed = 1, ill = 0;
     } else if (bf16) {
         double d = fabs(rt.val_accuracy - rr.val_accuracy);
         int ok = d <= acc_tol + 1e-12;
         printf("  validation accuracy |diff| %.4f (tol %.2f)%s\n", d, acc_tol, ok ? "" : ": FAIL");
         if (!ok)
-            failed = 1;
+            failed = 1, ill = 0;
     }
     char at[32] = "";
     if (!(worst <= 0))
         snprintf(at, sizeof at, " at step %d", worst_step);
-    failed |= graph_fail;
+    if (graph_fail)
+        failed = 1, ill = 0;
     printf("parity: %s %s%s: %s worst rel diff %.3g%s (tol %.0e)\n", be->name, o->precision,
-           o->graphs ? " graphs" : "", failed ? "FAIL" : "PASS", worst, at, tol);
-    log_free(&lr), log_free(&lt);
-    return failed ? 1 : 0;
+           o->graphs ? " graphs" : "", ill ? "ILL-CONDITIONED" : failed ? "FAIL" : "PASS", worst,
+           at, tol);
+    if (ill)
+        printf("  (the CPU with its fp32 products nudged by 1 ulp left the tolerance at step %d, "
+               "%s at step %d: on this trajectory the losses cannot tell %s's error from "
+               "rounding)\n", control_bad, be->name, first_bad, be->name);
+    log_free(&lr), log_free(&lt), log_free(&lc);
+    return ill ? 3 : failed ? 1 : 0;
 }
 
 /* ------------------------------------------------------------------------------------------
