@@ -933,18 +933,6 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
     }
 }
 
-/* x[n] rounded to the model's half type and widened back in place, through x16 a block of x16_n
- * at a time. */
-static void round_through_half(const bert_model *m, float *x, size_t n, uint16_t *x16,
-                               size_t x16_n)
-{
-    for (size_t at = 0; at < n; at += x16_n) {
-        size_t k = n - at < x16_n ? n - at : x16_n;
-        half_round(m->be, m->prec, x16, x + at, k);
-        half_widen(m->be, m->prec, x + at, x16, k);
-    }
-}
-
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
                         const float *inp, const float *mask_add, uint16_t *act16, size_t act16_n,
                         int B, int T)
@@ -963,17 +951,14 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
+        /* a half product: Q|K|V rounded as autocast's Linear returns them, with its bias in the
+         * same pass (the bits of bias_add, round and widen in a row) */
+        int fused = !ly->qkv_w;
         linear_forward(m, qkv, inp + r0 * D, a->inp16 ? a->inp16 + r0 * D : NULL, ly->qkv_w,
-                       ly->qkv_w16, ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
-        if (m->prec != SHERL_FP32) { /* Q|K|V rounded, as autocast's Linear returns them */
-            size_t n3 = (size_t)b * T * 3 * D;
-            if (a->qkv16) {
-                half_round(be, m->prec, a->qkv16 + r0 * 3 * D, qkv, n3);
-                half_widen(be, m->prec, qkv, a->qkv16 + r0 * 3 * D, n3);
-            } else {
-                round_through_half(m, qkv, n3, act16, act16_n);
-            }
-        }
+                       ly->qkv_w16, fused ? NULL : ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
+        if (fused)
+            be->bias_half_round_forward(qkv, a->qkv16 ? a->qkv16 + r0 * 3 * D : NULL, ly->qkv_b,
+                                        b * T, 3 * D, half_type(m->prec));
         be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
     }
     if (a->attn16)
@@ -988,11 +973,20 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
     int chunk = bert_ffn_chunk(c, N);
+    int fused = !ly->ffn_in_w && !ly->ffn_out_w; /* half products: bias, gelu and rounding fused */
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
         linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
-                       ly->ffn_in_w, ly->ffn_in_w16, ly->ffn_in_b, act16, act16_n, n, D, F);
+                       ly->ffn_in_w, ly->ffn_in_w16, fused ? NULL : ly->ffn_in_b, act16, act16_n,
+                       n, D, F);
+        if (fused) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)) */
+            be->bias_gelu_half_forward(act16, a->ffn_pre, ly->ffn_in_b, n, F,
+                                       half_type(m->prec));
+            linear_forward(m, a->res2 + r, NULL, act16, NULL, ly->ffn_out_w16, ly->ffn_out_b,
+                           NULL, 0, n, F, D);
+            continue;
+        }
         be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
         linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16,
                        ly->ffn_out_b, act16, act16_n, n, F, D);

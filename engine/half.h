@@ -48,6 +48,12 @@ static inline void half_gemm_batched(const sherl_backend *be, sherl_precision p,
                                       ldc, sc, batch);
 }
 
+/* the backend's fused half ops' type for a half precision */
+static inline int half_type(sherl_precision p)
+{
+    return p == SHERL_FP16 ? SHERL_HALF_F16 : SHERL_HALF_BF16;
+}
+
 static inline void half_gather(const sherl_backend *be, sherl_precision p, float *out,
                                const int32_t *ids, const uint16_t *table, int N, int C)
 {

@@ -19,6 +19,9 @@
 
 typedef struct sherl_backend sherl_backend;
 
+/* The half types of the fused half ops (bias_gelu_half_forward, bias_half_round_forward). */
+enum { SHERL_HALF_BF16 = 0, SHERL_HALF_F16 = 1 };
+
 /* The shapes a training step runs its ops at, for the memory planner's scratch line. */
 typedef struct {
     int B, T, NH, HS;     /* attention */
@@ -171,6 +174,18 @@ struct sherl_backend {
     /* ---- GELU, exact erf form: 0.5 x (1 + erf(x / sqrt 2)) ---- */
     void (*gelu_forward)(float *out, const float *inp, size_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+
+    /* ---- a half product's output tail, fused: each is exactly the unfused ops in a row, bit
+     * for bit on each backend, in one pass over memory instead of three (a bf16/fp16
+     * backbone's feed-forward and Q|K|V; type: SHERL_HALF_BF16 or SHERL_HALF_F16; bias may be
+     * NULL) ----
+     * x[N,C] += bias; out16 = half(gelu(x))   (bias_add_forward, gelu_forward, f32_to_half) */
+    void (*bias_gelu_half_forward)(uint16_t *out16, float *x, const float *bias, int N, int C,
+                                   int type);
+    /* x[N,C] = widen(half(x + bias)); x16 = half(x + bias) when not NULL (bias_add_forward,
+     * f32_to_half, half_to_f32) */
+    void (*bias_half_round_forward)(float *x, uint16_t *x16, const float *bias, int N, int C,
+                                    int type);
 
     /* ---- softmax over the last dim of [B,H,Tq,Tk] of scale * inp + mask[b, k]
      * (mask: additive [B,Tk], may be NULL). out may alias inp. ---- */

@@ -491,6 +491,54 @@ static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, 
     }
 }
 
+/* The fused half tails: the same spans, the same per-element arithmetic and the same rounding
+ * as bias_add_forward, gelu_forward and f32_to_bf16/f16 one after another, so the bits match
+ * the unfused ops'. */
+static void add_bias_span(float *x, const float *bias, size_t lo, size_t len, int C)
+{
+    if (!bias)
+        return;
+    size_t c = lo % (size_t)C;
+    for (size_t i = 0; i < len; i++) {
+        x[i] += bias[c];
+        if (++c == (size_t)C)
+            c = 0;
+    }
+}
+
+static void cpu_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N,
+                                       int C, int type)
+{
+    size_t n = (size_t)N * C, spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t s = 0; s < spans; s++) {
+        size_t lo = s * SPAN, len = n - lo < SPAN ? n - lo : SPAN;
+        float g[SPAN];
+        add_bias_span(x + lo, bias, lo, len, C);
+        gelu_span(g, x + lo, len);
+        for (size_t i = 0; i < len; i++)
+            out16[lo + i] = type == SHERL_HALF_F16 ? sherl_f32_to_f16(g[i])
+                                                   : sherl_f32_to_bf16(g[i]);
+    }
+}
+
+static void cpu_bias_half_round_forward(float *x, uint16_t *x16, const float *bias, int N, int C,
+                                        int type)
+{
+    size_t n = (size_t)N * C, spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t s = 0; s < spans; s++) {
+        size_t lo = s * SPAN, len = n - lo < SPAN ? n - lo : SPAN;
+        add_bias_span(x + lo, bias, lo, len, C);
+        for (size_t i = lo; i < lo + len; i++) {
+            uint16_t h = type == SHERL_HALF_F16 ? sherl_f32_to_f16(x[i]) : sherl_f32_to_bf16(x[i]);
+            if (x16)
+                x16[i] = h;
+            x[i] = type == SHERL_HALF_F16 ? sherl_f16_to_f32(h) : sherl_bf16_to_f32(h);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------
  * softmax */
 
@@ -1408,6 +1456,8 @@ static const sherl_backend cpu_backend = {
     .layernorm_grouped_backward = cpu_layernorm_grouped_backward,
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
+    .bias_gelu_half_forward = cpu_bias_gelu_half_forward,
+    .bias_half_round_forward = cpu_bias_half_round_forward,
     .softmax_forward = cpu_softmax_forward,
     .softmax_backward = cpu_softmax_backward,
     .attention_forward = cpu_attention_forward,

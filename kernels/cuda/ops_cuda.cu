@@ -1042,6 +1042,42 @@ __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float 
     }
 }
 
+// The fused half tails: per element exactly bias_add_kernel, gelu_forward_kernel and the
+// conversion kernels in a row (the same expressions, so the same bits), in one pass.
+__device__ __forceinline__ uint16_t to_half_bits(float v, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
+}
+
+__global__ void bias_gelu_half_kernel(uint16_t *out16, float *x, const float *bias, size_t n,
+                                      int C, int type)
+{
+    GRID_STRIDE(i, n)
+    {
+        float v = x[i];
+        if (bias) {
+            v += bias[i % C];
+            x[i] = v;
+        }
+        out16[i] = to_half_bits(0.5f * v * erfcf(-v * 0.70710678118654752f), type);
+    }
+}
+
+__global__ void bias_half_round_kernel(float *x, uint16_t *x16, const float *bias, size_t n,
+                                       int C, int type)
+{
+    GRID_STRIDE(i, n)
+    {
+        float v = x[i];
+        if (bias)
+            v += bias[i % C];
+        uint16_t h = to_half_bits(v, type);
+        if (x16)
+            x16[i] = h;
+        x[i] = type == SHERL_HALF_F16 ? sherl_f16_to_f32(h) : sherl_bf16_to_f32(h);
+    }
+}
+
 __global__ void residual_forward_kernel(float *out, const float *a, const float *b, size_t n)
 {
     GRID_STRIDE(i, n) out[i] = a[i] + b[i];
@@ -1098,6 +1134,20 @@ static void cuda_gelu_forward(float *out, const float *inp, size_t n)
 static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
     ELEMENTWISE(gelu_backward_kernel, n, dinp, inp, dout, n);
+}
+
+static void cuda_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N,
+                                        int C, int type)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(bias_gelu_half_kernel, n, out16, x, bias, n, C, type);
+}
+
+static void cuda_bias_half_round_forward(float *x, uint16_t *x16, const float *bias, int N, int C,
+                                         int type)
+{
+    size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
+    ELEMENTWISE(bias_half_round_kernel, n, x, x16, bias, n, C, type);
 }
 
 static void cuda_residual_forward(float *out, const float *a, const float *b, size_t n)
@@ -2053,6 +2103,8 @@ static void cuda_backend_fill(void)
     t->layernorm_grouped_backward = cuda_layernorm_grouped_backward;
     t->gelu_forward = cuda_gelu_forward;
     t->gelu_backward = cuda_gelu_backward;
+    t->bias_gelu_half_forward = cuda_bias_gelu_half_forward;
+    t->bias_half_round_forward = cuda_bias_half_round_forward;
     t->softmax_forward = cuda_softmax_forward;
     t->softmax_backward = cuda_softmax_backward;
     t->attention_forward = cuda_attention_forward;

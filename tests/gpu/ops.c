@@ -986,6 +986,80 @@ static void t_gelu_backward(tcase *tc, int arg)
     }
 }
 
+/* Half bit patterns within `steps` representable values of the reference's (same sign), for
+ * results that go through a transcendental before rounding: fp32 erfc may differ in its last
+ * bit between backends, and a tie then rounds the other way. err = elements further off. */
+static void check_half_steps(tcase *tc, const char *tensor, pair x, size_t n, int steps)
+{
+    const uint16_t *want = fetch(tc, x, REF, n * sizeof(uint16_t));
+    const uint16_t *got = fetch(tc, x, GOT, n * sizeof(uint16_t));
+    if (!settle(tc, "copy_to_host"))
+        return;
+    size_t bad = 0, at = 0;
+    for (size_t i = 0; i < n; i++) {
+        int same_sign = (got[i] ^ want[i]) < 0x8000u;
+        int d = (int)(got[i] & 0x7fffu) - (int)(want[i] & 0x7fffu);
+        if (!(same_sign && d <= steps && d >= -steps) && bad++ == 0)
+            at = i;
+    }
+    char detail[96];
+    snprintf(detail, sizeof detail, "got 0x%04x want 0x%04x (%zu of %zu more than %d off)",
+             n ? got[at] : 0, n ? want[at] : 0, bad, n, steps);
+    verdict(tc, tensor, (double)bad, 0.0, at, detail);
+}
+
+static pair up_half_poison(tcase *tc, size_t n)
+{
+    uint16_t *v = host(tc, n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++)
+        v[i] = POISON_U16;
+    return up(tc, v, n * sizeof(uint16_t));
+}
+
+/* The fused half tails at a small shape and at a feed-forward chunk's width, bf16 (arg 0) and
+ * fp16 (arg 1), with and without a bias: x + bias bit for bit (an fp32 add), the rounded gelu
+ * within one half step. */
+static const int fused_shapes[][2] = {{37, 83}, {67, 3072}};
+
+static void t_bias_gelu_half(tcase *tc, int arg)
+{
+    for (int i = 0; i < 2; i++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            int N = fused_shapes[i][0], C = fused_shapes[i][1];
+            size_t n = (size_t)N * C;
+            pair x = up_rand(tc, n, -6, 6), out = up_half_poison(tc, n), bias = {{NULL, NULL}};
+            if (with_bias)
+                bias = up_rand(tc, (size_t)C, -1, 1);
+            ON_BOTH(tc, be->bias_gelu_half_forward(P(out), P(x), P(bias), N, C, arg));
+            if (!settle(tc, "bias_gelu_half_forward"))
+                return;
+            check_exact(tc, label(tc, "x[N=%d,bias=%d]", N, with_bias), x, n, sizeof(float));
+            check_half_steps(tc, label(tc, "out16[N=%d,bias=%d]", N, with_bias), out, n, 1);
+        }
+}
+
+/* variant 0: bias and x16, 1: no bias, 2: no x16; everything bit for bit */
+static void t_bias_half_round(tcase *tc, int arg)
+{
+    for (int i = 0; i < 2; i++)
+        for (int variant = 0; variant < 3; variant++) {
+            int N = fused_shapes[i][0], C = fused_shapes[i][1];
+            size_t n = (size_t)N * C;
+            pair x = up_rand(tc, n, -3, 3), x16 = {{NULL, NULL}}, bias = {{NULL, NULL}};
+            if (variant != 1)
+                bias = up_rand(tc, (size_t)C, -1, 1);
+            if (variant != 2)
+                x16 = up_half_poison(tc, n);
+            ON_BOTH(tc, be->bias_half_round_forward(P(x), P(x16), P(bias), N, C, arg));
+            if (!settle(tc, "bias_half_round_forward"))
+                return;
+            check_exact(tc, label(tc, "x[N=%d,variant=%d]", N, variant), x, n, sizeof(float));
+            if (variant != 2)
+                check_exact(tc, label(tc, "x16[N=%d,variant=%d]", N, variant), x16, n,
+                            sizeof(uint16_t));
+        }
+}
+
 typedef struct {
     int B, H, Tq, Tk;
     size_t n;
@@ -1655,6 +1729,10 @@ static const test_def tests[] = {
     {"layernorm_grouped_backward.many", t_layernorm_grouped_backward, 2},
     {"gelu_forward", t_gelu_forward, 0},
     {"gelu_backward", t_gelu_backward, 0},
+    {"bias_gelu_half_forward.bf16", t_bias_gelu_half, SHERL_HALF_BF16},
+    {"bias_gelu_half_forward.f16", t_bias_gelu_half, SHERL_HALF_F16},
+    {"bias_half_round_forward.bf16", t_bias_half_round, SHERL_HALF_BF16},
+    {"bias_half_round_forward.f16", t_bias_half_round, SHERL_HALF_F16},
     {"softmax_forward.small", t_softmax_forward, 0},
     {"softmax_forward.big", t_softmax_forward, 1},
     {"softmax_backward.small", t_softmax_backward, 0},
@@ -1791,6 +1869,27 @@ static void mut_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
     real_ops->f32_to_bf16(dst, src, n);
     if (n)
         dst[n - 1] ^= 1u;
+}
+
+/* bias_gelu_half_forward: the last element two half steps off */
+static void mut_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N, int C,
+                                       int type)
+{
+    real_ops->bias_gelu_half_forward(out16, x, bias, N, C, type);
+    if (N > 0 && C > 0) {
+        uint16_t last;
+        size_t at = (size_t)N * C - 1;
+        real_ops->copy_to_host(&last, out16 + at, sizeof last);
+        last = (uint16_t)(last ^ 2u);
+        real_ops->copy_to_device(out16 + at, &last, sizeof last);
+    }
+}
+
+/* bias_half_round_forward: the last row left as it was */
+static void mut_bias_half_round_forward(float *x, uint16_t *x16, const float *bias, int N, int C,
+                                        int type)
+{
+    real_ops->bias_half_round_forward(x, x16, bias, N - 1, C, type);
 }
 
 static void mut_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -1981,6 +2080,8 @@ INSTALL(gemm)
 INSTALL(gemm_strided_batched)
 INSTALL(f32_to_bf16)
 INSTALL(matmul_backward)
+INSTALL(bias_gelu_half_forward)
+INSTALL(bias_half_round_forward)
 INSTALL(layernorm_forward)
 INSTALL(layernorm_backward)
 INSTALL(gemm_bf16_strided_batched)
@@ -2012,6 +2113,10 @@ static const mutation mutations[] = {
      install_gemm_strided_batched},
     {"f32_to_bf16", "f32_to_bf16 rounds the last element one step off", install_f32_to_bf16},
     {"matmul_backward.", "matmul_backward: dbias off by 1e-3", install_matmul_backward},
+    {"bias_gelu_half_forward.", "bias_gelu_half_forward: the last element 2 steps off",
+     install_bias_gelu_half_forward},
+    {"bias_half_round_forward.", "bias_half_round_forward skips the last row",
+     install_bias_half_round_forward},
     {"layernorm_forward.", "layernorm_forward: out off by 1e-3", install_layernorm_forward},
     {"layernorm_backward.", "layernorm_backward: dweight off by 1e-3",
      install_layernorm_backward},

@@ -672,6 +672,48 @@ static void replay_gelu_forward(const void *p)
     g_gelu_forward(r->out, r->inp, r->n);
 }
 
+typedef struct { uint16_t *out16; float *x; const float *bias; int N; int C; int type; } rec_bias_gelu_half_forward;
+static void replay_bias_gelu_half_forward(const void *p);
+
+static void g_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N, int C, int type)
+{
+    if (capturing) {
+        rec_bias_gelu_half_forward rec = {out16, x, bias, N, C, type};
+        capture_add(replay_bias_gelu_half_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->bias_gelu_half_forward(out16, x, bias, N, C, type);
+    close_all();
+}
+
+static void replay_bias_gelu_half_forward(const void *p)
+{
+    const rec_bias_gelu_half_forward *r = p;
+    g_bias_gelu_half_forward(r->out16, r->x, r->bias, r->N, r->C, r->type);
+}
+
+typedef struct { float *x; uint16_t *x16; const float *bias; int N; int C; int type; } rec_bias_half_round_forward;
+static void replay_bias_half_round_forward(const void *p);
+
+static void g_bias_half_round_forward(float *x, uint16_t *x16, const float *bias, int N, int C, int type)
+{
+    if (capturing) {
+        rec_bias_half_round_forward rec = {x, x16, bias, N, C, type};
+        capture_add(replay_bias_half_round_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->bias_half_round_forward(x, x16, bias, N, C, type);
+    close_all();
+}
+
+static void replay_bias_half_round_forward(const void *p)
+{
+    const rec_bias_half_round_forward *r = p;
+    g_bias_half_round_forward(r->x, r->x16, r->bias, r->N, r->C, r->type);
+}
+
 typedef struct { float *dinp; const float *inp; const float *dout; size_t n; } rec_gelu_backward;
 static void replay_gelu_backward(const void *p);
 
@@ -1391,6 +1433,8 @@ static void fill(void)
     t->layernorm_forward = g_layernorm_forward;
     t->layernorm_backward = g_layernorm_backward;
     t->gelu_forward = g_gelu_forward;
+    t->bias_gelu_half_forward = g_bias_gelu_half_forward;
+    t->bias_half_round_forward = g_bias_half_round_forward;
     t->gelu_backward = g_gelu_backward;
     t->softmax_forward = g_softmax_forward;
     t->softmax_backward = g_softmax_backward;

@@ -669,6 +669,125 @@ Test(kernels, gelu_forward_backward)
 }
 
 /* ---------------------------------------------------------------------------------------
+ * the fused half tails: the unfused ops' bits, and the math against double */
+
+static void half_to_host(const sherl_backend *be, uint16_t *h, const uint16_t *d, size_t n)
+{
+    be->synchronize();
+    be->copy_to_host(h, d, n * sizeof(uint16_t));
+}
+
+static float widen_half(uint16_t h, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f16_to_f32(h) : sherl_bf16_to_f32(h);
+}
+
+static void expect_same_u16(const char *what, const uint16_t *got, const uint16_t *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            cr_expect(0, "%s: element %zu is 0x%04x, want exactly 0x%04x", what, i, got[i],
+                      want[i]);
+            return;
+        }
+}
+
+/* (N, C): rows shorter than the CPU's spans, and rows that cross them (4096 elements) */
+static const int fused_shapes[][2] = {{64, 96}, {3, 4099}};
+
+Test(kernels, bias_gelu_half_forward_is_the_unfused_ops)
+{
+    FOR_EACH_BACKEND(be)
+    for (int type = SHERL_HALF_BF16; type <= SHERL_HALF_F16; type++)
+        for (int si = 0; si < 2; si++)
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                int N = fused_shapes[si][0], C = fused_shapes[si][1];
+                size_t n = (size_t)N * C;
+                float *x = randv(n, 5), *b = randv((size_t)C, 1);
+                x[0] = 0.0f, x[1] = -12.0f, x[2] = 9.0f;
+                float *db = with_bias ? dev_f(be, b, C) : NULL;
+                /* unfused: bias_add, gelu, round */
+                float *x1 = dev_f(be, x, n), *g = be->alloc(4 * n);
+                uint16_t *h1 = be->alloc(2 * n), *h2 = be->alloc(2 * n);
+                if (db)
+                    be->bias_add_forward(x1, db, N, C);
+                be->gelu_forward(g, x1, n);
+                if (type == SHERL_HALF_F16)
+                    be->f32_to_f16(h1, g, n);
+                else
+                    be->f32_to_bf16(h1, g, n);
+                /* fused */
+                float *x2 = dev_f(be, x, n);
+                be->bias_gelu_half_forward(h2, x2, db, N, C, type);
+                float *a1 = malloc(4 * n), *a2 = malloc(4 * n);
+                uint16_t *o1 = malloc(2 * n), *o2 = malloc(2 * n);
+                back_f(be, a1, x1, n), back_f(be, a2, x2, n);
+                half_to_host(be, o1, h1, n), half_to_host(be, o2, h2, n);
+                expect_same("bias_gelu_half_forward: x + bias", a2, a1, n);
+                expect_same_u16("bias_gelu_half_forward: half(gelu)", o2, o1, n);
+                /* against double: within the half type's rounding (2^-9 bf16, 2^-12 fp16
+                 * relative) plus fp32's */
+                double *want = malloc(8 * n);
+                float *got = malloc(4 * n);
+                for (size_t i = 0; i < n; i++) {
+                    double v = (double)x[i] + (with_bias ? b[i % C] : 0.0);
+                    want[i] = 0.5 * v * erfc(-v / sqrt(2.0));
+                    got[i] = widen_half(o2[i], type);
+                }
+                double rt = type == SHERL_HALF_F16 ? 0x1p-11 : 0x1p-8;
+                expect_close("bias_gelu_half_forward vs double", got, want, n,
+                             type == SHERL_HALF_F16 ? 0x1p-24 : 1e-30, rt);
+                be->free(db), be->free(x1), be->free(g), be->free(h1), be->free(h2),
+                    be->free(x2);
+                free(x), free(b), free(a1), free(a2), free(o1), free(o2), free(want), free(got);
+            }
+}
+
+Test(kernels, bias_half_round_forward_is_the_unfused_ops)
+{
+    FOR_EACH_BACKEND(be)
+    for (int type = SHERL_HALF_BF16; type <= SHERL_HALF_F16; type++)
+        for (int si = 0; si < 2; si++)
+            for (int variant = 0; variant < 3; variant++) { /* bias and x16; no bias; no x16 */
+                int N = fused_shapes[si][0], C = fused_shapes[si][1];
+                size_t n = (size_t)N * C;
+                float *x = randv(n, 3), *b = randv((size_t)C, 1);
+                float *db = variant != 1 ? dev_f(be, b, C) : NULL;
+                float *x1 = dev_f(be, x, n), *x2 = dev_f(be, x, n);
+                uint16_t *h1 = be->alloc(2 * n), *h2 = variant != 2 ? be->alloc(2 * n) : NULL;
+                if (db)
+                    be->bias_add_forward(x1, db, N, C);
+                if (type == SHERL_HALF_F16) {
+                    be->f32_to_f16(h1, x1, n);
+                    be->f16_to_f32(x1, h1, n);
+                } else {
+                    be->f32_to_bf16(h1, x1, n);
+                    be->bf16_to_f32(x1, h1, n);
+                }
+                be->bias_half_round_forward(x2, h2, db, N, C, type);
+                float *a1 = malloc(4 * n), *a2 = malloc(4 * n);
+                back_f(be, a1, x1, n), back_f(be, a2, x2, n);
+                expect_same("bias_half_round_forward: x", a2, a1, n);
+                if (h2) {
+                    uint16_t *o1 = malloc(2 * n), *o2 = malloc(2 * n);
+                    half_to_host(be, o1, h1, n), half_to_host(be, o2, h2, n);
+                    expect_same_u16("bias_half_round_forward: x16", o2, o1, n);
+                    free(o1), free(o2);
+                }
+                /* against double: x + bias to the nearest half */
+                double *want = malloc(8 * n);
+                for (size_t i = 0; i < n; i++)
+                    want[i] = (double)x[i] + (variant != 1 ? b[i % C] : 0.0);
+                /* fp16's subnormals (below 2^-14) are 2^-24 apart */
+                expect_close("bias_half_round_forward vs double", a2, want, n,
+                             type == SHERL_HALF_F16 ? 0x1p-25 : 1e-30,
+                             type == SHERL_HALF_F16 ? 0x1p-11 : 0x1p-8);
+                be->free(db), be->free(x1), be->free(x2), be->free(h1), be->free(h2);
+                free(x), free(b), free(a1), free(a2), free(want);
+            }
+}
+
+/* ---------------------------------------------------------------------------------------
  * softmax */
 
 typedef struct {
@@ -1884,6 +2003,8 @@ Test(kernels, every_backend_fills_every_op)
         HAS(layernorm_grouped_backward);
         HAS(gelu_forward);
         HAS(gelu_backward);
+        HAS(bias_gelu_half_forward);
+        HAS(bias_half_round_forward);
         HAS(softmax_forward);
         HAS(softmax_backward);
         HAS(attention_forward);
