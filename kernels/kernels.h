@@ -179,9 +179,10 @@ struct sherl_backend {
      * for bit on each backend, in one pass over memory instead of three (a bf16/fp16
      * backbone's feed-forward and Q|K|V; type: SHERL_HALF_BF16 or SHERL_HALF_F16; bias may be
      * NULL) ----
-     * x[N,C] += bias; out16 = half(gelu(x))   (bias_add_forward, gelu_forward, f32_to_half) */
-    void (*bias_gelu_half_forward)(uint16_t *out16, float *x, const float *bias, int N, int C,
-                                   int type);
+     * out16[N,C] = half(gelu(x + bias))   (bias_add_forward, gelu_forward, f32_to_half; x is
+     * left as it was: the forward needs only the rounded activation) */
+    void (*bias_gelu_half_forward)(uint16_t *out16, const float *x, const float *bias, int N,
+                                   int C, int type);
     /* x[N,C] = widen(half(x + bias)); x16 = half(x + bias) when not NULL (bias_add_forward,
      * f32_to_half, half_to_f32) */
     void (*bias_half_round_forward)(float *x, uint16_t *x16, const float *bias, int N, int C,

@@ -506,7 +506,7 @@ static void add_bias_span(float *x, const float *bias, size_t lo, size_t len, in
     }
 }
 
-static void cpu_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N,
+static void cpu_bias_gelu_half_forward(uint16_t *out16, const float *x, const float *bias, int N,
                                        int C, int type)
 {
     size_t n = (size_t)N * C, spans = (n + SPAN - 1) / SPAN;
@@ -514,8 +514,9 @@ static void cpu_bias_gelu_half_forward(uint16_t *out16, float *x, const float *b
     for (size_t s = 0; s < spans; s++) {
         size_t lo = s * SPAN, len = n - lo < SPAN ? n - lo : SPAN;
         float g[SPAN];
-        add_bias_span(x + lo, bias, lo, len, C);
-        gelu_span(g, x + lo, len);
+        memcpy(g, x + lo, len * sizeof(float));
+        add_bias_span(g, bias, lo, len, C);
+        gelu_span(g, g, len);
         for (size_t i = 0; i < len; i++)
             out16[lo + i] = type == SHERL_HALF_F16 ? sherl_f32_to_f16(g[i])
                                                    : sherl_f32_to_bf16(g[i]);

@@ -1049,16 +1049,14 @@ __device__ __forceinline__ uint16_t to_half_bits(float v, int type)
     return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
 }
 
-__global__ void bias_gelu_half_kernel(uint16_t *out16, float *x, const float *bias, size_t n,
-                                      int C, int type)
+__global__ void bias_gelu_half_kernel(uint16_t *out16, const float *x, const float *bias,
+                                      size_t n, int C, int type)
 {
     GRID_STRIDE(i, n)
     {
         float v = x[i];
-        if (bias) {
+        if (bias)
             v += bias[i % C];
-            x[i] = v;
-        }
         out16[i] = to_half_bits(0.5f * v * erfcf(-v * 0.70710678118654752f), type);
     }
 }
@@ -1136,8 +1134,8 @@ static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout,
     ELEMENTWISE(gelu_backward_kernel, n, dinp, inp, dout, n);
 }
 
-static void cuda_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N,
-                                        int C, int type)
+static void cuda_bias_gelu_half_forward(uint16_t *out16, const float *x, const float *bias,
+                                        int N, int C, int type)
 {
     size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
     ELEMENTWISE(bias_gelu_half_kernel, n, out16, x, bias, n, C, type);

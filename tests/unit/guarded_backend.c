@@ -672,10 +672,10 @@ static void replay_gelu_forward(const void *p)
     g_gelu_forward(r->out, r->inp, r->n);
 }
 
-typedef struct { uint16_t *out16; float *x; const float *bias; int N; int C; int type; } rec_bias_gelu_half_forward;
+typedef struct { uint16_t *out16; const float *x; const float *bias; int N; int C; int type; } rec_bias_gelu_half_forward;
 static void replay_bias_gelu_half_forward(const void *p);
 
-static void g_bias_gelu_half_forward(uint16_t *out16, float *x, const float *bias, int N, int C, int type)
+static void g_bias_gelu_half_forward(uint16_t *out16, const float *x, const float *bias, int N, int C, int type)
 {
     if (capturing) {
         rec_bias_gelu_half_forward rec = {out16, x, bias, N, C, type};
