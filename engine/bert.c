@@ -963,13 +963,14 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
+    /* a half product's bias goes into the fused residual + LayerNorm + rounding (an fp32
+     * product adds its own, inside matmul_forward) */
+    int half_bias = !ly->attn_out_w;
     linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16,
-                   ly->attn_out_b, act16, act16_n, N, D, D);
-    be->residual_forward(a->res1, a->res1, inp, (size_t)N * D);
-    be->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, ly->ln1_w, ly->ln1_b, N, D,
-                          eps);
-    if (a->ln1_16)
-        half_round(be, m->prec, a->ln1_16, a->ln1, (size_t)N * D);
+                   half_bias ? NULL : ly->attn_out_b, act16, act16_n, N, D, D);
+    be->residual_layernorm_forward(a->ln1, a->ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
+                                   half_bias ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,
+                                   N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
     int chunk = bert_ffn_chunk(c, N);
@@ -980,20 +981,21 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
                        ly->ffn_in_w, ly->ffn_in_w16, fused ? NULL : ly->ffn_in_b, act16, act16_n,
                        n, D, F);
-        if (fused) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)) */
+        if (fused) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)); b2 is
+                      * added with the residual below */
             be->bias_gelu_half_forward(act16, a->ffn_pre, ly->ffn_in_b, n, F,
                                        half_type(m->prec));
-            linear_forward(m, a->res2 + r, NULL, act16, NULL, ly->ffn_out_w16, ly->ffn_out_b,
-                           NULL, 0, n, F, D);
+            linear_forward(m, a->res2 + r, NULL, act16, NULL, ly->ffn_out_w16, NULL, NULL, 0, n,
+                           F, D);
             continue;
         }
         be->gelu_forward(a->ffn_act, a->ffn_pre, (size_t)n * F);
         linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16,
                        ly->ffn_out_b, act16, act16_n, n, F, D);
     }
-    be->residual_forward(a->res2, a->res2, a->ln1, (size_t)N * D);
-    be->layernorm_forward(out, a->ln2_mean, a->ln2_rstd, a->res2, ly->ln2_w, ly->ln2_b, N, D,
-                          eps);
+    be->residual_layernorm_forward(out, NULL, a->res2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                   fused ? ly->ffn_out_b : NULL, a->ln1, ly->ln2_w, ly->ln2_b, N,
+                                   D, eps, half_type(m->prec));
 }
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,

@@ -158,6 +158,15 @@ struct sherl_backend {
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, int N, int C);
 
+    /* ---- a sublayer's end, fused: res[N,C] = (x + lin_bias) + resid, out = LayerNorm(res)
+     * with mean/rstd saved, and out16 = half(out) (type SHERL_HALF_BF16/F16) when not NULL;
+     * lin_bias may be NULL, res may alias x. Exactly bias_add_forward, residual_forward,
+     * layernorm_forward and f32_to_half in a row, bit for bit on each backend. ---- */
+    void (*residual_layernorm_forward)(float *out, uint16_t *out16, float *res, float *mean,
+                                       float *rstd, const float *x, const float *lin_bias,
+                                       const float *resid, const float *weight,
+                                       const float *bias, int N, int C, float eps, int type);
+
     /* ---- grouped LayerNorm: G independent LayerNorms over [G,N,C] (inp, out, dout, dinp
      * contiguous), group g with weight/bias at g * param_stride and its statistics at
      * mean/rstd + g * stat_stride (may be NULL in forward). Each group's results are exactly

@@ -342,32 +342,61 @@ static void cpu_bias_add_grouped_backward(float *dbias, long long bias_stride, c
 /* ------------------------------------------------------------------------------------------
  * LayerNorm */
 
+/* One row of LayerNorm; statistics in double. */
+static inline void layernorm_row(float *y, float *mean, float *rstd, const float *x,
+                                 const float *weight, const float *bias, int C, float eps)
+{
+    double s = 0.0;
+    for (int c = 0; c < C; c++)
+        s += x[c];
+    double m = s / C;
+    double v = 0.0;
+    for (int c = 0; c < C; c++) {
+        double d = x[c] - m;
+        v += d * d;
+    }
+    v /= C;
+    float fm = (float)m;
+    float rs = (float)(1.0 / sqrt(v + (double)eps));
+#pragma omp simd
+    for (int c = 0; c < C; c++)
+        y[c] = (x[c] - fm) * rs * weight[c] + bias[c];
+    if (mean)
+        *mean = fm;
+    if (rstd)
+        *rstd = rs;
+}
+
 static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                   const float *weight, const float *bias, int N, int C, float eps)
 {
 #pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
+    for (int n = 0; n < N; n++)
+        layernorm_row(out + (size_t)n * C, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
+                      inp + (size_t)n * C, weight, bias, C, eps);
+}
+
+static void cpu_residual_layernorm_forward(float *out, uint16_t *out16, float *res, float *mean,
+                                           float *rstd, const float *x, const float *lin_bias,
+                                           const float *resid, const float *weight,
+                                           const float *bias, int N, int C, float eps, int type)
+{
+#pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float *y = out + (size_t)n * C;
-        double s = 0.0;
-        for (int c = 0; c < C; c++)
-            s += x[c];
-        double m = s / C;
-        double v = 0.0;
+        size_t at = (size_t)n * C;
+        float *r = res + at;
         for (int c = 0; c < C; c++) {
-            double d = x[c] - m;
-            v += d * d;
+            float v = x[at + c];
+            if (lin_bias)
+                v += lin_bias[c];
+            r[c] = v + resid[at + c];
         }
-        v /= C;
-        float fm = (float)m;
-        float rs = (float)(1.0 / sqrt(v + (double)eps));
-#pragma omp simd
-        for (int c = 0; c < C; c++)
-            y[c] = (x[c] - fm) * rs * weight[c] + bias[c];
-        if (mean)
-            mean[n] = fm;
-        if (rstd)
-            rstd[n] = rs;
+        layernorm_row(out + at, mean ? mean + n : NULL, rstd ? rstd + n : NULL, r, weight, bias,
+                      C, eps);
+        if (out16)
+            for (int c = 0; c < C; c++)
+                out16[at + c] = type == SHERL_HALF_F16 ? sherl_f32_to_f16(out[at + c])
+                                                       : sherl_f32_to_bf16(out[at + c]);
     }
 }
 
@@ -1448,6 +1477,7 @@ static const sherl_backend cpu_backend = {
     .bias_add_forward = cpu_bias_add_forward,
     .bias_add_backward = cpu_bias_add_backward,
     .layernorm_forward = cpu_layernorm_forward,
+    .residual_layernorm_forward = cpu_residual_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
     .gemm_bf16_strided_batched = cpu_gemm_bf16_strided_batched,
     .gemm_f16_strided_batched = cpu_gemm_f16_strided_batched,

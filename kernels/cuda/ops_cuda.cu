@@ -939,6 +939,58 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd,
     }
 }
 
+// The half bits of v as f32_to_bf16 / f32_to_f16 round it (the fused ops' last step).
+__device__ __forceinline__ uint16_t to_half_bits(float v, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
+}
+
+// residual_layernorm_forward: each lane forms its elements of res = (x + lin_bias) + resid as
+// bias_add_kernel and residual_forward_kernel would, then the row's LayerNorm exactly as
+// layernorm_forward_kernel (the same lanes, order and sums), then the rounding.
+__global__ void residual_layernorm_kernel(float *out, uint16_t *out16, float *res, float *mean,
+                                          float *rstd, const float *xin, const float *lin_bias,
+                                          const float *resid, const float *weight,
+                                          const float *bias, int N, int C, float eps, int type)
+{
+    long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *xr = xin + (size_t)row * C, *rr = resid + (size_t)row * C;
+    float *x = res + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) {
+        float v = xr[i];
+        if (lin_bias)
+            v += lin_bias[i];
+        x[i] = v + rr[i];
+    }
+    double s = 0.0;
+    for (int i = lane; i < C; i += 32)
+        s += x[i];
+    double m = warp_sum(s) / C;
+    double v = 0.0;
+    for (int i = lane; i < C; i += 32) {
+        double d = x[i] - m;
+        v += d * d;
+    }
+    v = warp_sum(v) / C;
+    float fm = (float)m, rs = (float)(1.0 / sqrt(v + (double)eps));
+    float *y = out + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) {
+        float o = (x[i] - fm) * rs * weight[i] + bias[i];
+        y[i] = o;
+        if (out16)
+            out16[(size_t)row * C + i] = to_half_bits(o, type);
+    }
+    if (lane == 0) {
+        if (mean)
+            mean[row] = fm;
+        if (rstd)
+            rstd[row] = rs;
+    }
+}
+
 __global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp,
                                           const float *weight, long long param_stride,
                                           const float *mean, const float *rstd,
@@ -987,6 +1039,19 @@ static void cuda_layernorm_forward(float *out, float *mean, float *rstd, const f
                                    const float *weight, const float *bias, int N, int C, float eps)
 {
     cuda_layernorm_grouped_forward(out, mean, rstd, 0, inp, weight, bias, 0, 1, N, C, eps);
+}
+
+static void cuda_residual_layernorm_forward(float *out, uint16_t *out16, float *res, float *mean,
+                                            float *rstd, const float *x, const float *lin_bias,
+                                            const float *resid, const float *weight,
+                                            const float *bias, int N, int C, float eps, int type)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || C <= 0)
+        return;
+    residual_layernorm_kernel<<<long_row_blocks(N), 256, 0, c->stream>>>(
+        out, out16, res, mean, rstd, x, lin_bias, resid, weight, bias, N, C, eps, type);
+    LAUNCHED(c, "residual_layernorm_kernel");
 }
 
 // At most three launches whatever G: dinp's, and the column sum's two for dweight and dbias.
@@ -1044,11 +1109,6 @@ __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float 
 
 // The fused half tails: per element exactly bias_add_kernel, gelu_forward_kernel and the
 // conversion kernels in a row (the same expressions, so the same bits), in one pass.
-__device__ __forceinline__ uint16_t to_half_bits(float v, int type)
-{
-    return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
-}
-
 __global__ void bias_gelu_half_kernel(uint16_t *out16, const float *x, const float *bias,
                                       size_t n, int C, int type)
 {
@@ -2094,6 +2154,7 @@ static void cuda_backend_fill(void)
     t->bias_add_forward = cuda_bias_add_forward;
     t->bias_add_backward = cuda_bias_add_backward;
     t->layernorm_forward = cuda_layernorm_forward;
+    t->residual_layernorm_forward = cuda_residual_layernorm_forward;
     t->layernorm_backward = cuda_layernorm_backward;
     t->bias_add_grouped_forward = cuda_bias_add_grouped_forward;
     t->bias_add_grouped_backward = cuda_bias_add_grouped_backward;

@@ -1,6 +1,6 @@
 /* gpu_ops: every op of one backend against the CPU backend.
  *
- *   gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR] [-v]
+ *   gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR|^PREFIX] [-v]
  *
  * Each test makes fresh random inputs with its own fixed-seed generator, uploads the same bytes
  * to the CPU backend (the reference) and to the backend under test, runs the op on both and
@@ -398,6 +398,9 @@ static void compare_f32(tcase *tc, const char *tensor, pair x, size_t n, double 
     snprintf(detail, sizeof detail, "got %.9g want %.9g", n ? got[at] : 0.0, n ? want[at] : 0.0);
     verdict(tc, tensor, worst, tol, at, detail);
 }
+
+static void check_half_steps(tcase *tc, const char *tensor, pair x, size_t n, int steps);
+static pair up_half_poison(tcase *tc, size_t n);
 
 static void check_f32(tcase *tc, const char *tensor, pair x, size_t n, double tol)
 {
@@ -860,6 +863,35 @@ static void t_layernorm_forward(tcase *tc, int big)
         check_f32(tc, label(tc, "out[eps=%g]", epss[e]), out, (size_t)N * C, TOL_F32);
         check_f32(tc, label(tc, "mean[eps=%g]", epss[e]), mean, N, TOL_F32);
         check_f32(tc, label(tc, "rstd[eps=%g]", epss[e]), rstd, N, TOL_F32);
+    }
+}
+
+/* The fused sublayer end: res bit for bit (fp32 adds), out, mean and rstd as layernorm_forward,
+ * out16 within one half step of the reference's; variants: 0 lin_bias and out16, 1 neither,
+ * 2 res written over x (aliased); arg: the half type. */
+static void t_residual_layernorm(tcase *tc, int arg)
+{
+    const int N = 260, C = 771;
+    const size_t NC = (size_t)N * C;
+    pair w = up_rand(tc, C, -1, 1), b = up_rand(tc, C, -1, 1);
+    for (int variant = 0; variant < 3; variant++) {
+        pair x = up_rand(tc, NC, -1.5f, 2.5f), resid = up_rand(tc, NC, -1, 1);
+        pair lb = {{NULL, NULL}}, out16 = {{NULL, NULL}};
+        if (variant != 1)
+            lb = up_rand(tc, C, -1, 1), out16 = up_half_poison(tc, NC);
+        pair res = variant == 2 ? x : up_poison(tc, NC);
+        pair out = up_poison(tc, NC), mean = up_poison(tc, N), rstd = up_poison(tc, N);
+        ON_BOTH(tc, be->residual_layernorm_forward(P(out), P(out16), P(res), P(mean), P(rstd),
+                                                   P(x), P(lb), P(resid), P(w), P(b), N, C,
+                                                   1e-12f, arg));
+        if (!settle(tc, "residual_layernorm_forward"))
+            return;
+        check_exact(tc, label(tc, "res[variant=%d]", variant), res, NC, sizeof(float));
+        check_f32(tc, label(tc, "out[variant=%d]", variant), out, NC, TOL_F32);
+        check_f32(tc, label(tc, "mean[variant=%d]", variant), mean, N, TOL_F32);
+        check_f32(tc, label(tc, "rstd[variant=%d]", variant), rstd, N, TOL_F32);
+        if (variant != 1)
+            check_half_steps(tc, label(tc, "out16[variant=%d]", variant), out16, NC, 1);
     }
 }
 
@@ -1721,6 +1753,8 @@ static const test_def tests[] = {
     {"bias_add_grouped_backward.big", t_bias_add_grouped_backward, 1},
     {"layernorm_forward.small", t_layernorm_forward, 0},
     {"layernorm_forward.big", t_layernorm_forward, 1},
+    {"residual_layernorm_forward.bf16", t_residual_layernorm, SHERL_HALF_BF16},
+    {"residual_layernorm_forward.f16", t_residual_layernorm, SHERL_HALF_F16},
     {"layernorm_backward.small", t_layernorm_backward, 0},
     {"layernorm_backward.big", t_layernorm_backward, 1},
     {"layernorm_grouped_forward.small", t_layernorm_grouped_forward, 0},
@@ -1784,8 +1818,11 @@ static const test_def tests[] = {
 
 #define NTESTS (sizeof tests / sizeof tests[0])
 
+/* A filter is a substring of the test's name, or with a leading ^ its beginning. */
 static int selected(const test_def *t, const char *filter)
 {
+    if (filter && filter[0] == '^')
+        return strncmp(t->name, filter + 1, strlen(filter + 1)) == 0;
     return !filter || strstr(t->name, filter) != NULL;
 }
 
@@ -1884,6 +1921,23 @@ static void mut_bias_gelu_half_forward(uint16_t *out16, const float *x, const fl
         last = (uint16_t)(last ^ 2u);
         real_ops->copy_to_device(out16 + at, &last, sizeof last);
     }
+}
+
+/* residual_layernorm_forward: the residual left out of the last row */
+static void mut_residual_layernorm_forward(float *out, uint16_t *out16, float *res, float *mean,
+                                           float *rstd, const float *x, const float *lin_bias,
+                                           const float *resid, const float *weight,
+                                           const float *bias, int N, int C, float eps, int type)
+{
+    real_ops->residual_layernorm_forward(out, out16, res, mean, rstd, x, lin_bias, resid, weight,
+                                         bias, N - 1, C, eps, type);
+    size_t at = (size_t)(N - 1) * C;
+    if (N > 0 && res != x)
+        real_ops->copy_device(res + at, x + at, (size_t)C * sizeof(float));
+    if (N > 0)
+        real_ops->layernorm_forward(out + at, mean ? mean + N - 1 : NULL,
+                                    rstd ? rstd + N - 1 : NULL, res + at, weight, bias, 1, C,
+                                    eps);
 }
 
 /* bias_half_round_forward: the last row left as it was */
@@ -2083,6 +2137,7 @@ INSTALL(f32_to_bf16)
 INSTALL(matmul_backward)
 INSTALL(bias_gelu_half_forward)
 INSTALL(bias_half_round_forward)
+INSTALL(residual_layernorm_forward)
 INSTALL(layernorm_forward)
 INSTALL(layernorm_backward)
 INSTALL(gemm_bf16_strided_batched)
@@ -2118,7 +2173,9 @@ static const mutation mutations[] = {
      install_bias_gelu_half_forward},
     {"bias_half_round_forward.", "bias_half_round_forward skips the last row",
      install_bias_half_round_forward},
-    {"layernorm_forward.", "layernorm_forward: out off by 1e-3", install_layernorm_forward},
+    {"residual_layernorm_forward.", "residual_layernorm_forward leaves the last row's residual "
+     "out", install_residual_layernorm_forward},
+    {"^layernorm_forward.", "layernorm_forward: out off by 1e-3", install_layernorm_forward},
     {"layernorm_backward.", "layernorm_backward: dweight off by 1e-3",
      install_layernorm_backward},
     {"gemm_bf16_strided_batched.", "gemm_bf16_strided_batched skips the last batch",
@@ -2178,7 +2235,8 @@ static int self_test(int verbose)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR] [-v]\n");
+    fprintf(stderr,
+            "usage: gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR|^PREFIX] [-v]\n");
     return 2;
 }
 

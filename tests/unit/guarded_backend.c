@@ -672,6 +672,27 @@ static void replay_gelu_forward(const void *p)
     g_gelu_forward(r->out, r->inp, r->n);
 }
 
+typedef struct { float *out; uint16_t *out16; float *res; float *mean; float *rstd; const float *x; const float *lin_bias; const float *resid; const float *weight; const float *bias; int N; int C; float eps; int type; } rec_residual_layernorm_forward;
+static void replay_residual_layernorm_forward(const void *p);
+
+static void g_residual_layernorm_forward(float *out, uint16_t *out16, float *res, float *mean, float *rstd, const float *x, const float *lin_bias, const float *resid, const float *weight, const float *bias, int N, int C, float eps, int type)
+{
+    if (capturing) {
+        rec_residual_layernorm_forward rec = {out, out16, res, mean, rstd, x, lin_bias, resid, weight, bias, N, C, eps, type};
+        capture_add(replay_residual_layernorm_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->residual_layernorm_forward(out, out16, res, mean, rstd, x, lin_bias, resid, weight, bias, N, C, eps, type);
+    close_all();
+}
+
+static void replay_residual_layernorm_forward(const void *p)
+{
+    const rec_residual_layernorm_forward *r = p;
+    g_residual_layernorm_forward(r->out, r->out16, r->res, r->mean, r->rstd, r->x, r->lin_bias, r->resid, r->weight, r->bias, r->N, r->C, r->eps, r->type);
+}
+
 typedef struct { uint16_t *out16; const float *x; const float *bias; int N; int C; int type; } rec_bias_gelu_half_forward;
 static void replay_bias_gelu_half_forward(const void *p);
 
@@ -1434,6 +1455,7 @@ static void fill(void)
     t->layernorm_backward = g_layernorm_backward;
     t->gelu_forward = g_gelu_forward;
     t->bias_gelu_half_forward = g_bias_gelu_half_forward;
+    t->residual_layernorm_forward = g_residual_layernorm_forward;
     t->bias_half_round_forward = g_bias_half_round_forward;
     t->gelu_backward = g_gelu_backward;
     t->softmax_forward = g_softmax_forward;

@@ -743,6 +743,74 @@ Test(kernels, bias_gelu_half_forward_is_the_unfused_ops)
             }
 }
 
+Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
+{
+    FOR_EACH_BACKEND(be)
+    for (int type = SHERL_HALF_BF16; type <= SHERL_HALF_F16; type++)
+        for (int variant = 0; variant < 3; variant++) { /* lin_bias + out16; neither; aliased */
+            int N = 37, C = 771;
+            size_t n = (size_t)N * C;
+            float *x = randv(n, 2), *r = randv(n, 1), *lb = randv(C, 1), *w = randv(C, 1),
+                  *b = randv(C, 1);
+            float *dx1 = dev_f(be, x, n), *dx2 = dev_f(be, x, n), *dr = dev_f(be, r, n);
+            float *dw = dev_f(be, w, C), *db = dev_f(be, b, C);
+            float *dlb = variant != 1 ? dev_f(be, lb, C) : NULL;
+            float *res2 = variant == 2 ? dx2 : be->alloc(4 * n);
+            float *o1 = be->alloc(4 * n), *o2 = be->alloc(4 * n);
+            float *st1 = be->alloc(8 * N), *st2 = be->alloc(8 * N);
+            uint16_t *h1 = be->alloc(2 * n), *h2 = variant != 1 ? be->alloc(2 * n) : NULL;
+            /* unfused: bias, residual, LayerNorm, round */
+            if (dlb)
+                be->bias_add_forward(dx1, dlb, N, C);
+            be->residual_forward(dx1, dx1, dr, n);
+            be->layernorm_forward(o1, st1, st1 + N, dx1, dw, db, N, C, 1e-12f);
+            if (type == SHERL_HALF_F16)
+                be->f32_to_f16(h1, o1, n);
+            else
+                be->f32_to_bf16(h1, o1, n);
+            be->residual_layernorm_forward(o2, h2, res2, st2, st2 + N, dx2, dlb, dr, dw, db, N,
+                                           C, 1e-12f, type);
+            float *a1 = malloc(4 * n), *a2 = malloc(4 * n), *s1 = malloc(8 * N),
+                  *s2 = malloc(8 * N), *e1 = malloc(4 * n), *e2 = malloc(4 * n);
+            back_f(be, a1, dx1, n), back_f(be, a2, res2, n);
+            back_f(be, e1, o1, n), back_f(be, e2, o2, n);
+            back_f(be, s1, st1, 2 * N), back_f(be, s2, st2, 2 * N);
+            expect_same("residual_layernorm_forward: res", a2, a1, n);
+            expect_same("residual_layernorm_forward: out", e2, e1, n);
+            expect_same("residual_layernorm_forward: mean, rstd", s2, s1, 2 * (size_t)N);
+            if (h2) {
+                uint16_t *u1 = malloc(2 * n), *u2 = malloc(2 * n);
+                half_to_host(be, u1, h1, n), half_to_host(be, u2, h2, n);
+                expect_same_u16("residual_layernorm_forward: out16", u2, u1, n);
+                free(u1), free(u2);
+            }
+            /* against double: LayerNorm of x + lin_bias + resid */
+            double *want = malloc(8 * n);
+            for (int i = 0; i < N; i++) {
+                double m = 0, v = 0, *row = want + (size_t)i * C;
+                for (int c = 0; c < C; c++) {
+                    size_t k = (size_t)i * C + c;
+                    row[c] = (double)x[k] + (variant != 1 ? lb[c] : 0.0) + r[k];
+                    m += row[c];
+                }
+                m /= C;
+                for (int c = 0; c < C; c++)
+                    v += (row[c] - m) * (row[c] - m);
+                v /= C;
+                for (int c = 0; c < C; c++)
+                    row[c] = (row[c] - m) / sqrt(v + 1e-12) * w[c] + b[c];
+            }
+            expect_close("residual_layernorm_forward vs double", e2, want, n, 1e-5, 1e-5);
+            be->free(dx1), be->free(dr), be->free(dw), be->free(db), be->free(dlb);
+            if (res2 != dx2)
+                be->free(res2);
+            be->free(dx2), be->free(o1), be->free(o2), be->free(st1), be->free(st2);
+            be->free(h1), be->free(h2);
+            free(x), free(r), free(lb), free(w), free(b), free(a1), free(a2), free(s1), free(s2);
+            free(e1), free(e2), free(want);
+        }
+}
+
 Test(kernels, bias_half_round_forward_is_the_unfused_ops)
 {
     FOR_EACH_BACKEND(be)
@@ -2005,6 +2073,7 @@ Test(kernels, every_backend_fills_every_op)
         HAS(gelu_backward);
         HAS(bias_gelu_half_forward);
         HAS(bias_half_round_forward);
+        HAS(residual_layernorm_forward);
         HAS(softmax_forward);
         HAS(softmax_backward);
         HAS(attention_forward);
