@@ -4,7 +4,8 @@
  * run (after the methods, so its buffers are in no method's peak). Prints numbers; never fails
  * on a timing. bench/gpu_train puts them next to PyTorch's.
  *
- *   bench_gpu_train [--backend cuda|cpu|cpu-guarded] [--precision fp32|bf16] [--batch 64]
+ *   bench_gpu_train [--backend cuda|cpu|cpu-guarded|cuda-timed|cpu-timed]
+ *                   [--precision fp32|bf16] [--batch 64]
  *                   [--seq 128]
  *                   [--layers L] [--hidden D] [--steps 10] [--warmup 3] [--profile-steps 2]
  *                   [--methods sherl,late,full] [--late-layers 1] [--tune-late 1]
@@ -37,6 +38,12 @@
  * call: each method also prints its backend calls per timed step, by op. On a device each call
  * is at least one kernel launch or copy, so this counts a step's launches on a machine without
  * a GPU (times and memory mean nothing there: memory is mapped and protected per call).
+ * --backend cuda-timed / cpu-timed: that backend behind the same wrappers in their timed mode
+ * (timed_backend): every call synchronised on both sides and its time charged to its op, so
+ * each method also prints where its timed steps went, op by op (ms per step, calls, share),
+ * with the synchronisation's own cost (measured, per call) taken off. The steps themselves are
+ * then slower than real ones (a synchronisation per call, no graphs): read the ops' shares,
+ * not the samples/s.
  * Exit status: 0, 1 on a failure, 2 on bad usage, 3 when this build lacks --precision. */
 #include <math.h>
 #include <stdint.h>
@@ -241,7 +248,7 @@ typedef struct {
     int frozen_layers;
     double frozen_s, frozen_flops; /* per step */
     double phase_s[SHERL_PHASES], opt_s; /* per step, from the profiled steps */
-    double calls; /* backend calls per timed step (--backend cpu-guarded), else 0 */
+    double calls; /* backend calls per timed step (--backend cpu-guarded, *-timed), else 0 */
     long long graph_passes; /* warm-up and timed steps replayed from a graph */
     double eager_med_s;     /* with graphs replayed: the median of as many steps op by op */
     char graph_note[240];   /* why steps ran op by op (with --graphs 1) */
@@ -250,7 +257,8 @@ typedef struct {
 typedef struct {
     int B, T, steps, warmup, profile_steps, k, tune_late, threads;
     const char *precision, *model_dir;
-    int count_calls; /* --backend cpu-guarded: the backend counts its calls */
+    int count_calls; /* --backend cpu-guarded or *-timed: the backend counts its calls */
+    int time_ops;    /* --backend *-timed: ... and times them */
     int graphs;      /* --graphs: passes recorded into a graph and replayed (sherl_train_pass) */
 } bench_cfg;
 
@@ -286,7 +294,33 @@ static double layer_flops(const hf_config *c, int B, int T)
 
 /* The guarded backend's counts over the timed steps, per step: the total and the ops that make
  * most of it (the synchronize calls around the clock reads included, 2 a step). */
-static void print_calls(method_result *r, int steps)
+static int by_seconds_desc(const void *a, const void *b)
+{
+    double x = ((const guarded_op_calls *)a)->seconds, y = ((const guarded_op_calls *)b)->seconds;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* --backend *-timed: the ops by time per step, the synchronisation's cost (sync_s a call) off */
+static void print_op_times(const method_result *r, guarded_op_calls *c, int n, int steps,
+                           double sync_s)
+{
+    qsort(c, (size_t)n, sizeof *c, by_seconds_desc);
+    double total = 0;
+    for (int i = 0; i < n; i++)
+        total += fmax(c[i].seconds - sync_s * (double)c[i].calls, 0.0);
+    printf("%s: op times per step (each call synchronised; %.1f us a call taken off as the "
+           "synchronisation's own), %.3f ms in all:\n", r->name, sync_s * 1e6,
+           total / steps * 1e3);
+    printf("  %-30s %9s %10s %10s %6s\n", "op", "calls", "ms", "us/call", "share");
+    for (int i = 0; i < n; i++) {
+        double net = fmax(c[i].seconds - sync_s * (double)c[i].calls, 0.0);
+        printf("  %-30s %9.0f %10.3f %10.1f %5.1f%%\n", c[i].op, (double)c[i].calls / steps,
+               net / steps * 1e3, net / (double)c[i].calls * 1e6,
+               total > 0 ? 100.0 * net / total : 0.0);
+    }
+}
+
+static void print_calls(method_result *r, int steps, int time_ops)
 {
     guarded_op_calls c[128];
     int n = guarded_backend_calls(c, 128);
@@ -298,6 +332,8 @@ static void print_calls(method_result *r, int steps)
     for (int i = 0; i < n; i++)
         printf("%s %s %.0f", i ? "," : "", c[i].op, (double)c[i].calls / steps);
     printf("\n");
+    if (time_ops)
+        print_op_times(r, c, n, steps, timed_backend_sync_seconds());
     fflush(stdout);
 }
 
@@ -389,7 +425,7 @@ static sherl_status run_method(const bench_cfg *cfg, bert_model **bb, train_meth
         goto done;
     mem_sample(mem);
     if (cfg->count_calls)
-        print_calls(r, cfg->steps);
+        print_calls(r, cfg->steps, cfg->time_ops);
     r->min_s = t[0];
     for (int i = 1; i < cfg->steps; i++)
         if (t[i] < r->min_s)
@@ -513,7 +549,8 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: " PROG " [--backend cuda|cpu|cpu-guarded] [--precision fp32|bf16] [--batch 64] "
+    fprintf(f, "usage: " PROG " [--backend cuda|cpu|cpu-guarded|cuda-timed|cpu-timed] "
+               "[--precision fp32|bf16] [--batch 64] "
                "[--seq 128] [--layers L] [--hidden D] [--steps 10] [--warmup 3] "
                "[--profile-steps 2] [--methods sherl,late,full] [--late-layers 1] "
                "[--tune-late 1] [--ceiling S] [--graphs 0|1] [--threads N] [--json FILE] "
@@ -606,12 +643,26 @@ int main(int argc, char **argv)
     }
 
     /* the backend first: no GPU is an answer, not a failure */
-    int count_calls = backend && !strcmp(backend, "cpu-guarded");
+    int count_calls = backend && !strcmp(backend, "cpu-guarded"), time_ops = 0;
     int ended = -1;
-    if (count_calls)
+    size_t blen = backend ? strlen(backend) : 0;
+    if (count_calls) {
         be = guarded_backend();
-    else
+    } else if (blen > 6 && !strcmp(backend + blen - 6, "-timed")) {
+        char inner[16];
+        snprintf(inner, sizeof inner, "%.*s", (int)(blen - 6), backend);
+        if (strcmp(inner, "cuda") && strcmp(inner, "cpu")) {
+            fprintf(stderr, PROG ": unknown backend '%s' (cuda, cpu, cpu-guarded, cuda-timed or "
+                            "cpu-timed)\n", backend);
+            return 2;
+        }
+        if ((ended = bench_backend(PROG, inner, &be)) >= 0)
+            return ended;
+        be = timed_backend(be);
+        count_calls = time_ops = 1;
+    } else {
         ended = bench_backend(PROG, backend, &be);
+    }
     if (ended >= 0)
         return ended;
     if (!model_dir) {
@@ -624,7 +675,7 @@ int main(int argc, char **argv)
         ceiling = gpu ? 8192 : 2048;
     be->set_threads(threads);
     bench_cfg cfg = {B, T, steps, warmup, profile_steps, k, tune_late, threads, precision,
-                     model_dir, count_calls, graphs};
+                     model_dir, count_calls, time_ops, graphs};
 
     mem_probe mem;
     mem_init(&mem);

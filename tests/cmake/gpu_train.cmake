@@ -78,6 +78,16 @@ add_test(NAME gpu_train_parity_control
           --tol 1e-10 --work ${SHERL_GPU_TRAIN_WORK}/parity_control)
 set_tests_properties(gpu_train_parity_control PROPERTIES
   PASS_REGULAR_EXPRESSION "parity: cpu-perturbed fp32: ILL-CONDITIONED worst rel diff")
+# the timing wrappers behind bench_gpu_train --backend cuda-timed change nothing: bit-identical
+# training on cpu-timed, and the bench prints its table of op times
+add_test(NAME gpu_train_parity_timed
+  COMMAND gpu_train_checks parity --backend cpu-timed ${small} --steps 5 --tol 1e-300
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_timed)
+add_test(NAME bench_gpu_train_op_times
+  COMMAND bench_gpu_train --backend cpu-timed --precision bf16 --methods sherl --batch 4 --seq 16
+          --warmup 1 --steps 1 --profile-steps 0 --ceiling 0 ${SHERL_GPU_TRAIN_WORK}/small/model)
+set_tests_properties(bench_gpu_train_op_times PROPERTIES
+  PASS_REGULAR_EXPRESSION "sherl: op times per step [^\n]*ms in all:\n +op +calls +ms")
 add_test(NAME gpu_train_parity_cuda
   COMMAND gpu_train_checks parity --backend cuda ${small} --steps 20
           --work ${SHERL_GPU_TRAIN_WORK}/parity_cuda)
@@ -96,6 +106,6 @@ set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
   gpu_train_parity_bf16_tuned_guarded gpu_train_parity_graphs_guarded
   gpu_train_parity_bf16_graphs_guarded gpu_train_parity_graphs_self_test
   gpu_train_parity_self_test gpu_train_parity_perturbed gpu_train_parity_perturbed_self_test
-  gpu_train_parity_control gpu_train_parity_cuda
+  gpu_train_parity_control gpu_train_parity_timed bench_gpu_train_op_times gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

@@ -13,6 +13,7 @@
 #      backbone (device memory against the planner): gpu_train_checks,
 #   6. runs bench_kernels --backend cuda,
 #   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
+#   8. times the bf16 sherl step op by op (bench_gpu_train --backend cuda-timed),
 # then prints one table (step, result, seconds) and exits 1 if any step failed.
 #
 #   tests/gpu/run.sh OUTDIR [--cpu]
@@ -460,6 +461,35 @@ else
   step "$glog" 240 "$root/bench/gpu_train" "$build" --backend cuda --precision both \
     --batch 64 --seq 128 --layers 12 --hidden 768 --steps 10 --warmup 3 --model "$gmodel"
   cuda_result bench_gpu_train "$glog" "$(gpu_train_detail)"
+fi
+
+# ---- 8. where the sherl step's time goes, op by op (bench_gpu_train --backend cuda-timed) ----
+# The same bf16 sherl step with each backend call synchronised and timed (the wrappers of
+# tests/unit/guarded_backend.c in their timed mode), into 07-op_times.log: ms per step by op.
+# --cpu: cpu-timed at the smoke shape. PASS means it ran.
+tlog2=$out/07-op_times.log
+: >"$tlog2"
+echo "== op times"
+op_times_detail() { # the three costliest ops
+  step_output "$tlog2" | awk '/op times per step/ {t = 1; next}
+    t && $1 != "op" && NF == 5 && n < 3 {s = s sep $1 " " $3 " ms"; sep = ", "; n++}
+    END {print (s != "" ? s : "no table (see 07-op_times.log)")}'
+}
+if [ "$built" != 1 ] || [ ! -x "$build/bench/bench_gpu_train" ]; then
+  fail_step op_times 0 "not built (see 01-build.log)"
+elif [ "$cpu_flow" = 1 ]; then
+  step "$tlog2" 120 "$build/bench/bench_gpu_train" --backend cpu-timed --precision bf16 \
+    --methods sherl --batch 4 --seq 16 --warmup 1 --steps 1 --profile-steps 0 --ceiling 0 \
+    "$work/gpu-train-smoke"
+  cuda_result op_times_cpu "$tlog2" "$(op_times_detail)"
+elif [ "$gpu_present" = 0 ]; then
+  step "$tlog2" 30 "$build/bench/bench_gpu_train" --backend cuda-timed
+  cuda_result op_times "$tlog2" ""
+else
+  step "$tlog2" 120 "$build/bench/bench_gpu_train" --backend cuda-timed --precision bf16 \
+    --methods sherl --batch 64 --seq 128 --warmup 2 --steps 3 --profile-steps 0 --ceiling 0 \
+    "$gmodel"
+  cuda_result op_times "$tlog2" "$(op_times_detail)"
 fi
 
 # ---- the table ----

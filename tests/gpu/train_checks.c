@@ -13,7 +13,8 @@
  * sharing), cpu-counted (the CPU backend as a device: host_memory 0 and mem_info counting
  * exactly the bytes it allocated; thread-safe, so sharing's device path runs without a GPU) or
  * cpu-perturbed (the CPU backend with every fp32 product's result nudged by about one ulp, as a
- * device's other summation order would). DIR (--data) holds train.jsonl and validation.jsonl
+ * device's other summation order would) or cpu-timed (the CPU behind bench_gpu_train's timing
+ * wrappers, timed_backend: bit-identical to cpu). DIR (--data) holds train.jsonl and validation.jsonl
  * with "text" and "label" fields; tests/gpu/make_train_task.py makes a model and such a task.
  *
  * parity: the same SHERL job (method sherl, classification, log_every 1, the default dropout,
@@ -96,9 +97,9 @@ static void usage(void)
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
-            "  B: cpu, cuda, auto, cpu-guarded, cpu-counted or cpu-perturbed. DIR (--data) holds\n"
-            "  train.jsonl and validation.jsonl (tests/gpu/make_train_task.py makes a model and\n"
-            "  a task).\n"
+            "  B: cpu, cuda, auto, cpu-guarded, cpu-counted, cpu-perturbed or cpu-timed. DIR\n"
+            "  (--data) holds train.jsonl and validation.jsonl (tests/gpu/make_train_task.py\n"
+            "  makes a model and a task).\n"
             "  parity: per-step training loss on B vs the CPU in fp32 (1e-4 relative; bf16 2e-2\n"
             "  and validation accuracy within 0.01). --control 1 (fp32) also trains on\n"
             "  cpu-perturbed, the CPU with every fp32 product nudged by about 1 ulp: when B fails\n"
@@ -421,12 +422,16 @@ static be_result pick_backend(const char *name, const sherl_backend **be)
         *be = perturbed_backend();
         return BE_OK;
     }
+    if (!strcmp(name, "cpu-timed")) { /* the timing wrappers must not change a bit */
+        *be = timed_backend(sherl_backend_cpu());
+        return BE_OK;
+    }
     *be = sherl_backend_by_name(name);
     if (*be)
         return BE_OK;
     if (strcmp(name, "cuda")) {
-        fprintf(stderr, PROG ": unknown backend '%s' (cpu, cuda, auto, cpu-guarded or "
-                        "cpu-counted)\n", name);
+        fprintf(stderr, PROG ": unknown backend '%s' (cpu, cuda, auto, cpu-guarded, "
+                        "cpu-counted, cpu-perturbed or cpu-timed)\n", name);
         return BE_BAD;
     }
     char why[256];

@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -41,16 +42,29 @@ static void protect_all(int prot)
 }
 
 static void open_all(void) { protect_all(PROT_READ | PROT_WRITE); }
-static void close_all(void) { protect_all(PROT_NONE); }
 
 /* Calls per wrapper since the last reset: what a device would launch or copy (each call of the
- * table is at least one launch there), counted where every call already passes. */
+ * table is at least one launch there), counted where every call already passes; in the timed
+ * mode (timed_backend) also the seconds each took. */
 #define MAX_COUNTED 128
 static struct {
     const char *fn; /* the wrapper's __func__: one static string per wrapper */
     unsigned long long calls;
+    double seconds;
 } counted[MAX_COUNTED];
 static int n_counted;
+
+/* timed_backend: the wrappers run `cpu` (then any backend) with a synchronisation on each side
+ * and charge the time between to the op, instead of opening and closing the memory */
+static int timing, timed_op = -1;
+static double timed_t0;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void open_call(const char *fn)
 {
@@ -61,13 +75,31 @@ static void open_call(const char *fn)
         counted[n_counted++].fn = fn;
     if (i < n_counted)
         counted[i].calls++;
+    if (timing) {
+        cpu->synchronize();
+        timed_op = i < n_counted ? i : -1;
+        timed_t0 = mono_s();
+        return;
+    }
     open_all();
+}
+
+/* the end of every wrapped call */
+static void close_all(void)
+{
+    if (timing) {
+        cpu->synchronize();
+        if (timed_op >= 0)
+            counted[timed_op].seconds += mono_s() - timed_t0;
+        return;
+    }
+    protect_all(PROT_NONE);
 }
 
 void guarded_backend_reset_calls(void)
 {
     for (int i = 0; i < n_counted; i++)
-        counted[i].calls = 0;
+        counted[i].calls = 0, counted[i].seconds = 0;
 }
 
 static int by_calls_desc(const void *a, const void *b)
@@ -84,6 +116,7 @@ int guarded_backend_calls(guarded_op_calls *out, int max)
         if (counted[i].calls) {
             out[n].op = counted[i].fn + 2; /* "g_" */
             out[n].calls = counted[i].calls;
+            out[n].seconds = counted[i].seconds;
             n++;
         }
     qsort(out, (size_t)n, sizeof *out, by_calls_desc);
@@ -200,6 +233,7 @@ static void count_graph_launch(void *graph)
 
 unsigned long long guarded_backend_graph_launches(void) { return graph_launches; }
 
+
 static void g_synchronize(void)
 {
     capture_forbidden("synchronize");
@@ -263,7 +297,7 @@ static void g_copy_device(void *dst, const void *src, size_t bytes)
         return;
     }
     open_call(__func__);
-    memmove(dst, src, bytes);
+    cpu->copy_device(dst, src, bytes);
     close_all();
 }
 
@@ -284,7 +318,7 @@ static void g_zero(void *p, size_t bytes)
         return;
     }
     open_call(__func__);
-    memset(p, 0, bytes);
+    cpu->zero(p, bytes);
     close_all();
 }
 
@@ -1497,4 +1531,59 @@ const sherl_backend *guarded_backend(void)
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, fill);
     return &guarded;
+}
+
+static sherl_backend timed;
+static char timed_name[64];
+
+const sherl_backend *timed_backend(const sherl_backend *inner)
+{
+    guarded_backend();
+    if (timed.name) /* one inner backend a process */
+        return cpu == inner ? &timed : NULL;
+    cpu = inner;
+    timing = 1;
+    timed = guarded;
+    snprintf(timed_name, sizeof timed_name, "%s-timed", inner->name);
+    timed.name = timed_name;
+    /* memory, threads, errors and the rest: the inner backend's own; graphs: none (every call
+     * is timed as it runs) */
+    timed.host_memory = inner->host_memory;
+    timed.alloc = inner->alloc;
+    timed.free = inner->free;
+    timed.copy_to_device = inner->copy_to_device;
+    timed.copy_to_host = inner->copy_to_host;
+    timed.synchronize = inner->synchronize;
+    timed.set_threads = inner->set_threads;
+    timed.get_threads = inner->get_threads;
+    timed.describe = inner->describe;
+    timed.performance_advice = inner->performance_advice;
+    timed.scratch_bytes = inner->scratch_bytes;
+    timed.library_bytes = inner->library_bytes;
+    timed.prepare = inner->prepare;
+    timed.take_error = inner->take_error;
+    timed.mem_info = inner->mem_info;
+    timed.allow_tf32 = inner->allow_tf32;
+    timed.capture_begin = NULL;
+    timed.capture_end = NULL;
+    timed.graph_launch = NULL;
+    timed.graph_free = NULL;
+    return &timed;
+}
+
+double timed_backend_sync_seconds(void)
+{
+    if (!timing)
+        return 0;
+    enum { REPS = 200 };
+    double best = 1e9;
+    for (int r = 0; r < REPS; r++) {
+        cpu->synchronize();
+        double t0 = mono_s();
+        cpu->synchronize();
+        double t = mono_s() - t0;
+        if (t < best)
+            best = t;
+    }
+    return best;
 }
