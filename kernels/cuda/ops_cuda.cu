@@ -903,6 +903,43 @@ static unsigned long_row_blocks(long long rows)
     return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
 }
 
+// The half bits of v as f32_to_bf16 / f32_to_f16 round it (the fused ops' last step).
+__device__ __forceinline__ uint16_t to_half_bits(float v, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
+}
+
+// One row of LayerNorm by one warp (lane: its lane), statistics in double; y16 (when not NULL)
+// gets the outputs rounded to `type`; lane 0 stores the statistics where mean / rstd point.
+__device__ void layernorm_row_warp(float *y, uint16_t *y16, int type, float *mean, float *rstd,
+                                   const float *x, const float *weight, const float *bias, int C,
+                                   float eps, int lane)
+{
+    double s = 0.0;
+    for (int i = lane; i < C; i += 32)
+        s += x[i];
+    double m = warp_sum(s) / C;
+    double v = 0.0;
+    for (int i = lane; i < C; i += 32) {
+        double d = x[i] - m;
+        v += d * d;
+    }
+    v = warp_sum(v) / C;
+    float fm = (float)m, rs = (float)(1.0 / sqrt(v + (double)eps));
+    for (int i = lane; i < C; i += 32) {
+        float o = (x[i] - fm) * rs * weight[i] + bias[i];
+        y[i] = o;
+        if (y16)
+            y16[i] = to_half_bits(o, type);
+    }
+    if (lane == 0) {
+        if (mean)
+            *mean = fm;
+        if (rstd)
+            *rstd = rs;
+    }
+}
+
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd,
                                          long long stat_stride, const float *inp,
                                          const float *weight, const float *bias,
@@ -913,41 +950,15 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd,
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
-    long long g = row / N, n = row % N;
-    weight += g * param_stride;
-    bias += g * param_stride;
-    const float *x = inp + (size_t)row * C;
-    double s = 0.0;
-    for (int i = lane; i < C; i += 32)
-        s += x[i];
-    double m = warp_sum(s) / C;
-    double v = 0.0;
-    for (int i = lane; i < C; i += 32) {
-        double d = x[i] - m;
-        v += d * d;
-    }
-    v = warp_sum(v) / C;
-    float fm = (float)m, rs = (float)(1.0 / sqrt(v + (double)eps));
-    float *y = out + (size_t)row * C;
-    for (int i = lane; i < C; i += 32)
-        y[i] = (x[i] - fm) * rs * weight[i] + bias[i];
-    if (lane == 0) {
-        if (mean)
-            mean[g * stat_stride + n] = fm;
-        if (rstd)
-            rstd[g * stat_stride + n] = rs;
-    }
-}
-
-// The half bits of v as f32_to_bf16 / f32_to_f16 round it (the fused ops' last step).
-__device__ __forceinline__ uint16_t to_half_bits(float v, int type)
-{
-    return type == SHERL_HALF_F16 ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
+    long long g = row / N, n = row % N, st = g * stat_stride + n;
+    layernorm_row_warp(out + (size_t)row * C, NULL, 0, mean ? mean + st : NULL,
+                       rstd ? rstd + st : NULL, inp + (size_t)row * C, weight + g * param_stride,
+                       bias + g * param_stride, C, eps, lane);
 }
 
 // residual_layernorm_forward: each lane forms its elements of res = (x + lin_bias) + resid as
 // bias_add_kernel and residual_forward_kernel would, then the row's LayerNorm exactly as
-// layernorm_forward_kernel (the same lanes, order and sums), then the rounding.
+// layernorm_forward_kernel (the same lanes, order and sums), with the rounding.
 __global__ void residual_layernorm_kernel(float *out, uint16_t *out16, float *res, float *mean,
                                           float *rstd, const float *xin, const float *lin_bias,
                                           const float *resid, const float *weight,
@@ -957,38 +968,16 @@ __global__ void residual_layernorm_kernel(float *out, uint16_t *out16, float *re
     int lane = threadIdx.x % 32;
     if (row >= N)
         return;
-    const float *xr = xin + (size_t)row * C, *rr = resid + (size_t)row * C;
-    float *x = res + (size_t)row * C;
+    size_t at = (size_t)row * C;
+    float *x = res + at;
     for (int i = lane; i < C; i += 32) {
-        float v = xr[i];
+        float v = xin[at + i];
         if (lin_bias)
             v += lin_bias[i];
-        x[i] = v + rr[i];
+        x[i] = v + resid[at + i];
     }
-    double s = 0.0;
-    for (int i = lane; i < C; i += 32)
-        s += x[i];
-    double m = warp_sum(s) / C;
-    double v = 0.0;
-    for (int i = lane; i < C; i += 32) {
-        double d = x[i] - m;
-        v += d * d;
-    }
-    v = warp_sum(v) / C;
-    float fm = (float)m, rs = (float)(1.0 / sqrt(v + (double)eps));
-    float *y = out + (size_t)row * C;
-    for (int i = lane; i < C; i += 32) {
-        float o = (x[i] - fm) * rs * weight[i] + bias[i];
-        y[i] = o;
-        if (out16)
-            out16[(size_t)row * C + i] = to_half_bits(o, type);
-    }
-    if (lane == 0) {
-        if (mean)
-            mean[row] = fm;
-        if (rstd)
-            rstd[row] = rs;
-    }
+    layernorm_row_warp(out + at, out16 ? out16 + at : NULL, type, mean ? mean + row : NULL,
+                       rstd ? rstd + row : NULL, x, weight, bias, C, eps, lane);
 }
 
 __global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp,
