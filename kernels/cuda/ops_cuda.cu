@@ -367,9 +367,18 @@ static size_t reduce_scratch(size_t n)
 {
     return round256(sizeof(double) * ((n + RED_CHUNK - 1) / RED_CHUNK + 1));
 }
+// the guidance backward's partial parameter gradients: one row of d + 1 doubles per chunk of
+// tokens, then one per MTSA_SUM_ROWS of those (mtsa_part_sum_kernel)
+#define MTSA_SUM_ROWS 64
+static size_t mtsa_part_rows(int N) { return (size_t)((N + MTSA_CHUNK - 1) / MTSA_CHUNK); }
+static size_t mtsa_sum_rows(int N)
+{
+    return (mtsa_part_rows(N) + MTSA_SUM_ROWS - 1) / MTSA_SUM_ROWS;
+}
 static size_t mtsa_scratch(int N, int d)
 {
-    return round256(sizeof(double) * (size_t)((N + MTSA_CHUNK - 1) / MTSA_CHUNK) * (d + 1));
+    return round256(sizeof(double) * mtsa_part_rows(N) * (d + 1)) +
+           round256(sizeof(double) * mtsa_sum_rows(N) * (d + 1));
 }
 
 static size_t op_scratch_bytes(const sherl_scratch_shape *q)
@@ -1919,6 +1928,22 @@ __global__ void mtsa_backward_kernel(float *dx, double *part, const float *dz, c
     }
 }
 
+// part[rows, d + 1] -> out[ceil(rows / MTSA_SUM_ROWS), d + 1]: block b sums rows
+// b * MTSA_SUM_ROWS ... of each column, in order. The parameter gradient then sums a few hundred
+// rows instead of one per token (a serial sum over N rows by d + 1 threads took most of the
+// backward's time), in a fixed order: the same bits each run.
+__global__ void mtsa_part_sum_kernel(double *out, const double *part, int rows, int d)
+{
+    const int r0 = blockIdx.x * MTSA_SUM_ROWS,
+              r1 = r0 + MTSA_SUM_ROWS < rows ? r0 + MTSA_SUM_ROWS : rows;
+    for (int e = threadIdx.x; e <= d; e += blockDim.x) {
+        double acc = 0.0;
+        for (int r = r0; r < r1; r++)
+            acc += part[(size_t)r * (d + 1) + e];
+        out[(size_t)blockIdx.x * (d + 1) + e] = acc;
+    }
+}
+
 __global__ void mtsa_param_grad_kernel(float *dw, float *dc, const double *part, int chunks, int d)
 {
     GRID_STRIDE(e, (size_t)d + 1)
@@ -1977,8 +2002,13 @@ static void cuda_mtsa_guide_backward(float *dx, float *dw, float *dc, const floa
         dx, part, dz, x, w, s, rho, alpha, S, N, d);
     LAUNCHED(c, "mtsa_backward_kernel");
     if (part) {
-        mtsa_param_grad_kernel<<<grid_for((size_t)d + 1, 128), 128, 0, c->stream>>>(dw, dc, part,
-                                                                                   chunks, d);
+        double *sums = part + round256(sizeof(double) * mtsa_part_rows(N) * (d + 1)) /
+                                  sizeof(double);
+        const int rows = (int)mtsa_sum_rows(N);
+        mtsa_part_sum_kernel<<<rows, 128, 0, c->stream>>>(sums, part, chunks, d);
+        LAUNCHED(c, "mtsa_part_sum_kernel");
+        mtsa_param_grad_kernel<<<grid_for((size_t)d + 1, 128), 128, 0, c->stream>>>(dw, dc, sums,
+                                                                                   rows, d);
         LAUNCHED(c, "mtsa_param_grad_kernel");
     }
 }

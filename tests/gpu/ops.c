@@ -1470,7 +1470,17 @@ static void t_relu_backward(tcase *tc, int arg)
 /* ------------------------------------------------------------------------------------------
  * SHERL guidance: K taps of N tokens, side width d */
 
-enum { MTSA_N = 37, MTSA_D = 45 };
+enum { MTSA_N = 37, MTSA_D = 45, MTSA_BIG = 100, MTSA_BIG_N = 300, MTSA_BIG_D = 96 };
+
+/* arg: K taps at N = 37, d = 45; MTSA_BIG + K: the engine's side width and enough tokens that
+ * the CUDA backward sums its per-token partial gradients in several blocks, the last partial */
+static void mtsa_shape(int arg, int *K, int *N, int *d)
+{
+    int big = arg >= MTSA_BIG;
+    *K = big ? arg - MTSA_BIG : arg;
+    *N = big ? MTSA_BIG_N : MTSA_N;
+    *d = big ? MTSA_BIG_D : MTSA_D;
+}
 
 /* Taps x[K,N,d] with the branches the op has: token 1's shallow taps are all parallel (cosines
  * 1), token 2's first two are opposite (cosine -1, cut by the relu). With `tiny`, token 0's first
@@ -1478,28 +1488,30 @@ enum { MTSA_N = 37, MTSA_D = 45 };
  * a variant of its own rather than part of every check. Never an all-zero tap: its rho is 0
  * (xh = 0, so even cos(j,j) is 0) and the CPU turns the token, and with it all of dw and dc,
  * into NaN. */
-static float *host_taps(tcase *tc, int K, int tiny)
+static float *host_taps(tcase *tc, int K, int N, int d, int tiny)
 {
-    const size_t tap = (size_t)MTSA_N * MTSA_D;
+    const size_t tap = (size_t)N * d;
     float *x = host_rand(tc, (size_t)K * tap, -1, 1);
-    for (int e = 0; e < MTSA_D; e++) {
+    for (int e = 0; e < d; e++) {
         if (tiny)
             x[e] *= 1e-3f;
         for (int j = 1; j < K - 1; j++)
-            x[j * tap + MTSA_D + e] = (float)(j + 1) * x[MTSA_D + e];
+            x[j * tap + d + e] = (float)(j + 1) * x[d + e];
         if (K - 1 >= 2)
-            x[tap + 2 * MTSA_D + e] = -x[2 * MTSA_D + e];
+            x[tap + 2 * d + e] = -x[2 * d + e];
     }
     return x;
 }
 
-static void t_mtsa_forward(tcase *tc, int K)
+static void t_mtsa_forward(tcase *tc, int arg)
 {
-    const int N = MTSA_N, d = MTSA_D, S = K - 1;
+    int K, N, d;
+    mtsa_shape(arg, &K, &N, &d);
+    const int S = K - 1;
     const float c0 = 0.05f;
     pair w = up_rand(tc, d, -1, 1), c = up(tc, &c0, sizeof c0);
     for (int tiny = 0; tiny < 2; tiny++) {
-        pair x = up(tc, host_taps(tc, K, tiny), sizeof(float) * K * N * d);
+        pair x = up(tc, host_taps(tc, K, N, d, tiny), sizeof(float) * K * N * d);
         pair z = up_poison(tc, (size_t)N * d), sv = up_poison(tc, (size_t)N * S);
         pair rho = up_poison(tc, (size_t)N * S), alpha = up_poison(tc, (size_t)N * S);
         ON_BOTH(tc, be->mtsa_guide_forward(P(z), P(sv), P(rho), P(alpha), P(x), P(w), P(c), K, N,
@@ -1515,10 +1527,12 @@ static void t_mtsa_forward(tcase *tc, int K)
 
 /* Every gradient, each one left out, and none at all (must write nothing and not fault); then
  * every gradient with a tiny tap. s, rho, alpha come from the reference forward. */
-static void t_mtsa_backward(tcase *tc, int K)
+static void t_mtsa_backward(tcase *tc, int arg)
 {
     static const int wants[] = {7, 6, 5, 3, 0, 7}; /* bits: 1 dx, 2 dw, 4 dc */
-    const int N = MTSA_N, d = MTSA_D, S = K - 1, nwants = sizeof wants / sizeof wants[0];
+    int K, N, d;
+    mtsa_shape(arg, &K, &N, &d);
+    const int S = K - 1, nwants = sizeof wants / sizeof wants[0];
     const float c0 = 0.05f;
     const size_t nx = (size_t)K * N * d;
     pair w = up_rand(tc, d, -1, 1), c = up(tc, &c0, sizeof c0);
@@ -1527,7 +1541,7 @@ static void t_mtsa_backward(tcase *tc, int K)
     for (int v = 0; v < nwants; v++) {
         int want = wants[v], tiny = v == nwants - 1;
         if (v == 0 || tiny) {
-            x = up(tc, host_taps(tc, K, tiny), sizeof(float) * nx);
+            x = up(tc, host_taps(tc, K, N, d, tiny), sizeof(float) * nx);
             pair z = up_poison(tc, (size_t)N * d);
             sv = up_poison(tc, (size_t)N * S);
             rho = up_poison(tc, (size_t)N * S);
@@ -1800,9 +1814,11 @@ static const test_def tests[] = {
     {"mtsa_guide_forward.K2", t_mtsa_forward, 2},
     {"mtsa_guide_forward.K4", t_mtsa_forward, 4},
     {"mtsa_guide_forward.K7", t_mtsa_forward, 7},
+    {"mtsa_guide_forward.K12big", t_mtsa_forward, MTSA_BIG + 12},
     {"mtsa_guide_backward.K2", t_mtsa_backward, 2},
     {"mtsa_guide_backward.K4", t_mtsa_backward, 4},
     {"mtsa_guide_backward.K7", t_mtsa_backward, 7},
+    {"mtsa_guide_backward.K12big", t_mtsa_backward, MTSA_BIG + 12},
     {"gate_add_forward", t_gate_add_forward, 0},
     {"gate_add_backward", t_gate_add_backward, 0},
     {"crossentropy_forward.small", t_crossentropy_forward, 0},
