@@ -951,8 +951,9 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
-        /* a half product: Q|K|V rounded as autocast's Linear returns them, with its bias in the
-         * same pass (the bits of bias_add, round and widen in a row) */
+        /* a half product (a half model's layers have no fp32 matrices: layer_in_use): Q|K|V
+         * rounded as autocast's Linear returns them, with its bias in the same pass (the bits
+         * of bias_add, round and widen in a row) */
         int fused = !ly->qkv_w;
         linear_forward(m, qkv, inp + r0 * D, a->inp16 ? a->inp16 + r0 * D : NULL, ly->qkv_w,
                        ly->qkv_w16, fused ? NULL : ly->qkv_b, act16, act16_n, b * T, D, 3 * D);

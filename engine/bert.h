@@ -149,7 +149,8 @@ typedef struct {
     int32_t *ids, *types, *positions; /* [B*T] on the backend */
     float *emb_mean, *emb_rstd;
     uint16_t *act16; /* half models: an operand of a half product, rounded (see the layout) */
-    size_t act16_n;  /* its halves: at least one row of any product's operand */
+    size_t act16_n;  /* its halves: at least one row of any product's operand, and a whole
+                      * feed-forward chunk's [chunk, F] (bias_gelu_half_forward writes it) */
     sherl_arena own; /* the arena of bert_workspace_create; empty when carved from another */
 } bert_workspace;
 

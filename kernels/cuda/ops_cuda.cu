@@ -1768,8 +1768,9 @@ static void cuda_gate_add_backward(float *dy, float *dlambda, const float *dout,
 // matrix of the S shallow taps and the S scores), each in double over the feature dim; one
 // thread does the S x S scalar work; then the threads combine the taps feature by feature.
 // Backward: one block per chunk of MTSA_CHUNK tokens, taken in order, so that each thread
-// adds its features' dw terms into the chunk's own slot in the order the CPU does; the
-// chunk slots are then summed in order by a second kernel (no atomics: the same bits each run).
+// adds its features' dw terms into the chunk's own slot in the order the CPU does; the chunk
+// slots are then summed in a fixed order, 64 at a time and then those sums (two more kernels;
+// no atomics: the same bits each run).
 
 #define MTSA_THREADS 128
 

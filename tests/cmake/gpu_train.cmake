@@ -61,10 +61,11 @@ add_test(NAME gpu_train_parity_self_test
           --tol 1e-7 --work ${SHERL_GPU_TRAIN_WORK}/parity_self_test)
 set_tests_properties(gpu_train_parity_self_test PROPERTIES
   PASS_REGULAR_EXPRESSION "parity: cpu-guarded bf16: FAIL worst rel diff [0-9.e+-]+ at step")
-# rounding alone: the CPU with every fp32 product nudged by about 1 ulp (cpu-perturbed) stays
-# within the fp32 tolerance over 20 steps, so the GPU's 1e-4 asks for rounding-level agreement
-# and no less; the nudges are real (at 1e-10 it FAILs); and --control 1 turns a FAIL that the
-# control shares, at or before the tested run's first step over, into ILL-CONDITIONED
+# rounding alone: the CPU with its fp32 Linear and MTSA products nudged by about 1 ulp
+# (cpu-perturbed) stays within the fp32 tolerance over 20 steps, so the GPU's 1e-4 asks for
+# rounding-level agreement and no less; the nudges are real (at 1e-10 it FAILs); and
+# --control 1 turns a FAIL that the control shares (at or before the tested run's first step
+# over, as far give or take 10x) into ILL-CONDITIONED
 add_test(NAME gpu_train_parity_perturbed
   COMMAND gpu_train_checks parity --backend cpu-perturbed ${small} --steps 20
           --work ${SHERL_GPU_TRAIN_WORK}/parity_perturbed)
@@ -78,6 +79,13 @@ add_test(NAME gpu_train_parity_control
           --tol 1e-10 --work ${SHERL_GPU_TRAIN_WORK}/parity_control)
 set_tests_properties(gpu_train_parity_control PROPERTIES
   PASS_REGULAR_EXPRESSION "parity: cpu-perturbed fp32: ILL-CONDITIONED worst rel diff")
+# ... but not a real difference: bf16 against fp32 leaves a tolerance of 1e-9 at step 1 with
+# the control, and moves a thousand times as far: FAIL
+add_test(NAME gpu_train_parity_control_self_test
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --control 1 ${small}
+          --steps 3 --tol 1e-9 --work ${SHERL_GPU_TRAIN_WORK}/parity_control_self_test)
+set_tests_properties(gpu_train_parity_control_self_test PROPERTIES
+  PASS_REGULAR_EXPRESSION "parity: cpu-guarded bf16: FAIL worst rel diff")
 # the timing wrappers behind bench_gpu_train --backend cuda-timed change nothing: bit-identical
 # training on cpu-timed, and the bench prints its table of op times
 add_test(NAME gpu_train_parity_timed
@@ -106,6 +114,6 @@ set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
   gpu_train_parity_bf16_tuned_guarded gpu_train_parity_graphs_guarded
   gpu_train_parity_bf16_graphs_guarded gpu_train_parity_graphs_self_test
   gpu_train_parity_self_test gpu_train_parity_perturbed gpu_train_parity_perturbed_self_test
-  gpu_train_parity_control gpu_train_parity_timed bench_gpu_train_op_times gpu_train_parity_cuda
+  gpu_train_parity_control gpu_train_parity_control_self_test gpu_train_parity_timed bench_gpu_train_op_times gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

@@ -332,13 +332,13 @@ fi
 # parity: one SHERL job, 20 steps on the CPU in fp32 and on the GPU; fp32 (every step's loss
 # within 1e-4 relative) on a 4-layer, hidden-256 random BERT with a learnable 2-class task
 # (tests/gpu/make_train_task.py), with MTSA dropout 0 (fp32) and the default 0.1 (fp32-dropout),
-# each with --control 1: the CPU with its products nudged by 1 ulp trains the same job beside
-# them. With dropout 0.1 this trajectory meets a token whose guidance weights' normaliser is
-# ~2e-5 at step 7 (one score just above 0, the others <= 0: alpha's derivative ~1/2e-5), and the
-# control leaves 1e-4 at step 8 as the GPU did; the step then says ILL-CONDITIONED (the losses
-# cannot tell the GPU's error from rounding's) instead of FAIL, and only dropout 0's PASS counts;
-# bf16 (2e-2, validation accuracy within 0.01) on a 2-layer,
-# hidden-64 one, also with the late layer trained (bf16-tuned: its products on half copies of
+# each with --control 1: the CPU with its Linear and MTSA products nudged by 1 ulp trains the
+# same job beside them. With dropout 0.1 this trajectory meets a token whose guidance weights'
+# normaliser is ~2e-5 at step 7 (one score just above 0, the others <= 0: alpha's derivative
+# ~1/2e-5), and the control leaves 1e-4 at step 8 as the GPU did; the step then says
+# ILL-CONDITIONED (the losses cannot tell the GPU's error from rounding's; gpu_train_checks says
+# when) instead of FAIL, and only dropout 0's PASS counts; bf16 (2e-2, validation accuracy
+# within 0.01) on a 2-layer, hidden-64 one, also with the late layer trained (bf16-tuned: its products on half copies of
 # fp32 masters): on deeper models bf16's rounding alone moves SHERL's per-step losses by more than
 # 2e-2 after ~10 steps, on the CPU too (MTSA's gates flip on tiny changes), so there a FAIL would
 # say nothing about the GPU. sharing: 4 concurrent jobs x 6 steps on one resident 12-layer,
@@ -390,7 +390,9 @@ else
       step "$tlog" 90 "$checks" parity --backend "$parity_backend" --precision "$prec" \
         --tune-late "$tune" --graphs "$graphs" "${extra[@]}" --model "$task/model" \
         --data "$task/data" --steps 20 --work "$work/train-runs"
-      if [ "$rc" = 3 ]; then # the control left the tolerance no later than the GPU: no verdict
+      if [ "$rc" = 3 ] && [ "$run" = fp32-dropout ]; then
+        # the control left the tolerance no later than the GPU, and the GPU moved no further
+        # than 10 times the control: no verdict (with dropout 0 the same is a failure)
         record "train_parity_$run" ILL-CONDITIONED "$took" \
           "$(train_detail 'worst rel diff .*'); control first over at step $(train_detail 'left the tolerance first at step [0-9]+' | grep -oE '[0-9]+$')"
       else
