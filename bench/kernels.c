@@ -110,7 +110,8 @@ static uint16_t *rand_bf16(size_t n, float lo, float hi, const char *what)
 enum {
     OP_COPY, OP_GEMM_BF16_CEIL, OP_GEMM_F32_CEIL,
     OP_MM_QKV, OP_MM_FF1, OP_MM_FF2, OP_MM_FF1_BWD, OP_GEMM_BF16_FF1, OP_GEMM_BATCHED_SCORES,
-    OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_SOFTMAX_FWD, OP_ATTN_FWD, OP_ATTN_BWD,
+    OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_RES_LN_HALF, OP_SOFTMAX_FWD,
+    OP_ATTN_FWD, OP_ATTN_BWD,
     OP_MTSA_FWD, OP_MTSA_BWD, OP_ADAMW, OP_SUMSQ,
 };
 
@@ -128,7 +129,7 @@ typedef struct {
     /* Linear and LayerNorm */
     float *x, *ln_out, *ln_mean, *ln_rstd, *ln_w, *ln_b, *dx_c, *dln_w, *dln_b, *dout_c;
     float *w_qkv, *b_qkv, *qkv, *w1, *b1, *h1, *g1, *w2, *b2, *out2, *dw1, *db1;
-    uint16_t *x16, *w1_16;
+    uint16_t *x16, *w1_16, *g16, *ln16; /* g16 [N,FF], ln16 [N,C]: the fused tails' outputs */
     float *c16; /* fp32 output of the bf16 FF1 product */
     /* attention */
     float *q, *k, *scores, *mask, *probs_sm, *attn_out, *probs, *dqkv;
@@ -183,6 +184,14 @@ static void run_op(state *s, int op)
         break;
     case OP_GELU_FWD:
         be->gelu_forward(s->g1, s->h1, (size_t)N * FF);
+        break;
+    case OP_BIAS_GELU_HALF: /* g16 = bf16(gelu(g1 + b1)): a half FF1's tail */
+        be->bias_gelu_half_forward(s->g16, s->g1, s->b1, N, FF, SHERL_HALF_BF16);
+        break;
+    case OP_RES_LN_HALF: /* out2 = dout_c + b2 + x; ln_out = LN(out2); ln16 = bf16(ln_out) */
+        be->residual_layernorm_forward(s->ln_out, s->ln16, s->out2, s->ln_mean, s->ln_rstd,
+                                       s->dout_c, s->b2, s->x, s->ln_w, s->ln_b, N, C, 1e-12f,
+                                       SHERL_HALF_BF16);
         break;
     case OP_SOFTMAX_FWD:
         be->softmax_forward(s->probs_sm, s->scores, s->mask, 1.0f / sqrtf((float)s->HS), s->B,
@@ -459,6 +468,8 @@ int main(int argc, char **argv)
     s->x16 = rand_bf16(NC, -1, 1, "bf16 x [N,C]");
     s->w1_16 = rand_bf16((size_t)FF * C, -0.05f, 0.05f, "bf16 FF1 weight");
     s->c16 = balloc(sizeof(float) * NFF, "bf16 FF1 out [N,FF]");
+    s->g16 = balloc(sizeof(uint16_t) * NFF, "bf16 GELU out [N,FF]");
+    s->ln16 = balloc(sizeof(uint16_t) * NC, "bf16 layernorm out [N,C]");
     s->q = rand_f32(NC, -1, 1, "q [B*NH,T,HS]");
     s->k = rand_f32(NC, -1, 1, "k [B*NH,T,HS]");
     s->scores = balloc(sizeof(float) * att, "scores [B,NH,T,T]");
@@ -524,6 +535,14 @@ int main(int argc, char **argv)
     snprintf(sh, sizeof sh, "%dx%d", N, FF);
     /* reads inp, writes out */
     bench(s, OP_GELU_FWD, rounds, "gelu_forward", sh, 4.0 * 2.0 * NFF, CEIL_COPY, 0);
+    /* reads x [N,FF] and the bias, writes bf16 [N,FF] (what bias_add, gelu and the rounding
+     * moved in three passes: 4 x 7 NFF bytes) */
+    bench(s, OP_BIAS_GELU_HALF, rounds, "bias_gelu_half_forward", sh, 4.0 * NFF + 2.0 * NFF,
+          CEIL_COPY, 0);
+    snprintf(sh, sizeof sh, "%dx%d", N, C);
+    /* reads x and resid [N,C], writes res and out [N,C], the bf16 out, mean and rstd [N] */
+    bench(s, OP_RES_LN_HALF, rounds, "residual_layernorm_forward", sh,
+          4.0 * 4.0 * NC + 2.0 * NC + 4.0 * 2.0 * N, CEIL_COPY, 0);
     snprintf(sh, sizeof sh, "%dx%dx%dx%d + mask", B, NH, T, T);
     /* reads inp [B,NH,T,T] and mask [B,T], writes out [B,NH,T,T] */
     bench(s, OP_SOFTMAX_FWD, rounds, "softmax_forward", sh, 4.0 * (2.0 * att + (double)B * T),
@@ -555,7 +574,8 @@ int main(int argc, char **argv)
                     &s->mdz, &s->mdx, &s->mdw, &s->mdc};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++)
         bfree(*fb[i]), *fb[i] = NULL;
-    bfree(s->x16), bfree(s->w1_16), s->x16 = s->w1_16 = NULL;
+    bfree(s->x16), bfree(s->w1_16), bfree(s->g16), bfree(s->ln16);
+    s->x16 = s->w1_16 = s->g16 = s->ln16 = NULL;
 
     /* ---- optimizer ---- */
     const size_t P = s->n_params;
