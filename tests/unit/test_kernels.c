@@ -692,6 +692,16 @@ static void expect_same_u16(const char *what, const uint16_t *got, const uint16_
         }
 }
 
+/* two half buffers on the backend, bit for bit */
+static void expect_same_dev_u16(const sherl_backend *be, const char *what, const uint16_t *got,
+                                const uint16_t *want, size_t n)
+{
+    uint16_t *g = malloc(2 * n), *w = malloc(2 * n);
+    half_to_host(be, g, got, n), half_to_host(be, w, want, n);
+    expect_same_u16(what, g, w, n);
+    free(g), free(w);
+}
+
 /* (N, C): rows shorter than the CPU's spans, and rows that cross them (4096 elements) */
 static const int fused_shapes[][2] = {{64, 96}, {3, 4099}};
 
@@ -778,12 +788,8 @@ Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
             expect_same("residual_layernorm_forward: res", a2, a1, n);
             expect_same("residual_layernorm_forward: out", e2, e1, n);
             expect_same("residual_layernorm_forward: mean, rstd", s2, s1, 2 * (size_t)N);
-            if (h2) {
-                uint16_t *u1 = malloc(2 * n), *u2 = malloc(2 * n);
-                half_to_host(be, u1, h1, n), half_to_host(be, u2, h2, n);
-                expect_same_u16("residual_layernorm_forward: out16", u2, u1, n);
-                free(u1), free(u2);
-            }
+            if (h2)
+                expect_same_dev_u16(be, "residual_layernorm_forward: out16", h2, h1, n);
             /* against double: LayerNorm of x + lin_bias + resid */
             double *want = malloc(8 * n);
             for (int i = 0; i < N; i++) {
@@ -836,12 +842,8 @@ Test(kernels, bias_half_round_forward_is_the_unfused_ops)
                 float *a1 = malloc(4 * n), *a2 = malloc(4 * n);
                 back_f(be, a1, x1, n), back_f(be, a2, x2, n);
                 expect_same("bias_half_round_forward: x", a2, a1, n);
-                if (h2) {
-                    uint16_t *o1 = malloc(2 * n), *o2 = malloc(2 * n);
-                    half_to_host(be, o1, h1, n), half_to_host(be, o2, h2, n);
-                    expect_same_u16("bias_half_round_forward: x16", o2, o1, n);
-                    free(o1), free(o2);
-                }
+                if (h2)
+                    expect_same_dev_u16(be, "bias_half_round_forward: x16", h2, h1, n);
                 /* against double: x + bias to the nearest half */
                 double *want = malloc(8 * n);
                 for (size_t i = 0; i < n; i++)
