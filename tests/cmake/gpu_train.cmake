@@ -91,6 +91,16 @@ set_tests_properties(gpu_train_parity_control_self_test PROPERTIES
 add_test(NAME gpu_train_parity_timed
   COMMAND gpu_train_checks parity --backend cpu-timed ${small} --steps 5 --tol 1e-300
           --work ${SHERL_GPU_TRAIN_WORK}/parity_timed)
+# ... in bf16 too, with the late layer trained (every fused half op's wrapper), as the guarded
+# backend: both against the CPU's own bf16 run, bit for bit
+add_test(NAME gpu_train_parity_bf16_timed
+  COMMAND gpu_train_checks parity --backend cpu-timed --precision bf16 --tune-late 1
+          --reference-precision bf16 ${small} --steps 5 --tol 1e-300
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_timed)
+add_test(NAME gpu_train_parity_bf16_guarded_exact
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1
+          --reference-precision bf16 ${small} --steps 5 --tol 1e-300
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_guarded_exact)
 add_test(NAME bench_gpu_train_op_times
   COMMAND bench_gpu_train --backend cpu-timed --precision bf16 --methods sherl --batch 4 --seq 16
           --warmup 1 --steps 1 --profile-steps 0 --ceiling 0 ${SHERL_GPU_TRAIN_WORK}/small/model)
@@ -114,6 +124,7 @@ set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
   gpu_train_parity_bf16_tuned_guarded gpu_train_parity_graphs_guarded
   gpu_train_parity_bf16_graphs_guarded gpu_train_parity_graphs_self_test
   gpu_train_parity_self_test gpu_train_parity_perturbed gpu_train_parity_perturbed_self_test
-  gpu_train_parity_control gpu_train_parity_control_self_test gpu_train_parity_timed bench_gpu_train_op_times gpu_train_parity_cuda
+  gpu_train_parity_control gpu_train_parity_control_self_test gpu_train_parity_timed gpu_train_parity_bf16_timed
+  gpu_train_parity_bf16_guarded_exact bench_gpu_train_op_times gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)

@@ -4,7 +4,7 @@
  *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
  *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
  *                            [--tune-late 0|1] [--graphs 0|1] [--tol X] [--dropout P]
- *                            [--control 0|1] [--work DIR]
+ *                            [--control 0|1] [--reference-precision fp32|bf16] [--work DIR]
  *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
  *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
  *
@@ -21,7 +21,9 @@
  * parity: the same SHERL job (method sherl, classification, log_every 1, the default dropout,
  *   seed 17, max_steps = --steps; --tune-late 1: the late layer trains too, so in bf16 its
  *   products run on half copies of fp32 masters) trained once on the CPU backend in fp32 and once on B at
- *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend).
+ *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend);
+ *   --reference-precision bf16: the CPU's run is bf16 too (for test backends that must give
+ *   the CPU's bits: --tol 1e-300).
  *   Every step's training loss must match the CPU's within 1e-4 relative (fp32) or 2e-2 (bf16);
  *   with bf16 the final validation accuracy must also be within 0.01 of the fp32 run's (--tol
  *   sets the loss tolerance instead). --graphs 1: the tested run has resources.graphs (its
@@ -97,7 +99,8 @@ static void usage(void)
             "usage: " PROG " parity  --backend B --model DIR --data DIR [--precision fp32|bf16]\n"
             "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
             "                         [--threads N] [--tune-late 0|1] [--graphs 0|1] [--tol X]\n"
-            "                         [--dropout P] [--control 0|1] [--work DIR]\n"
+            "                         [--dropout P] [--control 0|1]\n"
+            "                         [--reference-precision fp32|bf16] [--work DIR]\n"
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
@@ -105,11 +108,12 @@ static void usage(void)
             "  (--data) holds train.jsonl and validation.jsonl (tests/gpu/make_train_task.py\n"
             "  makes a model and a task).\n"
             "  parity: per-step training loss on B vs the CPU in fp32 (1e-4 relative; bf16 2e-2\n"
-            "  and validation accuracy within 0.01). --control 1 also trains on cpu-perturbed, the\n"
-            "  CPU in fp32 with its Linear and MTSA products nudged by about 1 ulp: when B fails on\n"
-            "  its losses alone, the control fails too (no later than B), B moved at most 10 times\n"
-            "  as far and its validation accuracy is within the control's + 0.01, the verdict is\n"
-            "  ILL-CONDITIONED (exit 3) instead of FAIL.\n"
+            "  and validation accuracy within 0.01); --reference-precision bf16: the CPU's run in\n"
+            "  bf16 instead (with --tol 1e-300: B must give the same bits). --control 1 also\n"
+            "  trains on cpu-perturbed, the CPU in fp32 with its Linear and MTSA products nudged\n"
+            "  by about 1 ulp: when B fails on its losses alone, the control fails too (no later\n"
+            "  than B), B moved at most 10 times as far and its validation accuracy is within the\n"
+            "  control's + 0.01, the verdict is ILL-CONDITIONED (exit 3) instead of FAIL.\n"
             "  sharing: N concurrent jobs on one resident backbone use backbone + N x job's\n"
             "  planned memory (5%% on a device, 10%% RSS on the host, plus identical parameters\n"
             "  to a single run).\n");
@@ -128,7 +132,7 @@ static double mib(double bytes) { return bytes / 1048576.0; }
  * options */
 
 typedef struct {
-    const char *mode, *backend, *model, *data, *work, *precision;
+    const char *mode, *backend, *model, *data, *work, *precision, *ref_precision;
     int steps, batch, max_length, threads, jobs, tune_late, graphs, control;
     double lr, tol, dropout; /* dropout < 0: the spec's default */
 } options;
@@ -162,7 +166,7 @@ static int parse_double(const char *flag, const char *v, double *out)
 static int parse_args(int argc, char **argv, options *o)
 {
     memset(o, 0, sizeof *o);
-    o->precision = "fp32";
+    o->precision = o->ref_precision = "fp32";
     o->steps = -1, o->batch = 8, o->max_length = 32, o->threads = -1, o->jobs = 4;
     o->dropout = -1;
     if (argc < 2) {
@@ -201,6 +205,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->work = v;
         else if (!strcmp(a, "--precision"))
             o->precision = v;
+        else if (!strcmp(a, "--reference-precision"))
+            o->ref_precision = v;
         else if (!strcmp(a, "--steps"))
             bad = parse_int(a, v, 1, 100000, &o->steps);
         else if (!strcmp(a, "--batch"))
@@ -244,6 +250,14 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16")) {
         fprintf(stderr, PROG ": --precision %s: fp32 or bf16\n", o->precision);
+        return 2;
+    }
+    if (strcmp(o->ref_precision, "fp32") && strcmp(o->ref_precision, "bf16")) {
+        fprintf(stderr, PROG ": --reference-precision %s: fp32 or bf16\n", o->ref_precision);
+        return 2;
+    }
+    if (o->control && strcmp(o->ref_precision, "fp32")) {
+        fprintf(stderr, PROG ": --control 1 needs the fp32 reference (the control is fp32)\n");
         return 2;
     }
     if (o->control && strcmp(o->mode, "parity")) {
@@ -569,19 +583,20 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
     double tol = o->tol > 0 ? o->tol : bf16 ? 2e-2 : 1e-4, acc_tol = 0.01;
     int threads = o->threads >= 0 ? o->threads : 0;
     char out_ref[PATH_MAX + 64], out_test[PATH_MAX + 64];
-    snprintf(out_ref, sizeof out_ref, "%s/parity-cpu-fp32", work);
+    const char *rp = o->ref_precision;
+    snprintf(out_ref, sizeof out_ref, "%s/parity-cpu-%s", work, rp);
     snprintf(out_test, sizeof out_test, "%s/parity-%s-%s", work, be->name, o->precision);
     remove_tree(out_ref);
     remove_tree(out_test);
 
     char desc[256] = "";
     be->describe(desc, sizeof desc);
-    printf(PROG ": parity: %s %s against cpu fp32; %d steps, batch %d, max_length %d, seed %d\n"
+    printf(PROG ": parity: %s %s against cpu %s; %d steps, batch %d, max_length %d, seed %d\n"
            "  tested backend: %s\n  model %s, data %s\n",
-           be->name, o->precision, o->steps, o->batch, o->max_length, SEED, desc, model, data);
+           be->name, o->precision, rp, o->steps, o->batch, o->max_length, SEED, desc, model, data);
 
     job_spec ref, test;
-    sherl_status st = make_spec(&ref, o, model, data, "parity-cpu", "fp32", threads, out_ref, 0);
+    sherl_status st = make_spec(&ref, o, model, data, "parity-cpu", rp, threads, out_ref, 0);
     if (st.code) {
         fprintf(stderr, PROG ": the reference spec: %s\n", st.msg);
         return 2;
@@ -594,12 +609,12 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
     st = train_run(&ref, &hr, &rr);
     double t_ref = now_s() - t0;
     if (st.code) {
-        printf("parity: %s %s: FAIL (the reference run on cpu fp32 failed: %s)\n", be->name,
-               o->precision, st.msg);
+        printf("parity: %s %s: FAIL (the reference run on cpu %s failed: %s)\n", be->name,
+               o->precision, rp, st.msg);
         log_free(&lr);
         return 1;
     }
-    printf("  cpu fp32 run: %d steps in %.2f s (%.1f steps/s), validation accuracy %.4f\n",
+    printf("  cpu %s run: %d steps in %.2f s (%.1f steps/s), validation accuracy %.4f\n", rp,
            rr.steps, t_ref, rr.steps / (t_ref > 1e-9 ? t_ref : 1e-9), rr.val_accuracy);
 
     /* the tested run: its spec may be refused (precision), or train_run may refuse it */
@@ -656,7 +671,9 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
 
     char col[64];
     snprintf(col, sizeof col, "%s %s loss", be->name, o->precision);
-    printf("  %5s  %14s  %22s  %10s%s\n", "step", "cpu fp32 loss", col, "rel diff",
+    char ref_col[32];
+    snprintf(ref_col, sizeof ref_col, "cpu %s loss", rp);
+    printf("  %5s  %14s  %22s  %10s%s\n", "step", ref_col, col, "rel diff",
            controlled ? "   cpu-perturbed rel diff" : "");
     double worst = 0, control_worst = 0;
     int worst_step = 0, failed = 0, first_bad = 0, control_bad = 0, other_failure = 0;
@@ -710,8 +727,8 @@ static int check_parity(const options *o, const sherl_backend *be, const char *m
     else if (controlled)
         printf("\n  control: cpu-perturbed stayed within the tolerance (worst rel diff %.3g)\n",
                control_worst);
-    printf("\n  validation: cpu fp32 accuracy %.4f loss %.6f; %s %s accuracy %.4f loss %.6f\n",
-           rr.val_accuracy, rr.val_loss, be->name, o->precision, rt.val_accuracy, rt.val_loss);
+    printf("\n  validation: cpu %s accuracy %.4f loss %.6f; %s %s accuracy %.4f loss %.6f\n",
+           rp, rr.val_accuracy, rr.val_loss, be->name, o->precision, rt.val_accuracy, rt.val_loss);
     double acc_diff = fabs(rt.val_accuracy - rr.val_accuracy);
     if (!rr.has_val || !rt.has_val) {
         printf("  no validation result (cpu %d, %s %d)\n", rr.has_val, be->name, rt.has_val);
