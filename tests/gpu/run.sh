@@ -356,6 +356,8 @@ else
   parity_backend=cuda share_backend=cuda share_task=$ts share_jobs=4
 fi
 train_detail() { step_output "$tlog" | grep -m1 -oE "$1" || true; }
+# the verdict line's numbers (the control's own line has a worst rel diff too)
+parity_detail() { train_detail '^parity: .*' | grep -oE 'worst rel diff .*' || true; }
 if [ "$built" != 1 ] || [ ! -x "$checks" ]; then
   fail_step train_checks 0 "gpu_train_checks not built"
 elif [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 0 ]; then
@@ -394,9 +396,9 @@ else
         # the control left the tolerance no later than the GPU, and the GPU moved no further
         # than 10 times the control: no verdict (with dropout 0 the same is a failure)
         record "train_parity_$run" ILL-CONDITIONED "$took" \
-          "$(train_detail 'worst rel diff .*'); control first over at step $(train_detail 'left the tolerance first at step [0-9]+' | grep -oE '[0-9]+$')"
+          "$(parity_detail); $(train_detail 'control: .*' | grep -oE 'first at step [0-9]+, worst rel diff [0-9.e+-]+' | sed 's/^/control over /')"
       else
-        cuda_result "train_parity_$run" "$tlog" "$(train_detail 'worst rel diff .*')"
+        cuda_result "train_parity_$run" "$tlog" "$(parity_detail)"
       fi
     done
   fi
