@@ -945,45 +945,41 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     /* attention block: LN1(x + Wo . attention(Wqkv x)), Q|K|V and the attention a chunk of
      * sequences at a time (bert_attn_seqs) */
     int seqs = bert_attn_seqs(a, NH, B, T);
+    /* A half model's layers have only half matrices (layer_in_use): their products leave the
+     * bias to the fused ops after them (each the bits of the unfused ops in a row); an fp32
+     * product adds its own, inside matmul_forward. */
+    const int half = m->prec != SHERL_FP32;
     if (a->inp16)
         half_round(be, m->prec, a->inp16, inp, (size_t)N * D);
     for (int b0 = 0; b0 < B; b0 += seqs) {
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
-        /* a half product (a half model's layers have no fp32 matrices: layer_in_use): Q|K|V
-         * rounded as autocast's Linear returns them, with its bias in the same pass (the bits
-         * of bias_add, round and widen in a row) */
-        int fused = !ly->qkv_w;
         linear_forward(m, qkv, inp + r0 * D, a->inp16 ? a->inp16 + r0 * D : NULL, ly->qkv_w,
-                       ly->qkv_w16, fused ? NULL : ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
-        if (fused)
+                       ly->qkv_w16, half ? NULL : ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
+        if (half) /* Q|K|V rounded, as autocast's Linear returns them */
             be->bias_half_round_forward(qkv, a->qkv16 ? a->qkv16 + r0 * 3 * D : NULL, ly->qkv_b,
                                         b * T, 3 * D, half_type(m->prec));
         be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
-    /* a half product's bias goes into the fused residual + LayerNorm + rounding (an fp32
-     * product adds its own, inside matmul_forward) */
-    int half_bias = !ly->attn_out_w;
     linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16,
-                   half_bias ? NULL : ly->attn_out_b, act16, act16_n, N, D, D);
+                   half ? NULL : ly->attn_out_b, act16, act16_n, N, D, D);
     be->residual_layernorm_forward(a->ln1, a->ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
-                                   half_bias ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,
+                                   half ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,
                                    N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
     int chunk = bert_ffn_chunk(c, N);
-    int fused = !ly->ffn_in_w && !ly->ffn_out_w; /* half products: bias, gelu and rounding fused */
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
         linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
-                       ly->ffn_in_w, ly->ffn_in_w16, fused ? NULL : ly->ffn_in_b, act16, act16_n,
+                       ly->ffn_in_w, ly->ffn_in_w16, half ? NULL : ly->ffn_in_b, act16, act16_n,
                        n, D, F);
-        if (fused) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)); b2 is
-                      * added with the residual below */
+        if (half) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)); b2 is
+                     * added with the residual below */
             be->bias_gelu_half_forward(act16, a->ffn_pre, ly->ffn_in_b, n, F,
                                        half_type(m->prec));
             linear_forward(m, a->res2 + r, NULL, act16, NULL, ly->ffn_out_w16, NULL, NULL, 0, n,
@@ -995,7 +991,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
                        ly->ffn_out_b, act16, act16_n, n, F, D);
     }
     be->residual_layernorm_forward(out, NULL, a->res2, a->ln2_mean, a->ln2_rstd, a->res2,
-                                   fused ? ly->ffn_out_b : NULL, a->ln1, ly->ln2_w, ly->ln2_b, N,
+                                   half ? ly->ffn_out_b : NULL, a->ln1, ly->ln2_w, ly->ln2_b, N,
                                    D, eps, half_type(m->prec));
 }
 
