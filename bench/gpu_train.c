@@ -44,6 +44,8 @@
  * with the synchronisation's own cost (measured, per call) taken off. The steps themselves are
  * then slower than real ones (a synchronisation per call, no graphs): read the ops' shares,
  * not the samples/s.
+ * --ffn-rows R: a device's feed-forward chunk is at least R rows instead of
+ * BERT_FFN_DEVICE_ROWS (engine/bert.h; the CPU's N*D/(2F) when larger), to compare chunk sizes.
  * Exit status: 0, 1 on a failure, 2 on bad usage, 3 when this build lacks --precision. */
 #include <math.h>
 #include <stdint.h>
@@ -553,8 +555,8 @@ static void usage(FILE *f)
                "[--precision fp32|bf16] [--batch 64] "
                "[--seq 128] [--layers L] [--hidden D] [--steps 10] [--warmup 3] "
                "[--profile-steps 2] [--methods sherl,late,full] [--late-layers 1] "
-               "[--tune-late 1] [--ceiling S] [--graphs 0|1] [--threads N] [--json FILE] "
-               "MODEL_DIR\n");
+               "[--tune-late 1] [--ceiling S] [--graphs 0|1] [--threads N] [--ffn-rows R] "
+               "[--json FILE] MODEL_DIR\n");
 }
 
 int main(int argc, char **argv)
@@ -586,6 +588,7 @@ int main(int argc, char **argv)
     }
     int B = 64, T = 128, L = 0, D = 0, steps = 10, warmup = 3, profile_steps = 2, k = 1;
     int tune_late = 1, ceiling = -1, graphs = 1, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int ffn_rows = 0;
     /* zero-valued options go through strings (bench_parse takes positive integers only) */
     const char *str_names[] = {"--backend", "--precision", "--methods", "--json",
                                "--warmup", "--profile-steps", "--tune-late", "--ceiling",
@@ -593,8 +596,8 @@ int main(int argc, char **argv)
     const char *sv[] = {NULL, "fp32", "sherl,late,full", NULL, NULL, NULL, NULL, NULL, NULL};
     bench_int_opt opts[] = {{"--batch", &B},       {"--seq", &T},         {"--layers", &L},
                             {"--hidden", &D},      {"--steps", &steps},   {"--late-layers", &k},
-                            {"--threads", &threads}};
-    int bad = bench_parse(PROG, optc, optv, 0, opts, 7, str_names, sv, 9);
+                            {"--threads", &threads}, {"--ffn-rows", &ffn_rows}};
+    int bad = bench_parse(PROG, optc, optv, 0, opts, 8, str_names, sv, 9);
     free(optv);
     if (bad) {
         usage(stderr);
@@ -618,6 +621,8 @@ int main(int argc, char **argv)
         }
         *int0_vals[i] = (int)x;
     }
+    if (ffn_rows)
+        bert_set_ffn_device_rows(ffn_rows);
     if (strcmp(precision, "fp32") && strcmp(precision, "bf16")) {
         fprintf(stderr, PROG ": --precision '%s': expected fp32 or bf16\n", precision);
         return 2;

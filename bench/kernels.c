@@ -111,7 +111,7 @@ enum {
     OP_COPY, OP_GEMM_BF16_CEIL, OP_GEMM_F32_CEIL,
     OP_MM_QKV, OP_MM_FF1, OP_MM_FF2, OP_MM_FF1_BWD, OP_GEMM_BF16_FF1, OP_GEMM_BATCHED_SCORES,
     OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_RES_LN_HALF, OP_SOFTMAX_FWD,
-    OP_ATTN_FWD, OP_ATTN_BWD,
+    OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_BWD,
     OP_MTSA_FWD, OP_MTSA_BWD, OP_ADAMW, OP_SUMSQ,
 };
 
@@ -199,6 +199,10 @@ static void run_op(state *s, int op)
         break;
     case OP_ATTN_FWD:
         be->attention_forward(s->attn_out, s->probs, s->qkv, s->mask, s->B, s->T, s->NH, s->HS);
+        break;
+    case OP_ATTN_HALF_FWD: /* a bf16 layer's: on a GPU both products on TF32 tensor cores */
+        be->attention_half_forward(s->attn_out, s->probs, s->qkv, s->mask, s->B, s->T, s->NH,
+                                   s->HS, SHERL_HALF_BF16);
         break;
     case OP_ATTN_BWD: /* dout = dout_c [N,C] */
         be->attention_backward(s->dqkv, s->dout_c, s->qkv, s->probs, s->B, s->T, s->NH, s->HS);
@@ -551,6 +555,8 @@ int main(int argc, char **argv)
     /* ---- attention: flops of its batched products (QK^T and P V forward; four backward) ---- */
     snprintf(sh, sizeof sh, "B=%d T=%d NH=%d HS=%d", B, T, NH, HS);
     bench(s, OP_ATTN_FWD, rounds, "attention_forward", sh, 4.0 * B * NH * T * T * HS, CEIL_F32, 0);
+    bench(s, OP_ATTN_HALF_FWD, rounds, "attention_half_forward bf16", sh,
+          4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
     bench(s, OP_ATTN_BWD, rounds, "attention_backward", sh, 8.0 * B * NH * T * T * HS, CEIL_F32,
           0);
 

@@ -592,9 +592,18 @@ void bert_batch_free(bert_batch *batch)
 /* ------------------------------------------------------------------------------------------
  * workspace */
 
-int bert_ffn_chunk(const hf_config *c, int N)
+static int ffn_device_rows = BERT_FFN_DEVICE_ROWS;
+
+void bert_set_ffn_device_rows(int rows)
+{
+    ffn_device_rows = rows > 0 ? rows : BERT_FFN_DEVICE_ROWS;
+}
+
+int bert_ffn_chunk(const hf_config *c, int N, int device)
 {
     long long n = (long long)N * c->hidden_size / (2LL * c->intermediate_size);
+    if (device && n < ffn_device_rows)
+        n = ffn_device_rows;
     return n < 1 ? 1 : n > N ? N : (int)n;
 }
 
@@ -656,11 +665,11 @@ void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *sc
 }
 
 void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
-                               int T)
+                               int T, int device)
 {
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, end;
-    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
+    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
     int seqs = attn_layout_seqs(c, B, T);
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
@@ -700,14 +709,15 @@ sherl_status bert_workspace_check(const hf_config *c, int B, int T)
 }
 
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
-                           sherl_precision prec, int B, int T, sherl_arena *ar, int for_step)
+                           int device, sherl_precision prec, int B, int T, sherl_arena *ar,
+                           int for_step)
 {
     ws->be = be;
     ws->B = B, ws->T = T, ws->D = c->hidden_size, ws->F = c->intermediate_size;
     ws->NH = c->num_attention_heads;
     size_t BT = (size_t)B * T;
     if (!for_step)
-        bert_layer_scratch_layout(&ws->acts, ar, c, B, T);
+        bert_layer_scratch_layout(&ws->acts, ar, c, B, T, device);
     ws->emb = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->tmp = for_step ? NULL : arena_floats(ar, BT * ws->D);
     ws->mask_add = arena_floats(ar, BT);
@@ -719,7 +729,7 @@ void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_b
     /* a half product's rounded operand, whole when it is a feed-forward chunk's [chunk, F] or an
      * input [BT, D], a block of rows at a time when wider (the Q|K|V gradient [BT, 3D]; a
      * trained matrix's output gradient and input side by side, at least one row of each) */
-    size_t n16 = BT * ws->D, ffn = (size_t)bert_ffn_chunk(c, B * T) * ws->F;
+    size_t n16 = BT * ws->D, ffn = (size_t)bert_ffn_chunk(c, B * T, device) * ws->F;
     if (n16 < ffn)
         n16 = ffn;
     if (n16 < (size_t)ws->F + 3 * (size_t)ws->D) /* a row of a trained product's dout and inp */
@@ -734,9 +744,9 @@ sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int 
     SHERL_TRY(bert_workspace_check(&m->cfg, B, T));
     sherl_arena measure;
     arena_measure(&measure);
-    bert_workspace_layout(ws, &m->cfg, m->be, m->prec, B, T, &measure, 0);
+    bert_workspace_layout(ws, &m->cfg, m->be, !m->be->host_memory, m->prec, B, T, &measure, 0);
     SHERL_TRY(arena_alloc(&ws->own, m->be, measure.used, "the encoder workspace"));
-    bert_workspace_layout(ws, &m->cfg, m->be, m->prec, B, T, &ws->own, 0);
+    bert_workspace_layout(ws, &m->cfg, m->be, !m->be->host_memory, m->prec, B, T, &ws->own, 0);
     sherl_status st = arena_check(&ws->own, "encoder workspace");
     if (st.code)
         bert_workspace_free(ws);
@@ -933,6 +943,19 @@ static void linear_backward(const bert_model *m, float *dinp, float *dw, float *
     }
 }
 
+/* A layer's attention: a half model's (its Q|K|V rounded to the half type) rounds the
+ * probabilities too, as autocast's bf16 attention does, so both products take half operands. */
+static void attention_forward(const bert_model *m, float *out, float *probs, const float *qkv,
+                              const float *mask_add, int B, int T)
+{
+    int NH = m->cfg.num_attention_heads, HS = m->cfg.hidden_size / NH;
+    if (m->prec == SHERL_FP32)
+        m->be->attention_forward(out, probs, qkv, mask_add, B, T, NH, HS);
+    else
+        m->be->attention_half_forward(out, probs, qkv, mask_add, B, T, NH, HS,
+                                      half_type(m->prec));
+}
+
 void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_acts *a, float *out,
                         const float *inp, const float *mask_add, uint16_t *act16, size_t act16_n,
                         int B, int T)
@@ -960,7 +983,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         if (half) /* Q|K|V rounded, as autocast's Linear returns them */
             be->bias_half_round_forward(qkv, a->qkv16 ? a->qkv16 + r0 * 3 * D : NULL, ly->qkv_b,
                                         b * T, 3 * D, half_type(m->prec));
-        be->attention_forward(a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T, NH, D / NH);
+        attention_forward(m, a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T);
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
@@ -971,7 +994,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
                                    N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
-    int chunk = bert_ffn_chunk(c, N);
+    int chunk = bert_ffn_chunk(c, N, !be->host_memory);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
@@ -996,11 +1019,11 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
 }
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
-                               int T)
+                               int T, int device)
 {
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, chunks_at, end;
-    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T) * c->intermediate_size;
+    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
     int seqs = attn_layout_seqs(c, B, T);
     size_t rows = (size_t)seqs * T;
     g->d_res2 = arena_floats(ar, BT * D);
@@ -1046,7 +1069,7 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     /* The feed-forward block by the forward's chunks of tokens: ffn_pre = W1 ln1 and its gelu
      * again (the same bits as the forward's; two [N, F] buffers less kept from forward to
      * backward), then the gradients through them; weight gradients accumulate over chunks. */
-    int chunk = bert_ffn_chunk(c, N);
+    int chunk = bert_ffn_chunk(c, N, !be->host_memory);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D, nF = (size_t)n * F;
@@ -1084,7 +1107,7 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
             half_widen(be, m->prec, g->qkv, a->qkv16 + r0 * 3 * D, nD * 3);
         else
             qkv = a->qkv + r0 * 3 * D;
-        be->attention_forward(g->d_attn, g->probs, qkv, mask_add + r0, b, T, NH, D / NH);
+        attention_forward(m, g->d_attn, g->probs, qkv, mask_add + r0, b, T);
         be->zero(g->d_attn, nD * sizeof(float));
         linear_backward(m, g->d_attn, GR(attn_out_w), GR(attn_out_b), g->d_res1 + r0 * D,
                         a->attn + r0 * D, a->attn16 ? a->attn16 + r0 * D : NULL, ly->attn_out_w,

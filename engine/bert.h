@@ -157,17 +157,29 @@ typedef struct {
 /* SHERL_EINVAL unless 0 < B and 0 < T <= max_position_embeddings. */
 sherl_status bert_workspace_check(const hf_config *c, int B, int T);
 /* Carves the workspace for batches up to B x T from ar (see arena.h); B, T checked by
- * bert_workspace_check. for_step: a training step's, which carves ws->acts and ws->emb itself
- * (shared with its backward scratch unless its backward reads them) and has its own state
- * buffers (no tmp). */
+ * bert_workspace_check; device: the backend has no host memory (bert_ffn_chunk), said apart
+ * from be because the planner lays out without one. for_step: a training step's, which carves
+ * ws->acts and ws->emb itself (shared with its backward scratch unless its backward reads them)
+ * and has its own state buffers (no tmp). */
 void bert_workspace_layout(bert_workspace *ws, const hf_config *c, const sherl_backend *be,
-                           sherl_precision prec, int B, int T, sherl_arena *ar, int for_step);
+                           int device, sherl_precision prec, int B, int T, sherl_arena *ar,
+                           int for_step);
 /* A workspace in an arena of its own. */
 sherl_status bert_workspace_create(bert_workspace *ws, const bert_model *m, int B, int T);
 void bert_workspace_free(bert_workspace *ws);
-/* Rows of tokens the feed-forward block runs at a time: about B*T*D/(2F), so that each of its
- * [rows, F] buffers holds about half as many floats as one hidden state. */
-int bert_ffn_chunk(const hf_config *c, int N);
+/* Rows of tokens the feed-forward block runs at a time (N = B*T). On the CPU (device 0) about
+ * N*D/(2F), so that each of its [rows, F] buffers holds about half as many floats as one hidden
+ * state: memory, where BLAS runs any such row count at full speed. On a device (a backend
+ * without host memory) at least BERT_FFN_DEVICE_ROWS, up to N: a chunk's products have [rows, F]
+ * and [rows, D] outputs, and a GPU fills its multiprocessors only with thousands of rows (at
+ * BERT-base's 64 x 128, N*D/(2F) is 1024 rows: the second product's [1024, 768] output is 48
+ * tiles of 128 x 128 for an H100's 132 SMs). The layouts and the layer's passes call it with the
+ * same arguments, so they agree. */
+#define BERT_FFN_DEVICE_ROWS 8192
+int bert_ffn_chunk(const hf_config *c, int N, int device);
+/* The device rows above for this process (rows <= 0: back to BERT_FFN_DEVICE_ROWS), before any
+ * layout: a benchmark's knob (bench_gpu_train --ffn-rows), to compare chunk sizes in one run. */
+void bert_set_ffn_device_rows(int rows);
 /* Sequences of T tokens one pass of the attention block takes, for buffers of probs_n floats of
  * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */
 int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T);
@@ -183,7 +195,7 @@ void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *sc
  * not meet: max(BTD + chunk_rows 3D + probs_n, 2 BTD + 2 chunk F) floats, with the attention
  * block's chunk buffers about half a hidden state's floats at most. */
 void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_config *c, int B,
-                               int T);
+                               int T, int device);
 
 /* Validates the batch (ids within the vocabulary, types within type_vocab_size, T within
  * max_position_embeddings, mask 0/1) and uploads it; fills h0 [B,T,D]. */
@@ -224,7 +236,7 @@ typedef struct {
 } bert_layer_grad_ws;
 
 void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_config *c, int B,
-                               int T);
+                               int T, int device);
 
 /* Backward of bert_layer_forward: dinp[B,T,D] += d(out)/d(inp) . dout (dinp may be NULL), and,
  * when grads is not NULL, every weight gradient accumulates into the matching field of grads

@@ -93,7 +93,7 @@ sherl_status memory_plan_model(memory_plan *p, const hf_config *cfg, const sherl
 {
     memset(p, 0, sizeof *p);
     sherl_model *m;
-    SHERL_TRY(sherl_model_shape(&m, cfg, opt));
+    SHERL_TRY(sherl_model_shape(&m, cfg, opt, !be->host_memory));
     size_t step_total, groups[STEP_GROUPS];
     sherl_status st = sherl_step_bytes(m, B, T, &step_total, groups);
     if (st.code) {

@@ -141,7 +141,8 @@ static sherl_status validate(const hf_config *cfg, const sherl_options *o, int *
     return sherl_ok();
 }
 
-sherl_status sherl_model_shape(sherl_model **out, const hf_config *c, const sherl_options *opt)
+sherl_status sherl_model_shape(sherl_model **out, const hf_config *c, const sherl_options *opt,
+                               int device)
 {
     *out = NULL;
     int K = 0;
@@ -149,7 +150,7 @@ sherl_status sherl_model_shape(sherl_model **out, const hf_config *c, const sher
     sherl_model *m = calloc(1, sizeof *m);
     if (!m)
         return sherl_errorf(SHERL_ENOMEM, "out of memory");
-    m->cfg = *c, m->opt = *opt;
+    m->cfg = *c, m->opt = *opt, m->device = device;
     m->L = c->num_hidden_layers, m->D = c->hidden_size, m->K = K;
     m->k = (opt->method == METHOD_SHERL || opt->method == METHOD_LATE) ? opt->late_layers : 0;
     int L = m->L, D = m->D, F = c->intermediate_size;
@@ -214,7 +215,7 @@ sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const s
     if (bb->prec != opt->precision)
         return sherl_errorf(SHERL_EINVAL, "the backbone holds its weights in %s, the job asks for %s",
                             sherl_precision_name(bb->prec), sherl_precision_name(opt->precision));
-    SHERL_TRY(sherl_model_shape(&m, &bb->cfg, opt));
+    SHERL_TRY(sherl_model_shape(&m, &bb->cfg, opt, !bb->be->host_memory));
     int L = m->L, D = m->D;
     m->bb = bb, m->be = bb->be, m->ps.be = bb->be;
     for (int i = 0; i < L; i++)
@@ -404,13 +405,13 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
      * (MTSA's forward runs between frozen layers and its backward after the late layers'; the
      * gradient it starts from, dy, is in the gradient ping-pong.) */
     size_t at = ar->used, end;
-    bert_layer_scratch_layout(&s->ws.acts, ar, c, B, T);
+    bert_layer_scratch_layout(&s->ws.acts, ar, c, B, T, m->device);
     end = ar->used, ar->used = at;
     for (int i = 0; i < L; i++) /* a backprop layer's chunk buffers are scratch too */
         if (backprop_layer(m, i))
             bert_layer_acts_share_scratch(&s->acts[i], &s->ws.acts);
     if (m->opt.method != METHOD_LINEAR)
-        bert_layer_grad_ws_layout(&s->gws, ar, c, B, T);
+        bert_layer_grad_ws_layout(&s->gws, ar, c, B, T, m->device);
     if (ar->used > end)
         end = ar->used;
     ar->used = at;
@@ -429,7 +430,7 @@ void sherl_step_layout(sherl_step *s, const sherl_model *m, int B, int T, sherl_
     if (ar->used < end)
         ar->used = end;
     STEP_GROUP_END(STEP_LAYER_SCRATCH);
-    bert_workspace_layout(&s->ws, c, m->be, m->opt.precision, B, T, ar, 1);
+    bert_workspace_layout(&s->ws, c, m->be, m->device, m->opt.precision, B, T, ar, 1);
     /* the embedding sum: kept for full fine-tuning's embeddings backward, else dead once h0
      * is written, before any layer's scratch is */
     s->ws.emb = m->opt.method == METHOD_FULL ? arena_floats(ar, ND) : s->ws.acts.qkv;

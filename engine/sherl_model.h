@@ -49,6 +49,7 @@ sherl_status train_method_parse(const char *name, train_method *m);
 typedef struct {
     const bert_model *bb;     /* NULL for a shape-only model (sherl_model_shape) */
     const sherl_backend *be;
+    int device;               /* runs on a backend without host memory (bert_ffn_chunk) */
     hf_config cfg;
     sherl_options opt;
     int L, D, k;
@@ -69,8 +70,10 @@ typedef struct {
  * tensor (copies of trainable backbone weights, MTSA and head from a seeded generator). */
 sherl_status sherl_model_create(sherl_model **out, const bert_model *bb, const sherl_options *opt);
 /* The same validation and registration without weights or memory: for the memory planner,
- * which needs the trainable tensors' sizes before anything is loaded. */
-sherl_status sherl_model_shape(sherl_model **out, const hf_config *cfg, const sherl_options *opt);
+ * which needs the trainable tensors' sizes before anything is loaded. device: the job runs on a
+ * backend without host memory (the layouts size some chunks by it). */
+sherl_status sherl_model_shape(sherl_model **out, const hf_config *cfg, const sherl_options *opt,
+                               int device);
 void sherl_model_free(sherl_model *m);
 
 /* Activations of one training step for batches up to B x T. */

@@ -214,6 +214,16 @@ struct sherl_backend {
     /* dqkv[B,T,3C] += d(q|k|v) */
     void (*attention_backward)(float *dqkv, const float *dout, const float *qkv,
                                const float *probs, int B, int T, int NH, int HS);
+    /* attention_forward in a half layer (type: SHERL_HALF_*), as autocast's bf16 attention
+     * with flash attention computes it: qkv holds values of the half type (a half layer's Q|K|V,
+     * rounded as its Linear returns them, widened), both products sum in fp32, and the
+     * probabilities are rounded to the half type (kept widened in probs) before out = probs.v.
+     * Every operand of both products is then a half value, which TF32 holds exactly: a GPU runs
+     * them on tensor cores with the same products. A trained half layer's backward hands these
+     * probs to attention_backward (dV = half(P)^T dO, and the softmax's backward through them
+     * too). */
+    void (*attention_half_forward)(float *out, float *probs, const float *qkv, const float *mask,
+                                   int B, int T, int NH, int HS, int type);
 
     /* ---- embedding gather: out[N,C] = table[ids[n], :] ---- */
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);
@@ -388,6 +398,13 @@ static inline SHERL_HD float sherl_f16_to_f32(uint16_t h)
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+/* v rounded to the half type (SHERL_HALF_*) and widened back: f32_to_bf16/f16 then the widening */
+static inline SHERL_HD float sherl_half_round_f32(float v, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f16_to_f32(sherl_f32_to_f16(v))
+                                  : sherl_bf16_to_f32(sherl_f32_to_bf16(v));
 }
 
 /* One CUDA device as the runtime reports it. */

@@ -641,21 +641,24 @@ static void cpu_softmax_backward(float *dinp, const float *dout, const float *ou
  * contiguously into per-thread scratch so every inner loop is a unit-stride axpy that the
  * compiler vectorises; the [T,T] probabilities go straight into `probs`. */
 
-/* One (batch, head): scores = q.k^T straight into probs[T,T], row softmax, out = probs.v.
- * Both products are single-threaded sgemm calls on strided views of qkv (heads are
- * parallelised above), so no gather is needed. */
+/* One (batch, head): scores = q.k^T straight into probs[T,T], row softmax (rounded to the half
+ * type `half`, or not when it is -1), out = probs.v. Both products are single-threaded sgemm
+ * calls on strided views of qkv (heads are parallelised above), so no gather is needed. */
 static void attention_head_forward(float *out, float *probs, const float *base, const float *mrow,
-                                   int T, int C, int h, int HS, float scale)
+                                   int T, int C, int h, int HS, float scale, int half)
 {
     const int C3 = 3 * C;
     sgemm1(0, 1, T, T, HS, 1.0f, base + h * HS, C3, base + C + h * HS, C3, 0.0f, probs, T);
     for (int i = 0; i < T; i++)
         softmax_row(probs + (size_t)i * T, probs + (size_t)i * T, mrow, scale, T);
+    if (half >= 0)
+        for (size_t i = 0; i < (size_t)T * T; i++)
+            probs[i] = sherl_half_round_f32(probs[i], half);
     sgemm1(0, 0, T, HS, T, 1.0f, probs, T, base + 2 * C + h * HS, C3, 0.0f, out + h * HS, C);
 }
 
-static void cpu_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
-                                  int B, int T, int NH, int HS)
+static void attention_forward_any(float *out, float *probs, const float *qkv, const float *mask,
+                                  int B, int T, int NH, int HS, int half)
 {
     const int C = NH * HS, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
@@ -664,8 +667,21 @@ static void cpu_attention_forward(float *out, float *probs, const float *qkv, co
         int b = bh / NH, h = bh % NH;
         attention_head_forward(out + (size_t)b * T * C, probs + (size_t)bh * T * T,
                                qkv + (size_t)b * T * C3, mask ? mask + (size_t)b * T : NULL, T, C,
-                               h, HS, scale);
+                               h, HS, scale, half);
     }
+}
+
+static void cpu_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
+                                  int B, int T, int NH, int HS)
+{
+    attention_forward_any(out, probs, qkv, mask, B, T, NH, HS, -1);
+}
+
+static void cpu_attention_half_forward(float *out, float *probs, const float *qkv,
+                                       const float *mask, int B, int T, int NH, int HS, int type)
+{
+    attention_forward_any(out, probs, qkv, mask, B, T, NH, HS,
+                          type == SHERL_HALF_F16 ? SHERL_HALF_F16 : SHERL_HALF_BF16);
 }
 
 /* dS for a block of R query rows fits in this many floats on each thread's stack. */
@@ -1492,6 +1508,7 @@ static const sherl_backend cpu_backend = {
     .softmax_forward = cpu_softmax_forward,
     .softmax_backward = cpu_softmax_backward,
     .attention_forward = cpu_attention_forward,
+    .attention_half_forward = cpu_attention_half_forward,
     .attention_backward = cpu_attention_backward,
     .embedding_forward = cpu_embedding_forward,
     .embedding_forward_bf16 = cpu_embedding_forward_bf16,

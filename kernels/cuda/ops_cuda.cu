@@ -1256,10 +1256,12 @@ static void cuda_dropout_backward(float *dinp, const float *dout, size_t n, floa
 // ------------------------------------------------------------------------------------------
 // softmax and attention
 
-// Row r of [rows, Tk]: out = softmax(scale * inp + mask[b]) with b = r / rows_per_b. out may
-// alias inp: each element is read before its own thread writes it.
+// Row r of [rows, Tk]: out = softmax(scale * inp + mask[b]) with b = r / rows_per_b, rounded
+// to the half type `half` unless it is -1. out may alias inp: each element is read before its
+// own thread writes it.
 __global__ void softmax_forward_kernel(float *out, const float *inp, const float *mask,
-                                       float scale, long long rows, long long rows_per_b, int Tk)
+                                       float scale, long long rows, long long rows_per_b, int Tk,
+                                       int half)
 {
     long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
@@ -1276,8 +1278,10 @@ __global__ void softmax_forward_kernel(float *out, const float *inp, const float
         sum += expf(scale * x[k] + (mk ? mk[k] : 0.0f) - mx);
     float inv = (float)(1.0 / warp_sum(sum));
     float *y = out + row * Tk;
-    for (int k = lane; k < Tk; k += 32)
-        y[k] = expf(scale * x[k] + (mk ? mk[k] : 0.0f) - mx) * inv;
+    for (int k = lane; k < Tk; k += 32) {
+        float p = expf(scale * x[k] + (mk ? mk[k] : 0.0f) - mx) * inv;
+        y[k] = half < 0 ? p : sherl_half_round_f32(p, half);
+    }
 }
 
 __global__ void softmax_backward_kernel(float *dinp, const float *dout, const float *out,
@@ -1297,16 +1301,21 @@ __global__ void softmax_backward_kernel(float *dinp, const float *dout, const fl
         dx[k] += scale * y[k] * (dy[k] - fd);
 }
 
-static void cuda_softmax_forward(float *out, const float *inp, const float *mask, float scale,
-                                 int B, int H, int Tq, int Tk)
+static void softmax_forward_any(cuda_ctx *c, float *out, const float *inp, const float *mask,
+                                float scale, int B, int H, int Tq, int Tk, int half)
 {
-    cuda_ctx *c = ctx();
     long long rows = (long long)B * H * Tq;
     if (!c->ready || rows <= 0 || Tk <= 0)
         return;
     softmax_forward_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
-        out, inp, mask, scale, rows, (long long)H * Tq, Tk);
+        out, inp, mask, scale, rows, (long long)H * Tq, Tk, half);
     LAUNCHED(c, "softmax_forward_kernel");
+}
+
+static void cuda_softmax_forward(float *out, const float *inp, const float *mask, float scale,
+                                 int B, int H, int Tq, int Tk)
+{
+    softmax_forward_any(ctx(), out, inp, mask, scale, B, H, Tq, Tk, -1);
 }
 
 static void cuda_softmax_backward(float *dinp, const float *dout, const float *out, float scale,
@@ -1354,22 +1363,27 @@ static int attention_ptrs(cuda_ctx *c, const float **out, const attention_blocks
 }
 
 // Row-major C_i = op(A_i) op(B_i) + beta C_i for pointer arrays on the device (see gemm_any).
+// compute: fp32_compute(c), or TF32 where every operand is a half value (exact in TF32).
 static void gemm_ptr_batched(cuda_ctx *c, int trans_a, int trans_b, int M, int N, int K,
                              const float *const *A, int lda, const float *const *B, int ldb,
-                             float beta, float *const *C, int ldc, int batch)
+                             float beta, float *const *C, int ldc, int batch,
+                             cublasComputeType_t compute)
 {
     const float alpha = 1.0f;
     CKB(c, cublasGemmBatchedEx(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                                (const void *const *)B, CUDA_R_32F, ldb, (const void *const *)A,
                                CUDA_R_32F, lda, &beta, (void *const *)C, CUDA_R_32F, ldc, batch,
-                               fp32_compute(c), CUBLAS_GEMM_DEFAULT));
+                               compute, CUBLAS_GEMM_DEFAULT));
 }
 
 // Attention over every (sequence, head) block at once: S = Q K^T, softmax, O = P V, in four
-// launches whatever B and NH (the pointer arrays, two batched GEMMs, the softmax).
-static void cuda_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
-                                   int B, int T, int NH, int HS)
+// launches whatever B and NH (the pointer arrays, two batched GEMMs, the softmax). half >= 0
+// (attention_half_forward): qkv holds half values and the softmax rounds P to that type, so
+// both products take only half values, which TF32 holds exactly: they run on tensor cores, with
+// fp32 sums as before.
+static void attention_forward_any(float *out, float *probs, const float *qkv, const float *mask,
+                                  int B, int T, int NH, int HS, int half)
 {
     cuda_ctx *c = ctx();
     if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0 || !blas_ready(c))
@@ -1387,9 +1401,23 @@ static void cuda_attention_forward(float *out, float *probs, const float *qkv, c
         return;
     const float *const *q = ptr, *const *k = ptr + n, *const *p = ptr + 2 * n,
                        *const *v = ptr + 3 * n, *const *o = ptr + 4 * n;
-    gemm_ptr_batched(c, 0, 1, T, T, HS, q, C3, k, C3, 0.0f, (float *const *)p, T, n);
-    cuda_softmax_forward(probs, probs, mask, 1.0f / sqrtf((float)HS), B, NH, T, T);
-    gemm_ptr_batched(c, 0, 0, T, HS, T, p, T, v, C3, 0.0f, (float *const *)o, C, n);
+    cublasComputeType_t compute = half < 0 ? fp32_compute(c) : CUBLAS_COMPUTE_32F_FAST_TF32;
+    gemm_ptr_batched(c, 0, 1, T, T, HS, q, C3, k, C3, 0.0f, (float *const *)p, T, n, compute);
+    softmax_forward_any(c, probs, probs, mask, 1.0f / sqrtf((float)HS), B, NH, T, T, half);
+    gemm_ptr_batched(c, 0, 0, T, HS, T, p, T, v, C3, 0.0f, (float *const *)o, C, n, compute);
+}
+
+static void cuda_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
+                                   int B, int T, int NH, int HS)
+{
+    attention_forward_any(out, probs, qkv, mask, B, T, NH, HS, -1);
+}
+
+static void cuda_attention_half_forward(float *out, float *probs, const float *qkv,
+                                        const float *mask, int B, int T, int NH, int HS, int type)
+{
+    attention_forward_any(out, probs, qkv, mask, B, T, NH, HS,
+                          type == SHERL_HALF_F16 ? SHERL_HALF_F16 : SHERL_HALF_BF16);
 }
 
 // dS = scale * P (dP - rowsum(P dP)), in place in dp[B,hg,T,T] for heads h0 .. h0 + hg - 1 of
@@ -1452,16 +1480,20 @@ static void cuda_attention_backward(float *dqkv, const float *dout, const float 
                            *const *k = ptr + 5 * n, *const *dq = ptr + 6 * n,
                            *const *q = ptr + 7 * n, *const *dk = ptr + 8 * n;
         // dP = dO V^T;  dV += P^T dO
-        gemm_ptr_batched(c, 0, 1, T, T, HS, dy, C, v, C3, 0.0f, (float *const *)ds, T, n);
-        gemm_ptr_batched(c, 1, 0, T, HS, T, p, T, dy, C, 1.0f, (float *const *)dv, C3, n);
+        gemm_ptr_batched(c, 0, 1, T, T, HS, dy, C, v, C3, 0.0f, (float *const *)ds, T, n,
+                         fp32_compute(c));
+        gemm_ptr_batched(c, 1, 0, T, HS, T, p, T, dy, C, 1.0f, (float *const *)dv, C3, n,
+                         fp32_compute(c));
         long long rows = (long long)n * T;
         attention_dscores_kernel<<<long_row_blocks(rows), 256, 0, c->stream>>>(
             dp, probs, rows, T, NH, g, h0, scale);
         if (LAUNCHED(c, "attention_dscores_kernel"))
             return;
         // dQ += dS K;  dK += dS^T Q
-        gemm_ptr_batched(c, 0, 0, T, HS, T, ds, T, k, C3, 1.0f, (float *const *)dq, C3, n);
-        gemm_ptr_batched(c, 1, 0, T, HS, T, ds, T, q, C3, 1.0f, (float *const *)dk, C3, n);
+        gemm_ptr_batched(c, 0, 0, T, HS, T, ds, T, k, C3, 1.0f, (float *const *)dq, C3, n,
+                         fp32_compute(c));
+        gemm_ptr_batched(c, 1, 0, T, HS, T, ds, T, q, C3, 1.0f, (float *const *)dk, C3, n,
+                         fp32_compute(c));
     }
 }
 
@@ -2187,6 +2219,7 @@ static void cuda_backend_fill(void)
     t->softmax_forward = cuda_softmax_forward;
     t->softmax_backward = cuda_softmax_backward;
     t->attention_forward = cuda_attention_forward;
+    t->attention_half_forward = cuda_attention_half_forward;
     t->attention_backward = cuda_attention_backward;
     t->embedding_forward = cuda_embedding_forward;
     t->embedding_forward_bf16 = cuda_embedding_forward_bf16;

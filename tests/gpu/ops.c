@@ -1173,6 +1173,78 @@ static void t_attention_forward(tcase *tc, int big)
     }
 }
 
+/* attention_half_forward (arg: big * 2 + type) on half-valued Q|K|V, with and without a mask.
+ * The probabilities of the two sides may round apart where fp32's softmax sums differ, so
+ * instead of a relative tolerance: every tested probability is a half value within one ulp of
+ * the reference's (one rounding step apart at most; f16: or its subnormal step), and the tested out is its own
+ * probabilities times V (in double here, 1e-5 of the row's magnitude: a product over the
+ * unrounded probabilities misses by up to half an ulp of each); then out against the
+ * reference's within the half type's ulp. */
+static void t_attention_half_forward(tcase *tc, int arg)
+{
+    int type = arg % 2;
+    attention_shape a = attention_of(arg / 2);
+    const int C = a.NH * a.HS, C3 = 3 * C;
+    float *hq = host_rand(tc, a.nqkv, -2, 2);
+    for (size_t i = 0; i < a.nqkv; i++)
+        hq[i] = sherl_half_round_f32(hq[i], type);
+    pair qkv = up(tc, hq, a.nqkv * sizeof(float));
+    float *hmask = host_key_mask(tc, a.B, a.T, 0);
+    pair mask = up(tc, hmask, sizeof(float) * a.B * a.T);
+    const double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7;
+    const double floor = type == SHERL_HALF_F16 ? 0x1p-24 : 0.0;
+    for (int masked = 0; masked < 2; masked++) {
+        pair m = masked ? mask : NONE;
+        pair out = up_poison(tc, a.nout), probs = up_poison(tc, a.nprobs);
+        ON_BOTH(tc, be->attention_half_forward(P(out), P(probs), P(qkv), P(m), a.B, a.T, a.NH,
+                                               a.HS, type));
+        if (!settle(tc, "attention_half_forward"))
+            return;
+        const float *pw = fetch(tc, probs, REF, a.nprobs * sizeof(float));
+        const float *pg = fetch(tc, probs, GOT, a.nprobs * sizeof(float));
+        const float *og = fetch(tc, out, GOT, a.nout * sizeof(float));
+        if (!settle(tc, "copy_to_host"))
+            return;
+        size_t not_half = 0, at_h = 0, at_p = 0, at_o = 0;
+        double worst_p = 0.0, worst_o = 0.0;
+        for (size_t i = 0; i < a.nprobs; i++) {
+            if (!(sherl_half_round_f32(pg[i], type) == pg[i]) && not_half++ == 0)
+                at_h = i;
+            double e = fabs((double)pg[i] - pw[i]) / (ulp * fabs(pw[i]) + floor + 1e-30);
+            if (!(e <= worst_p))
+                worst_p = e, at_p = i;
+        }
+        for (size_t bh = 0; bh < (size_t)a.B * a.NH; bh++) {
+            size_t b = bh / a.NH, h = bh % a.NH;
+            for (int i = 0; i < a.T; i++)
+                for (int e = 0; e < a.HS; e++) {
+                    const float *pr = pg + (bh * a.T + i) * a.T;
+                    double o = 0.0, mag = 0.0;
+                    for (int j = 0; j < a.T; j++) {
+                        double v = hq[(b * a.T + j) * C3 + 2 * C + h * a.HS + e];
+                        o += pr[j] * v;
+                        mag += fabs(pr[j] * v);
+                    }
+                    size_t k = (b * a.T + i) * C + h * a.HS + e;
+                    double err = fabs(og[k] - o) / (mag + 1e-30);
+                    if (!(err <= worst_o))
+                        worst_o = err, at_o = k;
+                }
+        }
+        char detail[96];
+        snprintf(detail, sizeof detail, "got %.9g", pg[at_h]);
+        verdict(tc, label(tc, "probs not %s values[mask=%d]", type ? "f16" : "bf16", masked),
+                (double)not_half, 0.0, at_h, detail);
+        snprintf(detail, sizeof detail, "got %.9g want %.9g", pg[at_p], pw[at_p]);
+        verdict(tc, label(tc, "probs in ulps of the reference's[mask=%d]", masked), worst_p, 1.0,
+                at_p, detail);
+        snprintf(detail, sizeof detail, "got %.9g", og[at_o]);
+        verdict(tc, label(tc, "out against its own probs . v[mask=%d]", masked), worst_o, 1e-5,
+                at_o, detail);
+        check_f32(tc, label(tc, "out[mask=%d]", masked), out, a.nout, ulp);
+    }
+}
+
 /* The scratch a backend reserves for the calling thread: prepare(NULL) gives it back, then
  * with `shape` a step of the test's T, NH, HS over `B` sequences is prepared. */
 static void prepare_scratch(tcase *tc, const attention_shape *shape, int B)
@@ -1788,6 +1860,10 @@ static const test_def tests[] = {
     {"softmax_backward.big", t_softmax_backward, 1},
     {"attention_forward.small", t_attention_forward, 0},
     {"attention_forward.big", t_attention_forward, 1},
+    {"attention_half_forward.small.bf16", t_attention_half_forward, SHERL_HALF_BF16},
+    {"attention_half_forward.small.f16", t_attention_half_forward, SHERL_HALF_F16},
+    {"attention_half_forward.big.bf16", t_attention_half_forward, 2 + SHERL_HALF_BF16},
+    {"attention_half_forward.big.f16", t_attention_half_forward, 2 + SHERL_HALF_F16},
     {"attention_backward.small", t_attention_backward, 0},
     {"attention_backward.big", t_attention_backward, 1},
     {"attention_backward.groups", t_attention_backward, 2},
@@ -2050,6 +2126,15 @@ static void mut_attention_backward(float *dqkv, const float *dout, const float *
     perturb_max(dqkv, (size_t)B * T * 3 * NH * HS);
 }
 
+/* attention_half_forward: out from the unrounded probabilities (which it then rounds) */
+static void mut_attention_half_forward(float *out, float *probs, const float *qkv,
+                                       const float *mask, int B, int T, int NH, int HS, int type)
+{
+    real_ops->attention_forward(out, probs, qkv, mask, B, T, NH, HS);
+    for (size_t i = 0; i < (size_t)B * NH * T * T; i++)
+        probs[i] = sherl_half_round_f32(probs[i], type);
+}
+
 /* embedding_backward: the last token's gradient is lost */
 static void mut_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
                                    int C)
@@ -2163,6 +2248,7 @@ INSTALL(layernorm_grouped_forward)
 INSTALL(layernorm_grouped_backward)
 INSTALL(softmax_forward)
 INSTALL(attention_backward)
+INSTALL(attention_half_forward)
 INSTALL(embedding_backward)
 INSTALL(dropout_forward)
 INSTALL(l2norm_backward)
@@ -2207,6 +2293,8 @@ static const mutation mutations[] = {
     {"softmax_forward.", "softmax_forward leaves the last element unwritten",
      install_softmax_forward},
     {"attention_backward.", "attention_backward: dqkv off by 1e-3", install_attention_backward},
+    {"attention_half_forward.", "attention_half_forward: out from the unrounded probabilities",
+     install_attention_half_forward},
     {"embedding_backward.", "embedding_backward drops the last token",
      install_embedding_backward},
     {"dropout_forward", "dropout_forward flips one mask element", install_dropout_forward},

@@ -10,10 +10,13 @@
 #   5. trains one SHERL job on the CPU and on the GPU in fp32 (MTSA dropout 0, and 0.1 with a
 #      rounding control) and bf16 (per-step loss parity),
 #      fp32 again with its passes replayed from a CUDA graph, and 4 jobs on one resident
-#      backbone (device memory against the planner): gpu_train_checks,
+#      backbone (device memory against the planner): gpu_train_checks; then the real
+#      all-MiniLM-L6-v2 on WordNet glosses trained in fp32 and bf16 with `sherl train`
+#      (validation accuracy within 1 point; needs tests/gpu/task from scripts/pack_gpu_task),
 #   6. runs bench_kernels --backend cuda,
 #   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
 #   8. times the bf16 sherl step op by op (bench_gpu_train --backend cuda-timed),
+#   9. times the bf16 sherl step with the device's feed-forward chunk and with the CPU's,
 # then prints one table (step, result, seconds) and exits 1 if any step failed.
 #
 #   tests/gpu/run.sh OUTDIR [--cpu]
@@ -212,7 +215,7 @@ else
   # only the targets that exist (gpu_ops and bench_kernels come from other work)
   have=$(cmake --build "$build" --target help 2>/dev/null || true)
   targets=()
-  for t in gpu_ops gpu_bert_oracle gpu_train_checks bench_kernels; do
+  for t in gpu_ops gpu_bert_oracle gpu_train_checks bench_kernels sherl_cli; do
     if grep -qE "(^|[ .])$t([ :]|$)" <<<"$have"; then targets+=("$t"); fi
   done
   if [ ${#targets[@]} = 0 ]; then
@@ -418,6 +421,35 @@ else
   fi
 fi
 
+# ---- 5b. bf16 accuracy on a small real task (tests/integration/half_accuracy.py) ----
+# The real all-MiniLM-L6-v2 (stored as F16) trained with `sherl train` as a SHERL job, late layer
+# trained too, on WordNet glosses labelled by supersense, in fp32 and in bf16 on the GPU: the
+# validation accuracies must be within 1 point, and fp32's well above chance. The image has
+# neither the model nor WordNet: scripts/pack_gpu_task writes both into tests/gpu/task/
+# (git-ignored, 44 MiB), which travels with the tree. --cpu: the same on the CPU (minutes).
+alog=$out/08-half_accuracy.log
+: >"$alog"
+echo "== half_accuracy"
+task_dir=$root/tests/gpu/task
+if [ "$built" != 1 ] || [ ! -x "$build/engine/sherl" ]; then
+  fail_step half_accuracy 0 "sherl_cli not built (see 01-build.log)"
+elif [ ! -f "$task_dir/minilm-f16/model.safetensors" ] || [ ! -f "$task_dir/wordnet/val.jsonl" ]; then
+  if [ "$cpu_flow" = 1 ]; then
+    record half_accuracy SKIP 0 "no tests/gpu/task: run scripts/pack_gpu_task"
+  else
+    fail_step half_accuracy 0 "no tests/gpu/task: run scripts/pack_gpu_task here and carry that git-ignored folder"
+  fi
+elif [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 0 ]; then
+  record half_accuracy "not run" 0 "no GPU"
+else
+  adev=cuda
+  [ "$cpu_flow" = 0 ] || adev=cpu
+  step "$alog" 240 "${py:-python3}" "$root/tests/integration/half_accuracy.py" \
+    "$build/engine/sherl" "$task_dir/minilm-f16" "$work/half-accuracy" --device "$adev" \
+    --data "$task_dir/wordnet"
+  cuda_result "half_accuracy_$adev" "$alog" "$(step_output "$alog" | awk '/validation accuracy/ {printf "%s%s %s", sep, $1, $4; sep = ", "} END {print ""}')"
+fi
+
 # ---- 6. bench_kernels ----
 klog=$out/04-bench_kernels.log
 : >"$klog"
@@ -494,6 +526,29 @@ else
     --methods sherl --batch 64 --seq 128 --warmup 2 --steps 3 --profile-steps 0 --ceiling 0 \
     "$gmodel"
   cuda_result op_times "$tlog2" "$(op_times_detail)"
+fi
+
+# ---- 9. the feed-forward chunk on a device: 8192 rows (the default) against the CPU's 1024 ----
+# bench_gpu_train's bf16 sherl step twice in a row (graphs as in step 7), the engine's device
+# chunk (BERT_FFN_DEVICE_ROWS, engine/bert.h) and --ffn-rows 1 (the CPU's N*D/(2F) = 1024 rows
+# at 64 x 128): ms/step and peak of each, into 09-ffn_chunk.log. PASS means both ran.
+flog=$out/09-ffn_chunk.log
+: >"$flog"
+echo "== ffn chunk"
+ffn_detail() {
+  step_output "$flog" | awk '/^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
+    printf "%s%s %.2f ms/step, peak %s MiB", sep, (n++ ? "1024 rows" : "8192 rows"), ms, pk; sep = "; "} END {print ""}'
+}
+if [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 1 ] && [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ]; then
+  step "$flog" 60 "$build/bench/bench_gpu_train" --backend cuda --precision bf16 --methods sherl \
+    --batch 64 --seq 128 --warmup 3 --steps 10 --profile-steps 0 --ceiling 0 "$gmodel"
+  r1=$rc
+  step "$flog" 60 "$build/bench/bench_gpu_train" --backend cuda --precision bf16 --methods sherl \
+    --batch 64 --seq 128 --warmup 3 --steps 10 --profile-steps 0 --ceiling 0 --ffn-rows 1 \
+    "$gmodel"
+  step_from=0 # the detail reads both runs' lines (the log started empty)
+  [ "$r1" = 0 ] || rc=$r1
+  cuda_result ffn_chunk "$flog" "$(ffn_detail)"
 fi
 
 # ---- the table ----

@@ -4,7 +4,8 @@
  *   gpu_train_checks parity  --backend B --model DIR --data DIR [--precision fp32|bf16]
  *                            [--steps 20] [--batch 8] [--max-length 32] [--lr X] [--threads N]
  *                            [--tune-late 0|1] [--graphs 0|1] [--tol X] [--dropout P]
- *                            [--control 0|1] [--reference-precision fp32|bf16] [--work DIR]
+ *                            [--control 0|1] [--reference-precision fp32|bf16] [--ffn-rows R]
+ *                            [--work DIR]
  *   gpu_train_checks sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]
  *                            [--batch 8] [--max-length 32] [--threads N] [--tol X] [--work DIR]
  *
@@ -23,7 +24,8 @@
  *   products run on half copies of fp32 masters) trained once on the CPU backend in fp32 and once on B at
  *   --precision (the spec says device "cpu"; B is given to train_run through hooks.backend);
  *   --reference-precision bf16: the CPU's run is bf16 too (for test backends that must give
- *   the CPU's bits: --tol 1e-300).
+ *   the CPU's bits: --tol 1e-300, with --ffn-rows 1 on a device-like backend, whose
+ *   feed-forward chunks are otherwise larger than the CPU's: bert_ffn_chunk).
  *   Every step's training loss must match the CPU's within 1e-4 relative (fp32) or 2e-2 (bf16);
  *   with bf16 the final validation accuracy must also be within 0.01 of the fp32 run's (--tol
  *   sets the loss tolerance instead). --graphs 1: the tested run has resources.graphs (its
@@ -100,7 +102,8 @@ static void usage(void)
             "                         [--steps 20] [--batch 8] [--max-length 32] [--lr X]\n"
             "                         [--threads N] [--tune-late 0|1] [--graphs 0|1] [--tol X]\n"
             "                         [--dropout P] [--control 0|1]\n"
-            "                         [--reference-precision fp32|bf16] [--work DIR]\n"
+            "                         [--reference-precision fp32|bf16] [--ffn-rows R]\n"
+            "                         [--work DIR]\n"
             "       " PROG " sharing --backend B --model DIR --data DIR [--jobs 4] [--steps 6]\n"
             "                         [--batch 8] [--max-length 32] [--threads N] [--tol X]\n"
             "                         [--work DIR]\n"
@@ -114,6 +117,8 @@ static void usage(void)
             "  by about 1 ulp: when B fails on its losses alone, the control fails too (no later\n"
             "  than B), B moved at most 10 times as far and its validation accuracy is within the\n"
             "  control's + 0.01, the verdict is ILL-CONDITIONED (exit 3) instead of FAIL.\n"
+            "  --ffn-rows R: a device backend's feed-forward chunk is at least R rows (default\n"
+            "  8192; 1: the CPU's chunks, for bit-for-bit comparisons).\n"
             "  sharing: N concurrent jobs on one resident backbone use backbone + N x job's\n"
             "  planned memory (5%% on a device, 10%% RSS on the host, plus identical parameters\n"
             "  to a single run).\n");
@@ -133,7 +138,7 @@ static double mib(double bytes) { return bytes / 1048576.0; }
 
 typedef struct {
     const char *mode, *backend, *model, *data, *work, *precision, *ref_precision;
-    int steps, batch, max_length, threads, jobs, tune_late, graphs, control;
+    int steps, batch, max_length, threads, jobs, tune_late, graphs, control, ffn_rows;
     double lr, tol, dropout; /* dropout < 0: the spec's default */
 } options;
 
@@ -223,6 +228,8 @@ static int parse_args(int argc, char **argv, options *o)
             bad = parse_int(a, v, 0, 1, &o->graphs);
         else if (!strcmp(a, "--control"))
             bad = parse_int(a, v, 0, 1, &o->control);
+        else if (!strcmp(a, "--ffn-rows"))
+            bad = parse_int(a, v, 1, 1 << 30, &o->ffn_rows);
         else if (!strcmp(a, "--lr"))
             bad = parse_double(a, v, &o->lr);
         else if (!strcmp(a, "--tol"))
@@ -1187,6 +1194,8 @@ int main(int argc, char **argv)
     int a = parse_args(argc, argv, &o);
     if (a)
         return a == 1 ? 0 : 2;
+    if (o.ffn_rows)
+        bert_set_ffn_device_rows(o.ffn_rows);
     const sherl_backend *be;
     switch (pick_backend(o.backend, &be)) {
     case BE_OK:

@@ -5,9 +5,12 @@ in fp32 and in bf16 must end within 1 point of validation accuracy of each other
 acceptance), and both must have learned the task (well above chance).
 
   half_accuracy.py SHERL_BIN MODEL_DIR WORK_DIR [--device cpu|cuda|auto] [--precisions bf16,fp16]
+                   [--data DIR]
 
 On the CPU a half job's products widen the halves to fp32, so the check runs everywhere;
-tests/gpu/run.sh runs it with --device cuda. Prints both runs' accuracy, loss and time."""
+tests/gpu/run.sh runs it with --device cuda on the folder scripts/pack_gpu_task makes (the model
+stored as F16, and --data: this split already written, for a machine without WordNet). Prints
+both runs' accuracy, loss and time."""
 import argparse
 import json
 import os
@@ -26,7 +29,10 @@ ap.add_argument("work")
 ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
 ap.add_argument("--precisions", default="bf16")
 ap.add_argument("--tol", type=float, default=0.01)
+ap.add_argument("--data", help="a folder with train.jsonl and val.jsonl already written "
+                "(default: the split made here from WordNet)")
 a = ap.parse_args()
+a.sherl, a.model_dir = os.path.abspath(a.sherl), os.path.abspath(a.model_dir)
 precisions = [p for p in a.precisions.split(",") if p]
 for p in precisions:
     if p not in ("bf16", "fp16"):
@@ -34,7 +40,14 @@ for p in precisions:
 
 shutil.rmtree(a.work, ignore_errors=True)
 os.makedirs(a.work)
-write_split(a.work, 120, 300)  # 3 supersenses: 360 training and 900 validation glosses
+if a.data:
+    for name in ("train.jsonl", "val.jsonl"):
+        src = os.path.join(a.data, name)
+        if not os.path.isfile(src):
+            ap.error("--data %s has no %s (scripts/pack_gpu_task writes both)" % (a.data, name))
+        shutil.copy(src, a.work)
+else:
+    write_split(a.work, 120, 300)  # 3 supersenses: 360 training and 900 validation glosses
 CHANCE = 1.0 / 3
 
 
@@ -64,8 +77,9 @@ def train(precision):
     return v["accuracy"]
 
 
-print("half_accuracy: all-MiniLM-L6-v2, sherl with its late layer trained, WordNet glosses "
-      "(3 supersenses, 360 train / 900 validation), 3 epochs, device %s" % a.device, flush=True)
+print("half_accuracy: %s, sherl with its late layer trained, WordNet glosses "
+      "(3 supersenses, 360 train / 900 validation%s), 3 epochs, device %s"
+      % (a.model_dir, ", from " + a.data if a.data else "", a.device), flush=True)
 failures = []
 ref = train("fp32")
 if ref < CHANCE + 0.3:

@@ -284,9 +284,28 @@ class RoundOutput(torch.autograd.Function):
         return g, None
 
 
+class HalfSoftmax(torch.autograd.Function):
+    """A half layer's attention probabilities (attention_half_forward): softmax, then rounded to
+    the half type before they multiply V. The backward passes the gradient through the rounding
+    and through the softmax with the rounded probabilities, as the engine's attention_backward
+    receives them: ds = ph * (g - sum(g * ph))."""
+
+    @staticmethod
+    def forward(ctx, s, dt):
+        ph = to_half(torch.softmax(s, dim=-1), dt)
+        ctx.save_for_backward(ph)
+        return ph
+
+    @staticmethod
+    def backward(ctx, g):
+        (ph,) = ctx.saved_tensors
+        return ph * (g - (g * ph).sum(-1, keepdim=True)), None
+
+
 def layer_half_case(out_dir, bert_dir, batch, layer_index=3):
     """layer_half.safetensors: one BERT layer trained in a bf16 job (its four products as
-    HalfLinear, Q, K and V rounded, everything else unrounded) computed in float64, and the same layer unrounded
+    HalfLinear, Q, K and V rounded, the attention probabilities rounded (HalfSoftmax),
+    everything else unrounded) computed in float64, and the same layer unrounded
     ("plain"), on the batch's mask: x, dout, out.<kind>, dx.<kind>, grad.<kind>.<engine name>.
     The engine's products sum in fp32, its other ops run in fp32: the two sides round the same
     values except where fp32 and float64 land on either side of a bf16 rounding boundary, which
@@ -311,7 +330,19 @@ def layer_half_case(out_dir, bert_dir, batch, layer_index=3):
                                                                 torch.bfloat16)
         ext = bert.get_extended_attention_mask(mask, (B, T)).double()
         x64 = x.double().requires_grad_(True)
-        y = layer(x64, attention_mask=ext)[0]
+        # the eager BertSelfAttention calls nn.functional.softmax once, on the scores
+        softmax, calls = torch.nn.functional.softmax, []
+        if kind == "half":
+            torch.nn.functional.softmax = lambda t, dim=-1, **kw: (  # noqa: E731
+                calls.append(dim) or HalfSoftmax.apply(t, torch.bfloat16))
+        try:
+            y = layer(x64, attention_mask=ext)[0]
+        finally:
+            torch.nn.functional.softmax = softmax
+        if kind == "half" and calls != [-1]:
+            sys.exit("layer_half_case: the layer called softmax %r times (dims %r), expected "
+                     "once over the keys: this transformers' BertSelfAttention is not the eager "
+                     "one the emulation patches" % (len(calls), calls))
         y.backward(dout.double())
         out["out." + kind] = y.detach().float().contiguous()
         out["dx." + kind] = x64.grad.float().contiguous()

@@ -549,8 +549,9 @@ static float **layer_tensor(bert_layer *ly, int j)
 }
 
 /* A layer trained in a bf16 job: its four products take its matrices' half copies and half
- * operands with fp32 sums (linear_forward / linear_backward), as autocast runs them; the rest of
- * the layer is fp32. Against sherl_reference.py's float64 emulation (layer_half.safetensors):
+ * operands with fp32 sums (linear_forward / linear_backward), as autocast runs them, and its
+ * attention rounds Q|K|V and the probabilities (attention_half_forward); the rest of the layer
+ * is fp32. Against sherl_reference.py's float64 emulation (layer_half.safetensors):
  * the output, the input gradient and every weight gradient must match it, and be several times
  * nearer it than the unrounded layer, so an engine that skipped a rounding (or kept its fp32
  * products) fails. */
@@ -603,10 +604,10 @@ Test(sherl_oracle, layer_bf16_trained, .timeout = 60)
     sherl_arena ar;
     arena_measure(&ar);
     bert_layer_acts_layout(&acts, &ar, B, T, (int)D, SHERL_BF16, 1);
-    bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
+    bert_layer_grad_ws_layout(&gws, &ar, c, B, T, !bb->be->host_memory);
     cr_assert(arena_alloc(&ar, be, ar.used, "layer activations").code == SHERL_OK);
     bert_layer_acts_layout(&acts, &ar, B, T, (int)D, SHERL_BF16, 1);
-    bert_layer_grad_ws_layout(&gws, &ar, c, B, T);
+    bert_layer_grad_ws_layout(&gws, &ar, c, B, T, !bb->be->host_memory);
     cr_assert(arena_check(&ar, "layer activations").code == SHERL_OK);
     bert_layer_acts_share_scratch(&acts, &ws.acts);
 

@@ -874,6 +874,27 @@ static void replay_attention_backward(const void *p)
     g_attention_backward(r->dqkv, r->dout, r->qkv, r->probs, r->B, r->T, r->NH, r->HS);
 }
 
+typedef struct { float *out; float *probs; const float *qkv; const float *mask; int B; int T; int NH; int HS; int type; } rec_attention_half_forward;
+static void replay_attention_half_forward(const void *p);
+
+static void g_attention_half_forward(float *out, float *probs, const float *qkv, const float *mask, int B, int T, int NH, int HS, int type)
+{
+    if (capturing) {
+        rec_attention_half_forward rec = {out, probs, qkv, mask, B, T, NH, HS, type};
+        capture_add(replay_attention_half_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->attention_half_forward(out, probs, qkv, mask, B, T, NH, HS, type);
+    close_all();
+}
+
+static void replay_attention_half_forward(const void *p)
+{
+    const rec_attention_half_forward *r = p;
+    g_attention_half_forward(r->out, r->probs, r->qkv, r->mask, r->B, r->T, r->NH, r->HS, r->type);
+}
+
 typedef struct { float *out; const int32_t *ids; const float *table; int N; int C; } rec_embedding_forward;
 static void replay_embedding_forward(const void *p);
 
@@ -1495,6 +1516,7 @@ static void fill(void)
     t->softmax_forward = g_softmax_forward;
     t->softmax_backward = g_softmax_backward;
     t->attention_forward = g_attention_forward;
+    t->attention_half_forward = g_attention_half_forward;
     t->attention_backward = g_attention_backward;
     t->embedding_forward = g_embedding_forward;
     t->embedding_forward_bf16 = g_embedding_forward_bf16;

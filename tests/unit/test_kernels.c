@@ -1004,6 +1004,80 @@ Test(kernels, attention_forward_backward)
     }
 }
 
+/* attention_half_forward on half-valued Q|K|V, both half types, with a padding mask: the
+ * probabilities it keeps are half values within half an ulp (plus fp32's error) of the
+ * softmax in double, and out is exactly those probabilities times V (in double, 1e-5), which a
+ * product over the unrounded probabilities would miss by up to half an ulp of each. */
+Test(kernels, attention_half_forward)
+{
+    FOR_EACH_BACKEND(be)
+    {
+        for (int type = SHERL_HALF_BF16; type <= SHERL_HALF_F16; type++) {
+            int B = 2, T = 37, NH = 3, HS = 8, C = NH * HS, C3 = 3 * C;
+            size_t nqkv = (size_t)B * T * C3, nout = (size_t)B * T * C,
+                   np = (size_t)B * NH * T * T;
+            float *qkv = randv(nqkv, 2.0), *mask = calloc((size_t)B * T, sizeof(float));
+            for (size_t i = 0; i < nqkv; i++)
+                qkv[i] = sherl_half_round_f32(qkv[i], type);
+            for (int j = T - 5; j < T; j++)
+                mask[T + j] = -FLT_MAX; /* the second sequence's last 5 tokens are padding */
+            float *dq = dev_f(be, qkv, nqkv), *dm = dev_f(be, mask, (size_t)B * T);
+            float *dy = be->alloc(4 * nout), *dp = be->alloc(4 * np);
+            be->attention_half_forward(dy, dp, dq, dm, B, T, NH, HS, type);
+            float *y = malloc(4 * nout), *p = malloc(4 * np);
+            back_f(be, y, dy, nout);
+            back_f(be, p, dp, np);
+            double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7, worst_p = 0.0, worst_o = 0.0;
+            size_t not_half = 0;
+            double *ref = malloc(8 * (size_t)T);
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++)
+                    for (int i = 0; i < T; i++) {
+                        const float *q = qkv + ((size_t)b * T + i) * C3 + h * HS;
+                        const float *pr = p + (((size_t)b * NH + h) * T + i) * T;
+                        double mx = -INFINITY, sum = 0.0;
+                        for (int j = 0; j < T; j++) {
+                            const float *k = qkv + ((size_t)b * T + j) * C3 + C + h * HS;
+                            double d = 0.0;
+                            for (int e = 0; e < HS; e++)
+                                d += (double)q[e] * k[e];
+                            ref[j] = d / sqrt((double)HS) + mask[b * T + j];
+                            mx = fmax(mx, ref[j]);
+                        }
+                        for (int j = 0; j < T; j++)
+                            sum += (ref[j] = exp(ref[j] - mx));
+                        for (int j = 0; j < T; j++) {
+                            ref[j] /= sum;
+                            not_half += sherl_half_round_f32(pr[j], type) != pr[j];
+                            /* half an ulp of rounding (f16's subnormals: half their step,
+                             * 2^-25), and fp32's softmax before it (2e-7 relative) */
+                            double bound = (0.5 * ulp + 2e-7) * ref[j] +
+                                           (type == SHERL_HALF_F16 ? 0x1p-25 : 0.0);
+                            worst_p = fmax(worst_p, fabs(pr[j] - ref[j]) / bound);
+                        }
+                        for (int e = 0; e < HS; e++) {
+                            double o = 0.0, mag = 0.0;
+                            for (int j = 0; j < T; j++) {
+                                double v = qkv[((size_t)b * T + j) * C3 + 2 * C + h * HS + e];
+                                o += (double)pr[j] * v;
+                                mag += fabs(pr[j] * v);
+                            }
+                            double got = y[((size_t)b * T + i) * C + h * HS + e];
+                            worst_o = fmax(worst_o, fabs(got - o) / (mag + 1e-30));
+                        }
+                    }
+            cr_expect_eq(not_half, 0, "%s %s: %zu probabilities are not %s values", be->name,
+                         type ? "f16" : "bf16", not_half, type ? "f16" : "bf16");
+            cr_expect(worst_p <= 1.0, "%s %s: probabilities off the double softmax by %.3g of "
+                      "their bound (expected <= 1)", be->name, type ? "f16" : "bf16", worst_p);
+            cr_expect(worst_o <= 1e-5, "%s %s: out differs from probs . v by %.3g relative "
+                      "(expected <= 1e-5)", be->name, type ? "f16" : "bf16", worst_o);
+            be->free(dq), be->free(dm), be->free(dy), be->free(dp);
+            free(qkv), free(mask), free(y), free(p), free(ref);
+        }
+    }
+}
+
 /* The analytic gradient of attention in double, for rows too long for finite differences:
  * the CPU backend cuts them into blocks of query rows, and T = 300 leaves a partial block. */
 static void ref_attention_backward(double *dqkv, const at_ctx *c)

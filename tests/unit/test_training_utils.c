@@ -1,7 +1,10 @@
-/* Metrics, learning-rate schedules and gradient clipping against hand-computed values. */
+/* Metrics, learning-rate schedules, gradient clipping and the feed-forward chunk policy against
+ * hand-computed values. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <string.h>
 
+#include "bert.h"
 #include "metrics.h"
 #include "optim.h"
 
@@ -75,4 +78,25 @@ Test(optim, clip_grad_norm_scales_to_max_norm)
     NEAR(ga[0], 3.0 / (5.0 + 1e-6), 1e-6);
     NEAR(clip_grad_norm(&ps, 0.0), param_set_grad_norm(&ps), 1e-12); /* 0: off */
     param_set_free(&ps);
+}
+
+/* The feed-forward chunk: half a hidden state's floats per [rows, F] buffer on the CPU; on a
+ * device at least BERT_FFN_DEVICE_ROWS (8192) rows, never more than the batch, and the CPU's
+ * when that is larger. BERT-base widths: D = 768, F = 3072, so N * D / (2F) = N / 8. */
+Test(bert, ffn_chunk_cpu_and_device)
+{
+    hf_config c;
+    memset(&c, 0, sizeof c);
+    c.hidden_size = 768, c.intermediate_size = 3072;
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 0), 1024);   /* 64 x 128 on the CPU */
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), 8192);   /* ... on a device: the whole batch */
+    cr_expect_eq(bert_ffn_chunk(&c, 300, 1), 300);     /* never more than the batch */
+    cr_expect_eq(bert_ffn_chunk(&c, 131072, 1), 16384); /* the CPU's, when it is larger */
+    cr_expect_eq(bert_ffn_chunk(&c, 5, 0), 1);         /* at least one row */
+    bert_set_ffn_device_rows(2048);
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), 2048);
+    bert_set_ffn_device_rows(1); /* the CPU's chunks on a device too */
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), 1024);
+    bert_set_ffn_device_rows(0); /* back to the default */
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), BERT_FFN_DEVICE_ROWS);
 }
