@@ -447,7 +447,7 @@ else
   step "$alog" 240 "${py:-python3}" "$root/tests/integration/half_accuracy.py" \
     "$build/engine/sherl" "$task_dir/minilm-f16" "$work/half-accuracy" --device "$adev" \
     --data "$task_dir/wordnet"
-  cuda_result "half_accuracy_$adev" "$alog" "$(step_output "$alog" | awk '/validation accuracy/ {printf "%s%s %s", sep, $1, $4; sep = ", "} END {print ""}')"
+  cuda_result "half_accuracy_$adev" "$alog" "$(step_output "$alog" | awk '/validation accuracy/ {v = $4; sub(/,$/, "", v); printf "%s%s %s", sep, $1, v; sep = ", "} END {print ""}')"
 fi
 
 # ---- 6. bench_kernels ----
@@ -537,18 +537,21 @@ flog=$out/09-ffn_chunk.log
 echo "== ffn chunk"
 ffn_detail() {
   step_output "$flog" | awk '/^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
-    printf "%s%s %.2f ms/step, peak %s MiB", sep, (n++ ? "1024 rows" : "8192 rows"), ms, pk; sep = "; "} END {print ""}'
+    printf "%s%s %.2f ms/step, peak %s MiB", sep, (n++ ? "CPU chunks" : "device chunks"), ms, pk; sep = "; "} END {print ""}'
 }
-if [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 1 ] && [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ]; then
-  step "$flog" 60 "$build/bench/bench_gpu_train" --backend cuda --precision bf16 --methods sherl \
-    --batch 64 --seq 128 --warmup 3 --steps 10 --profile-steps 0 --ceiling 0 "$gmodel"
+if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" = 1 ] || [ "$gpu_present" = 1 ]; }; then
+  # --cpu: the guarded CPU backend (a device to the engine) at the smoke shape
+  fargs=(--backend cuda --batch 64 --seq 128 --warmup 3 --steps 10 "${gmodel:-}")
+  [ "$cpu_flow" = 0 ] || fargs=(--backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1 \
+    "$work/gpu-train-smoke")
+  step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
+    --profile-steps 0 --ceiling 0 "${fargs[@]}"
   r1=$rc
-  step "$flog" 60 "$build/bench/bench_gpu_train" --backend cuda --precision bf16 --methods sherl \
-    --batch 64 --seq 128 --warmup 3 --steps 10 --profile-steps 0 --ceiling 0 --ffn-rows 1 \
-    "$gmodel"
+  step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
+    --profile-steps 0 --ceiling 0 --ffn-rows 1 "${fargs[@]}"
   step_from=0 # the detail reads both runs' lines (the log started empty)
   [ "$r1" = 0 ] || rc=$r1
-  cuda_result ffn_chunk "$flog" "$(ffn_detail)"
+  cuda_result "ffn_chunk$([ "$cpu_flow" = 0 ] || echo _cpu)" "$flog" "$(ffn_detail)"
 fi
 
 # ---- the table ----
