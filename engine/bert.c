@@ -608,11 +608,22 @@ int bert_ffn_chunk(const hf_config *c, int N, int device)
 }
 
 /* Sequences per attention pass at the layout's shape: the most whose probabilities take at most
- * half a hidden state's floats, at least one. */
-static int attn_layout_seqs(const hf_config *c, int B, int T)
+ * half a hidden state's floats; on a device (fewer, larger launches) at least as many as fit in
+ * one feed-forward chunk buffer, [chunk, F], with their Q|K|V [T, 3D] and probabilities
+ * [NH, T, T] each. The attention buffers of both layouts lie over the feed-forward block's
+ * (bert_layer_scratch_layout: Q|K|V and probabilities over two chunk buffers; the backward's:
+ * d_attn, d_qkv, Q|K|V and probabilities over d_ln1 and three), so that costs no memory. At
+ * least one, at most B. */
+static int attn_layout_seqs(const hf_config *c, int B, int T, int device)
 {
     long long per_seq = (long long)c->num_attention_heads * T * T;
     long long s = (long long)B * T * c->hidden_size / 2 / per_seq;
+    if (device) {
+        long long chunk_f = (long long)bert_ffn_chunk(c, B * T, 1) * c->intermediate_size;
+        long long fit = chunk_f / (3LL * T * c->hidden_size + per_seq);
+        if (fit > s)
+            s = fit;
+    }
     return s < 1 ? 1 : s > B ? B : (int)s;
 }
 
@@ -670,7 +681,7 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, end;
     size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
-    int seqs = attn_layout_seqs(c, B, T);
+    int seqs = attn_layout_seqs(c, B, T, device);
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
     a->qkv_whole = 0;
@@ -1024,7 +1035,7 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, chunks_at, end;
     size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
-    int seqs = attn_layout_seqs(c, B, T);
+    int seqs = attn_layout_seqs(c, B, T, device);
     size_t rows = (size_t)seqs * T;
     g->d_res2 = arena_floats(ar, BT * D);
     chunks_at = ar->used;
