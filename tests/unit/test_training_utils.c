@@ -100,3 +100,23 @@ Test(bert, ffn_chunk_cpu_and_device)
     bert_set_ffn_device_rows(0); /* back to the default */
     cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), BERT_FFN_DEVICE_ROWS);
 }
+
+/* Attention's sequences a pass, from a forward-only layer's layout at BERT-base 64 x 128: on the
+ * CPU the probabilities take half a hidden state (64 * 128 * 768 / 2 / (12 * 128 * 128) = 16);
+ * on a device as many as fit in one [8192, 3072] feed-forward buffer with their Q|K|V and
+ * probabilities (25165824 / (3 * 128 * 768 + 12 * 128 * 128) = 51.2). */
+Test(bert, attention_sequences_cpu_and_device)
+{
+    hf_config c;
+    memset(&c, 0, sizeof c);
+    c.hidden_size = 768, c.intermediate_size = 3072, c.num_attention_heads = 12;
+    int want[2] = {16, 51};
+    for (int device = 0; device < 2; device++) {
+        sherl_arena ar;
+        arena_measure(&ar);
+        bert_layer_acts a;
+        bert_layer_scratch_layout(&a, &ar, &c, 64, 128, device);
+        cr_expect_eq(bert_attn_seqs(&a, 12, 64, 128), want[device], "device %d: %d sequences",
+                     device, bert_attn_seqs(&a, 12, 64, 128));
+    }
+}
