@@ -710,6 +710,8 @@ int main(int argc, char **argv)
            model_dir, hc->num_hidden_layers, hc->hidden_size, hc->num_attention_heads,
            hc->intermediate_size, B, T, precision, k, tune_late ? "trained" : "frozen", warmup,
            steps, profile_steps);
+    printf("feed-forward chunk: %d rows of %d (%s)\n", bert_ffn_chunk(hc, B * T, !be->host_memory),
+           B * T, be->host_memory ? "the CPU's" : "a device's: bert_ffn_chunk");
     fflush(stdout);
 
     const char *peak_source = gpu ? "device mem_info (total - free) minus before the backbone"

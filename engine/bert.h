@@ -177,8 +177,9 @@ void bert_workspace_free(bert_workspace *ws);
  * same arguments, so they agree. */
 #define BERT_FFN_DEVICE_ROWS 8192
 int bert_ffn_chunk(const hf_config *c, int N, int device);
-/* The device rows above for this process (rows <= 0: back to BERT_FFN_DEVICE_ROWS), before any
- * layout: a benchmark's knob (bench_gpu_train --ffn-rows), to compare chunk sizes in one run. */
+/* The device rows above for this process (rows <= 0: back to BERT_FFN_DEVICE_ROWS): a knob for
+ * benchmarks and tests (bench_gpu_train --ffn-rows), set before any layout. The passes work the
+ * chunk out again, so changing it while a layout is in use would overrun that layout's buffers. */
 void bert_set_ffn_device_rows(int rows);
 /* Sequences of T tokens one pass of the attention block takes, for buffers of probs_n floats of
  * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */

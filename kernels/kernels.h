@@ -214,14 +214,15 @@ struct sherl_backend {
     /* dqkv[B,T,3C] += d(q|k|v) */
     void (*attention_backward)(float *dqkv, const float *dout, const float *qkv,
                                const float *probs, int B, int T, int NH, int HS);
-    /* attention_forward in a half layer (type: SHERL_HALF_*), as autocast's bf16 attention
-     * with flash attention computes it: qkv holds values of the half type (a half layer's Q|K|V,
-     * rounded as its Linear returns them, widened), both products sum in fp32, and the
-     * probabilities are rounded to the half type (kept widened in probs) before out = probs.v.
-     * Every operand of both products is then a half value, which TF32 holds exactly: a GPU runs
-     * them on tensor cores with the same products. A trained half layer's backward hands these
-     * probs to attention_backward (dV = half(P)^T dO, and the softmax's backward through them
-     * too). */
+    /* attention_forward in a half layer (type: SHERL_HALF_*), close to autocast's bf16 flash
+     * attention (which rounds the unnormalised exponentials and divides after): qkv holds
+     * values of the half type (a half layer's Q|K|V, rounded as its Linear returns them,
+     * widened), both products sum in fp32, and the probabilities are rounded to the half type
+     * (kept widened in probs) before out = probs.v. Every operand of both products is then a
+     * half value, which TF32 holds exactly: a GPU runs them on tensor cores with the same
+     * operands and exact products (its sums may run in another order). A trained half layer's
+     * backward hands these probs to attention_backward (dV = half(P)^T dO, and the softmax's
+     * backward through them too). */
     void (*attention_half_forward)(float *out, float *probs, const float *qkv, const float *mask,
                                    int B, int T, int NH, int HS, int type);
 

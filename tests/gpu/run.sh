@@ -31,7 +31,7 @@
 # /usr/bin/python3 that has them), SHERL_GPU_BUILD (build folder, default build/gpu-check),
 # SHERL_GPU_WORK (models and references, default /tmp/sherl-gpu-work), SHERL_DEPS_PREFIX (where
 # to unpack the .deb files, default /tmp/sherl-gpu-deps; it is emptied first),
-# SHERL_GPU_BENCH_ONLY=1 (steps 1, 2 and 7 only: a short re-measure of the training bench).
+# SHERL_GPU_BENCH_ONLY=1 (steps 1, 2, 7, 8 and 9 only: a short re-measure of the training bench).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -433,18 +433,18 @@ echo "== half_accuracy"
 task_dir=$root/tests/gpu/task
 if [ "$built" != 1 ] || [ ! -x "$build/engine/sherl" ]; then
   fail_step half_accuracy 0 "sherl_cli not built (see 01-build.log)"
+elif [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 0 ]; then
+  record half_accuracy "NOT RUN" 0 "no GPU"
 elif [ ! -f "$task_dir/minilm-f16/model.safetensors" ] || [ ! -f "$task_dir/wordnet/val.jsonl" ]; then
   if [ "$cpu_flow" = 1 ]; then
     record half_accuracy SKIP 0 "no tests/gpu/task: run scripts/pack_gpu_task"
   else
     fail_step half_accuracy 0 "no tests/gpu/task: run scripts/pack_gpu_task here and carry that git-ignored folder"
   fi
-elif [ "$cpu_flow" = 0 ] && [ "$gpu_present" = 0 ]; then
-  record half_accuracy "not run" 0 "no GPU"
 else
-  adev=cuda
-  [ "$cpu_flow" = 0 ] || adev=cpu
-  step "$alog" 240 "${py:-python3}" "$root/tests/integration/half_accuracy.py" \
+  adev=cuda acap=240
+  [ "$cpu_flow" = 0 ] || adev=cpu acap=400 # two MiniLM trainings on 2 cores: 70-90 s idle
+  step "$alog" "$acap" "${py:-python3}" "$root/tests/integration/half_accuracy.py" \
     "$build/engine/sherl" "$task_dir/minilm-f16" "$work/half-accuracy" --device "$adev" \
     --data "$task_dir/wordnet"
   cuda_result "half_accuracy_$adev" "$alog" "$(step_output "$alog" | awk '/validation accuracy/ {v = $4; sub(/,$/, "", v); printf "%s%s %s", sep, $1, v; sep = ", "} END {print ""}')"
@@ -535,9 +535,10 @@ fi
 flog=$out/09-ffn_chunk.log
 : >"$flog"
 echo "== ffn chunk"
-ffn_detail() {
-  step_output "$flog" | awk '/^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
-    printf "%s%s %.2f ms/step, peak %s MiB", sep, (n++ ? "CPU chunks" : "device chunks"), ms, pk; sep = "; "} END {print ""}'
+ffn_detail() { # each run's chunk (its "feed-forward chunk:" line), ms/step and peak
+  step_output "$flog" | awk '/^feed-forward chunk:/ {rows = $3}
+    /^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
+    printf "%s%s-row chunks %.2f ms/step, peak %s MiB", sep, rows, ms, pk; sep = "; "} END {print ""}'
 }
 if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" = 1 ] || [ "$gpu_present" = 1 ]; }; then
   # --cpu: the guarded CPU backend (a device to the engine) at the smoke shape
@@ -546,12 +547,14 @@ if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" 
     "$work/gpu-train-smoke")
   step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
     --profile-steps 0 --ceiling 0 "${fargs[@]}"
-  r1=$rc
+  r1=$rc t1=$took
   step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
     --profile-steps 0 --ceiling 0 --ffn-rows 1 "${fargs[@]}"
-  step_from=0 # the detail reads both runs' lines (the log started empty)
+  step_from=0 took=$((t1 + took)) # the detail reads both runs' lines (the log started empty)
   [ "$r1" = 0 ] || rc=$r1
   cuda_result "ffn_chunk$([ "$cpu_flow" = 0 ] || echo _cpu)" "$flog" "$(ffn_detail)"
+elif [ "$built" = 1 ]; then
+  record ffn_chunk "NOT RUN" 0 "no GPU"
 fi
 
 # ---- the table ----
