@@ -103,6 +103,16 @@ add_test(NAME gpu_train_parity_bf16_guarded_exact
   COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1
           --reference-precision bf16 --ffn-rows 1 ${small} --steps 5 --tol 1e-300
           --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_guarded_exact)
+# a device's feed-forward chunks that do not divide the batch (--ffn-rows 100 of 256 tokens:
+# 100, 100, 56), forward and backward (the late layer trained), on memory the host cannot touch
+# outside the backend's calls: fp32 and bf16 against the CPU's own chunks
+add_test(NAME gpu_train_parity_guarded_ffn_rows
+  COMMAND gpu_train_checks parity --backend cpu-guarded --tune-late 1 --ffn-rows 100 ${small}
+          --steps 10 --work ${SHERL_GPU_TRAIN_WORK}/parity_guarded_ffn_rows)
+add_test(NAME gpu_train_parity_bf16_guarded_ffn_rows
+  COMMAND gpu_train_checks parity --backend cpu-guarded --precision bf16 --tune-late 1
+          --reference-precision bf16 --ffn-rows 100 ${small} --steps 10 --tol 1e-4
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_guarded_ffn_rows)
 add_test(NAME bench_gpu_train_op_times
   COMMAND bench_gpu_train --backend cpu-timed --precision bf16 --methods sherl --batch 4 --seq 16
           --warmup 1 --steps 1 --profile-steps 0 --ceiling 0 ${SHERL_GPU_TRAIN_WORK}/small/model)
@@ -127,6 +137,7 @@ set_tests_properties(gpu_train_parity_guarded gpu_train_parity_bf16_guarded
   gpu_train_parity_bf16_graphs_guarded gpu_train_parity_graphs_self_test
   gpu_train_parity_self_test gpu_train_parity_perturbed gpu_train_parity_perturbed_self_test
   gpu_train_parity_control gpu_train_parity_control_self_test gpu_train_parity_timed gpu_train_parity_bf16_timed
-  gpu_train_parity_bf16_guarded_exact bench_gpu_train_op_times gpu_train_parity_cuda
+  gpu_train_parity_bf16_guarded_exact gpu_train_parity_guarded_ffn_rows
+  gpu_train_parity_bf16_guarded_ffn_rows bench_gpu_train_op_times gpu_train_parity_cuda
   gpu_train_sharing_cpu gpu_train_sharing_counted gpu_train_sharing_cuda PROPERTIES
   FIXTURES_REQUIRED gpu_train_task TIMEOUT 180 LABELS gpu)
