@@ -69,6 +69,7 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
         snprintf(e->name, sizeof e->name, "%s", slash && slash[1] ? slash + 1 : path);
         e->model = m;
         e->be = be;
+        sherl_backend_label(be, e->device, sizeof e->device);
         e->prec = prec;
         e->bytes = backbones_planned_bytes(&m->cfg, prec);
         i = r->n++;
@@ -123,15 +124,18 @@ int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_back
 }
 
 /* name: the base name, or the resolved path when it starts with '/'. */
-static int matches(const backbone_entry *e, const char *name, const sherl_backend *be, int prec)
+static int matches(const backbone_entry *e, const char *name, const sherl_backend *be,
+                   int gpu_only, int prec)
 {
     if (strcmp(name[0] == '/' ? e->path : e->name, name))
         return 0;
-    return (!be || e->be == be) && (prec < 0 || (int)e->prec == prec);
+    return (!be || e->be == be) && (!gpu_only || !e->be->host_memory) &&
+           (prec < 0 || (int)e->prec == prec);
 }
 
-int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be, int prec,
-                     backbone_entry *out, char *others, size_t others_cap)
+int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be,
+                     int gpu_only, int prec, backbone_entry *out, char *others,
+                     size_t others_cap)
 {
     pthread_mutex_lock(&r->mu);
     int n = 0, hit = -1;
@@ -139,10 +143,10 @@ int backbones_unload(backbone_registry *r, const char *name, const sherl_backend
     if (others && others_cap)
         others[0] = 0;
     for (int i = 0; i < r->n; i++)
-        if (matches(&r->e[i], name, be, prec)) {
+        if (matches(&r->e[i], name, be, gpu_only, prec)) {
             if (others && used < others_cap)
                 used += (size_t)snprintf(others + used, others_cap - used, "%s%s/%s",
-                                         n ? ", " : "", r->e[i].be->name,
+                                         n ? ", " : "", r->e[i].device,
                                          sherl_precision_name(r->e[i].prec));
             n++, hit = i;
         }

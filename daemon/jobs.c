@@ -30,6 +30,7 @@ struct queued_job {
     job_need need;            /* the plan by pool */
     int64_t planned_bytes;    /* the plan's peak */
     const sherl_backend *be;  /* NULL: not usable (need.pool -1): fails with the reason */
+    int any_gpu;              /* placed on any GPU when it starts (be, need: the first GPU's) */
     sherl_precision prec;
     char backbone[PATH_MAX];
 };
@@ -166,19 +167,17 @@ static job_result resolve_data(sherld *d, const char *tenant, const char *field,
 
 job_result jobs_backend_named(const char *field, const char *device, const sherl_backend **be)
 {
-    *be = NULL;
-    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))
-        return fail(RPC_INVALID_ARGUMENT, "%s: '%.40s', expected \"cpu\", \"cuda\" or \"auto\"",
-                    field, device);
     *be = sherl_backend_by_name(device);
     if (*be)
         return ok_result();
-    char why[256] = "";
-    sherl_cuda_devices(NULL, 0, why, sizeof why);
-    return fail(RPC_FAILED_PRECONDITION, "%s \"cuda\": no usable CUDA GPU (%s); use \"cpu\", or "
-                                         "\"auto\" to take a GPU when there is one",
-                field, why[0] ? why : "the GPU is not usable by this build, or SHERL_CUDA_DISABLE "
-                                      "is set");
+    sherl_status st = backend_missing(field, device);
+    return fail(st.code == SHERL_EUNSUPPORTED ? RPC_FAILED_PRECONDITION : RPC_INVALID_ARGUMENT,
+                "%s", st.msg);
+}
+
+int jobs_any_gpu(const char *device, const sherl_backend *be)
+{
+    return be && !be->host_memory && (!strcmp(device, "cuda") || !strcmp(device, "auto"));
 }
 
 /* Parses the spec JSON, picks its backend, confines its paths and plans its memory on that
@@ -258,6 +257,30 @@ int pools_short(const int64_t *bytes, const int64_t *used, const int64_t *budget
     return -1;
 }
 
+int pools_pick(const job_need *j, const pool_choice *c, int nc, const int64_t *used,
+               const int64_t *budget, int n)
+{
+    int best = -1;
+    int64_t best_left = 0;
+    for (int i = 0; i < nc; i++) {
+        if (c[i].pool < 0 || c[i].pool >= n)
+            continue;
+        job_need here = *j;
+        here.pool = c[i].pool;
+        int64_t bytes[SHERLD_MAX_POOLS];
+        job_need_bytes(&here, c[i].resident, bytes, n);
+        if (pools_short(bytes, used, budget, n) >= 0)
+            continue;
+        int64_t left = budget[c[i].pool] - used[c[i].pool] - bytes[c[i].pool];
+        if (best < 0 || c[i].jobs < c[best].jobs ||
+            (c[i].jobs == c[best].jobs &&
+             (c[i].resident > c[best].resident ||
+              (c[i].resident == c[best].resident && left > best_left))))
+            best = i, best_left = left;
+    }
+    return best;
+}
+
 static int find_pool_locked(const sherld *d, const sherl_backend *be)
 {
     if (!be || be->host_memory)
@@ -284,14 +307,84 @@ int jobs_pool(sherld *d, const sherl_backend *be)
         mem_pool *m = &d->pools[p = d->n_pools++];
         memset(m, 0, sizeof *m);
         m->be = be;
-        /* the backend runs on the process's current device, which sherld never changes */
-        snprintf(m->name, sizeof m->name, "%.24s:0", be->name);
+        sherl_backend_label(be, m->name, sizeof m->name);
         m->total = (int64_t)tot;
         m->budget = m->total > d->cfg.gpu_memory_reserve ? m->total - d->cfg.gpu_memory_reserve
                                                          : 0;
     }
     pthread_mutex_unlock(&d->mu);
     return p;
+}
+
+static const sherl_backend *jobs_pool_backend(sherld *d, int pool)
+{
+    pthread_mutex_lock(&d->mu);
+    const sherl_backend *be = pool >= 0 && pool < d->n_pools ? d->pools[pool].be : NULL;
+    pthread_mutex_unlock(&d->mu);
+    return be;
+}
+
+/* Every GPU pool as a choice for a job or backbone of (backbone, prec): its jobs and whether
+ * the backbone is resident there. Under d->mu. */
+static int gpu_choices_locked(sherld *d, const char *backbone, sherl_precision prec,
+                              pool_choice *out)
+{
+    int n = 0;
+    for (int p = 1; p < d->n_pools; p++) {
+        if (d->pools[p].be->host_memory)
+            continue;
+        pool_choice *c = &out[n++];
+        c->pool = p, c->jobs = 0;
+        c->resident = backbones_is_loaded(&d->backbones, backbone, d->pools[p].be, prec);
+        for (running_job *r = d->running; r; r = r->next)
+            c->jobs += r->need.pool == p;
+    }
+    return n;
+}
+
+static void pools_used_locked(sherld *d, int64_t *used);
+static void budgets_locked(const sherld *d, int64_t *budget);
+
+/* For a job that may go to any GPU (q->any_gpu): the GPU it goes to now, with its need moved
+ * there; 0 when none has room now (it stays where it was). Under d->mu. */
+static int place_locked(sherld *d, job_need *need, const sherl_backend **be, const char *backbone,
+                        sherl_precision prec)
+{
+    pool_choice c[SHERLD_MAX_POOLS];
+    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS];
+    int nc = gpu_choices_locked(d, backbone, prec, c);
+    pools_used_locked(d, used);
+    budgets_locked(d, budget);
+    int i = pools_pick(need, c, nc, used, budget, d->n_pools);
+    if (i < 0)
+        return 0;
+    need->pool = c[i].pool;
+    *be = d->pools[c[i].pool].be;
+    return 1;
+}
+
+const sherl_backend *jobs_gpu_for_backbone(sherld *d, const char *path, sherl_precision prec,
+                                           int64_t bytes)
+{
+    pthread_mutex_lock(&d->mu);
+    pool_choice c[SHERLD_MAX_POOLS];
+    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS];
+    int nc = gpu_choices_locked(d, path, prec, c), best = -1, best_fits = 0;
+    pools_used_locked(d, used);
+    budgets_locked(d, budget);
+    for (int i = 0; i < nc && best < 0; i++)
+        if (c[i].resident)
+            best = i;
+    for (int i = 0; i < nc && !(best >= 0 && c[best].resident); i++) {
+        int64_t left = budget[c[i].pool] - used[c[i].pool];
+        int fits = left >= bytes;
+        if (best < 0 || fits > best_fits ||
+            (fits == best_fits && left > budget[c[best].pool] - used[c[best].pool]))
+            best = i, best_fits = fits;
+    }
+    const sherl_backend *be = best >= 0 ? d->pools[c[best].pool].be : NULL;
+    pthread_mutex_unlock(&d->mu);
+    return be;
 }
 
 /* Planned bytes in use in each pool: resident backbones and running jobs. Under d->mu (the
@@ -372,9 +465,11 @@ static void never_fits(sherld *d, int p, const job_need *j, const int64_t *bytes
 }
 
 /* The job's split by pool from its plan on backend be; RPC_OK, or RESOURCE_EXHAUSTED with the
- * numbers when it can never fit (its whole plan, backbone included, against the budgets). */
-static job_result admit_ever(sherld *d, const sherl_backend *be, const memory_plan *plan,
-                             job_need *j)
+ * numbers when it can never fit (its whole plan, backbone included, against the budgets). A job
+ * for any GPU (any_gpu) fits when it fits one of them alone: its split is then that GPU's (the
+ * first such); else the message is about the GPU with the largest budget. */
+static job_result admit_ever(sherld *d, const sherl_backend *be, int any_gpu,
+                             const memory_plan *plan, job_need *j)
 {
     *j = job_need_of(-1, 0, 0, 0, 0);
     int pool = jobs_pool(d, be);
@@ -384,16 +479,33 @@ static job_result admit_ever(sherld *d, const sherl_backend *be, const memory_pl
     *j = job_need_of(pool, be->host_memory, (int64_t)plan->peak_bytes,
                      (int64_t)plan->arena_bytes, (int64_t)plan->backbone_bytes);
     int64_t bytes[SHERLD_MAX_POOLS], zero[SHERLD_MAX_POOLS] = {0}, budget[SHERLD_MAX_POOLS];
+    int cand[SHERLD_MAX_POOLS], nc = 0;
     pthread_mutex_lock(&d->mu);
     budgets_locked(d, budget);
     int n = d->n_pools;
+    for (int p = 1; any_gpu && p < n; p++)
+        if (!d->pools[p].be->host_memory)
+            cand[nc++] = p;
     pthread_mutex_unlock(&d->mu);
-    job_need_bytes(j, 0, bytes, n);
-    int p = pools_short(bytes, zero, budget, n);
-    if (p < 0)
-        return ok_result();
+    if (!nc)
+        cand[nc++] = pool;
+    job_need worst = *j;
+    int worst_p = -1;
+    for (int i = 0; i < nc; i++) {
+        job_need here = *j;
+        here.pool = cand[i];
+        job_need_bytes(&here, 0, bytes, n);
+        int p = pools_short(bytes, zero, budget, n);
+        if (p < 0) {
+            *j = here;
+            return ok_result();
+        }
+        if (worst_p < 0 || budget[cand[i]] > budget[worst.pool])
+            worst = here, worst_p = p;
+    }
+    job_need_bytes(&worst, 0, bytes, n);
     job_result r = {RPC_RESOURCE_EXHAUSTED, ""};
-    never_fits(d, p, j, bytes, plan, r.msg, sizeof r.msg);
+    never_fits(d, worst_p, &worst, bytes, plan, r.msg, sizeof r.msg);
     return r;
 }
 
@@ -407,7 +519,8 @@ job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, m
     if (r.code != RPC_OK)
         return r;
     job_need j;
-    job_result ever = admit_ever(d, be, plan, &j);
+    int any_gpu = jobs_any_gpu(spec.device, be);
+    job_result ever = admit_ever(d, be, any_gpu, plan, &j);
     if (ever.code != RPC_OK && ever.code != RPC_RESOURCE_EXHAUSTED)
         return ever;
     if (j.pool < 0) /* no pool at all: the message says why */
@@ -417,9 +530,14 @@ job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, m
     e->precision = sherl_precision_name(spec.model.precision);
     e->device_bytes = (int64_t)plan->arena_bytes;
     e->host_bytes = (int64_t)(plan->peak_bytes - plan->arena_bytes);
+    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], bytes[SHERLD_MAX_POOLS];
+    pthread_mutex_lock(&d->mu);
+    /* a job for any GPU: the one it would go to now, when one has room */
+    if (any_gpu && e->fits_ever)
+        place_locked(d, &j, &be, spec.backbone, spec.model.precision);
+    pthread_mutex_unlock(&d->mu);
     e->backbone_resident =
         backbones_is_loaded(&d->backbones, spec.backbone, be, spec.model.precision);
-    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], bytes[SHERLD_MAX_POOLS];
     pthread_mutex_lock(&d->mu);
     pools_used_locked(d, used);
     budgets_locked(d, budget);
@@ -541,9 +659,12 @@ job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int
     if (r.code != RPC_OK)
         return r;
     job_need need;
-    r = admit_ever(d, be, &plan, &need);
+    int any_gpu = jobs_any_gpu(spec.device, be);
+    r = admit_ever(d, be, any_gpu, &plan, &need);
     if (r.code != RPC_OK)
         return r;
+    if (any_gpu) /* the pool admit_ever found room in: its backend until the job is placed */
+        be = jobs_pool_backend(d, need.pool);
     int queued, running;
     jobs_counts(d, &queued, &running);
     pthread_mutex_lock(&d->mu);
@@ -589,6 +710,7 @@ job_result jobs_submit(sherld *d, const char *tenant, const char *spec_json, int
     q->need = need;
     q->planned_bytes = (int64_t)plan.peak_bytes;
     q->be = be;
+    q->any_gpu = any_gpu;
     q->prec = spec.model.precision;
     snprintf(q->backbone, sizeof q->backbone, "%s", spec.backbone);
     pthread_mutex_lock(&d->mu);
@@ -768,6 +890,11 @@ static void *job_thread(void *arg)
         finish_job(d, rj);
         return NULL;
     }
+    char where[96], label[32];
+    sherl_backend_label(be, label, sizeof label);
+    snprintf(where, sizeof where, "running on %s, backbone weights in %s", label,
+             sherl_precision_name(spec.model.precision));
+    message_event(d, rj->id, where);
     state_event(d, rj->id, JOB_RUNNING, NULL);
     memstat m;
     memstat_read(&m);
@@ -819,6 +946,8 @@ static void schedule(sherld *d)
         running_job *rj = NULL;
         if (q && !d->draining && d->n_running < d->cfg.max_concurrent_jobs) {
             int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], need[SHERLD_MAX_POOLS];
+            if (q->any_gpu && q->be) /* a GPU with room now; else it waits where it was */
+                place_locked(d, &q->need, &q->be, q->backbone, q->prec);
             pools_used_locked(d, used);
             budgets_locked(d, budget);
             int loaded = q->be && backbones_is_loaded(&d->backbones, q->backbone, q->be, q->prec);
@@ -904,6 +1033,7 @@ static sherl_status requeue(sherld *d, const job_record *r)
             int pool = jobs_pool(d, be);
             if (pool >= 0) {
                 q->be = be;
+                q->any_gpu = jobs_any_gpu(spec->device, be);
                 q->need = job_need_of(pool, be->host_memory, peak_bytes, arena_bytes, backbone);
             }
         }
@@ -978,10 +1108,12 @@ sherl_status jobs_start(sherld *d, uv_loop_t *loop)
     d->pools[0].budget = d->budget;
     d->pools[0].total = (int64_t)tot;
     d->n_pools = 1;
-    /* a usable GPU gets its pool now: GetNodeStatus shows it before the first job */
-    const sherl_backend *gpu = sherl_backend_cuda();
-    if (gpu)
-        jobs_pool(d, gpu);
+    /* every usable GPU gets its pool now: GetNodeStatus shows them before the first job */
+    for (int i = 0; i < SHERL_CUDA_MAX_DEVICES; i++) {
+        const sherl_backend *gpu = sherl_backend_cuda_device(i);
+        if (gpu)
+            jobs_pool(d, gpu);
+    }
     snprintf(d->files_dir, sizeof d->files_dir, "%s/files", d->cfg.state_dir);
     snprintf(d->jobs_dir, sizeof d->jobs_dir, "%s/jobs", d->cfg.state_dir);
     SHERL_TRY(fs_mkdir_p(d->files_dir));

@@ -79,6 +79,11 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
         code = st.code == SHERL_EUNSUPPORTED ? RPC_FAILED_PRECONDITION : RPC_INTERNAL;
         snprintf(out->error, sizeof out->error, "job_id: ");
     }
+    if (!st.code && jobs_any_gpu(spec.device, be)) { /* the GPU holding it, else most room */
+        const sherl_backend *gpu =
+            jobs_gpu_for_backbone(d, spec.backbone, spec.model.precision, 0);
+        be = gpu ? gpu : be;
+    }
     if (!st.code)
         st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb);
     if (!st.code)

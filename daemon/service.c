@@ -826,20 +826,24 @@ static void fill_backbone(Sherl__V1__Backbone *m, const backbone_entry *e)
     m->name = (char *)e->name, m->path = (char *)e->path;
     m->bytes = e->bytes, m->jobs = e->refs, m->loaded = 1;
     m->layers = e->layers, m->hidden = e->hidden;
-    m->device = (char *)e->be->name;
+    m->device = (char *)e->device;
     m->precision = (char *)sherl_precision_name(e->prec);
 }
 
 /* LoadBackbone's and UnloadBackbone's optional device and precision; empty: dflt (NULL: any).
+ * any_gpu: the device names any GPU ("cuda", or "auto" on a node with one), be then the first.
  * Ends the call and returns 1 on a bad value. */
 static int backbone_key(rpc_call *c, const char *device, const char *precision,
-                        const char *dflt_device, const sherl_backend **be, int *prec)
+                        const char *dflt_device, const sherl_backend **be, int *any_gpu,
+                        int *prec)
 {
-    *be = NULL, *prec = -1;
+    *be = NULL, *prec = -1, *any_gpu = 0;
     if ((device && *device) || dflt_device) {
-        job_result r = jobs_backend_named("device", device && *device ? device : dflt_device, be);
+        const char *name = device && *device ? device : dflt_device;
+        job_result r = jobs_backend_named("device", name, be);
         if (failed(c, r))
             return 1;
+        *any_gpu = jobs_any_gpu(name, *be);
     }
     if (precision && *precision) {
         sherl_precision p;
@@ -864,8 +868,8 @@ static void h_load_backbone(rpc_call *c, void *ctx)
         return;
     DECODE(Sherl__V1__LoadBackboneRequest, sherl__v1__load_backbone_request__unpack, req);
     const sherl_backend *be;
-    int prec;
-    if (backbone_key(c, req->device, req->precision, "cpu", &be, &prec)) {
+    int prec, any_gpu;
+    if (backbone_key(c, req->device, req->precision, "cpu", &be, &any_gpu, &prec)) {
         sherl__v1__load_backbone_request__free_unpacked(req, NULL);
         return;
     }
@@ -875,6 +879,17 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     sherl__v1__load_backbone_request__free_unpacked(req, NULL);
     int code = RPC_INVALID_ARGUMENT;
     char msg[600] = "";
+    if (!st.code && any_gpu) { /* the GPU already holding it, else the one with most room */
+        char cfg_path[PATH_MAX + 16];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+        hf_config cfg;
+        st = hf_config_load(&cfg, cfg_path);
+        if (!st.code) {
+            const sherl_backend *gpu = jobs_gpu_for_backbone(
+                d, path, (sherl_precision)prec, backbones_planned_bytes(&cfg, prec));
+            be = gpu ? gpu : be;
+        }
+    }
     int pool = st.code ? 0 : jobs_pool(d, be);
     if (!st.code && pool < 0)
         snprintf(msg, sizeof msg, "device: no room for another memory pool");
@@ -954,11 +969,13 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
         return;
     DECODE(Sherl__V1__UnloadBackboneRequest, sherl__v1__unload_backbone_request__unpack, req);
     const sherl_backend *be;
-    int prec;
-    if (backbone_key(c, req->device, req->precision, NULL, &be, &prec)) {
+    int prec, any_gpu;
+    if (backbone_key(c, req->device, req->precision, NULL, &be, &any_gpu, &prec)) {
         sherl__v1__unload_backbone_request__free_unpacked(req, NULL);
         return;
     }
+    if (any_gpu) /* "cuda": on whichever GPU it is */
+        be = NULL;
     char name[PATH_MAX];
     int too_long = strlen(req->name) >= sizeof name;
     snprintf(name, sizeof name, "%s", req->name);
@@ -971,7 +988,7 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
     }
     backbone_entry e;
     char others[300];
-    int r = backbones_unload(&d->backbones, name, be, prec, &e, others, sizeof others);
+    int r = backbones_unload(&d->backbones, name, be, any_gpu, prec, &e, others, sizeof others);
     if (r == -1) {
         rpc_finish(c, RPC_NOT_FOUND,
                    be || prec >= 0 ? "name: no loaded backbone by that name on that device and "
@@ -994,7 +1011,7 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
     }
     Sherl__V1__Backbone b = SHERL__V1__BACKBONE__INIT;
     b.name = e.name, b.path = e.path, b.loaded = 0;
-    b.device = (char *)e.be->name;
+    b.device = e.device;
     b.precision = (char *)sherl_precision_name(e.prec);
     b.bytes = e.bytes, b.layers = e.layers, b.hidden = e.hidden;
     reply(c, &b.base);

@@ -27,6 +27,7 @@ typedef struct {
     char path[PATH_MAX];   /* resolved folder */
     char name[128];        /* the folder's base name */
     const sherl_backend *be; /* the key is (path, be, prec) */
+    char device[32];       /* be's label: "cpu", "cuda:1" */
     sherl_precision prec;
     bert_model *model;     /* NULL in snapshots (backbones_list, backbones_unload's out) */
     int refs;              /* jobs using it */
@@ -56,11 +57,13 @@ int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_back
 /* The bytes a backbone of this config holds resident at prec, as the planner counts them. */
 int64_t backbones_planned_bytes(const hf_config *cfg, sherl_precision prec);
 /* Unpins the one backbone whose name (or resolved path, when name starts with '/') matches,
- * on backend be (NULL: any) at precision prec (-1: any), and frees it unless jobs use it.
- * 0 ok, -1 none matches, -2 in use by jobs, -3 several match. out (may be NULL) receives the
- * matched entry (a snapshot); others (may be NULL) lists every match as "backend/precision". */
-int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be, int prec,
-                     backbone_entry *out, char *others, size_t others_cap);
+ * on backend be (NULL: any; gpu_only: any device backend) at precision prec (-1: any), and
+ * frees it unless jobs use it. 0 ok, -1 none matches, -2 in use by jobs, -3 several match. out
+ * (may be NULL) receives the matched entry (a snapshot); others (may be NULL) lists every match
+ * as "device/precision". */
+int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be,
+                     int gpu_only, int prec, backbone_entry *out, char *others,
+                     size_t others_cap);
 /* A snapshot: *out malloc'd (free it); entries' model pointers are NULL. */
 int backbones_list(backbone_registry *r, backbone_entry **out);
 
@@ -70,11 +73,11 @@ int backbones_list(backbone_registry *r, backbone_entry **out);
  * jobs (PLAN_HOST items and the largest transient). A device pool ("cuda:0", budget its total
  * memory minus gpu-memory-reserve) holds the arenas (PLAN_ARENA items) of the jobs on it and
  * the backbones resident on it. */
-#define SHERLD_MAX_POOLS 4
+#define SHERLD_MAX_POOLS (1 + SHERL_CUDA_MAX_DEVICES)
 
 typedef struct {
     const sherl_backend *be; /* pool 0: sherl_backend_cpu() (every host-memory backend) */
-    char name[32];           /* "cpu", "cuda:0" */
+    char name[32];           /* "cpu", "cuda:0" (sherl_backend_label) */
     int64_t budget;
     int64_t total;           /* the memory's size when the pool was made */
 } mem_pool;
@@ -95,6 +98,20 @@ job_need job_need_of(int pool, int host_memory, int64_t peak, int64_t arena, int
 void job_need_bytes(const job_need *j, int backbone_resident, int64_t *bytes, int n);
 /* The first pool (of n) where used + bytes exceed the budget, or -1 when it fits them all. */
 int pools_short(const int64_t *bytes, const int64_t *used, const int64_t *budget, int n);
+
+/* One GPU a job that may run on any of them ("cuda", "auto") could go to. */
+typedef struct {
+    int pool;       /* its pool */
+    int jobs;       /* jobs running there now */
+    int resident;   /* the job's backbone is resident there for its key */
+} pool_choice;
+/* Where such a job goes: of the nc candidates, those where it fits now (j's bytes moved to the
+ * candidate's pool, its backbone counted unless resident), the one running the fewest jobs (a
+ * GPU's compute is shared by its jobs: spread them), then one holding its backbone (share the
+ * copy), then the most budget left after it, then the first. The chosen candidate's index, or
+ * -1 when it fits none now. n: the pools in used and budget. */
+int pools_pick(const job_need *j, const pool_choice *c, int nc, const int64_t *used,
+               const int64_t *budget, int n);
 
 /* ---- jobs ---- */
 typedef struct running_job running_job;
@@ -168,9 +185,18 @@ int64_t jobs_used_bytes(sherld *d);
 void jobs_counts(sherld *d, int *queued, int *running);
 /* The pool of backend be, made (with its budget) on first use; -1 when there is no room. */
 int jobs_pool(sherld *d, const sherl_backend *be);
-/* The backend a device name ("cpu", "cuda", "auto") selects; an error naming field and, for
- * "cuda" without a usable GPU, the runtime's reason (FAILED_PRECONDITION). */
+/* Whether a job or backbone of device name `device` on backend be may go to any GPU of the
+ * node, the daemon's choice: "cuda", and "auto" when it selected a GPU. */
+int jobs_any_gpu(const char *device, const sherl_backend *be);
+/* The backend a device name ("cpu", "cuda", "cuda:N", "auto") selects (for "cuda" and "auto",
+ * the first GPU: see jobs_any_gpu); an error naming field, and for a GPU this node cannot use,
+ * the reason (FAILED_PRECONDITION). */
 job_result jobs_backend_named(const char *field, const char *device, const sherl_backend **be);
+/* The GPU where a backbone of `bytes` at (path, prec) should be resident for a "cuda" or
+ * "auto" request: one already holding it, else the one with the most budget left that has room
+ * for it, else (none has room) the one with the most left. NULL when the node has no GPU. */
+const sherl_backend *jobs_gpu_for_backbone(sherld *d, const char *path, sherl_precision prec,
+                                           int64_t bytes);
 
 /* One pool's state for GetNodeStatus: the memory, and every backbone and running job in it. */
 typedef struct {

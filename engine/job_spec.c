@@ -456,21 +456,32 @@ static sherl_status parse_resources(const parse_ctx *c, const cJSON *root, job_s
     SHERL_TRY(get_section(c, root, "resources", RESOURCE_KEYS, COUNT(RESOURCE_KEYS), &o));
     if (!o)
         return sherl_ok();
-    int dev = 0, prec = 0;
-    for (int i = 0; i < COUNT(DEVICE_NAMES); i++)
-        if (!strcmp(s->device, DEVICE_NAMES[i]))
-            dev = i;
+    int prec = 0;
     for (int i = 0; i < COUNT(PRECISION_NAMES); i++)
         if (!strcmp(s->precision, PRECISION_NAMES[i]))
             prec = i;
-    SHERL_TRY(get_choice(c, o, "resources", "device", DEVICE_NAMES, COUNT(DEVICE_NAMES), &dev));
+    const cJSON *dev = get(o, "device");
+    if (dev) {
+        /* a name, or one GPU "cuda:N"; whether this node has it is the backend's to say */
+        int known = cJSON_IsString(dev) && sherl_cuda_device_of_name(dev->valuestring) >= 0;
+        for (int i = 0; !known && cJSON_IsString(dev) && i < COUNT(DEVICE_NAMES); i++)
+            known = !strcmp(dev->valuestring, DEVICE_NAMES[i]);
+        if (!known) {
+            char expected[128];
+            snprintf(expected, sizeof expected,
+                     "one of \"cpu\", \"cuda\" (any GPU), \"cuda:N\" (GPU N, 0..%d) or "
+                     "\"auto\"",
+                     SHERL_CUDA_MAX_DEVICES - 1);
+            return field_err(c, "resources", "device", dev, expected);
+        }
+        memset(s->device, 0, sizeof s->device);
+        memcpy(s->device, dev->valuestring, strlen(dev->valuestring));
+    }
     SHERL_TRY(get_choice(c, o, "resources", "precision", PRECISION_NAMES,
                          COUNT(PRECISION_NAMES), &prec));
     /* bf16 and fp16 run on every device: on the CPU their products widen the halves to fp32 (the
      * reference semantics, for tests; no faster than fp32 there). */
-    memset(s->device, 0, sizeof s->device);
     memset(s->precision, 0, sizeof s->precision);
-    memcpy(s->device, DEVICE_NAMES[dev], strlen(DEVICE_NAMES[dev]));
     memcpy(s->precision, PRECISION_NAMES[prec], strlen(PRECISION_NAMES[prec]));
     sherl_precision_parse(s->precision, &s->model.precision);
     SHERL_TRY(get_int(c, o, "resources", "ranks", 1, 4096, &s->ranks));

@@ -23,8 +23,8 @@
  *     seed 0..2^53 (exact in a JSON number); data.max_length 3..8192 (room for [CLS] x [SEP]); sherl.late_layers >= 1,
  *     downsample_factor >= 1, side_dim >= 0, dropout [0, 1), taps 2..SHERL_MAX_TAPS increasing
  *     non-negative integers; task.text_fields 1 or 2 non-empty strings and label_field a
- *     non-empty string, each under 64 bytes; resources.device "cpu", "cuda" or "auto" (cuda
- *     when a GPU is usable), precision "fp32", "bf16" or "fp16" (the backbone's frozen
+ *     non-empty string, each under 64 bytes; resources.device "cpu", "cuda" (a GPU),
+ *     "cuda:N" (GPU N, 0..15) or "auto" (a GPU when one is usable, else the CPU), precision "fp32", "bf16" or "fp16" (the backbone's frozen
  *     weights in that type; on any device), ranks 1..4096, threads 0..1024, graphs a
  *     boolean. Number ranges are checked on the JSON value and on the float that is stored.
  *     What depends on the backbone

@@ -233,15 +233,32 @@ sherl_status job_backend(const job_spec *spec, const sherl_backend **be)
     *be = sherl_backend_by_name(spec->device);
     if (*be)
         return sherl_ok();
-    if (!strcmp(spec->device, "cuda")) {
-        char why[256];
-        sherl_cuda_devices(NULL, 0, why, sizeof why);
+    return backend_missing("resources.device", spec->device);
+}
+
+sherl_status backend_missing(const char *field, const char *device)
+{
+    int index = sherl_cuda_device_of_name(device);
+    if (strcmp(device, "cuda") && index < 0)
+        return sherl_errorf(SHERL_EINVAL,
+                            "%s: \"%.40s\", expected \"cpu\", \"cuda\", \"cuda:N\" (N 0..%d) or "
+                            "\"auto\"",
+                            field, device, SHERL_CUDA_MAX_DEVICES - 1);
+    char why[256] = "";
+    int n = sherl_cuda_devices(NULL, 0, why, sizeof why), usable = 0;
+    for (int i = 0; i < SHERL_CUDA_MAX_DEVICES; i++)
+        usable += sherl_backend_cuda_device(i) != NULL;
+    if (index >= 0 && usable > 0)
         return sherl_errorf(SHERL_EUNSUPPORTED,
-                            "resources.device \"cuda\": no usable CUDA GPU (%s); use \"cpu\", "
-                            "or \"auto\" to take a GPU when there is one",
-                            why);
-    }
-    return sherl_errorf(SHERL_EINVAL, "resources.device \"%s\": expected \"cpu\", \"cuda\" or "
-                                      "\"auto\"",
-                        spec->device);
+                            "%s \"%s\": this node has no usable GPU %d (%d CUDA device%s, %d "
+                            "usable); use \"cuda\" for any GPU",
+                            field, device, index, n, n == 1 ? "" : "s", usable);
+    if (!why[0])
+        snprintf(why, sizeof why, "%s",
+                 n > 0 ? "its GPUs are older than sm_90, or SHERL_CUDA_DISABLE is set"
+                       : "no CUDA device found");
+    return sherl_errorf(SHERL_EUNSUPPORTED,
+                        "%s \"%s\": no usable CUDA GPU (%s); use \"cpu\", or \"auto\" to take "
+                        "a GPU when there is one",
+                        field, device, why);
 }

@@ -70,9 +70,15 @@ sherl_status memory_plan_job(memory_plan *p, const job_spec *spec, const job_inp
 /* Loads the inputs and plans: what `sherl plan` and the daemon's EstimateJob run. */
 sherl_status plan_job(memory_plan *p, const job_spec *spec, const sherl_backend *be);
 
-/* The backend a job runs on: resources.device "cpu"; "cuda" (an error naming the reason when
- * no GPU is usable); "auto" (cuda when usable, else cpu). */
+/* The backend a job runs on: resources.device "cpu"; "cuda" (the first usable GPU); "cuda:N"
+ * (GPU N); "auto" (the first usable GPU, else cpu); SHERL_EUNSUPPORTED naming the reason when
+ * the GPU asked for is not usable here. (The daemon places "cuda" and "auto" jobs on any of its
+ * GPUs itself; this is the choice of one process.) */
 sherl_status job_backend(const job_spec *spec, const sherl_backend **be);
+/* The error for a device name that selects no backend here (field names it in the message):
+ * SHERL_EINVAL for an unknown name, SHERL_EUNSUPPORTED with the reason for a GPU this node
+ * cannot use. */
+sherl_status backend_missing(const char *field, const char *device);
 
 const plan_item *memory_plan_find(const memory_plan *p, const char *name);
 void memory_plan_print(FILE *f, const memory_plan *p);

@@ -138,14 +138,18 @@ static int cmd_devices(void)
     if (n == 0)
         printf("cuda   none usable: %s\n", why);
     for (int i = 0; i < n && i < 16; i++)
-        printf("cuda:%d %s, compute capability %d.%d, %d SMs, %.1f GiB (%.1f GiB free)\n",
+        printf("cuda:%d %s, compute capability %d.%d, %d SMs, %.1f GiB (%.1f GiB free)%s\n",
                dev[i].index, dev[i].name, dev[i].cc_major, dev[i].cc_minor,
                dev[i].multiprocessors, dev[i].total_bytes / 1073741824.0,
-               dev[i].free_bytes / 1073741824.0);
+               dev[i].free_bytes / 1073741824.0,
+               sherl_backend_cuda_device(i) ? ""
+                                            : ", not usable (this build runs on sm_90 and later, "
+                                              "or SHERL_CUDA_DISABLE is set)");
     sherl_backend_cpu()->describe(desc, sizeof desc);
     printf("cpu    %s\n", desc);
-    const sherl_backend *be = sherl_backend_by_name("auto");
-    printf("auto   %s\n", be ? be->name : "cpu");
+    char label[64];
+    sherl_backend_label(sherl_backend_by_name("auto"), label, sizeof label);
+    printf("auto   %s\n", label);
     return 0;
 }
 

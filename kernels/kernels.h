@@ -52,6 +52,9 @@ struct sherl_backend {
     /* Non-zero when backend memory is host memory the CPU may read and write directly (so
      * loaders and checkpoints need no staging copies). */
     int host_memory;
+    /* Which of its kind this table runs on: the CUDA device index of a "cuda" table (each GPU
+     * has its own table, sherl_backend_cuda_device), 0 for the CPU. */
+    int device;
     /* The most memory any single op allocates for itself during a step of these shapes (its
      * transient scratch beyond its arguments), for the memory planner. */
     size_t (*scratch_bytes)(const sherl_scratch_shape *shape);
@@ -430,9 +433,31 @@ int sherl_cuda_absent(char *why, size_t len);
 
 /* The CPU backend: always available. */
 const sherl_backend *sherl_backend_cpu(void);
-/* The CUDA backend, or NULL when this build has none or no usable GPU is present. */
+/* The most CUDA devices one process uses (cuda:0 .. cuda:15; CUDA_VISIBLE_DEVICES picks them). */
+#define SHERL_CUDA_MAX_DEVICES 16
+/* CUDA device `index`'s table ("cuda:<index>"), or NULL when this build has no CUDA backend,
+ * that device is absent or not usable (older than sm_90), or SHERL_CUDA_DISABLE is set. Every
+ * call through a device's table runs on that device, from any thread: a thread may use several
+ * devices' tables, and memory belongs to the device whose table allocated it. */
+const sherl_backend *sherl_backend_cuda_device(int index);
+/* (For tests of the layers above on machines without GPUs, SHERL_TEST_FAKE_GPUS=N[:SIZE]
+ * replaces the CUDA devices, here and in sherl_cuda_devices, by N copies of the CPU backend that
+ * have no host memory as far as the engine knows and SIZE bytes each (default 4G).) */
+/* The first usable CUDA device's table, or NULL when there is none. */
 const sherl_backend *sherl_backend_cuda(void);
-/* By name: "cpu", "cuda", or "auto" (cuda when usable, else cpu). NULL for unknown names. */
+/* For tests only: device index's table whether or not that device is usable (NULL without a
+ * CUDA backend or for an index out of range). Its calls fail, through take_error, where the
+ * device cannot be made current. */
+const sherl_backend *sherl_backend_cuda_table_for_tests(int index);
+/* By name: "cpu"; "cuda" (the first usable GPU); "cuda:N" (device N, digits only, N <
+ * SHERL_CUDA_MAX_DEVICES); "auto" (the first usable GPU, else cpu). NULL for unknown names and
+ * for GPUs that are not usable. */
 const sherl_backend *sherl_backend_by_name(const char *name);
+/* The CUDA device index of a name "cuda:N" (N in 0..SHERL_CUDA_MAX_DEVICES-1, digits only, no
+ * sign or leading zero but "0"), -1 for any other name. */
+int sherl_cuda_device_of_name(const char *name);
+/* The label of backend be for users and memory pools: "cpu", "cuda:1"; a test backend's name
+ * (host memory) or name:device. */
+void sherl_backend_label(const sherl_backend *be, char *buf, size_t len);
 
 #endif

@@ -1,5 +1,5 @@
-// CUDA backend: the op table of kernels.h on one NVIDIA GPU, with cuBLAS for every matrix
-// product and plain CUDA C kernels for the rest. Semantics are the CPU backend's
+// CUDA backend: the op table of kernels.h on NVIDIA GPUs, one table per device, with cuBLAS for
+// every matrix product and plain CUDA C kernels for the rest. Semantics are the CPU backend's
 // (kernels/cpu/ops_cpu.c), op for op; tests/gpu/ops.c checks each against it.
 //
 // Execution model. Every host thread that calls the backend gets its own context: a
@@ -7,6 +7,11 @@
 // scratch. The daemon runs each job on its own thread, so each job has its own stream and
 // jobs on one device overlap; all of a thread's work is ordered on its stream. Copies to the
 // host, sumsq and synchronize wait for the stream; everything else is asynchronous.
+//
+// Devices. Each device has its own table (sherl_backend_cuda_device); its entries are the same
+// functions, each wrapped to make its device the calling thread's current one first
+// (on_device below). So a thread may use several devices' tables in any order, and the
+// contexts are per thread and per device: the caller never calls cudaSetDevice.
 //
 // Failures. Ops return nothing, so every CUDA and cuBLAS result is checked and the first
 // failure is kept in the thread's context with its call, file and line; take_error hands it
@@ -53,6 +58,7 @@ extern "C" {
 #define COL_SCRATCH_BYTES ((size_t)4 << 20)
 
 struct cuda_ctx {
+    int dev;               // the device its stream, handle and memory are on (set when ready)
     int ready;             // stream created
     int blas_ready;        // cuBLAS handle and workspace created (on first product or prepare)
     int tf32;              // allow_tf32: this thread's fp32 products may use TF32
@@ -68,6 +74,8 @@ struct cuda_ctx {
     ~cuda_ctx()
     {
         // Thread exit: give the resources back. Errors here have nowhere to go.
+        if (ready || workspace || scratch)
+            cudaSetDevice(dev);
         if (ready)
             cudaStreamSynchronize(stream);
         if (blas_ready)
@@ -82,7 +90,16 @@ struct cuda_ctx {
     }
 };
 
-static thread_local cuda_ctx tls_ctx;
+// This thread's context on each device; the device of the call in progress (set by the table's
+// wrapper, on_device); the device this thread last made current (-1: none, or that failed).
+static thread_local cuda_ctx tls_ctx[SHERL_CUDA_MAX_DEVICES];
+static thread_local int tls_dev;
+static thread_local int tls_bound = -1;
+// What ops get when their device could not be made current: never ready, so they do nothing
+// (the reason is in the device's own context, for take_error).
+static thread_local cuda_ctx tls_unbound;
+
+static cuda_ctx *cur(void) { return &tls_ctx[tls_dev]; }
 
 static void record(cuda_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void record(cuda_ctx *c, const char *fmt, ...)
@@ -126,14 +143,53 @@ static int check_blas(cuda_ctx *c, cublasStatus_t s, const char *call, int line)
 // it.
 static cuda_ctx *ctx(void)
 {
-    cuda_ctx *c = &tls_ctx;
+    cuda_ctx *c = cur();
+    if (tls_bound != tls_dev)
+        return &tls_unbound;
     if (c->ready)
         return c;
     if (CK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)))
         return c;
+    c->dev = tls_dev;
     c->ready = 1;
     return c;
 }
+
+// Every entry of device d's table runs this first: d becomes the thread's current device (a
+// cached no-op when it already is). A failure is kept in d's context; its ops then do nothing.
+static void bind_device(int d)
+{
+    tls_dev = d;
+    if (tls_bound == d)
+        return;
+    cudaError_t e = cudaSetDevice(d);
+    if (e != cudaSuccess) {
+        tls_bound = -1;
+        (void)cudaGetLastError();
+        record(&tls_ctx[d], "cuda: cudaSetDevice(%d) failed: %s (%s), so nothing ran on cuda:%d", d,
+               cudaGetErrorString(e), cudaGetErrorName(e), d);
+        return;
+    }
+    tls_bound = d;
+}
+
+// on_device<D, decltype(&f), &f>::call: f with device D made current first (see "Devices");
+// ::select: f on D's context without touching the runtime (take_error and allow_tf32, which
+// only read or set the record, so that take_error on a device that cannot be made current
+// reports the failure once rather than making it again).
+template <int D, typename Fn, Fn F> struct on_device;
+template <int D, typename R, typename... A, R (*F)(A...)> struct on_device<D, R (*)(A...), F> {
+    static R call(A... a)
+    {
+        bind_device(D);
+        return F(a...);
+    }
+    static R select(A... a)
+    {
+        tls_dev = D;
+        return F(a...);
+    }
+};
 
 // The thread's cuBLAS handle on its stream, with our own workspace, made at prepare or the
 // first product: threads that only allocate and copy (RPC handlers) never pay for one.
@@ -295,9 +351,8 @@ static int cuda_get_threads(void) { return 1; }
 
 static void cuda_describe(char *buf, size_t len)
 {
-    int dev = 0, rt = 0, blas_major = 0, blas_minor = 0;
+    int dev = tls_dev, rt = 0, blas_major = 0, blas_minor = 0;
     cudaDeviceProp p;
-    cudaGetDevice(&dev);
     cudaRuntimeGetVersion(&rt);
     cublasGetProperty(MAJOR_VERSION, &blas_major);
     cublasGetProperty(MINOR_VERSION, &blas_minor);
@@ -308,8 +363,8 @@ static void cuda_describe(char *buf, size_t len)
     }
     const char *tf32 = getenv("SHERL_CUDA_TF32");
     snprintf(buf, len,
-             "cuda: %s (sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, cuBLAS %d.%d, fp32 %s",
-             p.name, p.major, p.minor, p.multiProcessorCount,
+             "cuda:%d: %s (sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %d.%d, cuBLAS %d.%d, fp32 %s",
+             dev, p.name, p.major, p.minor, p.multiProcessorCount,
              (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), rt / 1000, (rt % 1000) / 10,
              blas_major, blas_minor, tf32 && !strcmp(tf32, "1") ? "with TF32" : "without TF32");
 }
@@ -319,7 +374,7 @@ static const char *cuda_performance_advice(void) { return NULL; }
 static int cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
 {
     size_t f = 0, t = 0;
-    if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+    if (tls_bound != tls_dev || cudaMemGetInfo(&f, &t) != cudaSuccess) {
         cudaGetLastError();
         return -1;
     }
@@ -438,7 +493,7 @@ static int cuda_prepare(const sherl_scratch_shape *q)
 
 static int cuda_take_error(char *msg, size_t len)
 {
-    cuda_ctx *c = &tls_ctx;
+    cuda_ctx *c = cur();
     int failed = c->failed;
     if (msg && len)
         snprintf(msg, len, "%s", failed ? c->err : "");
@@ -548,7 +603,7 @@ static void cuda_graph_free(void *graph)
     free(g);
 }
 
-static void cuda_allow_tf32(int on) { tls_ctx.tf32 = on != 0; }
+static void cuda_allow_tf32(int on) { cur()->tf32 = on != 0; }
 
 static void gemm_any(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
                      int lda, long long stride_a, const void *B, int ldb, long long stride_b,
@@ -2165,96 +2220,111 @@ static void cuda_adamw_update(float *param, const float *grad, float *m, float *
 // ------------------------------------------------------------------------------------------
 // the table
 
-static sherl_backend cuda_backend;
+static sherl_backend cuda_backends[SHERL_CUDA_MAX_DEVICES];
+static int cuda_usable[SHERL_CUDA_MAX_DEVICES];
 
-// C++17 has no designated initialisers: the table is filled by name, once.
-static void cuda_backend_fill(void)
+// C++17 has no designated initialisers: the table is filled by name, once per device, each
+// entry the op wrapped to run on device D.
+template <int D> static void cuda_backend_fill(sherl_backend *t)
 {
-    sherl_backend *t = &cuda_backend;
+#define OP(f) t->f = on_device<D, decltype(&cuda_##f), &cuda_##f>::call
+#define SELECT(f) t->f = on_device<D, decltype(&cuda_##f), &cuda_##f>::select
     t->name = "cuda";
-    t->alloc = cuda_alloc;
-    t->free = cuda_free;
-    t->copy_to_device = cuda_copy_to_device;
-    t->copy_to_host = cuda_copy_to_host;
-    t->zero = cuda_zero;
-    t->synchronize = cuda_synchronize;
-    t->set_threads = cuda_set_threads;
-    t->get_threads = cuda_get_threads;
-    t->describe = cuda_describe;
-    t->performance_advice = cuda_performance_advice;
+    t->device = D;
+    OP(alloc);
+    OP(free);
+    OP(copy_to_device);
+    OP(copy_to_host);
+    OP(zero);
+    OP(synchronize);
+    OP(set_threads);
+    OP(get_threads);
+    OP(describe);
+    OP(performance_advice);
     t->host_memory = 0;
-    t->scratch_bytes = cuda_scratch_bytes;
-    t->library_bytes = cuda_library_bytes;
-    t->prepare = cuda_prepare;
-    t->take_error = cuda_take_error;
-    t->mem_info = cuda_mem_info;
-    t->copy_device = cuda_copy_device;
-    t->allow_tf32 = cuda_allow_tf32;
-    t->capture_begin = cuda_capture_begin;
-    t->capture_end = cuda_capture_end;
-    t->graph_launch = cuda_graph_launch;
-    t->graph_free = cuda_graph_free;
-    t->gemm = cuda_gemm;
-    t->gemm_strided_batched = cuda_gemm_strided_batched;
-    t->gemm_bf16 = cuda_gemm_bf16;
-    t->gemm_bf16_strided_batched = cuda_gemm_bf16_strided_batched;
-    t->gemm_f16_strided_batched = cuda_gemm_f16_strided_batched;
-    t->f32_to_bf16 = cuda_f32_to_bf16;
-    t->bf16_to_f32 = cuda_bf16_to_f32;
-    t->matmul_forward = cuda_matmul_forward;
-    t->matmul_backward = cuda_matmul_backward;
-    t->bias_add_forward = cuda_bias_add_forward;
-    t->bias_add_backward = cuda_bias_add_backward;
-    t->layernorm_forward = cuda_layernorm_forward;
-    t->residual_layernorm_forward = cuda_residual_layernorm_forward;
-    t->layernorm_backward = cuda_layernorm_backward;
-    t->bias_add_grouped_forward = cuda_bias_add_grouped_forward;
-    t->bias_add_grouped_backward = cuda_bias_add_grouped_backward;
-    t->layernorm_grouped_forward = cuda_layernorm_grouped_forward;
-    t->layernorm_grouped_backward = cuda_layernorm_grouped_backward;
-    t->gelu_forward = cuda_gelu_forward;
-    t->gelu_backward = cuda_gelu_backward;
-    t->bias_gelu_half_forward = cuda_bias_gelu_half_forward;
-    t->bias_half_round_forward = cuda_bias_half_round_forward;
-    t->softmax_forward = cuda_softmax_forward;
-    t->softmax_backward = cuda_softmax_backward;
-    t->attention_forward = cuda_attention_forward;
-    t->attention_half_forward = cuda_attention_half_forward;
-    t->attention_backward = cuda_attention_backward;
-    t->embedding_forward = cuda_embedding_forward;
-    t->embedding_forward_bf16 = cuda_embedding_forward_bf16;
-    t->embedding_forward_f16 = cuda_embedding_forward_f16;
-    t->gemm_f16 = cuda_gemm_f16;
-    t->f32_to_f16 = cuda_f32_to_f16;
-    t->f16_to_f32 = cuda_f16_to_f32;
-    t->embedding_backward = cuda_embedding_backward;
-    t->residual_forward = cuda_residual_forward;
-    t->residual_backward = cuda_residual_backward;
-    t->dropout_forward = cuda_dropout_forward;
-    t->dropout_backward = cuda_dropout_backward;
-    t->mean_pool_forward = cuda_mean_pool_forward;
-    t->mean_pool_backward = cuda_mean_pool_backward;
-    t->l2norm_forward = cuda_l2norm_forward;
-    t->l2norm_backward = cuda_l2norm_backward;
-    t->relu_forward = cuda_relu_forward;
-    t->relu_backward = cuda_relu_backward;
-    t->mtsa_guide_forward = cuda_mtsa_guide_forward;
-    t->mtsa_guide_backward = cuda_mtsa_guide_backward;
-    t->gate_add_forward = cuda_gate_add_forward;
-    t->gate_add_backward = cuda_gate_add_backward;
-    t->crossentropy_forward = cuda_crossentropy_forward;
-    t->crossentropy_backward = cuda_crossentropy_backward;
-    t->mse_forward = cuda_mse_forward;
-    t->mse_backward = cuda_mse_backward;
-    t->adamw_update = cuda_adamw_update;
-    t->sumsq = cuda_sumsq;
-    t->scale = cuda_scale;
+    OP(scratch_bytes);
+    OP(library_bytes);
+    OP(prepare);
+    SELECT(take_error);
+    OP(mem_info);
+    OP(copy_device);
+    SELECT(allow_tf32);
+    OP(capture_begin);
+    OP(capture_end);
+    OP(graph_launch);
+    OP(graph_free);
+    OP(gemm);
+    OP(gemm_strided_batched);
+    OP(gemm_bf16);
+    OP(gemm_bf16_strided_batched);
+    OP(gemm_f16_strided_batched);
+    OP(f32_to_bf16);
+    OP(bf16_to_f32);
+    OP(matmul_forward);
+    OP(matmul_backward);
+    OP(bias_add_forward);
+    OP(bias_add_backward);
+    OP(layernorm_forward);
+    OP(residual_layernorm_forward);
+    OP(layernorm_backward);
+    OP(bias_add_grouped_forward);
+    OP(bias_add_grouped_backward);
+    OP(layernorm_grouped_forward);
+    OP(layernorm_grouped_backward);
+    OP(gelu_forward);
+    OP(gelu_backward);
+    OP(bias_gelu_half_forward);
+    OP(bias_half_round_forward);
+    OP(softmax_forward);
+    OP(softmax_backward);
+    OP(attention_forward);
+    OP(attention_half_forward);
+    OP(attention_backward);
+    OP(embedding_forward);
+    OP(embedding_forward_bf16);
+    OP(embedding_forward_f16);
+    OP(gemm_f16);
+    OP(f32_to_f16);
+    OP(f16_to_f32);
+    OP(embedding_backward);
+    OP(residual_forward);
+    OP(residual_backward);
+    OP(dropout_forward);
+    OP(dropout_backward);
+    OP(mean_pool_forward);
+    OP(mean_pool_backward);
+    OP(l2norm_forward);
+    OP(l2norm_backward);
+    OP(relu_forward);
+    OP(relu_backward);
+    OP(mtsa_guide_forward);
+    OP(mtsa_guide_backward);
+    OP(gate_add_forward);
+    OP(gate_add_backward);
+    OP(crossentropy_forward);
+    OP(crossentropy_backward);
+    OP(mse_forward);
+    OP(mse_backward);
+    OP(adamw_update);
+    OP(sumsq);
+    OP(scale);
+#undef OP
+#undef SELECT
 }
+
+static_assert(SHERL_CUDA_MAX_DEVICES == 16, "one filler per device below");
+static void (*const cuda_fillers[SHERL_CUDA_MAX_DEVICES])(sherl_backend *) = {
+    cuda_backend_fill<0>,  cuda_backend_fill<1>,  cuda_backend_fill<2>,  cuda_backend_fill<3>,
+    cuda_backend_fill<4>,  cuda_backend_fill<5>,  cuda_backend_fill<6>,  cuda_backend_fill<7>,
+    cuda_backend_fill<8>,  cuda_backend_fill<9>,  cuda_backend_fill<10>, cuda_backend_fill<11>,
+    cuda_backend_fill<12>, cuda_backend_fill<13>, cuda_backend_fill<14>, cuda_backend_fill<15>,
+};
 
 // ------------------------------------------------------------------------------------------
 // discovery
 
-extern "C" int sherl_cuda_devices(sherl_device_info *out, int max, char *why, size_t why_len)
+// sherl_cuda_devices, without the test fakes (kernels/backend.c)
+extern "C" int cuda_list_devices(sherl_device_info *out, int max, char *why, size_t why_len)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -2298,12 +2368,12 @@ extern "C" int sherl_cuda_devices(sherl_device_info *out, int max, char *why, si
     return n;
 }
 
-static int cuda_usable;
-
 // Usable: a device is there, it is the generation this build has machine code for (sm_90
 // SASS; PTX for later ones), and SHERL_CUDA_DISABLE is not set to a non-empty value other
-// than "0". An older GPU would fail every launch, so "auto" must fall back to the CPU.
-extern "C" void cuda_backend_init(void)
+// than "0". An older GPU would fail every launch, so "auto" must fall back to the CPU. Each
+// device is judged alone (a node may mix generations); devices past SHERL_CUDA_MAX_DEVICES are
+// not used.
+static void cuda_backend_init(void)
 {
     const char *off = getenv("SHERL_CUDA_DISABLE");
     const char *tf32 = getenv("SHERL_CUDA_TF32");
@@ -2312,21 +2382,38 @@ extern "C" void cuda_backend_init(void)
     // this cuBLAS also keeps a default one per handle, which on an H200 was 70 MiB a job thread
     // more than planned (4 jobs: 1.32x the plan; with it 1.03x). A value the user set stands.
     setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0", 0);
-    cuda_backend_fill();
-    if ((off && *off && strcmp(off, "0")) || sherl_cuda_devices(NULL, 0, NULL, 0) <= 0)
-        return;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    for (int d = 0; d < SHERL_CUDA_MAX_DEVICES; d++)
+        cuda_fillers[d](&cuda_backends[d]);
+    int n = 0;
+    if ((off && *off && strcmp(off, "0")) || cudaGetDeviceCount(&n) != cudaSuccess) {
         cudaGetLastError();
         return;
     }
-    cuda_usable = major >= 9;
+    for (int d = 0; d < n && d < SHERL_CUDA_MAX_DEVICES; d++) {
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d) != cudaSuccess)
+            cudaGetLastError();
+        cuda_usable[d] = major >= 9;
+    }
 }
 
-extern "C" const sherl_backend *sherl_backend_cuda(void)
+static void cuda_init_once(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, cuda_backend_init);
-    return cuda_usable ? &cuda_backend : NULL;
+}
+
+// sherl_backend_cuda_device, without the test fakes (kernels/backend.c)
+extern "C" const sherl_backend *cuda_device_table(int index)
+{
+    cuda_init_once();
+    return index >= 0 && index < SHERL_CUDA_MAX_DEVICES && cuda_usable[index]
+               ? &cuda_backends[index]
+               : NULL;
+}
+
+extern "C" const sherl_backend *sherl_backend_cuda_table_for_tests(int index)
+{
+    cuda_init_once();
+    return index >= 0 && index < SHERL_CUDA_MAX_DEVICES ? &cuda_backends[index] : NULL;
 }

@@ -41,6 +41,15 @@ if(SHERL_SERVICE)
   set_tests_properties(service_devices PROPERTIES TIMEOUT 600)
 endif()
 
+# The daemon on a node with two GPUs, played by two fake ones (SHERL_TEST_FAKE_GPUS: the CPU
+# backend as devices): jobs for any GPU spread over them, a pinned copy draws them, "cuda:N" and
+# "cuda" for backbones.
+if(SHERL_SERVICE)
+  add_test(NAME service_gpus COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/service_gpus.py
+    $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_gpus)
+  set_tests_properties(service_gpus PROPERTIES TIMEOUT 600)
+endif()
+
 # An independent client: Python grpcio with stubs generated from proto/ by grpc_tools.
 if(SHERL_SERVICE)
   add_test(NAME python_client COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/python_client.py

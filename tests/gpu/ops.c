@@ -2364,6 +2364,63 @@ static int no_backend(const char *name, const char *filter)
     return 1;
 }
 
+/* Each GPU's table runs on its GPU, from one thread, in any order: every usable device's
+ * table reports that device's memory (as the runtime lists it) and runs a product there; a call
+ * through the table of a device that is absent (15) fails in that device's record alone, and
+ * the usable ones work on after it. Returns the failures. */
+static int check_device_tables(void)
+{
+    sherl_device_info info[SHERL_CUDA_MAX_DEVICES];
+    char why[256], msg[600];
+    int n = sherl_cuda_devices(info, SHERL_CUDA_MAX_DEVICES, why, sizeof why), bad = 0, used = 0;
+    const sherl_backend *absent = sherl_backend_cuda_table_for_tests(15);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < n && i < SHERL_CUDA_MAX_DEVICES; i++) {
+            const sherl_backend *t = sherl_backend_cuda_device(i);
+            if (!t)
+                continue;
+            used += round == 0;
+            size_t fr = 0, tot = 0;
+            if (t->mem_info(&fr, &tot) || tot != info[i].total_bytes) {
+                printf("gpu_ops: devices: cuda:%d reports %zu bytes, the runtime lists %zu\n", i,
+                       tot, info[i].total_bytes);
+                bad++;
+            }
+            float h[256], *dv = t->alloc(sizeof h), *out = t->alloc(16 * 16 * sizeof(float));
+            for (int k = 0; k < 256; k++)
+                h[k] = (float)(k % 7) - 3.0f + (float)i;
+            t->copy_to_device(dv, h, sizeof h);
+            /* out = dv[16x16] . dv^T: on this device's stream and handle */
+            t->gemm(0, 1, 16, 16, 16, 1.0f, dv, 16, dv, 16, 0.0f, out, 16);
+            float o[256] = {0};
+            t->copy_to_host(o, out, sizeof o);
+            t->free(dv), t->free(out);
+            double want = 0;
+            for (int k = 0; k < 16; k++)
+                want += (double)h[5 * 16 + k] * h[9 * 16 + k];
+            if (t->take_error(msg, sizeof msg) || fabs(o[5 * 16 + 9] - want) > 1e-3) {
+                printf("gpu_ops: devices: cuda:%d (round %d): %s; out[5,9] %g, expected %g\n", i,
+                       round, msg, o[5 * 16 + 9], want);
+                bad++;
+            }
+        }
+        if (round == 0 && absent && !sherl_backend_cuda_device(15)) {
+            absent->take_error(NULL, 0);
+            void *p = absent->alloc(64);
+            int failed = absent->take_error(msg, sizeof msg);
+            if (p || !failed || !strstr(msg, "cuda:15")) {
+                printf("gpu_ops: devices: a call on absent cuda:15 gave %p, record %d: %s\n", p,
+                       failed, msg);
+                bad++;
+            }
+        }
+    }
+    printf("gpu_ops: devices: %d usable of %d listed; each table on its own device, twice around "
+           "a failed call on absent cuda:15: %s\n",
+           used, n, bad ? "FAIL" : "PASS");
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     const char *name = "cuda", *filter = NULL;
@@ -2392,5 +2449,6 @@ int main(int argc, char **argv)
     tally r = run_suite(be, filter, verbose, 0);
     printf("gpu_ops: %s: %d passed, %d failed of %d\n", be->name, r.passed, r.run - r.passed,
            r.run);
-    return r.passed == r.run ? 0 : 1;
+    int devices_bad = !strcmp(be->name, "cuda") && !filter ? check_device_tables() : 0;
+    return r.passed == r.run && !devices_bad ? 0 : 1;
 }

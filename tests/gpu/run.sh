@@ -4,7 +4,7 @@
 #   1. unpacks tests/gpu/debs/*.deb (scripts/fetch_gpu_debs) into a private prefix under /tmp,
 #   2. configures (SHERL_SERVICE=OFF, SHERL_CUDA=ON, SHERL_WERROR=ON) and builds gpu_ops,
 #      gpu_bert_oracle, gpu_train_checks and bench_kernels with every core,
-#   3. runs gpu_ops (every op of the CUDA backend against the CPU backend),
+#   3. runs gpu_ops (every op of the CUDA backend against the CPU backend; each GPU's own table),
 #   4. makes a BERT-base-shaped random model and Hugging Face's hidden states for a padded
 #      8 x 128 batch, and runs gpu_bert_oracle --backend cuda on it (<= 1e-4 relative),
 #   5. trains one SHERL job on the CPU and on the GPU in fp32 (MTSA dropout 0, and 0.1 with a
@@ -280,7 +280,9 @@ olog=$out/02-gpu_ops.log
 echo "== gpu_ops"
 if [ "$built" = 1 ] && [ -x "$build/tests/gpu_ops" ]; then
   step "$olog" 150 "$build/tests/gpu_ops"
-  cuda_result gpu_ops "$olog" "$(step_output "$olog" | grep -E '^gpu_ops: ' | tail -1 | cut -c1-100 || true)"
+  ops_line=$(step_output "$olog" | grep -E '^gpu_ops: [a-z0-9:]+: [0-9]+ passed' | tail -1 | cut -c1-80 || true)
+  dev_line=$(step_output "$olog" | grep -E '^gpu_ops: devices: ' | grep -oE '[0-9]+ usable of [0-9]+|(PASS|FAIL)$' | tr '\n' ' ' || true)
+  cuda_result gpu_ops "$olog" "$ops_line${dev_line:+; devices: $dev_line}"
 else
   echo "gpu_ops was not built" >>"$olog"
   if [ "$built" = 1 ]; then fail_step gpu_ops 0 "no gpu_ops target"; else fail_step gpu_ops 0 "not built"; fi

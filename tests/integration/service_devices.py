@@ -70,10 +70,27 @@ for cmd in ("estimate", "submit"):
     check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and
           "no usable CUDA GPU" in p.stderr and "resources.device" in p.stderr,
           "%s of a cuda job: rc %d %r" % (cmd, p.returncode, p.stderr.strip()[-300:]))
-p = d.ctl("backbones", "load", model_dir, "--device", "cuda")
-check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and "no usable CUDA GPU" in p.stderr,
-      "LoadBackbone on cuda: %r" % p.stderr.strip()[-300:])
-for args, field in ((["--device", "gpu"], "device"), (["--precision", "fp8"], "precision")):
+# one GPU by index: FAILED_PRECONDITION naming it; an index past the last one a process uses,
+# or another spelling, INVALID_ARGUMENT naming the field and what is expected
+for cmd in ("estimate", "submit"):
+    p = d.ctl(cmd, "--no-upload", write_job("on-cuda-1", device="cuda:1"))
+    check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and
+          'resources.device "cuda:1"' in p.stderr and "no usable CUDA GPU" in p.stderr,
+          "%s of a cuda:1 job: rc %d %r" % (cmd, p.returncode, p.stderr.strip()[-300:]))
+    for bad in ("cuda:16", "cuda:01", "gpu:0"):
+        p = d.ctl(cmd, "--no-upload", write_job("bad-device", device=bad))
+        check(p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and
+              "resources.device" in p.stderr and bad in p.stderr and '"cuda:N"' in p.stderr,
+              "%s of device %s: rc %d %r" % (cmd, bad, p.returncode, p.stderr.strip()[-300:]))
+for dev in ("cuda", "cuda:0"):
+    p = d.ctl("backbones", "load", model_dir, "--device", dev)
+    check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and
+          "no usable CUDA GPU" in p.stderr, "LoadBackbone on %s: %r" % (dev, p.stderr.strip()[-300:]))
+p = d.ctl("backbones", "unload", name, "--device", "cuda:3")
+check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and "cuda:3" in p.stderr,
+      "UnloadBackbone on cuda:3: %r" % p.stderr.strip()[-300:])
+for args, field in ((["--device", "gpu"], "device"), (["--device", "cuda:99"], "device"),
+                    (["--precision", "fp8"], "precision")):
     p = d.ctl("backbones", "load", model_dir, *args)
     check(p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and field + ":" in p.stderr,
           "LoadBackbone %s: %r" % (args, p.stderr.strip()[-200:]))
@@ -81,8 +98,9 @@ p = d.ctl("submit", "--no-upload", write_job("fp8", precision="fp8"))
 check(p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "resources.precision" in p.stderr,
       "precision fp8: %r" % p.stderr.strip()[-200:])
 check(ctl("list") == [] and ctl("backbones", "list") == [], "refused requests left records")
-print("1. resources.device cuda refused at estimate and submit, LoadBackbone on cuda too: "
-      "FAILED_PRECONDITION, no usable CUDA GPU; bad device/precision INVALID_ARGUMENT")
+print("1. resources.device cuda and cuda:1 refused at estimate and submit, LoadBackbone on cuda "
+      "and cuda:0 too: FAILED_PRECONDITION, no usable CUDA GPU; bad device (cuda:16, cuda:01, "
+      "gpu:0) and precision INVALID_ARGUMENT")
 
 # ---- 2. the cpu device -------------------------------------------------------------------------
 node = ctl("node")
@@ -158,9 +176,12 @@ print("4. estimate: auto -> cpu, %.1f MiB device + %.1f MiB host; bf16 backbone 
 ids = {key: ctl("submit", "--no-upload", path)["id"] for key, path in (("auto", auto_job),
                                                                       ("bf16", bf16_job))}
 watchers = [d.watch_events(i) for i in ids.values()]
+seen = []
 for w in watchers:
+    seen.append([])
     for line in w.stdout:
-        if "progress" in json.loads(line):
+        seen[-1].append(json.loads(line))
+        if "progress" in seen[-1][-1]:
             break
 own = {i: ctl("get", i)["plan"]["job_bytes"] for i in ids.values()}
 samples = both = both_held = 0
@@ -187,9 +208,13 @@ while True:
     time.sleep(0.05)
 check(both >= 1, "never saw both jobs running (%d samples)" % samples)
 check(both_held >= 1, "never saw each backbone held by its job (%d samples with both)" % both)
-for w in watchers:
-    w.stdout.read()
+# each job's events say where it ran (the watchers started at its first event)
+for key, w, events in zip(ids, watchers, seen):
+    events += [json.loads(line) for line in w.stdout.read().splitlines() if line.strip()]
     w.wait()
+    said = [e["message"] for e in events if "message" in e]
+    want = "running on cpu, backbone weights in %s" % ("bf16" if key == "bf16" else "fp32")
+    check(want in said, "job %s: no '%s' event (messages %s)" % (key, want, said))
 jobs = {k: ctl("get", i) for k, i in ids.items()}
 check(all(j["state"] == "SUCCEEDED" for j in jobs.values()),
       "states: %s" % {k: (j["state"], j.get("error")) for k, j in jobs.items()})

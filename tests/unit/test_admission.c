@@ -73,3 +73,40 @@ Test(admission, a_job_without_a_usable_backend_reserves_nothing)
     cr_expect_eq(b[0], 0);
     cr_expect_eq(b[1], 0);
 }
+
+/* A job for any GPU: pools 1..3 are GPUs with 200 MiB budgets; the job needs 100 MiB of arenas
+ * (80 of them its backbone) and 20 MiB of host memory. */
+Test(admission, a_job_for_any_gpu_goes_where_it_fits_running_the_fewest_jobs)
+{
+    job_need j = job_need_of(1, 0, 120 * MiB, 100 * MiB, 80 * MiB);
+    int64_t budget[4] = {1000 * MiB, 200 * MiB, 200 * MiB, 200 * MiB};
+    int64_t used[4] = {0, 0, 0, 0};
+    pool_choice c[3] = {{1, 0, 0}, {2, 0, 0}, {3, 0, 0}};
+    /* all empty and alike: the first */
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), 0);
+    /* fewer jobs wins over holding the backbone: GPU 1 holds it (20 MiB more fit there) but
+     * runs 2 jobs, GPU 2 runs 1, GPU 3 none */
+    c[0].jobs = 2, c[0].resident = 1, used[1] = 150 * MiB;
+    c[1].jobs = 1, used[2] = 10 * MiB;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), 2, "GPU 3 runs no job");
+    /* at equal jobs, the one holding the backbone */
+    c[2].jobs = 1, used[3] = 5 * MiB;
+    c[0].jobs = 1;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), 0, "GPU 1 holds the backbone");
+    /* without it there, GPU 1 has no room for 100 MiB; of the others, the most left after it */
+    c[0].resident = 0;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), 2, "GPU 3 keeps 95 MiB, GPU 2 90 MiB");
+    /* where it does not fit is never chosen, whatever its load */
+    used[2] = 101 * MiB, used[3] = 101 * MiB;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), -1, "fits none: 99 MiB left at most");
+    used[2] = 100 * MiB, c[1].jobs = 5;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), 1, "the only GPU with room, 5 jobs or not");
+    /* the host side must fit too */
+    used[0] = 990 * MiB;
+    cr_expect_eq(pools_pick(&j, c, 3, used, budget, 4), -1, "20 MiB of host memory, 10 free");
+    /* no candidates, or candidates outside the pools */
+    used[0] = 0;
+    cr_expect_eq(pools_pick(&j, c, 0, used, budget, 4), -1);
+    pool_choice bad[2] = {{-1, 0, 0}, {7, 0, 0}};
+    cr_expect_eq(pools_pick(&j, bad, 2, used, budget, 4), -1);
+}

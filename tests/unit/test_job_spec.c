@@ -528,7 +528,15 @@ Test(job_spec, invalid_task)
 
 Test(job_spec, invalid_resources)
 {
-    expect_field("resources.device", "\"tpu\"", "\"cpu\", \"cuda\", \"auto\"");
+    expect_field("resources.device", "\"tpu\"",
+                 "one of \"cpu\", \"cuda\" (any GPU), \"cuda:N\" (GPU N, 0..15) or \"auto\"");
+    expect_field("resources.device", "\"cuda:16\"", "'resources.device' is the string \"cuda:16\"",
+                 "\"cuda:N\" (GPU N, 0..15)");
+    expect_field("resources.device", "\"cuda:01\"", "\"cuda:N\"");
+    expect_field("resources.device", "\"cuda:\"", "\"cuda:N\"");
+    expect_field("resources.device", "\"cuda:-1\"", "\"cuda:N\"");
+    expect_field("resources.device", "\"cuda1\"", "\"cuda:N\"");
+    expect_field("resources.device", "0", "'resources.device' is 0", "\"cuda:N\"");
     expect_field("resources.precision", "\"fp8\"", "\"fp32\", \"bf16\", \"fp16\"");
     /* bf16 is accepted on every device, and reaches the model options */
     job_spec s;
@@ -901,4 +909,28 @@ Test(job_spec, device_selects_backend)
         cr_assert(strstr(st.msg, why), "the reason '%s' is missing from: %s", why, st.msg);
     }
     free(t);
+    /* one GPU by index: kept as written (and written back so), and selected when present */
+    for (int i = 0; i < SHERL_CUDA_MAX_DEVICES; i += 5) {
+        char value[32], name[16];
+        snprintf(name, sizeof name, "cuda:%d", i);
+        snprintf(value, sizeof value, "\"%s\"", name);
+        t = variant_of(k_min, "resources.device", value);
+        cr_assert_eq(parse(&s, t, NULL).code, SHERL_OK, "%s", name);
+        cr_assert_str_eq(s.device, name);
+        char *back = job_spec_to_json(&s);
+        cr_assert(back && strstr(back, value), "%s not written back: %s", name, back);
+        free(back);
+        st = job_backend(&s, &be);
+        const sherl_backend *want = sherl_backend_cuda_device(i);
+        if (want) {
+            cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
+            cr_assert_eq(be, want);
+            cr_assert_eq(be->device, i);
+        } else {
+            cr_assert_eq(st.code, SHERL_EUNSUPPORTED, "%s: %s", name, st.msg);
+            cr_assert(strstr(st.msg, "resources.device") && strstr(st.msg, name), "%s", st.msg);
+            cr_assert(strstr(st.msg, gpu ? "no usable GPU" : "no usable CUDA GPU"), "%s", st.msg);
+        }
+        free(t);
+    }
 }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -2100,6 +2101,107 @@ Test(kernels, backend_lookup)
     cr_expect(sherl_backend_by_name("auto") != NULL);
     cr_expect(sherl_backend_by_name("tpu") == NULL);
     cr_expect(sherl_backend_by_name(NULL) == NULL);
+    /* "cuda:N": digits only, one spelling per device, below SHERL_CUDA_MAX_DEVICES */
+    static const struct {
+        const char *name;
+        int index;
+    } names[] = {{"cuda:0", 0},   {"cuda:7", 7},    {"cuda:15", 15}, {"cuda:16", -1},
+                 {"cuda:99", -1}, {"cuda:01", -1},  {"cuda:", -1},   {"cuda:-1", -1},
+                 {"cuda:+1", -1}, {"cuda:1x", -1},  {"cuda: 1", -1}, {"cuda", -1},
+                 {"cpu", -1},     {"CUDA:1", -1},   {"cuda:1 ", -1}, {NULL, -1}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        cr_expect(sherl_cuda_device_of_name(names[i].name) == names[i].index,
+                  "'%s' gave device %d, expected %d", names[i].name ? names[i].name : "(null)",
+                  sherl_cuda_device_of_name(names[i].name), names[i].index);
+    /* a GPU this node lacks selects nothing, the same as a name that is not one */
+    cr_expect(sherl_backend_by_name("cuda:15") == sherl_backend_cuda_device(15));
+    cr_expect(sherl_backend_by_name("cuda:16") == NULL);
+    cr_expect(sherl_backend_by_name("cuda") == sherl_backend_cuda());
+    char label[64];
+    sherl_backend_label(sherl_backend_cpu(), label, sizeof label);
+    cr_expect_str_eq(label, "cpu");
+}
+
+/* Each GPU has its own table, every entry of which runs on that GPU: the same ops, wrapped per
+ * device. Without a GPU, the tables still exist (for tests): each entry is a distinct function
+ * per device, and a call through device d's table fails in d's own error record, naming d. */
+Test(kernels, cuda_table_per_device)
+{
+    const sherl_backend *t0 = sherl_backend_cuda_table_for_tests(0);
+    if (!t0) { /* a build without nvcc has no tables at all */
+        char why[256];
+        cr_assert(sherl_cuda_devices(NULL, 0, why, sizeof why) == 0);
+        cr_expect(strstr(why, "no CUDA backend") != NULL, "%s", why);
+        cr_expect(sherl_backend_cuda_device(0) == NULL);
+        return;
+    }
+    cr_expect(sherl_backend_cuda_table_for_tests(-1) == NULL);
+    cr_expect(sherl_backend_cuda_table_for_tests(SHERL_CUDA_MAX_DEVICES) == NULL);
+    /* the struct as pointer-sized words, skipping the three fields that are not functions */
+    size_t skip[][2] = {{offsetof(sherl_backend, name), sizeof(const char *)},
+                        {offsetof(sherl_backend, host_memory), sizeof(int)},
+                        {offsetof(sherl_backend, device), sizeof(int)}};
+    size_t words = sizeof(sherl_backend) / sizeof(void *), ops = 0;
+    for (int d = 0; d < SHERL_CUDA_MAX_DEVICES; d++) {
+        const sherl_backend *t = sherl_backend_cuda_table_for_tests(d);
+        cr_assert(t != NULL, "no table for device %d", d);
+        cr_expect(t->device == d && !strcmp(t->name, "cuda") && !t->host_memory,
+                  "table %d: device %d name %s host_memory %d", d, t->device, t->name,
+                  t->host_memory);
+        char label[64], want[64];
+        sherl_backend_label(t, label, sizeof label);
+        snprintf(want, sizeof want, "cuda:%d", d);
+        cr_expect_str_eq(label, want);
+        ops = 0;
+        for (size_t w = 0; w < words; w++) {
+            size_t off = w * sizeof(void *);
+            int data = 0;
+            for (size_t k = 0; k < 3; k++)
+                data |= off < skip[k][0] + skip[k][1] && skip[k][0] < off + sizeof(void *);
+            if (data)
+                continue;
+            void *mine, *first;
+            memcpy(&mine, (const char *)t + off, sizeof mine);
+            memcpy(&first, (const char *)t0 + off, sizeof first);
+            cr_expect(mine != NULL, "device %d: the entry at byte %zu is NULL", d, off);
+            if (d)
+                cr_expect(mine != first, "device %d: the entry at byte %zu is device 0's (not "
+                                         "wrapped for its device)",
+                          d, off);
+            ops++;
+        }
+    }
+    cr_expect(ops >= 70, "only %zu entries found", ops);
+    /* Devices 15 and 14 are absent on any machine this runs on (a node with 16 GPUs aside). */
+    const sherl_backend *a = sherl_backend_cuda_table_for_tests(15),
+                        *b = sherl_backend_cuda_table_for_tests(14);
+    char msg[600];
+    a->take_error(NULL, 0), b->take_error(NULL, 0);
+    cr_expect(a->alloc(64) == NULL, "an allocation on an absent GPU succeeded");
+    cr_expect(b->take_error(msg, sizeof msg) == 0, "device 14 got device 15's failure: %s", msg);
+    cr_assert(a->take_error(msg, sizeof msg) == -1, "no failure recorded for device 15");
+    cr_expect(strstr(msg, "cudaSetDevice(15)") && strstr(msg, "cuda:15"), "%s", msg);
+    cr_expect(a->take_error(msg, sizeof msg) == 0, "the record was not cleared: %s", msg);
+    b->zero(NULL, 0);
+    cr_assert(b->take_error(msg, sizeof msg) == -1);
+    cr_expect(strstr(msg, "cudaSetDevice(14)") != NULL, "%s", msg);
+    size_t fr = 1, tot = 1;
+    cr_expect(a->mem_info(&fr, &tot) == -1, "mem_info of an absent GPU succeeded");
+    a->take_error(NULL, 0);
+    /* with a GPU, device 0 is the first usable one and its table is the one "cuda" names */
+    if (sherl_backend_cuda_device(0)) {
+        cr_expect(sherl_backend_cuda() == t0 && sherl_backend_by_name("cuda:0") == t0);
+        float *p = t0->alloc(64 * sizeof(float));
+        float h[64];
+        for (int i = 0; i < 64; i++)
+            h[i] = (float)i;
+        t0->copy_to_device(p, h, sizeof h);
+        t0->scale(p, 64, 2.0f);
+        t0->copy_to_host(h, p, sizeof h);
+        t0->free(p);
+        cr_expect(t0->take_error(msg, sizeof msg) == 0, "%s", msg);
+        cr_expect(h[63] == 126.0f, "scale on cuda:0 gave %g", h[63]);
+    }
 }
 
 /* Every backend fills the whole table: a missing op would only show up as a crash later. */
