@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 
-from sherld_harness import Daemon, check, failures
+from sherld_harness import Daemon, check, failures, node_adds_up, write_sherl_job
 from wordnet_data import write_split
 
 sherld, sherlctl, model_dir, work = sys.argv[1:5]
@@ -41,26 +41,10 @@ name = os.path.basename(model_dir)
 
 
 def write_job(job_name, epochs=2, **resources):
-    spec = {"name": job_name, "backbone": model_dir, "method": "sherl",
-            "data": {"train": os.path.join(data, "train.jsonl"),
-                     "validation": os.path.join(data, "val.jsonl"), "max_length": 32},
-            "train": {"epochs": epochs, "batch_size": 8, "log_every": 1, "seed": 3},
-            "resources": dict({"threads": 1}, **resources)}
-    path = os.path.join(work, job_name + ".json")
-    with open(path, "w") as f:
-        json.dump(spec, f)
-    return path
+    return write_sherl_job(work, data, model_dir, job_name, epochs, 3, **resources)
 
 
-def adds_up(node):
-    """Every device's planned bytes are the sum of its backbones' and jobs' bytes."""
-    ok = True
-    for dev in node["devices"]:
-        total = sum(u["bytes"] for u in dev["backbones"] + dev["jobs"])
-        ok &= check(dev["planned_bytes"] == total,
-                    "%s: planned %d != backbones + jobs %d" % (dev["name"], dev["planned_bytes"],
-                                                               total))
-    return ok
+adds_up = node_adds_up
 
 
 # ---- 1. cuda on a node without a GPU, bad values -----------------------------------------------

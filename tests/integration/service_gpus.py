@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 
-from sherld_harness import Daemon, check, failures
+from sherld_harness import Daemon, check, failures, node_adds_up, write_sherl_job
 from wordnet_data import write_split
 
 sherld, sherlctl, model_dir, work = sys.argv[1:5]
@@ -41,15 +41,7 @@ name = os.path.basename(model_dir)
 
 
 def write_job(job_name, epochs=4, **resources):
-    spec = {"name": job_name, "backbone": model_dir, "method": "sherl",
-            "data": {"train": os.path.join(data, "train.jsonl"),
-                     "validation": os.path.join(data, "val.jsonl"), "max_length": 32},
-            "train": {"epochs": epochs, "batch_size": 8, "log_every": 1, "seed": 5},
-            "resources": dict({"threads": 1}, **resources)}
-    path = os.path.join(work, job_name + ".json")
-    with open(path, "w") as f:
-        json.dump(spec, f)
-    return path
+    return write_sherl_job(work, data, model_dir, job_name, epochs, 5, **resources)
 
 
 def ran_on(job_id):
@@ -95,10 +87,7 @@ while True:
         break
     samples += 1
     devs = {x["name"]: x for x in node["devices"]}
-    for g in ("cuda:0", "cuda:1"):
-        total = sum(u["bytes"] for u in devs[g]["backbones"] + devs[g]["jobs"])
-        check(devs[g]["planned_bytes"] == total, "%s: planned %d != uses %d" %
-              (g, devs[g]["planned_bytes"], total))
+    node_adds_up(node)
     if [len(devs[g]["jobs"]) for g in ("cuda:0", "cuda:1")] == [1, 1]:
         regs = sorted((b["device"], b["jobs"]) for b in node["backbones"])
         spread += regs == [("cuda:0", 1), ("cuda:1", 1)]

@@ -56,3 +56,28 @@ class Daemon:
     def term(self):
         self.p.send_signal(signal.SIGTERM)
         return self.p.wait(timeout=60)
+
+
+def write_sherl_job(work, data, model_dir, job_name, epochs, seed, **resources):
+    """A small SHERL job's spec file in work (the split in data, 32 tokens, batch 8, one thread
+    unless resources say otherwise); its path."""
+    spec = {"name": job_name, "backbone": model_dir, "method": "sherl",
+            "data": {"train": os.path.join(data, "train.jsonl"),
+                     "validation": os.path.join(data, "val.jsonl"), "max_length": 32},
+            "train": {"epochs": epochs, "batch_size": 8, "log_every": 1, "seed": seed},
+            "resources": dict({"threads": 1}, **resources)}
+    path = os.path.join(work, job_name + ".json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return path
+
+
+def node_adds_up(node):
+    """Every device's planned bytes in a GetNodeStatus are the sum of its backbones' and jobs'."""
+    ok = True
+    for dev in node["devices"]:
+        total = sum(u["bytes"] for u in dev["backbones"] + dev["jobs"])
+        ok &= check(dev["planned_bytes"] == total,
+                    "%s: planned %d != backbones + jobs %d" % (dev["name"], dev["planned_bytes"],
+                                                               total))
+    return ok
