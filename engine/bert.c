@@ -607,6 +607,12 @@ int bert_ffn_chunk(const hf_config *c, int N, int device)
     return n < 1 ? 1 : n > N ? N : (int)n;
 }
 
+int bert_ffn_pass_rows(const hf_config *c, int N, int device, int layout_rows)
+{
+    int chunk = bert_ffn_chunk(c, N, device);
+    return layout_rows > 0 && chunk > layout_rows ? layout_rows : chunk;
+}
+
 /* Sequences per attention pass at the layout's shape: the most whose probabilities take at most
  * half a hidden state's floats; on a device (fewer, larger launches) at least as many as fit in
  * one feed-forward chunk buffer, [chunk, F], with their Q|K|V [T, 3D] and probabilities
@@ -655,7 +661,7 @@ void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, i
     a->ln2_rstd = arena_floats(ar, BT);
     /* forward scratch (bert_layer_acts_share_scratch): the backward computes them again */
     a->probs = a->ffn_pre = a->ffn_act = NULL;
-    a->probs_n = 0, a->chunk_rows = 0;
+    a->probs_n = 0, a->chunk_rows = 0, a->ffn_rows = 0;
 }
 
 void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *scratch)
@@ -665,6 +671,7 @@ void bert_layer_acts_share_scratch(bert_layer_acts *a, const bert_layer_acts *sc
     a->chunk_rows = scratch->chunk_rows;
     a->ffn_pre = scratch->ffn_pre;
     a->ffn_act = scratch->ffn_act;
+    a->ffn_rows = scratch->ffn_rows;
     /* a half layer's qkv, attn and ln1 (kept rounded): the scratch's, which overlap each other
      * only as their lives do not, and none of the other buffers a backprop layer uses */
     if (!a->qkv)
@@ -680,7 +687,8 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
 {
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, end;
-    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
+    a->ffn_rows = bert_ffn_chunk(c, B * T, device);
+    size_t chunk_f = (size_t)a->ffn_rows * c->intermediate_size;
     int seqs = attn_layout_seqs(c, B, T, device);
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
@@ -1005,7 +1013,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
                                    N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
      * [chunk, F] buffers (bert_ffn_chunk) */
-    int chunk = bert_ffn_chunk(c, N, !be->host_memory);
+    int chunk = bert_ffn_pass_rows(c, N, !be->host_memory, a->ffn_rows);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
@@ -1034,7 +1042,8 @@ void bert_layer_grad_ws_layout(bert_layer_grad_ws *g, sherl_arena *ar, const hf_
 {
     int D = c->hidden_size, NH = c->num_attention_heads;
     size_t BT = (size_t)B * T, at = ar->used, chunks_at, end;
-    size_t chunk_f = (size_t)bert_ffn_chunk(c, B * T, device) * c->intermediate_size;
+    g->ffn_rows = bert_ffn_chunk(c, B * T, device);
+    size_t chunk_f = (size_t)g->ffn_rows * c->intermediate_size;
     int seqs = attn_layout_seqs(c, B, T, device);
     size_t rows = (size_t)seqs * T;
     g->d_res2 = arena_floats(ar, BT * D);
@@ -1080,7 +1089,8 @@ void bert_layer_backward(const bert_model *m, const bert_layer *ly, const bert_l
     /* The feed-forward block by the forward's chunks of tokens: ffn_pre = W1 ln1 and its gelu
      * again (the same bits as the forward's; two [N, F] buffers less kept from forward to
      * backward), then the gradients through them; weight gradients accumulate over chunks. */
-    int chunk = bert_ffn_chunk(c, N, !be->host_memory);
+    int chunk = bert_ffn_pass_rows(c, N, !be->host_memory,
+                                   a->ffn_rows < g->ffn_rows ? a->ffn_rows : g->ffn_rows);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D, nF = (size_t)n * F;

@@ -126,6 +126,7 @@ typedef struct {
      * recomputes them from ln1 */
     float *ffn_pre;  /* [chunk,F] before GELU */
     float *ffn_act;  /* [chunk,F] after GELU */
+    int ffn_rows;    /* their chunk's rows at the layout: a pass's chunk is never larger */
     float *res2;     /* [B,T,D] (LayerNorm 2 input) */
     float *ln2_mean, *ln2_rstd; /* [B*T] */
     /* A half layer (bf16/fp16 matrices) keeps attn and ln1 only rounded, as its products read
@@ -178,9 +179,13 @@ void bert_workspace_free(bert_workspace *ws);
 #define BERT_FFN_DEVICE_ROWS 8192
 int bert_ffn_chunk(const hf_config *c, int N, int device);
 /* The device rows above for this process (rows <= 0: back to BERT_FFN_DEVICE_ROWS): a knob for
- * benchmarks and tests (bench_gpu_train --ffn-rows), set before any layout. The passes work the
- * chunk out again, so changing it while a layout is in use would overrun that layout's buffers. */
+ * benchmarks and tests (bench_gpu_train --ffn-rows), set before any layout: a layout in use
+ * keeps its buffers' rows (bert_layer_acts.ffn_rows), and its passes never take more, but a
+ * larger value set after it only takes effect in layouts made after. */
 void bert_set_ffn_device_rows(int rows);
+/* A pass's feed-forward chunk over N tokens: bert_ffn_chunk's, within the rows its buffers were
+ * laid out for (layout_rows: bert_layer_acts.ffn_rows; 0: no bound). */
+int bert_ffn_pass_rows(const hf_config *c, int N, int device, int layout_rows);
 /* Sequences of T tokens one pass of the attention block takes, for buffers of probs_n floats of
  * probabilities and chunk_rows tokens (a bert_layer_acts'): at least 1, at most B. */
 int bert_attn_seqs(const bert_layer_acts *a, int NH, int B, int T);
@@ -230,6 +235,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer
  * (bert_layer_scratch_layout), so forward and backward take the same chunks. */
 typedef struct {
     float *d_res2, *d_ln1, *ffn_pre, *d_ffn_act, *d_ffn_pre, *d_res1;
+    int ffn_rows;  /* the rows of ffn_pre, d_ffn_act, d_ffn_pre (as bert_layer_acts') */
     float *d_attn; /* [chunk_rows, D] */
     float *d_qkv;  /* [chunk_rows, 3D] */
     float *probs;  /* probs_n */

@@ -101,6 +101,33 @@ Test(bert, ffn_chunk_cpu_and_device)
     cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), BERT_FFN_DEVICE_ROWS);
 }
 
+/* A layout keeps its feed-forward rows, and its passes never take more: a layout made with the
+ * CPU's chunks on a device (--ffn-rows 1: 1024 rows at 64 x 128) and the knob back at 8192 after
+ * it still gets 1024-row passes; a smaller batch's own chunk stands. */
+Test(bert, ffn_pass_rows_stay_within_the_layout)
+{
+    hf_config c;
+    memset(&c, 0, sizeof c);
+    c.hidden_size = 768, c.intermediate_size = 3072, c.num_attention_heads = 12;
+    bert_set_ffn_device_rows(1);
+    sherl_arena ar;
+    arena_measure(&ar);
+    bert_layer_acts a;
+    bert_layer_grad_ws g;
+    bert_layer_scratch_layout(&a, &ar, &c, 64, 128, 1);
+    bert_layer_grad_ws_layout(&g, &ar, &c, 64, 128, 1);
+    bert_set_ffn_device_rows(0);
+    cr_expect_eq(a.ffn_rows, 1024);
+    cr_expect_eq(g.ffn_rows, 1024);
+    cr_expect_eq(bert_ffn_chunk(&c, 8192, 1), 8192);
+    cr_expect_eq(bert_ffn_pass_rows(&c, 8192, 1, a.ffn_rows), 1024, "past the layout's buffers");
+    cr_expect_eq(bert_ffn_pass_rows(&c, 600, 1, a.ffn_rows), 600, "a 600-token batch whole");
+    cr_expect_eq(bert_ffn_pass_rows(&c, 8192, 1, 0), 8192, "no layout, no bound");
+    bert_layer_acts b;
+    bert_layer_scratch_layout(&b, &ar, &c, 64, 128, 1);
+    cr_expect_eq(b.ffn_rows, 8192, "a layout made after the knob takes its value");
+}
+
 /* Attention's sequences a pass, from a forward-only layer's layout at BERT-base 64 x 128: on the
  * CPU the probabilities take half a hidden state (64 * 128 * 768 / 2 / (12 * 128 * 128) = 16);
  * on a device as many as fit in one [8192, 3072] feed-forward buffer with their Q|K|V and
