@@ -525,6 +525,8 @@ job_result jobs_estimate(sherld *d, const char *tenant, const char *spec_json, m
         return ever;
     if (j.pool < 0) /* no pool at all: the message says why */
         return ever;
+    if (any_gpu) /* the GPU admit_ever settled on, as at submit */
+        be = jobs_pool_backend(d, j.pool);
     e->fits_ever = ever.code == RPC_OK;
     e->backend = be->name;
     e->precision = sherl_precision_name(spec.model.precision);

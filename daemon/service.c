@@ -991,8 +991,8 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
     int r = backbones_unload(&d->backbones, name, be, any_gpu, prec, &e, others, sizeof others);
     if (r == -1) {
         rpc_finish(c, RPC_NOT_FOUND,
-                   be || prec >= 0 ? "name: no loaded backbone by that name on that device and "
-                                     "precision"
+                   be || any_gpu || prec >= 0 ? "name: no loaded backbone by that name on that "
+                                                "device and precision"
                                    : "name: no loaded backbone by that name",
                    NULL, 0);
         return;

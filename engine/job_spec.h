@@ -24,8 +24,8 @@
  *     downsample_factor >= 1, side_dim >= 0, dropout [0, 1), taps 2..SHERL_MAX_TAPS increasing
  *     non-negative integers; task.text_fields 1 or 2 non-empty strings and label_field a
  *     non-empty string, each under 64 bytes; resources.device "cpu", "cuda" (a GPU),
- *     "cuda:N" (GPU N, 0..15) or "auto" (a GPU when one is usable, else the CPU), precision "fp32", "bf16" or "fp16" (the backbone's frozen
- *     weights in that type; on any device), ranks 1..4096, threads 0..1024, graphs a
+ *     "cuda:N" (GPU N, 0..15) or "auto" (a GPU when one is usable, else the CPU), precision
+ *     "fp32", "bf16" or "fp16" (the backbone's frozen weights in that type; on any device), ranks 1..4096, threads 0..1024, graphs a
  *     boolean. Number ranges are checked on the JSON value and on the float that is stored.
  *     What depends on the backbone
  *     (late_layers < L, taps <= L - k, side_dim <= D, max_length <= positions) is checked when

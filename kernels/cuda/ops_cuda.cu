@@ -174,9 +174,10 @@ static void bind_device(int d)
 }
 
 // on_device<D, decltype(&f), &f>::call: f with device D made current first (see "Devices");
-// ::select: f on D's context without touching the runtime (take_error and allow_tf32, which
-// only read or set the record, so that take_error on a device that cannot be made current
-// reports the failure once rather than making it again).
+// ::select: f on D's context without touching the runtime: take_error and allow_tf32, which
+// only read or set the record (so that take_error on a device that cannot be made current
+// reports the failure once rather than making it again), and the entries that ask nothing of
+// the device (describe, scratch_bytes, ...: the planner, on any thread, makes no CUDA context).
 template <int D, typename Fn, Fn F> struct on_device;
 template <int D, typename R, typename... A, R (*F)(A...)> struct on_device<D, R (*)(A...), F> {
     static R call(A... a)
@@ -300,6 +301,10 @@ static void cuda_free(void *p)
     if (!p)
         return;
     cuda_ctx *c = ctx();
+    // a device that cannot be made current: its memory goes with it (freeing it from another
+    // device's context is not ours to try); the reason is in its record
+    if (c == &tls_unbound)
+        return;
     CK(c, cudaFree(p));
 }
 
@@ -586,7 +591,7 @@ static void cuda_graph_launch(void *graph)
         return;
     if (g->owner != c || g->gen != c->gen) {
         record(c, "cuda: a graph replayed on %s (ops_cuda.cu:%d)",
-               g->owner != c ? "another thread than it was recorded on"
+               g->owner != c ? "another thread or device than it was recorded on"
                              : "a thread whose scratch or cuBLAS workspace has moved since",
                __LINE__);
         return;
@@ -2237,13 +2242,13 @@ template <int D> static void cuda_backend_fill(sherl_backend *t)
     OP(copy_to_host);
     OP(zero);
     OP(synchronize);
-    OP(set_threads);
-    OP(get_threads);
-    OP(describe);
-    OP(performance_advice);
+    SELECT(set_threads);
+    SELECT(get_threads);
+    SELECT(describe);
+    SELECT(performance_advice);
     t->host_memory = 0;
-    OP(scratch_bytes);
-    OP(library_bytes);
+    SELECT(scratch_bytes);
+    SELECT(library_bytes);
     OP(prepare);
     SELECT(take_error);
     OP(mem_info);
