@@ -2,6 +2,7 @@
 #include "json_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------------------------ */
 /* reading a file                                                                               */
@@ -32,9 +34,18 @@ sherl_status sherl_read_file(const char *path, size_t max_bytes, char **data, si
         return sherl_errorf(SHERL_EINVAL, "sherl_read_file: NULL path");
     if (max_bytes > SIZE_MAX / 2)
         max_bytes = SIZE_MAX / 2;
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* Opened without blocking, so a FIFO nobody writes reads as empty instead of hanging the
+     * caller in open(); reads then block as usual, for a pipe that has a writer. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
         return sherl_errorf(SHERL_EIO, "%.300s: cannot open: %s", path, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    FILE *f = fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ? NULL : fdopen(fd, "rb");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        return sherl_errorf(SHERL_EIO, "%.300s: cannot open: %s", path, strerror(e));
+    }
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) {
         int e = errno;

@@ -504,7 +504,9 @@ sherl_status safetensors_open(safetensors_file *f, const char *path)
     if (!f || !path)
         return sherl_errorf(SHERL_EINVAL, "safetensors_open: NULL argument");
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO nobody writes would otherwise wait forever, before the
+     * check below could refuse it */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return sherl_errorf(SHERL_EIO, "%.300s: cannot open: %s", path, strerror(errno));
     struct stat sb;

@@ -3,9 +3,12 @@
 #include <criterion/criterion.h>
 
 #include <cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "json_util.h"
 #include "test_util.h"
@@ -84,7 +87,7 @@ Test(json_util, read_file)
     free(data);
 }
 
-Test(json_util, read_file_errors)
+Test(json_util, read_file_errors, .timeout = 30)
 {
     char *data = (char *)1;
     size_t len = 7;
@@ -101,6 +104,21 @@ Test(json_util, read_file_errors)
     st = sherl_read_file("/dev/zero", 100000, &data, &len);
     expect(st, SHERL_EFORMAT, "/dev/zero", "too large", "limit 100000");
     cr_assert_null(data);
+
+    /* a FIFO nobody writes reads as empty instead of waiting in open() for a writer */
+    const char *fifo = SHERL_TEST_WORK "/json_util_fifo.json";
+    unlink(fifo);
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+    st = sherl_read_file(fifo, 1024, &data, &len);
+    cr_assert_eq(st.code, SHERL_OK, "%s", st.msg);
+    cr_assert_eq(len, 0);
+    free(data);
+    cJSON *root = NULL;
+    st = json_load_object(fifo, 1024, &root);
+    cr_assert_neq(st.code, SHERL_OK, "an empty FIFO is not a JSON object");
+    cr_assert(strstr(st.msg, "json_util_fifo.json"), "%s", st.msg);
+    cr_assert_null(root);
+    unlink(fifo);
 }
 
 /* ---------------------------------------------------------------------------------------- */

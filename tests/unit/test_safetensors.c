@@ -3,10 +3,13 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "safetensors.h"
 #include "test_util.h"
@@ -502,7 +505,7 @@ Test(safetensors, real_minilm_rewrite, .timeout = 120)
 /* ---------------------------------------------------------------------------------------- */
 /* file-level errors                                                                           */
 
-Test(safetensors, open_errors)
+Test(safetensors, open_errors, .timeout = 30)
 {
     safetensors_file f;
     sherl_status st = safetensors_open(&f, SHERL_TEST_WORK "/does-not-exist.safetensors");
@@ -520,6 +523,16 @@ Test(safetensors, open_errors)
     write_file(tiny, "", 0); /* empty file */
     st = safetensors_open(&f, tiny);
     cr_assert_eq(st.code, SHERL_EFORMAT, "%s", st.msg);
+
+    /* a FIFO nobody writes: refused at once (a plain open() would wait for a writer forever) */
+    const char *fifo = SHERL_TEST_WORK "/st_fifo.safetensors";
+    unlink(fifo);
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+    st = safetensors_open(&f, fifo);
+    cr_assert_eq(st.code, SHERL_EIO, "%s", st.msg);
+    cr_assert(strstr(st.msg, "st_fifo.safetensors") && strstr(st.msg, "not a regular file"),
+              "%s", st.msg);
+    unlink(fifo);
 }
 
 Test(safetensors, header_length_errors)

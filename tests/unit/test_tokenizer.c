@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "test_util.h"
@@ -275,7 +276,7 @@ Test(tokenizer, invalid_utf8)
     wordpiece_free(t);
 }
 
-Test(tokenizer, vocab_file_errors)
+Test(tokenizer, vocab_file_errors, .timeout = 30)
 {
     char dir[512], path[600];
     work_dir(dir, sizeof dir, "vocab_errors");
@@ -311,6 +312,24 @@ Test(tokenizer, vocab_file_errors)
     write_file(path, nomask, strlen(nomask));
     cr_expect_eq(wordpiece_load_vocab(&t, path, &o).code, SHERL_EINVAL);
     cr_expect_null(t);
+
+    /* FIFOs nobody writes, as the vocabulary and as an optional config: errors, not a wait
+     * for a writer */
+    char cfg[600];
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
+    unlink(path), unlink(cfg);
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+    st = wordpiece_load(&t, dir);
+    cr_expect_eq(st.code, SHERL_EFORMAT, "FIFO vocab: %s", st.msg);
+    cr_expect(strstr(st.msg, "vocab.txt") && strstr(st.msg, "empty"), "%s", st.msg);
+    unlink(path);
+    write_file(path, nomask, strlen(nomask));
+    cr_assert_eq(mkfifo(cfg, 0600), 0, "mkfifo: %s", strerror(errno));
+    st = wordpiece_load(&t, dir);
+    cr_expect_eq(st.code, SHERL_EFORMAT, "FIFO config: %s", st.msg);
+    cr_expect(strstr(st.msg, "tokenizer_config.json") != NULL, "%s", st.msg);
+    cr_expect_null(t);
+    unlink(cfg);
 }
 
 Test(tokenizer, vocab_lines_like_python)
