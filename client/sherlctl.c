@@ -747,8 +747,9 @@ static void print_backbone(const Sherl__V1__Backbone *b, cJSON *arr)
         cJSON_AddItemToArray(arr, o);
         return;
     }
-    printf("%-24s %-7s %-4s %8.1f MiB  %d job(s)  %d layers x %d  %s\n", b->name, b->device,
-           b->precision, b->bytes / 1048576.0, b->jobs, b->layers, b->hidden, b->path);
+    printf("%-24s %-7s %-4s %8.1f MiB  %d job(s)  %d layers x %d  %s%s\n", b->name, b->device,
+           b->precision, b->bytes / 1048576.0, b->jobs, b->layers, b->hidden, b->path,
+           b->loaded ? "" : "  (loading)");
 }
 
 /* --device D and --precision P after a backbones command's argument; -1 on anything else. */

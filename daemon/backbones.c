@@ -1,7 +1,13 @@
 /* The registry of resident backbones: one copy of each (folder, backend, precision), shared
- * read-only by every job on that backend that uses the folder at that precision. */
+ * read-only by every job on that backend that uses the folder at that precision. A load (seconds
+ * to minutes) runs outside the lock behind a loading entry, so node status, admission and
+ * loads of other backbones never wait for it. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "arena.h"
 #include "sherld.h"
@@ -10,13 +16,16 @@ void backbones_init(backbone_registry *r)
 {
     memset(r, 0, sizeof *r);
     pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->load_done, NULL);
 }
 
+/* After every RPC and job thread is done: no load is in flight. */
 void backbones_free(backbone_registry *r)
 {
     for (int i = 0; i < r->n; i++)
         bert_free(r->e[i].model);
     free(r->e);
+    pthread_cond_destroy(&r->load_done);
     pthread_mutex_destroy(&r->mu);
     memset(r, 0, sizeof *r);
 }
@@ -36,51 +45,129 @@ int64_t backbones_planned_bytes(const hf_config *cfg, sherl_precision prec)
     return (int64_t)arena_round(bert_weight_bytes(cfg, prec));
 }
 
-sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
-                               sherl_precision prec, int pin, bert_model **model)
+sherl_status backbones_config(const char *path, hf_config *cfg)
 {
-    *model = NULL;
-    if (!be)
-        return sherl_errorf(SHERL_EINVAL, "backbone: no backend to load it onto");
-    /* Loading holds the lock: a second job on the same key waits for the first load rather
-     * than loading a second copy. */
-    pthread_mutex_lock(&r->mu);
-    int i = find_key(r, path, be, prec);
-    if (i < 0) {
-        if (r->n == r->cap) {
-            int nc = r->cap ? 2 * r->cap : 4;
-            backbone_entry *e = realloc(r->e, sizeof *e * (size_t)nc);
-            if (!e) {
-                pthread_mutex_unlock(&r->mu);
-                return sherl_errorf(SHERL_ENOMEM, "out of memory");
-            }
-            r->e = e, r->cap = nc;
-        }
-        bert_model *m;
-        sherl_status st = bert_load_prec(&m, path, be, prec);
-        if (st.code) {
-            pthread_mutex_unlock(&r->mu);
-            return st;
-        }
-        backbone_entry *e = &r->e[r->n];
-        memset(e, 0, sizeof *e);
-        snprintf(e->path, sizeof e->path, "%s", path);
-        const char *slash = strrchr(path, '/');
-        snprintf(e->name, sizeof e->name, "%s", slash && slash[1] ? slash + 1 : path);
-        e->model = m;
-        e->be = be;
-        sherl_backend_label(be, e->device, sizeof e->device);
-        e->prec = prec;
-        e->bytes = backbones_planned_bytes(&m->cfg, prec);
-        i = r->n++;
-    }
+    char cfg_path[PATH_MAX + 16];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+    return hf_config_load(cfg, cfg_path);
+}
+
+/* Tests only: SHERL_TEST_LOAD_GATE names a folder; a load of a model folder whose base name
+ * is a FIFO there waits, once its loading entry is in the registry, until the test writes a
+ * byte to it or closes it. One FIFO per folder, so a test can hold several loads at once and
+ * tell them apart, with no guess at timing. */
+static void test_load_gate(const char *path)
+{
+    const char *dir = getenv("SHERL_TEST_LOAD_GATE");
+    if (!dir || !*dir)
+        return;
+    const char *slash = strrchr(path, '/');
+    char gate[PATH_MAX];
+    struct stat sb;
+    if (snprintf(gate, sizeof gate, "%s/%s", dir, slash ? slash + 1 : path) >= (int)sizeof gate ||
+        stat(gate, &sb) != 0 || !S_ISFIFO(sb.st_mode))
+        return;
+    int fd = open(gate, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char c;
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
+    close(fd);
+}
+
+static void take(backbone_registry *r, int i, int pin)
+{
     if (pin)
         r->e[i].pinned = 1;
     else
         r->e[i].refs++;
-    *model = r->e[i].model;
-    pthread_mutex_unlock(&r->mu);
+}
+
+/* Makes entry n a loading placeholder of the key, counted from its config. Under r->mu. */
+static sherl_status add_loading_locked(backbone_registry *r, const char *path,
+                                       const sherl_backend *be, sherl_precision prec,
+                                       const hf_config *cfg)
+{
+    if (r->n == r->cap) {
+        int nc = r->cap ? 2 * r->cap : 4;
+        backbone_entry *e = realloc(r->e, sizeof *e * (size_t)nc);
+        if (!e)
+            return sherl_errorf(SHERL_ENOMEM, "out of memory");
+        r->e = e, r->cap = nc;
+    }
+    backbone_entry *e = &r->e[r->n++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->path, sizeof e->path, "%s", path);
+    const char *slash = strrchr(path, '/');
+    snprintf(e->name, sizeof e->name, "%s", slash && slash[1] ? slash + 1 : path);
+    e->be = be;
+    sherl_backend_label(be, e->device, sizeof e->device);
+    e->prec = prec;
+    e->bytes = backbones_planned_bytes(cfg, prec);
+    e->layers = cfg->num_hidden_layers, e->hidden = cfg->hidden_size;
+    e->loading = 1;
     return sherl_ok();
+}
+
+sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
+                               sherl_precision prec, int pin, bert_model **model,
+                               void (*counted)(void *ctx), void *ctx)
+{
+    *model = NULL;
+    if (!be)
+        return sherl_errorf(SHERL_EINVAL, "backbone: no backend to load it onto");
+    hf_config cfg;
+    int have_cfg = 0;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        int i = find_key(r, path, be, prec);
+        if (i >= 0 && !r->e[i].loading) {
+            take(r, i, pin);
+            *model = r->e[i].model;
+            pthread_mutex_unlock(&r->mu);
+            if (counted)
+                counted(ctx);
+            return sherl_ok();
+        }
+        if (i >= 0) { /* another user loads it: wait, then look again (it may have failed) */
+            pthread_cond_wait(&r->load_done, &r->mu);
+            continue;
+        }
+        if (have_cfg)
+            break;
+        pthread_mutex_unlock(&r->mu); /* a file read: not under the lock */
+        sherl_status st = backbones_config(path, &cfg);
+        if (st.code)
+            return st;
+        have_cfg = 1;
+        pthread_mutex_lock(&r->mu);
+    }
+    sherl_status st = add_loading_locked(r, path, be, prec, &cfg);
+    pthread_mutex_unlock(&r->mu);
+    if (st.code)
+        return st;
+    if (counted)
+        counted(ctx);
+    test_load_gate(path);
+    bert_model *m = NULL;
+    st = bert_load_prec(&m, path, be, prec);
+    pthread_mutex_lock(&r->mu);
+    /* still there: nothing removes a loading entry but its loader, though others may move it */
+    int i = find_key(r, path, be, prec);
+    if (st.code) {
+        r->e[i] = r->e[--r->n];
+    } else {
+        r->e[i].model = m;
+        r->e[i].loading = 0;
+        r->e[i].bytes = backbones_planned_bytes(&m->cfg, prec);
+        r->e[i].layers = m->cfg.num_hidden_layers, r->e[i].hidden = m->cfg.hidden_size;
+        take(r, i, pin);
+        *model = m;
+    }
+    pthread_cond_broadcast(&r->load_done);
+    pthread_mutex_unlock(&r->mu);
+    return st;
 }
 
 static void drop(backbone_registry *r, int i)
@@ -91,6 +178,8 @@ static void drop(backbone_registry *r, int i)
 
 void backbones_release(backbone_registry *r, const bert_model *model)
 {
+    if (!model) /* loading entries' NULL model is nobody's */
+        return;
     pthread_mutex_lock(&r->mu);
     for (int i = 0; i < r->n; i++)
         if (r->e[i].model == model) {
@@ -160,7 +249,9 @@ int backbones_unload(backbone_registry *r, const char *name, const sherl_backend
             *out = r->e[hit];
             out->model = NULL;
         }
-        if (r->e[hit].refs > 0) {
+        if (r->e[hit].loading) {
+            rc = -4;
+        } else if (r->e[hit].refs > 0) {
             rc = -2;
         } else {
             drop(r, hit);
@@ -180,11 +271,8 @@ int backbones_list(backbone_registry *r, backbone_entry **out)
         if (r->n) /* r->e is NULL before the first load */
             memcpy(*out, r->e, sizeof **out * (size_t)r->n);
         n = r->n;
-        for (int i = 0; i < n; i++) { /* a snapshot: only the config outlives the lock */
-            (*out)[i].layers = r->e[i].model->cfg.num_hidden_layers;
-            (*out)[i].hidden = r->e[i].model->cfg.hidden_size;
+        for (int i = 0; i < n; i++) /* a snapshot: the model does not outlive the lock */
             (*out)[i].model = NULL;
-        }
     }
     pthread_mutex_unlock(&r->mu);
     return n;

@@ -856,6 +856,19 @@ static void finish_job(sherld *d, running_job *rj)
     wake_scheduler(d);
 }
 
+/* The registry counts the job's backbone now: its reservation goes, and a job that was short
+ * of those bytes may start. */
+static void backbone_counted(void *arg)
+{
+    running_job *rj = arg;
+    pthread_mutex_lock(&rj->d->mu);
+    int64_t was = rj->reserved_backbone;
+    rj->reserved_backbone = 0;
+    pthread_mutex_unlock(&rj->d->mu);
+    if (was)
+        wake_scheduler(rj->d);
+}
+
 static void *job_thread(void *arg)
 {
     running_job *rj = arg;
@@ -876,9 +889,11 @@ static void *job_thread(void *arg)
         st = job_backend(&spec, &be);
     bert_model *bb = NULL;
     if (!st.code)
-        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb);
+        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
+                               backbone_counted, rj);
+    else
+        backbone_counted(rj);
     pthread_mutex_lock(&d->mu);
-    rj->reserved_backbone = 0;
     int cancelled_early = rj->cancel && rj->user_cancel;
     pthread_mutex_unlock(&d->mu);
     if (st.code) {

@@ -85,7 +85,8 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
         be = gpu ? gpu : be;
     }
     if (!st.code)
-        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb);
+        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
+                               NULL, NULL);
     if (!st.code)
         st = wordpiece_load(&tok, spec.backbone);
     if (!st.code)

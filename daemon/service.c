@@ -824,7 +824,7 @@ static void fill_backbone(Sherl__V1__Backbone *m, const backbone_entry *e)
 {
     sherl__v1__backbone__init(m);
     m->name = (char *)e->name, m->path = (char *)e->path;
-    m->bytes = e->bytes, m->jobs = e->refs, m->loaded = 1;
+    m->bytes = e->bytes, m->jobs = e->refs, m->loaded = !e->loading;
     m->layers = e->layers, m->hidden = e->hidden;
     m->device = (char *)e->device;
     m->precision = (char *)sherl_precision_name(e->prec);
@@ -880,10 +880,8 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     int code = RPC_INVALID_ARGUMENT;
     char msg[600] = "";
     if (!st.code && any_gpu) { /* the GPU already holding it, else the one with most room */
-        char cfg_path[PATH_MAX + 16];
-        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
         hf_config cfg;
-        st = hf_config_load(&cfg, cfg_path);
+        st = backbones_config(path, &cfg);
         if (!st.code) {
             const sherl_backend *gpu = jobs_gpu_for_backbone(
                 d, path, (sherl_precision)prec, backbones_planned_bytes(&cfg, prec));
@@ -896,10 +894,8 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     /* a backbone not resident yet must fit its device's free budget (jobs' plans are admitted
      * against what stays) */
     if (!st.code && !msg[0] && !backbones_is_loaded(&d->backbones, path, be, (sherl_precision)prec)) {
-        char cfg_path[PATH_MAX + 16];
-        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
         hf_config cfg;
-        st = hf_config_load(&cfg, cfg_path);
+        st = backbones_config(path, &cfg);
         if (!st.code) {
             int64_t need = backbones_planned_bytes(&cfg, (sherl_precision)prec);
             pool_status *ps;
@@ -917,7 +913,7 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     }
     bert_model *m = NULL;
     if (!st.code && !msg[0])
-        st = backbones_acquire(&d->backbones, path, be, (sherl_precision)prec, 1, &m);
+        st = backbones_acquire(&d->backbones, path, be, (sherl_precision)prec, 1, &m, NULL, NULL);
     if (st.code || msg[0]) {
         if (st.code)
             code = st.code == SHERL_ENOMEM || st.code == SHERL_EDEVICE ? RPC_RESOURCE_EXHAUSTED
@@ -1007,6 +1003,11 @@ static void h_unload_backbone(rpc_call *c, void *ctx)
     }
     if (r == -2) {
         rpc_finish(c, RPC_FAILED_PRECONDITION, "name: jobs are using this backbone", NULL, 0);
+        return;
+    }
+    if (r == -4) {
+        rpc_finish(c, RPC_FAILED_PRECONDITION,
+                   "name: this backbone is still loading; unload it once it is loaded", NULL, 0);
         return;
     }
     Sherl__V1__Backbone b = SHERL__V1__BACKBONE__INIT;

@@ -33,11 +33,14 @@ typedef struct {
     int refs;              /* jobs using it */
     int pinned;            /* loaded by LoadBackbone: stays until UnloadBackbone */
     int64_t bytes;         /* the planner's backbone line: what admission counts */
-    int layers, hidden;    /* set in snapshots */
+    int layers, hidden;
+    int loading;           /* its first user loads it now, outside the lock: model is NULL, and
+                            * it already counts as resident (bytes, admission, sharing) */
 } backbone_entry;
 
 typedef struct {
     pthread_mutex_t mu;
+    pthread_cond_t load_done; /* a loading entry became loaded, or went away (its load failed) */
     backbone_entry *e;
     int n, cap;
 } backbone_registry;
@@ -46,25 +49,35 @@ void backbones_init(backbone_registry *r);
 void backbones_free(backbone_registry *r);
 /* The resident copy of the backbone at resolved path on backend be with its weight matrices
  * in prec, loading it when absent; *model is shared read-only until backbones_release. pin:
- * keep it loaded with no job using it. */
+ * keep it loaded with no job using it. The load runs outside the registry's lock, behind a
+ * loading entry: other keys, lists and admission go on meanwhile, and a second user of the
+ * same key waits for that load instead of making a second copy (or, when it fails, loads it
+ * itself). counted (may be NULL), outside the lock, once the registry counts the bytes of the
+ * caller's copy (its loading entry made, or a loaded one taken): a reservation the caller held
+ * for them may go. While the caller waits for another's load both are counted. */
 sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
-                               sherl_precision prec, int pin, bert_model **model);
+                               sherl_precision prec, int pin, bert_model **model,
+                               void (*counted)(void *ctx), void *ctx);
 void backbones_release(backbone_registry *r, const bert_model *model);
 /* The resolved path of a loaded backbone named name, 0 when none (path: PATH_MAX bytes). */
 int backbones_find_name(backbone_registry *r, const char *name, char *path);
+/* Whether the key is resident or loading (either way its bytes are counted already). */
 int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_backend *be,
                         sherl_precision prec);
+/* The config.json of the model folder at path (the backbone's size before it is loaded). */
+sherl_status backbones_config(const char *path, hf_config *cfg);
 /* The bytes a backbone of this config holds resident at prec, as the planner counts them. */
 int64_t backbones_planned_bytes(const hf_config *cfg, sherl_precision prec);
 /* Unpins the one backbone whose name (or resolved path, when name starts with '/') matches,
  * on backend be (NULL: any; gpu_only: any device backend) at precision prec (-1: any), and
- * frees it unless jobs use it. 0 ok, -1 none matches, -2 in use by jobs, -3 several match. out
+ * frees it unless jobs use it. 0 ok, -1 none matches, -2 in use by jobs, -3 several match, -4
+ * still loading. out
  * (may be NULL) receives the matched entry (a snapshot); others (may be NULL) lists every match
  * as "device/precision". */
 int backbones_unload(backbone_registry *r, const char *name, const sherl_backend *be,
                      int gpu_only, int prec, backbone_entry *out, char *others,
                      size_t others_cap);
-/* A snapshot: *out malloc'd (free it); entries' model pointers are NULL. */
+/* A snapshot, loading entries included: *out malloc'd (free it); model pointers are NULL. */
 int backbones_list(backbone_registry *r, backbone_entry **out);
 
 /* ---- memory pools ----

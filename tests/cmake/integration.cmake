@@ -50,6 +50,14 @@ if(SHERL_SERVICE)
   set_tests_properties(service_gpus PROPERTIES TIMEOUT 600)
 endif()
 
+# A backbone load held in progress (a test-only gate) stalls no RPC, no other folder's load;
+# those of the same key wait for it and share the copy; a failed load hands over to its waiter.
+if(SHERL_SERVICE)
+  add_test(NAME service_loading COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/service_loading.py
+    $<TARGET_FILE:sherld> $<TARGET_FILE:sherlctl> ${SHERL_MINILM_DIR} ${SHERL_TEST_WORK}/service_loading)
+  set_tests_properties(service_loading PROPERTIES TIMEOUT 900)
+endif()
+
 # An independent client: Python grpcio with stubs generated from proto/ by grpc_tools.
 if(SHERL_SERVICE)
   add_test(NAME python_client COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/python_client.py
