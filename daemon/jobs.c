@@ -407,6 +407,65 @@ static void pools_used_locked(sherld *d, int64_t *used)
         used[r->need.pool] += r->need.dev_own + r->reserved_backbone;
         used[0] += r->need.host_own;
     }
+    for (call_use *u = d->calls; u; u = u->next) {
+        used[u->pool] += u->own + u->backbone;
+        used[0] += u->host;
+    }
+}
+
+static int64_t mib(int64_t b);
+
+job_result jobs_call_reserve(sherld *d, call_use *u, const char *what)
+{
+    if (u->pool < 0 || u->pool >= SHERLD_MAX_POOLS)
+        return fail(RPC_INTERNAL, "%s: no memory pool for its device", what);
+    int64_t used[SHERLD_MAX_POOLS], budget[SHERLD_MAX_POOLS], need[SHERLD_MAX_POOLS] = {0};
+    need[u->pool] += u->own + u->backbone;
+    need[0] += u->host;
+    pthread_mutex_lock(&d->mu);
+    pools_used_locked(d, used);
+    budgets_locked(d, budget);
+    int short_at = pools_short(need, used, budget, d->n_pools);
+    char pool_name[32];
+    if (short_at >= 0) {
+        snprintf(pool_name, sizeof pool_name, "%s", d->pools[short_at].name);
+    } else {
+        u->next = d->calls;
+        d->calls = u;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (short_at >= 0)
+        return fail(RPC_RESOURCE_EXHAUSTED,
+                    "%s needs %lld MiB of %s memory now, %lld MiB of its budget of %lld MiB are "
+                    "free (jobs and backbones hold the rest); try again when a job finishes, or "
+                    "with fewer or shorter texts",
+                    what, (long long)mib(need[short_at]), pool_name,
+                    (long long)(budget[short_at] > used[short_at]
+                                    ? (budget[short_at] - used[short_at]) >> 20 : 0),
+                    (long long)(budget[short_at] >> 20));
+    return ok_result();
+}
+
+void jobs_call_release(sherld *d, call_use *u)
+{
+    pthread_mutex_lock(&d->mu);
+    for (call_use **p = &d->calls; *p; p = &(*p)->next)
+        if (*p == u) {
+            *p = u->next;
+            break;
+        }
+    pthread_mutex_unlock(&d->mu);
+    wake_scheduler(d);
+}
+
+void jobs_call_backbone_counted(sherld *d, call_use *u)
+{
+    pthread_mutex_lock(&d->mu);
+    int64_t was = u->backbone;
+    u->backbone = 0;
+    pthread_mutex_unlock(&d->mu);
+    if (was)
+        wake_scheduler(d);
 }
 
 static void budgets_locked(const sherld *d, int64_t *budget)
@@ -588,6 +647,8 @@ int jobs_pools(sherld *d, pool_status **out)
     int np = d->n_pools, nr = 0;
     for (running_job *r = d->running; r; r = r->next)
         nr++;
+    for (call_use *u = d->calls; u; u = u->next)
+        nr++;
     backbone_entry *list;
     int nb = backbones_list(&d->backbones, &list);
     pool_status *ps = calloc((size_t)np, sizeof *ps);
@@ -612,6 +673,14 @@ int jobs_pools(sherld *d, pool_status **out)
         ps[r->need.pool].n_jobs++;
         if (r->need.pool != 0) { /* a device job's host side */
             add_use(&ps[0], r->id, r->name, "", r->need.host_own);
+            ps[0].n_jobs++;
+        }
+    }
+    for (call_use *u = d->calls; ok && u; u = u->next) { /* listed with the jobs */
+        add_use(&ps[u->pool], u->id, u->name, "", u->own + u->backbone);
+        ps[u->pool].n_jobs++;
+        if (u->pool != 0) {
+            add_use(&ps[0], u->id, u->name, "", u->host);
             ps[0].n_jobs++;
         }
     }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "json_util.h"
+#include "planner.h"
 #include "service.h"
 #include "sherl_model.h"
 #include "tokenizer.h"
@@ -26,6 +27,69 @@ static int err(predict_result *out, int code, const char *msg)
 {
     snprintf(out->error, sizeof out->error, "%s", msg);
     return code;
+}
+
+typedef struct {
+    sherld *d;
+    call_use *u;
+} predict_counted_ctx;
+
+static void predict_counted(void *ctx)
+{
+    predict_counted_ctx *c = ctx;
+    jobs_call_backbone_counted(c->d, c->u);
+}
+
+/* Admits what Predict will hold on its device at batch B x T: the planner's arenas for the
+ * job's model but the shared backbone and the optimizer's moments (Predict has none), the op
+ * scratch and the BLAS buffers; and the backbone too while it is not resident. */
+static job_result predict_reserve(sherld *d, const job_spec *spec, const sherl_options *opt,
+                                  const sherl_backend *be, int B, int T, const char *id,
+                                  call_use *u)
+{
+    job_result jr = {0, ""};
+    hf_config cfg;
+    memory_plan plan;
+    sherl_status st = backbones_config(spec->backbone, &cfg);
+    if (!st.code)
+        st = memory_plan_model(&plan, &cfg, opt, be,
+                               B, T, spec->threads > 0 ? spec->threads : be->get_threads());
+    if (st.code) {
+        jr.code = RPC_INTERNAL;
+        snprintf(jr.msg, sizeof jr.msg, "%s", st.msg);
+        return jr;
+    }
+    memset(u, 0, sizeof *u);
+    snprintf(u->id, sizeof u->id, "predict:%s", id);
+    snprintf(u->name, sizeof u->name, "Predict on %s (%d x %d tokens)", id, B, T);
+    u->pool = jobs_pool(d, be);
+    for (int i = 0; i < plan.n; i++) {
+        const plan_item *it = &plan.items[i];
+        int64_t b = (int64_t)it->bytes;
+        if (!strcmp(it->name, "frozen backbone weights") || !strcmp(it->name, "AdamW moments"))
+            continue;
+        if (it->kind == PLAN_ARENA)
+            u->own += b;
+        else if (it->kind == PLAN_HOST || !strcmp(it->name, "op scratch"))
+            *(be->host_memory ? &u->own : &u->host) += b;
+    }
+    if (!backbones_is_loaded(&d->backbones, spec->backbone, be, opt->precision))
+        u->backbone = (int64_t)plan.backbone_bytes;
+    return jobs_call_reserve(d, u, "Predict");
+}
+
+static void predict_cleanup(tok_encoding *enc, size_t n, wordpiece_tokenizer *tok, sherl_model *m,
+                            sherl_step *s, bert_model *bb, sherld *d)
+{
+    for (size_t i = 0; enc && i < n; i++)
+        tok_encoding_free(&enc[i]);
+    free(enc);
+    if (s)
+        sherl_step_free(s, m);
+    sherl_model_free(m);
+    wordpiece_free(tok);
+    if (bb)
+        backbones_release(&d->backbones, bb);
 }
 
 int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t n,
@@ -85,16 +149,7 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
         be = gpu ? gpu : be;
     }
     if (!st.code)
-        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
-                               NULL, NULL);
-    if (!st.code)
         st = wordpiece_load(&tok, spec.backbone);
-    if (!st.code)
-        st = sherl_model_create(&m, bb, &opt);
-    if (!st.code) {
-        snprintf(path, sizeof path, "%s/%s/artifact/adapter_model.safetensors", d->jobs_dir, r->id);
-        st = param_set_load(&m->ps, path, 1);
-    }
     tok_encoding *enc = calloc(n, sizeof *enc);
     if (!st.code && !enc)
         st = sherl_errorf(SHERL_ENOMEM, "out of memory");
@@ -109,6 +164,28 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
         }
     }
     int B = n < PREDICT_BATCH ? (int)n : PREDICT_BATCH;
+    /* its memory admitted as a job's, before anything big is allocated */
+    call_use use;
+    int reserved = 0;
+    if (!st.code) {
+        job_result jr = predict_reserve(d, &spec, &opt, be, B, T, r->id, &use);
+        if (jr.code) {
+            predict_cleanup(enc, n, tok, NULL, NULL, NULL, d);
+            predict_result_free(out);
+            return err(out, jr.code, jr.msg);
+        }
+        reserved = 1;
+    }
+    predict_counted_ctx cc = {d, &use};
+    if (!st.code)
+        st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
+                               predict_counted, &cc);
+    if (!st.code)
+        st = sherl_model_create(&m, bb, &opt);
+    if (!st.code) {
+        snprintf(path, sizeof path, "%s/%s/artifact/adapter_model.safetensors", d->jobs_dir, r->id);
+        st = param_set_load(&m->ps, path, 1);
+    }
     if (!st.code && !(st = sherl_step_create(&s, m, B, T)).code)
         have_step = 1;
     size_t C = m ? (size_t)m->out_dim : 0;
@@ -143,15 +220,9 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
             out->best[b0 + (size_t)k] = best;
         }
     }
-    for (size_t i = 0; enc && i < n; i++)
-        tok_encoding_free(&enc[i]);
-    free(enc);
-    if (have_step)
-        sherl_step_free(&s, m);
-    sherl_model_free(m);
-    wordpiece_free(tok);
-    if (bb)
-        backbones_release(&d->backbones, bb);
+    predict_cleanup(enc, n, tok, m, have_step ? &s : NULL, bb, d);
+    if (reserved)
+        jobs_call_release(d, &use);
     if (st.code) {
         int c2 = code != RPC_OK ? code : st.code == SHERL_ENOMEM ? RPC_RESOURCE_EXHAUSTED : RPC_INTERNAL;
         char msg[sizeof out->error];

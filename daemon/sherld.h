@@ -130,6 +130,18 @@ int pools_pick(const job_need *j, const pool_choice *c, int nc, const int64_t *u
 typedef struct running_job running_job;
 typedef struct queued_job queued_job;
 
+/* Memory an RPC holds while it runs (Predict: its model's arenas, and its backbone until the
+ * registry counts it), admitted and counted as a job's is. */
+typedef struct call_use {
+    struct call_use *next;
+    char id[PATH_MAX];      /* "predict:<job id>" */
+    char name[128];
+    int pool;               /* its backend's */
+    int64_t own;            /* on pool */
+    int64_t host;           /* on the host pool besides, for a device backend */
+    int64_t backbone;       /* on pool until the registry counts the backbone */
+} call_use;
+
 typedef struct {
     sherld_config cfg;
     job_store *store;
@@ -143,6 +155,7 @@ typedef struct {
     queued_job *queue;         /* in memory: QUEUED jobs, for the scheduler */
     running_job *running;
     int n_running;
+    call_use *calls;           /* RPCs holding planned memory now (Predict) */
     int draining, stopping;
     int64_t budget;            /* bytes of host memory (pools[0].budget) */
     mem_pool pools[SHERLD_MAX_POOLS]; /* under mu */
@@ -193,6 +206,14 @@ job_result jobs_get(sherld *d, const char *tenant, const char *id, job_record *o
 /* Appends an event to a job's log and wakes watchers. */
 sherl_status jobs_event(sherld *d, const char *id, int kind, const uint8_t *payload, size_t len,
                         job_state new_state, const char *error);
+/* Admits an RPC's memory (u's pool, own, host, backbone set; the rest is filled in) against
+ * the budgets now, as a job's: counted until jobs_call_release. RESOURCE_EXHAUSTED naming the
+ * numbers when it does not fit now. what names the call in the message ("Predict"). */
+job_result jobs_call_reserve(sherld *d, call_use *u, const char *what);
+void jobs_call_release(sherld *d, call_use *u);
+/* The registry counts the call's backbone now (backbones_acquire's counted): its reservation
+ * of those bytes ends. */
+void jobs_call_backbone_counted(sherld *d, call_use *u);
 /* Planned bytes in use in host memory (pool 0). */
 int64_t jobs_used_bytes(sherld *d);
 void jobs_counts(sherld *d, int *queued, int *running);

@@ -167,7 +167,48 @@ listed = ctl("backbones", "list")
 check([x["path"] for x in listed] == [model_dir], "registry after the failures: %s" % listed)
 print("3. a failed load handed over to its waiter, which failed on its own")
 
+# ---- 4. Predict's memory is admitted and counted as a job's -----------------------------------
+check(not ctl("backbones", "unload", os.path.basename(model_dir))[0]["loaded"], "unload")
+texts = ["a large cat of the jungle", "to run fast"]
+pred = subprocess.Popen([sherlctl, "--json", "predict", job, *texts], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, env=d.env)
+fp = at_gate(model_dir)  # Predict loads the backbone: held there, its reservation is visible
+if fp is None:
+    give_up("Predict's backbone load never reached the gate")
+node = answered("node")
+cpu = [x for x in node["devices"] if x["name"] == "cpu"][0] if node else {"jobs": []}
+mine = [u for u in cpu["jobs"] if u["id"] == "predict:" + job]
+check(len(mine) == 1 and mine[0]["bytes"] > 0, "Predict's use in the node: %s" % cpu["jobs"])
+if node:
+    node_adds_up(node)
+backbone_bytes = sum(b["bytes"] for b in cpu.get("backbones", []))
+predict_bytes = mine[0]["bytes"] if mine else 0
+release(fp)
+rc, out, err = finished(pred)
+check(rc == 0 and len(json.loads(out)) == 2, "Predict: rc %d %r" % (rc, err.strip()))
+check(ctl("node")["devices"][0]["jobs"] == [], "Predict's use outlived the call")
 check(d.term() == 0, "sherld exit code")
+
+# The same Predict under a host budget 1 MiB short of the backbone and its own bytes, then 1 MiB
+# over: refused with the numbers, then served (no gate: the FIFOs go).
+for folder in (model_dir, broken):
+    os.unlink(os.path.join(gates, os.path.basename(folder)))
+need = backbone_bytes + predict_bytes
+for budget, ok in ((need - (1 << 20), False), (need + (1 << 20), True)):
+    d = Daemon(sherld, sherlctl, work, os.path.join(work, "state"),
+               (os.path.dirname(model_dir), data, models), extra=("--memory-budget", str(budget)))
+    p = d.ctl("--json", "predict", job, *texts, timeout=300)
+    if ok:
+        check(p.returncode == 0 and len(json.loads(p.stdout)) == 2,
+              "Predict within a budget of %d: rc %d %r" % (budget, p.returncode, p.stderr.strip()))
+    else:
+        check(p.returncode == 1 and "RESOURCE_EXHAUSTED" in p.stderr and
+              "Predict needs %d MiB of cpu memory" % -(-need >> 20) in p.stderr,
+              "Predict over a budget of %d: rc %d %r" % (budget, p.returncode, p.stderr.strip()))
+    check(d.term() == 0, "sherld exit code")
+print("4. Predict held %d bytes besides the backbone's %d while it ran; refused 1 MiB short of "
+      "both, served 1 MiB over" % (predict_bytes, backbone_bytes))
+
 for f in failures:
     print("FAIL:", f)
 sys.exit(1 if failures else 0)
