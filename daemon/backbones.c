@@ -110,10 +110,20 @@ static sherl_status add_loading_locked(backbone_registry *r, const char *path,
     return sherl_ok();
 }
 
+void backbones_wake(backbone_registry *r)
+{
+    pthread_mutex_lock(&r->mu);
+    pthread_cond_broadcast(&r->load_done);
+    pthread_mutex_unlock(&r->mu);
+}
+
 sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
                                sherl_precision prec, int pin, bert_model **model,
-                               void (*counted)(void *ctx), void *ctx)
+                               const backbone_hooks *hooks)
 {
+    void (*counted)(void *) = hooks ? hooks->counted : NULL;
+    void *ctx = hooks ? hooks->ctx : NULL;
+    const volatile int *stop = hooks ? hooks->stop : NULL;
     *model = NULL;
     if (!be)
         return sherl_errorf(SHERL_EINVAL, "backbone: no backend to load it onto");
@@ -131,6 +141,11 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
             return sherl_ok();
         }
         if (i >= 0) { /* another user loads it: wait, then look again (it may have failed) */
+            if (stop && *stop) {
+                pthread_mutex_unlock(&r->mu);
+                return sherl_errorf(SHERL_ECANCELLED, "stopped while the backbone loaded for "
+                                                      "another user");
+            }
             pthread_cond_wait(&r->load_done, &r->mu);
             continue;
         }

@@ -207,15 +207,22 @@ sherl_status job_store_append(job_store *s, const char *id, int64_t time_ms, int
         return st;
     }
     int64_t next = 0;
-    sqlite3_stmt *q = prepare(s, "SELECT last_seq FROM jobs WHERE id = ?");
+    sqlite3_stmt *q = prepare(s, "SELECT last_seq, state FROM jobs WHERE id = ?");
     if (!q) {
         st = db_error(s, "prepare");
     } else {
         sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-        if (sqlite3_step(q) == SQLITE_ROW)
+        if (sqlite3_step(q) == SQLITE_ROW) {
             next = sqlite3_column_int64(q, 0) + 1;
-        else
+            job_state now = (job_state)sqlite3_column_int(q, 1);
+            /* a final state is final: a late STOPPING (a cancel racing the job's end) must not
+             * reopen it */
+            if (new_state > 0 && job_state_is_final(now))
+                st = sherl_errorf(SHERL_EINVAL, "job '%.40s' is already %s", id,
+                                  job_state_name(now));
+        } else {
             st = sherl_errorf(SHERL_EINVAL, "unknown job '%.40s'", id);
+        }
         sqlite3_finalize(q);
     }
     if (!st.code)

@@ -64,7 +64,8 @@ sherl_status job_store_insert(job_store *s, job_record *r, int64_t time_ms, int 
                               const uint8_t *payload, size_t len);
 /* Appends an event (seq = last + 1, returned in *seq) and, when new_state > 0, sets the job's
  * state (with started_ms / finished_ms stamped on RUNNING / a final state) and error (may be
- * NULL) — in one transaction. SHERL_EINVAL when the job is unknown. */
+ * NULL) — in one transaction. SHERL_EINVAL when the job is unknown, or (nothing appended) when
+ * new_state > 0 and the job is already in a final state. */
 sherl_status job_store_append(job_store *s, const char *id, int64_t time_ms, int kind,
                               const uint8_t *payload, size_t len, job_state new_state,
                               const char *error, int64_t *seq);

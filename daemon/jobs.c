@@ -839,6 +839,14 @@ job_result jobs_cancel(sherld *d, const char *tenant, const char *id)
         st = state_event(d, id, JOB_CANCELLED, NULL);
     } else if (rj) {
         st = state_event(d, id, JOB_STOPPING, NULL);
+        /* a job waiting for another's load of its backbone stops waiting, after STOPPING */
+        backbones_wake(&d->backbones);
+    }
+    if (st.code && jobs_get(d, NULL, id, &rec).code == RPC_OK) { /* it ended meanwhile? */
+        s = rec.state;
+        job_record_free(&rec);
+        if (job_state_is_final(s))
+            return fail(RPC_FAILED_PRECONDITION, "job %s is already %s", id, job_state_name(s));
     }
     if (st.code)
         return fail(RPC_INTERNAL, "%s", st.msg);
@@ -957,14 +965,26 @@ static void *job_thread(void *arg)
     if (!st.code && !be) /* recovered on a node that cannot run it: the reason, as at submit */
         st = job_backend(&spec, &be);
     bert_model *bb = NULL;
+    backbone_hooks wait = {backbone_counted, rj, &rj->cancel};
     if (!st.code)
         st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
-                               backbone_counted, rj);
-    else
-        backbone_counted(rj);
+                               &wait);
     pthread_mutex_lock(&d->mu);
     int cancelled_early = rj->cancel && rj->user_cancel;
+    int drained_early = rj->cancel && !rj->user_cancel;
     pthread_mutex_unlock(&d->mu);
+    if (st.code == SHERL_ECANCELLED && drained_early) { /* stopped waiting for another's load */
+        message_event(d, rj->id, "stopped by the daemon's shutdown while its backbone loaded; "
+                                 "it starts when the daemon restarts");
+        state_event(d, rj->id, JOB_QUEUED, NULL);
+        finish_job(d, rj);
+        return NULL;
+    }
+    if (st.code == SHERL_ECANCELLED && cancelled_early) {
+        state_event(d, rj->id, JOB_CANCELLED, NULL);
+        finish_job(d, rj);
+        return NULL;
+    }
     if (st.code) {
         state_event(d, rj->id, JOB_FAILED, st.msg);
         finish_job(d, rj);
@@ -1228,6 +1248,7 @@ void jobs_stop(sherld *d)
     d->draining = 1;
     for (running_job *r = d->running; r; r = r->next)
         r->cancel = 1;
+    backbones_wake(&d->backbones); /* (d->mu, then the registry's: the documented order) */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += d->cfg.drain_timeout_s;

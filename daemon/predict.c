@@ -177,9 +177,10 @@ int predict_run(sherld *d, const job_record *r, const char *const *texts, size_t
         reserved = 1;
     }
     predict_counted_ctx cc = {d, &use};
+    backbone_hooks hooks = {predict_counted, &cc, NULL};
     if (!st.code)
         st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
-                               predict_counted, &cc);
+                               &hooks);
     if (!st.code)
         st = sherl_model_create(&m, bb, &opt);
     if (!st.code) {

@@ -913,7 +913,7 @@ static void h_load_backbone(rpc_call *c, void *ctx)
     }
     bert_model *m = NULL;
     if (!st.code && !msg[0])
-        st = backbones_acquire(&d->backbones, path, be, (sherl_precision)prec, 1, &m, NULL, NULL);
+        st = backbones_acquire(&d->backbones, path, be, (sherl_precision)prec, 1, &m, NULL);
     if (st.code || msg[0]) {
         if (st.code)
             code = st.code == SHERL_ENOMEM || st.code == SHERL_EDEVICE ? RPC_RESOURCE_EXHAUSTED

@@ -47,17 +47,28 @@ typedef struct {
 
 void backbones_init(backbone_registry *r);
 void backbones_free(backbone_registry *r);
+/* What a job's acquire adds: counted (may be NULL) is called, outside the registry's lock, once
+ * the registry counts the bytes of the caller's copy (its loading entry made, or a loaded one
+ * taken), so a reservation the caller held for them may go (while it waits for another's load
+ * both are counted); stop (may be NULL), when set (with backbones_wake after), ends a wait for
+ * another's load with SHERL_ECANCELLED. */
+typedef struct {
+    void (*counted)(void *ctx);
+    void *ctx;
+    const volatile int *stop;
+} backbone_hooks;
+
 /* The resident copy of the backbone at resolved path on backend be with its weight matrices
  * in prec, loading it when absent; *model is shared read-only until backbones_release. pin:
  * keep it loaded with no job using it. The load runs outside the registry's lock, behind a
  * loading entry: other keys, lists and admission go on meanwhile, and a second user of the
  * same key waits for that load instead of making a second copy (or, when it fails, loads it
- * itself). counted (may be NULL), outside the lock, once the registry counts the bytes of the
- * caller's copy (its loading entry made, or a loaded one taken): a reservation the caller held
- * for them may go. While the caller waits for another's load both are counted. */
+ * itself). hooks may be NULL. */
 sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
                                sherl_precision prec, int pin, bert_model **model,
-                               void (*counted)(void *ctx), void *ctx);
+                               const backbone_hooks *hooks);
+/* Wakes every acquire waiting for a load, to look at its stop flag. */
+void backbones_wake(backbone_registry *r);
 void backbones_release(backbone_registry *r, const bert_model *model);
 /* The resolved path of a loaded backbone named name, 0 when none (path: PATH_MAX bytes). */
 int backbones_find_name(backbone_registry *r, const char *name, char *path);

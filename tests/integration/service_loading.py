@@ -20,6 +20,7 @@ Before the loads ran outside the registry's lock, step 1 hung at its first GetNo
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -81,6 +82,45 @@ def answered(*args):
         return None
 
 
+def watch_for(job_id, pred):
+    """Starts reading the job's events as they come; the returned function waits (at most
+    TIMEOUT s) and says whether one satisfied pred. Its `first` is set once the stream gave its
+    first event (the watch is established)."""
+    w = d.watch_events(job_id)
+    seen = []
+    first = threading.Event()
+
+    def read():
+        ok = False
+        for x in w.stdout:
+            first.set()
+            if x.strip() and pred(json.loads(x)):
+                ok = True
+                break
+        seen.append(ok)
+        first.set()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+
+    def result():
+        t.join(TIMEOUT)
+        w.kill()
+        t.join(10)
+        w.wait()
+        return seen == [True]
+    result.first = first
+    return result
+
+
+def wait_event(job_id, pred):
+    return watch_for(job_id, pred)()
+
+
+def wait_state(job_id, state):
+    return wait_event(job_id, lambda e: e.get("state") == state)
+
+
 def finished(p):
     out, err = p.communicate(timeout=600)
     return p.returncode, out, err
@@ -116,6 +156,19 @@ check(p.returncode == 1 and "FAILED_PRECONDITION" in p.stderr and "still loading
 b = load(model_dir)  # waits for a's load: it must not make a second copy
 job = ctl("submit", "--no-upload", write_sherl_job(work, data, model_dir, "on-loading", 1, 3),
           timeout=60)["id"]
+# a job waiting for the held load is cancelled at once, not when the load ends
+quit_id = ctl("submit", "--no-upload", write_sherl_job(work, data, model_dir, "cancelled", 1, 3),
+              timeout=60)["id"]
+saw_loading = wait_state(quit_id, "LOADING")
+ctl("cancel", quit_id, timeout=60)
+try:
+    w = d.ctl("--json", "watch", quit_id, timeout=60)  # ends at the job's final state
+    quit_states = [json.loads(x).get("state") for x in w.stdout.splitlines() if x.strip()]
+except subprocess.TimeoutExpired:
+    quit_states = ["(no final state within 60 s)"]
+check(saw_loading and [x for x in quit_states if x][-1:] == ["CANCELLED"],
+      "a job cancelled while it waited for the load: LOADING seen %s, states %s" %
+      (saw_loading, quit_states))
 c = load(broken)
 fc = at_gate(broken)
 if fc is None:
@@ -126,8 +179,8 @@ rc, out, err = finished(c)
 check(rc == 1 and "model.safetensors" in err, "the broken load: rc %d %r" % (rc, err.strip()))
 check(b.poll() is None and a.poll() is None, "a load of the held backbone returned early")
 print("1. while a load was held: node status and the list answered (loading, %d bytes "
-      "counted), unload refused, another folder's load ran and failed: %s" %
-      (listed[0]["bytes"] if listed else -1, err.strip()[-120:]))
+      "counted), unload refused, a job waiting on it cancelled at once, another folder's load "
+      "ran and failed: %s" % (listed[0]["bytes"] if listed else -1, err.strip()[-120:]))
 
 # ---- 2. released: one copy for both loads and the job ------------------------------------------
 release(fa)
@@ -208,6 +261,44 @@ for budget, ok in ((need - (1 << 20), False), (need + (1 << 20), True)):
     check(d.term() == 0, "sherld exit code")
 print("4. Predict held %d bytes besides the backbone's %d while it ran; refused 1 MiB short of "
       "both, served 1 MiB over" % (predict_bytes, backbone_bytes))
+
+# ---- 5. a shutdown stops a job waiting for a load; it runs after the restart --------------------
+gate = os.path.join(gates, os.path.basename(model_dir))
+os.mkfifo(gate)
+d = Daemon(sherld, sherlctl, work, os.path.join(work, "state"),
+           (os.path.dirname(model_dir), data, models),
+           env=dict(os.environ, SHERL_TEST_LOAD_GATE=gates), extra=("--max-concurrent-jobs", "2"))
+ctl = d.ctl_json
+a = load(model_dir)
+fa = at_gate(model_dir)
+if fa is None:
+    give_up("the load before the shutdown never reached the gate")
+waiting = ctl("submit", "--no-upload", write_sherl_job(work, data, model_dir, "drained", 1, 3),
+              timeout=60)["id"]
+check(wait_state(waiting, "LOADING"), "the job on the held backbone never reached LOADING")
+# the drain stops the waiting job at once (the daemon then waits for the LoadBackbone call)
+stopped = watch_for(waiting, lambda e: "shutdown while its backbone loaded" in
+                    e.get("message", ""))
+check(stopped.first.wait(TIMEOUT), "the watch of the waiting job never answered")
+d.p.send_signal(signal.SIGTERM)
+check(stopped(), "the drain did not stop the job waiting for the load")
+release(fa)
+rc = d.p.wait(timeout=300)
+finished(a)
+check(rc == 0, "sherld exit code after the drain: %d" % rc)
+os.unlink(gate)
+d = Daemon(sherld, sherlctl, work, os.path.join(work, "state"),
+           (os.path.dirname(model_dir), data, models))
+w = d.ctl("--json", "watch", waiting, timeout=600)
+said = [json.loads(x) for x in w.stdout.splitlines() if x.strip()]
+states = [e.get("state") for e in said if e.get("state")]
+msgs = [e.get("message", "") for e in said]
+check(any("shutdown while its backbone loaded" in m for m in msgs) and
+      states[-1:] == ["SUCCEEDED"] and states.count("QUEUED") >= 2,
+      "the job drained while it waited: states %s, messages %s" % (states, msgs))
+check(d.term() == 0, "sherld exit code")
+print("5. a shutdown stopped the job waiting for a load (QUEUED, with the reason); after the "
+      "restart it %s" % states[-1:])
 
 for f in failures:
     print("FAIL:", f)

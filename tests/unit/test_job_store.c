@@ -74,6 +74,11 @@ Test(job_store, jobs_and_events_round_trip)
                                JOB_FAILED, "data: bad label", &seq).code == SHERL_OK);
     cr_expect_eq(seq, 4);
     cr_expect(job_store_append(s, "j-nope", 1, 1, NULL, 0, 0, NULL, &seq).code == SHERL_EINVAL);
+    /* a final state is final: a late STOPPING (a cancel racing the job's end) is refused and
+     * appends nothing; a message still may */
+    sherl_status st = job_store_append(s, "j-0000000000000001", 3100, 1, (const uint8_t *)"s",
+                                       1, JOB_STOPPING, NULL, &seq);
+    cr_expect(st.code == SHERL_EINVAL && strstr(st.msg, "already FAILED"), "%s", st.msg);
 
     job_record r;
     cr_assert(job_store_get(s, "j-0000000000000001", &r).code == SHERL_OK);
