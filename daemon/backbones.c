@@ -117,6 +117,26 @@ void backbones_wake(backbone_registry *r)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* Tests only, with SHERL_TEST_LOAD_GATE: an acquire about to wait for another's load of a folder
+ * whose "<name>.waiting" is a FIFO in the gate folder opens it for writing first, so the test
+ * knows (by opening it for reading) that the wait has begun. Called without the lock. */
+static void test_wait_announce(const char *path)
+{
+    const char *dir = getenv("SHERL_TEST_LOAD_GATE");
+    if (!dir || !*dir)
+        return;
+    const char *slash = strrchr(path, '/');
+    char fifo[PATH_MAX];
+    struct stat sb;
+    if (snprintf(fifo, sizeof fifo, "%s/%s.waiting", dir, slash ? slash + 1 : path) >=
+            (int)sizeof fifo ||
+        stat(fifo, &sb) != 0 || !S_ISFIFO(sb.st_mode))
+        return;
+    int fd = open(fifo, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0)
+        close(fd);
+}
+
 sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
                                sherl_precision prec, int pin, bert_model **model,
                                const backbone_hooks *hooks)
@@ -128,10 +148,14 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
     if (!be)
         return sherl_errorf(SHERL_EINVAL, "backbone: no backend to load it onto");
     hf_config cfg;
-    int have_cfg = 0;
+    int have_cfg = 0, claimed = 0, announced = 0;
+    unsigned long long waited_on = 0; /* the gen of the entry this call counted itself in */
     pthread_mutex_lock(&r->mu);
     for (;;) {
         int i = find_key(r, path, be, prec);
+        if (i >= 0 && waited_on && r->e[i].gen == waited_on)
+            r->e[i].waiters--;
+        waited_on = 0;
         if (i >= 0 && !r->e[i].loading) {
             take(r, i, pin);
             *model = r->e[i].model;
@@ -140,13 +164,32 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
                 counted(ctx);
             return sherl_ok();
         }
-        if (i >= 0) { /* another user loads it: wait, then look again (it may have failed) */
-            if (stop && *stop) {
-                pthread_mutex_unlock(&r->mu);
-                return sherl_errorf(SHERL_ECANCELLED, "stopped while the backbone loaded for "
-                                                      "another user");
+        int stopped = stop && *stop;
+        if (i >= 0 && r->e[i].orphaned && !stopped) { /* its loader failed: load it here */
+            r->e[i].orphaned = 0;
+            claimed = 1;
+            break;
+        }
+        if (i >= 0 && stopped) {
+            if (r->e[i].orphaned && r->e[i].waiters == 0) { /* nobody left to load it */
+                r->e[i] = r->e[--r->n];
+                pthread_cond_broadcast(&r->load_done);
             }
-            pthread_cond_wait(&r->load_done, &r->mu);
+            pthread_mutex_unlock(&r->mu);
+            return sherl_errorf(SHERL_ECANCELLED, "stopped while the backbone loaded for "
+                                                  "another user");
+        }
+        if (i >= 0) { /* another user loads it: wait, then look again */
+            r->e[i].waiters++;
+            waited_on = r->e[i].gen;
+            if (!announced) {
+                announced = 1;
+                pthread_mutex_unlock(&r->mu);
+                test_wait_announce(path);
+                pthread_mutex_lock(&r->mu);
+            } else {
+                pthread_cond_wait(&r->load_done, &r->mu);
+            }
             continue;
         }
         if (have_cfg)
@@ -158,7 +201,12 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
         have_cfg = 1;
         pthread_mutex_lock(&r->mu);
     }
-    sherl_status st = add_loading_locked(r, path, be, prec, &cfg);
+    sherl_status st = sherl_ok();
+    if (!claimed) {
+        st = add_loading_locked(r, path, be, prec, &cfg);
+        if (!st.code)
+            r->e[r->n - 1].gen = ++r->gens;
+    }
     pthread_mutex_unlock(&r->mu);
     if (st.code)
         return st;
@@ -168,9 +216,12 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
     bert_model *m = NULL;
     st = bert_load_prec(&m, path, be, prec);
     pthread_mutex_lock(&r->mu);
-    /* still there: nothing removes a loading entry but its loader, though others may move it */
+    /* still there: a loading entry goes only when its loader fails with nobody waiting, or
+     * (orphaned) with the last waiter; though others may move it */
     int i = find_key(r, path, be, prec);
-    if (st.code) {
+    if (st.code && r->e[i].waiters > 0) {
+        r->e[i].orphaned = 1;
+    } else if (st.code) {
         r->e[i] = r->e[--r->n];
     } else {
         r->e[i].model = m;

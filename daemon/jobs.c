@@ -1257,6 +1257,13 @@ void jobs_stop(sherld *d)
             break; /* still RUNNING in the store: recovered as resumable on the next start */
     d->stopping = 1;
     pthread_cond_broadcast(&d->changed);
+    /* watchers send what the drain appended, then end on their own (at most 5 s more), before
+     * the server cuts every call */
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    while (d->watchers > 0)
+        if (pthread_cond_timedwait(&d->changed, &d->mu, &until) == ETIMEDOUT)
+            break;
     int handles = d->loop_handles && !d->handles_closed;
     d->handles_closed = 1; /* job threads still running no longer wake the loop */
     pthread_mutex_unlock(&d->mu);

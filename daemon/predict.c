@@ -42,7 +42,8 @@ static void predict_counted(void *ctx)
 
 /* Admits what Predict will hold on its device at batch B x T: the planner's arenas for the
  * job's model but the shared backbone and the optimizer's moments (Predict has none), the op
- * scratch and the BLAS buffers; and the backbone too while it is not resident. */
+ * scratch and the BLAS buffers; and while the backbone is not resident, the backbone and the
+ * largest of its load's host buffers. */
 static job_result predict_reserve(sherld *d, const job_spec *spec, const sherl_options *opt,
                                   const sherl_backend *be, int B, int T, const char *id,
                                   call_use *u)
@@ -63,6 +64,7 @@ static job_result predict_reserve(sherld *d, const job_spec *spec, const sherl_o
     snprintf(u->id, sizeof u->id, "predict:%s", id);
     snprintf(u->name, sizeof u->name, "Predict on %s (%d x %d tokens)", id, B, T);
     u->pool = jobs_pool(d, be);
+    int64_t loading = 0; /* the load's host buffers, when Predict loads the backbone itself */
     for (int i = 0; i < plan.n; i++) {
         const plan_item *it = &plan.items[i];
         int64_t b = (int64_t)it->bytes;
@@ -72,9 +74,14 @@ static job_result predict_reserve(sherld *d, const job_spec *spec, const sherl_o
             u->own += b;
         else if (it->kind == PLAN_HOST || !strcmp(it->name, "op scratch"))
             *(be->host_memory ? &u->own : &u->host) += b;
+        else if ((!strcmp(it->name, "load staging") ||
+                  !strcmp(it->name, "half-precision rounding buffer")) && b > loading)
+            loading = b;
     }
-    if (!backbones_is_loaded(&d->backbones, spec->backbone, be, opt->precision))
+    if (!backbones_is_loaded(&d->backbones, spec->backbone, be, opt->precision)) {
         u->backbone = (int64_t)plan.backbone_bytes;
+        *(be->host_memory ? &u->own : &u->host) += loading;
+    }
     return jobs_call_reserve(d, u, "Predict");
 }
 

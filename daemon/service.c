@@ -524,8 +524,8 @@ static void h_cancel(rpc_call *c, void *ctx)
 /* Replays the log from after_seq, then follows it until the job ends or the client leaves. */
 /* For the streaming handlers: waits on d->changed for up to ms, until d->events moves past
  * *seen (or, seen NULL, the first wake-up) or the daemon stops. Then 1 when the call is over:
- * the client went away, or the daemon is stopping (the call is finished with stopping_msg);
- * else 0, to go on. */
+ * the client went away, or the daemon is stopping and (seen given) no event came since *seen
+ * (the call is finished with stopping_msg); else 0, to go on. */
 static int wait_for_change(sherld *d, rpc_call *c, const int64_t *seen, long ms,
                            const char *stopping_msg)
 {
@@ -543,7 +543,8 @@ static int wait_for_change(sherld *d, rpc_call *c, const int64_t *seen, long ms,
     } else if (!d->stopping) {
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
     }
-    int stopping = d->stopping;
+    /* events that came with the stop (a drained job's last ones) still go out first */
+    int stopping = d->stopping && !(seen && d->events != *seen);
     pthread_mutex_unlock(&d->mu);
     if (rpc_cancelled(c))
         return 1;
@@ -554,9 +555,25 @@ static int wait_for_change(sherld *d, rpc_call *c, const int64_t *seen, long ms,
     return 0;
 }
 
+static void watch_job(sherld *d, rpc_call *c);
+
+/* Counted in d->watchers while it runs, so that a drain lets it send a job's last events (the
+ * drain's own) before the server cuts every call. */
 static void h_watch(rpc_call *c, void *ctx)
 {
     sherld *d = ctx;
+    pthread_mutex_lock(&d->mu);
+    d->watchers++;
+    pthread_mutex_unlock(&d->mu);
+    watch_job(d, c);
+    pthread_mutex_lock(&d->mu);
+    d->watchers--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void watch_job(sherld *d, rpc_call *c)
+{
     const char *tenant = tenant_of(d, c);
     if (!tenant)
         return;

@@ -36,13 +36,18 @@ typedef struct {
     int layers, hidden;
     int loading;           /* its first user loads it now, outside the lock: model is NULL, and
                             * it already counts as resident (bytes, admission, sharing) */
+    int waiters;           /* loading: acquires waiting for it */
+    int orphaned;          /* loading: its loader failed with waiters left; one of them loads it
+                            * instead, so its bytes stay counted all along */
+    unsigned long long gen; /* which entry of its key a waiter waits on */
 } backbone_entry;
 
 typedef struct {
     pthread_mutex_t mu;
-    pthread_cond_t load_done; /* a loading entry became loaded, or went away (its load failed) */
+    pthread_cond_t load_done; /* a loading entry became loaded or orphaned, or went away */
     backbone_entry *e;
     int n, cap;
+    unsigned long long gens;
 } backbone_registry;
 
 void backbones_init(backbone_registry *r);
@@ -62,15 +67,16 @@ typedef struct {
  * in prec, loading it when absent; *model is shared read-only until backbones_release. pin:
  * keep it loaded with no job using it. The load runs outside the registry's lock, behind a
  * loading entry: other keys, lists and admission go on meanwhile, and a second user of the
- * same key waits for that load instead of making a second copy (or, when it fails, loads it
- * itself). hooks may be NULL. */
+ * same key waits for that load instead of making a second copy (or, when it fails, one waiter
+ * takes the entry over and loads it, the bytes counted all along). hooks may be NULL. */
 sherl_status backbones_acquire(backbone_registry *r, const char *path, const sherl_backend *be,
                                sherl_precision prec, int pin, bert_model **model,
                                const backbone_hooks *hooks);
 /* Wakes every acquire waiting for a load, to look at its stop flag. */
 void backbones_wake(backbone_registry *r);
 void backbones_release(backbone_registry *r, const bert_model *model);
-/* The resolved path of a loaded backbone named name, 0 when none (path: PATH_MAX bytes). */
+/* The resolved path of a loaded or loading backbone named name, 0 when none (path: PATH_MAX
+ * bytes). */
 int backbones_find_name(backbone_registry *r, const char *name, char *path);
 /* Whether the key is resident or loading (either way its bytes are counted already). */
 int backbones_is_loaded(backbone_registry *r, const char *path, const sherl_backend *be,
@@ -168,6 +174,7 @@ typedef struct {
     int n_running;
     call_use *calls;           /* RPCs holding planned memory now (Predict) */
     int draining, stopping;
+    int watchers;              /* WatchJob streams running (a drain waits for them to flush) */
     int64_t budget;            /* bytes of host memory (pools[0].budget) */
     mem_pool pools[SHERLD_MAX_POOLS]; /* under mu */
     int n_pools;

@@ -16,7 +16,9 @@
  * bytes, the NUL not counted). Files larger than max_bytes are refused. Errors name the path:
  * SHERL_EIO when it cannot be opened (missing, no permission), is a directory or cannot be read;
  * SHERL_EFORMAT when it is too large. On error *data is NULL and *len 0. Used for any small
- * file, not only JSON. */
+ * file, not only JSON. A pipe with a writer is read to its end; a FIFO nobody has opened for
+ * writing reads as empty rather than waiting for a writer (so no reader of outside input can
+ * hang, the daemon's own config and token files included). */
 sherl_status sherl_read_file(const char *path, size_t max_bytes, char **data, size_t *len);
 
 /* Parses len bytes of JSON text (need not be NUL-terminated; NUL bytes inside are refused),

@@ -7,12 +7,19 @@ for as long as the test needs, with no guess at timing.
   1. While a LoadBackbone of MODEL is held: GetNodeStatus and ListBackbones answer, listing it
      as loading (not loaded, its planned bytes already counted, the node adding up);
      UnloadBackbone of it is FAILED_PRECONDITION "still loading"; a second LoadBackbone of it and
-     a job on it wait for that load; and a LoadBackbone of another folder starts its own load
-     meanwhile (it reaches the gate) and fails on its own: its model file is not safetensors.
+     a job on it wait for that load, and a second job waiting on it is CANCELLED at once; and a
+     LoadBackbone of another folder starts its own load meanwhile (it reaches the gate) and
+     fails on its own: its model file is not safetensors.
   2. Once released: both loads of MODEL return the one copy, the job runs on it to SUCCEEDED,
      and the registry holds one entry, loaded.
-  3. A load that fails hands over to the one waiting for it: that one loads (it reaches the
-     gate again) and reports its own error; nothing is left in the registry.
+  3. A load that fails hands over to the one waiting for it (known to wait: the daemon's hook
+     opens "broken.waiting"): that one takes the loading entry over and loads (it reaches the
+     gate again, the entry listed all along) and reports its own error; nothing is left.
+  4. Predict's memory is admitted as a job's: while its backbone load is held, GetNodeStatus
+     lists "predict:<job id>" beside the backbone; under a host budget 1 MiB short of both it is
+     RESOURCE_EXHAUSTED with the numbers, 1 MiB over it is served.
+  5. A shutdown stops a job waiting for a load at once (QUEUED, with the reason) while the load
+     itself runs on; after the restart the job runs to SUCCEEDED.
 
 Before the loads ran outside the registry's lock, step 1 hung at its first GetNodeStatus.
 
@@ -45,6 +52,7 @@ with open(os.path.join(broken, "model.safetensors"), "wb") as f:
     f.write(b"\xff" * 64)
 for folder in (model_dir, broken):  # every load of these two waits at its gate
     os.mkfifo(os.path.join(gates, os.path.basename(folder)))
+os.mkfifo(os.path.join(gates, "broken.waiting"))  # and a wait for a load of broken says so
 
 d = Daemon(sherld, sherlctl, work, os.path.join(work, "state"),
            (os.path.dirname(model_dir), data, models),
@@ -62,6 +70,19 @@ def at_gate(folder):
     t.start()
     t.join(TIMEOUT)
     return box[0] if box else None
+
+
+def waiting(folder):
+    """Waits (at most TIMEOUT s) until an acquire of folder begins to wait for another's load:
+    it opens the write end of "<name>.waiting" first (the daemon's test hook)."""
+    fifo = os.path.join(gates, os.path.basename(folder) + ".waiting")
+    box = []
+    t = threading.Thread(target=lambda: box.append(os.open(fifo, os.O_RDONLY)), daemon=True)
+    t.start()
+    t.join(TIMEOUT)
+    if box:
+        os.close(box[0])
+    return bool(box)
 
 
 def release(fd):
@@ -207,11 +228,16 @@ f1 = at_gate(broken)
 if f1 is None:
     give_up("the broken load did not reach the gate")
 second = load(broken)
+if not waiting(broken):  # second waits for first's load before first is let go
+    give_up("the second load of the broken folder never waited for the first")
 release(f1)
 rc1, _, err1 = finished(first)
-f2 = at_gate(broken)  # the waiter loads it itself
+f2 = at_gate(broken)  # the waiter takes the entry over and loads it itself
 if f2 is None:
     give_up("the load waiting on a failed one did not load it itself")
+held = ctl("backbones", "list")
+check(sorted((x["path"], x["loaded"]) for x in held) == [(broken, False), (model_dir, True)],
+      "the taken-over load in the list: %s" % held)
 release(f2)
 rc2, _, err2 = finished(second)
 check(rc1 == 1 and rc2 == 1 and "model.safetensors" in err1 and "model.safetensors" in err2,
