@@ -236,7 +236,8 @@ f2 = at_gate(broken)  # the waiter takes the entry over and loads it itself
 if f2 is None:
     give_up("the load waiting on a failed one did not load it itself")
 held = ctl("backbones", "list")
-check(sorted((x["path"], x["loaded"]) for x in held) == [(broken, False), (model_dir, True)],
+want = sorted([(broken, False), (model_dir, True)])
+check(sorted((x["path"], x["loaded"]) for x in held) == want,
       "the taken-over load in the list: %s" % held)
 release(f2)
 rc2, _, err2 = finished(second)
