@@ -170,6 +170,10 @@ sherl_status backbones_acquire(backbone_registry *r, const char *path, const she
             claimed = 1;
             break;
         }
+        if (i < 0 && stopped) { /* nothing to wait for, and no load worth starting */
+            pthread_mutex_unlock(&r->mu);
+            return sherl_errorf(SHERL_ECANCELLED, "stopped before the backbone was acquired");
+        }
         if (i >= 0 && stopped) {
             if (r->e[i].orphaned && r->e[i].waiters == 0) { /* nobody left to load it */
                 r->e[i] = r->e[--r->n];

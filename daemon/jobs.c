@@ -42,6 +42,7 @@ struct running_job {
     char name[128];
     volatile int cancel;      /* the trainer stops at its next step, with a checkpoint */
     int user_cancel;          /* CancelJob asked (else the drain did) */
+    int finalizing;           /* its thread is recording its last state: too late to cancel */
     job_need need;
     int64_t reserved_backbone; /* on need.pool while the job loads its backbone */
     int64_t planned_bytes;
@@ -830,9 +831,13 @@ job_result jobs_cancel(sherld *d, const char *tenant, const char *id)
     for (running_job *x = d->running; x && !found; x = x->next)
         if (!strcmp(x->id, id))
             rj = x;
-    if (rj)
+    int ending = rj && rj->finalizing;
+    if (rj && !ending)
         rj->cancel = 1, rj->user_cancel = 1;
     pthread_mutex_unlock(&d->mu);
+    if (ending)
+        return fail(RPC_FAILED_PRECONDITION, "job %s is ending: its final state is being recorded",
+                    id);
     sherl_status st = sherl_ok();
     if (found) {
         free(found);
@@ -845,6 +850,8 @@ job_result jobs_cancel(sherld *d, const char *tenant, const char *id)
     if (st.code && jobs_get(d, NULL, id, &rec).code == RPC_OK) { /* it ended meanwhile? */
         s = rec.state;
         job_record_free(&rec);
+        if (s == JOB_CANCELLED && rj) /* this cancel's doing, recorded before its STOPPING */
+            return ok_result();
         if (job_state_is_final(s))
             return fail(RPC_FAILED_PRECONDITION, "job %s is already %s", id, job_state_name(s));
     }
@@ -969,13 +976,17 @@ static void *job_thread(void *arg)
     if (!st.code)
         st = backbones_acquire(&d->backbones, spec.backbone, be, spec.model.precision, 0, &bb,
                                &wait);
+    /* the flags and, when the job ends here, finalizing in one go: a cancel from now on is
+     * refused rather than recorded after the job's last state */
     pthread_mutex_lock(&d->mu);
     int cancelled_early = rj->cancel && rj->user_cancel;
     int drained_early = rj->cancel && !rj->user_cancel;
+    if (st.code || cancelled_early)
+        rj->finalizing = 1;
     pthread_mutex_unlock(&d->mu);
-    if (st.code == SHERL_ECANCELLED && drained_early) { /* stopped waiting for another's load */
-        message_event(d, rj->id, "stopped by the daemon's shutdown while its backbone loaded; "
-                                 "it starts when the daemon restarts");
+    if (st.code == SHERL_ECANCELLED && drained_early) { /* stopped before it had its backbone */
+        message_event(d, rj->id, "stopped by the daemon's shutdown before training began; it "
+                                 "starts when the daemon restarts");
         state_event(d, rj->id, JOB_QUEUED, NULL);
         finish_job(d, rj);
         return NULL;
@@ -1016,13 +1027,15 @@ static void *job_thread(void *arg)
         message_event(d, rj->id, msg);
     }
     pthread_mutex_lock(&d->mu);
-    int user = rj->user_cancel, stopped = rj->cancel;
+    int user = rj->user_cancel;
+    rj->finalizing = 1;
     pthread_mutex_unlock(&d->mu);
+    /* a cancel that came after the last step finds a finished run: it stands (SUCCEEDED) */
     if (st.code) {
         state_event(d, rj->id, JOB_FAILED, st.msg);
     } else if (res.stopped_early && user) {
         state_event(d, rj->id, JOB_CANCELLED, NULL);
-    } else if (res.stopped_early || stopped) {
+    } else if (res.stopped_early) {
         char msg[160];
         snprintf(msg, sizeof msg, "stopped by the daemon's shutdown after step %d; it resumes "
                                   "from its checkpoint when the daemon restarts",

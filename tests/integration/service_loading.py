@@ -304,7 +304,7 @@ waiting = ctl("submit", "--no-upload", write_sherl_job(work, data, model_dir, "d
               timeout=60)["id"]
 check(wait_state(waiting, "LOADING"), "the job on the held backbone never reached LOADING")
 # the drain stops the waiting job at once (the daemon then waits for the LoadBackbone call)
-stopped = watch_for(waiting, lambda e: "shutdown while its backbone loaded" in
+stopped = watch_for(waiting, lambda e: "shutdown before training began" in
                     e.get("message", ""))
 check(stopped.first.wait(TIMEOUT), "the watch of the waiting job never answered")
 d.p.send_signal(signal.SIGTERM)
@@ -320,7 +320,7 @@ w = d.ctl("--json", "watch", waiting, timeout=600)
 said = [json.loads(x) for x in w.stdout.splitlines() if x.strip()]
 states = [e.get("state") for e in said if e.get("state")]
 msgs = [e.get("message", "") for e in said]
-check(any("shutdown while its backbone loaded" in m for m in msgs) and
+check(any("shutdown before training began" in m for m in msgs) and
       states[-1:] == ["SUCCEEDED"] and states.count("QUEUED") >= 2,
       "the job drained while it waited: states %s, messages %s" % (states, msgs))
 check(d.term() == 0, "sherld exit code")
