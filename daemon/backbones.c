@@ -52,22 +52,30 @@ sherl_status backbones_config(const char *path, hf_config *cfg)
     return hf_config_load(cfg, cfg_path);
 }
 
-/* Tests only: SHERL_TEST_LOAD_GATE names a folder; a load of a model folder whose base name
- * is a FIFO there waits, once its loading entry is in the registry, until the test writes a
- * byte to it or closes it. One FIFO per folder, so a test can hold several loads at once and
- * tell them apart, with no guess at timing. */
-static void test_load_gate(const char *path)
+/* Tests only: SHERL_TEST_LOAD_GATE names a folder of FIFOs, named after model folders, so a test
+ * can hold several loads at once and tell them apart, with no guess at timing. The FIFO
+ * "<folder's base name><suffix>" there, opened for reading (a load's gate) or writing (a wait's
+ * announcement); -1 when there is none. */
+static int test_gate_open(const char *path, const char *suffix, int flags)
 {
     const char *dir = getenv("SHERL_TEST_LOAD_GATE");
     if (!dir || !*dir)
-        return;
+        return -1;
     const char *slash = strrchr(path, '/');
-    char gate[PATH_MAX];
+    char fifo[PATH_MAX];
     struct stat sb;
-    if (snprintf(gate, sizeof gate, "%s/%s", dir, slash ? slash + 1 : path) >= (int)sizeof gate ||
-        stat(gate, &sb) != 0 || !S_ISFIFO(sb.st_mode))
-        return;
-    int fd = open(gate, O_RDONLY | O_CLOEXEC);
+    if (snprintf(fifo, sizeof fifo, "%s/%s%s", dir, slash ? slash + 1 : path, suffix) >=
+            (int)sizeof fifo ||
+        stat(fifo, &sb) != 0 || !S_ISFIFO(sb.st_mode))
+        return -1;
+    return open(fifo, flags | O_CLOEXEC);
+}
+
+/* A load waits at its gate, once its loading entry is in the registry, until the test writes a
+ * byte or closes it. */
+static void test_load_gate(const char *path)
+{
+    int fd = test_gate_open(path, "", O_RDONLY);
     if (fd < 0)
         return;
     char c;
@@ -117,22 +125,11 @@ void backbones_wake(backbone_registry *r)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Tests only, with SHERL_TEST_LOAD_GATE: an acquire about to wait for another's load of a folder
- * whose "<name>.waiting" is a FIFO in the gate folder opens it for writing first, so the test
- * knows (by opening it for reading) that the wait has begun. Called without the lock. */
+/* An acquire about to wait for another's load opens "<name>.waiting" for writing first, so the
+ * test knows (by opening it for reading) that the wait has begun. Called without the lock. */
 static void test_wait_announce(const char *path)
 {
-    const char *dir = getenv("SHERL_TEST_LOAD_GATE");
-    if (!dir || !*dir)
-        return;
-    const char *slash = strrchr(path, '/');
-    char fifo[PATH_MAX];
-    struct stat sb;
-    if (snprintf(fifo, sizeof fifo, "%s/%s.waiting", dir, slash ? slash + 1 : path) >=
-            (int)sizeof fifo ||
-        stat(fifo, &sb) != 0 || !S_ISFIFO(sb.st_mode))
-        return;
-    int fd = open(fifo, O_WRONLY | O_CLOEXEC);
+    int fd = test_gate_open(path, ".waiting", O_WRONLY);
     if (fd >= 0)
         close(fd);
 }

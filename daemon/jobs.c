@@ -459,14 +459,21 @@ void jobs_call_release(sherld *d, call_use *u)
     wake_scheduler(d);
 }
 
-void jobs_call_backbone_counted(sherld *d, call_use *u)
+/* A reservation of a backbone's bytes ends (the registry counts them now): a job that was short
+ * of them may start. */
+static void end_backbone_reservation(sherld *d, int64_t *reserved)
 {
     pthread_mutex_lock(&d->mu);
-    int64_t was = u->backbone;
-    u->backbone = 0;
+    int64_t was = *reserved;
+    *reserved = 0;
     pthread_mutex_unlock(&d->mu);
     if (was)
         wake_scheduler(d);
+}
+
+void jobs_call_backbone_counted(sherld *d, call_use *u)
+{
+    end_backbone_reservation(d, &u->backbone);
 }
 
 static void budgets_locked(const sherld *d, int64_t *budget)
@@ -641,6 +648,18 @@ static void add_use(pool_status *ps, const char *id, const char *name, const cha
     ps->planned += bytes;
 }
 
+/* A job's (or a call's) use of its pool, and on a device its host side too. */
+static void add_job_use(pool_status *ps, int pool, const char *id, const char *name, int64_t own,
+                        int64_t host)
+{
+    add_use(&ps[pool], id, name, "", own);
+    ps[pool].n_jobs++;
+    if (pool != 0) {
+        add_use(&ps[0], id, name, "", host);
+        ps[0].n_jobs++;
+    }
+}
+
 int jobs_pools(sherld *d, pool_status **out)
 {
     *out = NULL;
@@ -667,24 +686,12 @@ int jobs_pools(sherld *d, pool_status **out)
             ps[p].n_backbones++;
         }
     }
-    for (running_job *r = d->running; ok && r; r = r->next) {
-        if (r->need.pool < 0)
-            continue;
-        add_use(&ps[r->need.pool], r->id, r->name, "", r->need.dev_own + r->reserved_backbone);
-        ps[r->need.pool].n_jobs++;
-        if (r->need.pool != 0) { /* a device job's host side */
-            add_use(&ps[0], r->id, r->name, "", r->need.host_own);
-            ps[0].n_jobs++;
-        }
-    }
-    for (call_use *u = d->calls; ok && u; u = u->next) { /* listed with the jobs */
-        add_use(&ps[u->pool], u->id, u->name, "", u->own + u->backbone);
-        ps[u->pool].n_jobs++;
-        if (u->pool != 0) {
-            add_use(&ps[0], u->id, u->name, "", u->host);
-            ps[0].n_jobs++;
-        }
-    }
+    for (running_job *r = d->running; ok && r; r = r->next)
+        if (r->need.pool >= 0)
+            add_job_use(ps, r->need.pool, r->id, r->name, r->need.dev_own + r->reserved_backbone,
+                        r->need.host_own);
+    for (call_use *u = d->calls; ok && u; u = u->next) /* listed with the jobs */
+        add_job_use(ps, u->pool, u->id, u->name, u->own + u->backbone, u->host);
     pthread_mutex_unlock(&d->mu);
     free(list);
     if (!ok) {
@@ -940,17 +947,11 @@ static void finish_job(sherld *d, running_job *rj)
     wake_scheduler(d);
 }
 
-/* The registry counts the job's backbone now: its reservation goes, and a job that was short
- * of those bytes may start. */
+/* backbones_acquire's counted for a job */
 static void backbone_counted(void *arg)
 {
     running_job *rj = arg;
-    pthread_mutex_lock(&rj->d->mu);
-    int64_t was = rj->reserved_backbone;
-    rj->reserved_backbone = 0;
-    pthread_mutex_unlock(&rj->d->mu);
-    if (was)
-        wake_scheduler(rj->d);
+    end_backbone_reservation(rj->d, &rj->reserved_backbone);
 }
 
 static void *job_thread(void *arg)
