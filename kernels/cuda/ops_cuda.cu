@@ -902,11 +902,48 @@ static void column_sum(cuda_ctx *c, float *out0, float *out1, long long out_stri
 // ------------------------------------------------------------------------------------------
 // bias and Linear
 
+// Per-column element-wise ops ([rows, C] with a C-vector such as a bias) take 4 consecutive
+// elements of a row a thread at a time where they can (vec4_ok): C a multiple of 4, each
+// pointer aligned to 4 of its elements, and fewer than 2^31 groups of 4. Then one 32-bit
+// division per 4 elements finds the column, where the scalar kernels divide in 64 bits per
+// element (in the feed-forward tail that and erfc left the kernel bound by instructions, not by
+// memory). Each element gets the scalar kernel's own expression (a shared device function), so
+// both paths give the same bits; the scalar kernels remain for the other shapes.
+#define VEC4_MAX_GROUPS ((size_t)1 << 31)
+
+static bool vec4_aligned(const void *p, size_t elem)
+{
+    return !p || (uintptr_t)p % (4 * elem) == 0;
+}
+
+static bool vec4_ok(size_t n, long long C, const float *f0, const float *f1, const uint16_t *h)
+{
+    return C % 4 == 0 && n % 4 == 0 && n / 4 < VEC4_MAX_GROUPS && vec4_aligned(f0, 4) &&
+           vec4_aligned(f1, 4) && vec4_aligned(h, 2);
+}
+
+// 32-bit grid-stride loop over the groups of 4 (n4 < 2^31: i + stride cannot wrap)
+#define GRID_STRIDE4(i, n4)                                                                    \
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (n4);                          \
+         i += gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b)
+{
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
 // x[g,n,c] += bias[g * bias_stride + c] over n elements of [G,N,C], nc = N * C
 __global__ void bias_add_kernel(float *x, const float *bias, long long bias_stride, size_t n,
                                 size_t nc, int C)
 {
     GRID_STRIDE(i, n) x[i] += bias[(long long)(i / nc) * bias_stride + (long long)(i % C)];
+}
+
+// the same in groups of 4: nc4 = N * C / 4, C4 = C / 4, bias_stride4 = bias_stride / 4
+__global__ void bias_add_vec4_kernel(float4 *x, const float4 *bias, unsigned bias_stride4,
+                                     unsigned n4, unsigned nc4, unsigned C4)
+{
+    GRID_STRIDE4(i, n4) x[i] = add4(x[i], bias[(i / nc4) * bias_stride4 + i % C4]);
 }
 
 // One launch whatever G.
@@ -917,6 +954,14 @@ static void cuda_bias_add_grouped_forward(float *x, const float *bias, long long
     if (!c->ready || G <= 0 || N <= 0 || C <= 0)
         return;
     size_t nc = (size_t)N * C, n = (size_t)G * nc;
+    if (vec4_ok(n, C, x, bias, NULL) && bias_stride % 4 == 0 &&
+        (size_t)G * (size_t)bias_stride / 4 < VEC4_MAX_GROUPS) {
+        bias_add_vec4_kernel<<<grid_for(n / 4, 256), 256, 0, c->stream>>>(
+            (float4 *)x, (const float4 *)bias, (unsigned)(bias_stride / 4), (unsigned)(n / 4),
+            (unsigned)(nc / 4), (unsigned)(C / 4));
+        LAUNCHED(c, "bias_add_vec4_kernel");
+        return;
+    }
     bias_add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(x, bias, bias_stride, n, nc, C);
     LAUNCHED(c, "bias_add_kernel");
 }
@@ -1144,14 +1189,15 @@ static void cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, c
 // ------------------------------------------------------------------------------------------
 // element-wise ops
 
+// 0.5 x erfc(-x / sqrt 2): full relative accuracy in the negative tail, as on the CPU
+__device__ __forceinline__ float gelu_erf(float x)
+{
+    return 0.5f * x * erfcf(-x * 0.70710678118654752f);
+}
+
 __global__ void gelu_forward_kernel(float *out, const float *inp, size_t n)
 {
-    // 0.5 x erfc(-x / sqrt 2): full relative accuracy in the negative tail, as on the CPU
-    GRID_STRIDE(i, n)
-    {
-        float x = inp[i];
-        out[i] = 0.5f * x * erfcf(-x * 0.70710678118654752f);
-    }
+    GRID_STRIDE(i, n) out[i] = gelu_erf(inp[i]);
 }
 
 __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n)
@@ -1175,8 +1221,31 @@ __global__ void bias_gelu_half_kernel(uint16_t *out16, const float *x, const flo
         float v = x[i];
         if (bias)
             v += bias[i % C];
-        out16[i] = to_half_bits(0.5f * v * erfcf(-v * 0.70710678118654752f), type);
+        out16[i] = to_half_bits(gelu_erf(v), type);
     }
+}
+
+// The vector paths (vec4_ok) of the fused tails, one kernel per half type (TYPE), the bias a
+// template flag so neither is a branch per element: n4 = n / 4, C4 = C / 4.
+template <int TYPE, bool BIAS>
+__global__ void bias_gelu_half_vec4_kernel(ushort4 *out16, const float4 *x, const float4 *bias,
+                                           unsigned n4, unsigned C4)
+{
+    GRID_STRIDE4(i, n4)
+    {
+        float4 v = x[i];
+        if (BIAS)
+            v = add4(v, bias[i % C4]);
+        out16[i] = make_ushort4(
+            to_half_bits(gelu_erf(v.x), TYPE), to_half_bits(gelu_erf(v.y), TYPE),
+            to_half_bits(gelu_erf(v.z), TYPE), to_half_bits(gelu_erf(v.w), TYPE));
+    }
+}
+
+// v rounded to `type` and back: the bits x16 gets, and the value x keeps
+__device__ __forceinline__ float half_bits_to_f32(uint16_t h, int type)
+{
+    return type == SHERL_HALF_F16 ? sherl_f16_to_f32(h) : sherl_bf16_to_f32(h);
 }
 
 __global__ void bias_half_round_kernel(float *x, uint16_t *x16, const float *bias, size_t n,
@@ -1190,7 +1259,25 @@ __global__ void bias_half_round_kernel(float *x, uint16_t *x16, const float *bia
         uint16_t h = to_half_bits(v, type);
         if (x16)
             x16[i] = h;
-        x[i] = type == SHERL_HALF_F16 ? sherl_f16_to_f32(h) : sherl_bf16_to_f32(h);
+        x[i] = half_bits_to_f32(h, type);
+    }
+}
+
+template <int TYPE, bool BIAS, bool KEEP16>
+__global__ void bias_half_round_vec4_kernel(float4 *x, ushort4 *x16, const float4 *bias,
+                                            unsigned n4, unsigned C4)
+{
+    GRID_STRIDE4(i, n4)
+    {
+        float4 v = x[i];
+        if (BIAS)
+            v = add4(v, bias[i % C4]);
+        ushort4 h = make_ushort4(to_half_bits(v.x, TYPE), to_half_bits(v.y, TYPE),
+                                 to_half_bits(v.z, TYPE), to_half_bits(v.w, TYPE));
+        if (KEEP16)
+            x16[i] = h;
+        x[i] = make_float4(half_bits_to_f32(h.x, TYPE), half_bits_to_f32(h.y, TYPE),
+                           half_bits_to_f32(h.z, TYPE), half_bits_to_f32(h.w, TYPE));
     }
 }
 
@@ -1252,18 +1339,78 @@ static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout,
     ELEMENTWISE(gelu_backward_kernel, n, dinp, inp, dout, n);
 }
 
+template <int TYPE>
+static void bias_gelu_half_vec4(cuda_ctx *c, uint16_t *out16, const float *x, const float *bias,
+                                size_t n, int C)
+{
+    unsigned n4 = (unsigned)(n / 4), C4 = (unsigned)(C / 4);
+    ushort4 *o = (ushort4 *)out16;
+    const float4 *x4 = (const float4 *)x, *b4 = (const float4 *)bias;
+    unsigned g = grid_for(n4, 256);
+    if (bias)
+        bias_gelu_half_vec4_kernel<TYPE, true><<<g, 256, 0, c->stream>>>(o, x4, b4, n4, C4);
+    else
+        bias_gelu_half_vec4_kernel<TYPE, false><<<g, 256, 0, c->stream>>>(o, x4, b4, n4, C4);
+    LAUNCHED(c, "bias_gelu_half_vec4_kernel");
+}
+
 static void cuda_bias_gelu_half_forward(uint16_t *out16, const float *x, const float *bias,
                                         int N, int C, int type)
 {
     size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
-    ELEMENTWISE(bias_gelu_half_kernel, n, out16, x, bias, n, C, type);
+    cuda_ctx *c = ctx();
+    if (!c->ready || n == 0)
+        return;
+    if (!vec4_ok(n, C, x, bias, out16)) {
+        bias_gelu_half_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(out16, x, bias, n, C,
+                                                                        type);
+        LAUNCHED(c, "bias_gelu_half_kernel");
+    } else if (type == SHERL_HALF_F16) {
+        bias_gelu_half_vec4<SHERL_HALF_F16>(c, out16, x, bias, n, C);
+    } else {
+        bias_gelu_half_vec4<SHERL_HALF_BF16>(c, out16, x, bias, n, C);
+    }
+}
+
+template <int TYPE, bool BIAS>
+static void bias_half_round_vec4(cuda_ctx *c, float *x, uint16_t *x16, const float *bias,
+                                 size_t n, int C)
+{
+    unsigned n4 = (unsigned)(n / 4), C4 = (unsigned)(C / 4);
+    float4 *x4 = (float4 *)x;
+    ushort4 *h4 = (ushort4 *)x16;
+    const float4 *b4 = (const float4 *)bias;
+    unsigned g = grid_for(n4, 256);
+    if (x16)
+        bias_half_round_vec4_kernel<TYPE, BIAS, true><<<g, 256, 0, c->stream>>>(x4, h4, b4, n4, C4);
+    else
+        bias_half_round_vec4_kernel<TYPE, BIAS, false><<<g, 256, 0, c->stream>>>(x4, h4, b4, n4,
+                                                                                C4);
+    LAUNCHED(c, "bias_half_round_vec4_kernel");
 }
 
 static void cuda_bias_half_round_forward(float *x, uint16_t *x16, const float *bias, int N, int C,
                                          int type)
 {
     size_t n = N > 0 && C > 0 ? (size_t)N * C : 0;
-    ELEMENTWISE(bias_half_round_kernel, n, x, x16, bias, n, C, type);
+    cuda_ctx *c = ctx();
+    if (!c->ready || n == 0)
+        return;
+    if (!vec4_ok(n, C, x, bias, x16)) {
+        bias_half_round_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(x, x16, bias, n, C,
+                                                                         type);
+        LAUNCHED(c, "bias_half_round_kernel");
+    } else if (type == SHERL_HALF_F16) {
+        if (bias)
+            bias_half_round_vec4<SHERL_HALF_F16, true>(c, x, x16, bias, n, C);
+        else
+            bias_half_round_vec4<SHERL_HALF_F16, false>(c, x, x16, bias, n, C);
+    } else {
+        if (bias)
+            bias_half_round_vec4<SHERL_HALF_BF16, true>(c, x, x16, bias, n, C);
+        else
+            bias_half_round_vec4<SHERL_HALF_BF16, false>(c, x, x16, bias, n, C);
+    }
 }
 
 static void cuda_residual_forward(float *out, const float *a, const float *b, size_t n)

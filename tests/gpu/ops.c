@@ -780,16 +780,17 @@ static void t_matmul_backward(tcase *tc, int big)
     }
 }
 
+/* Widths that are not multiples of 4 and one that is (the CUDA backend's 4-at-a-time path) */
 static void t_bias_add_forward(tcase *tc, int arg)
 {
-    static const int shapes[][2] = {{37, 83}, {1001, 97}};
-    for (int i = 0; i < 2; i++) {
+    static const int shapes[][2] = {{37, 83}, {1001, 97}, {67, 768}};
+    for (int i = 0; i < 3; i++) {
         int N = shapes[i][0], C = shapes[i][1];
         pair x = up_rand(tc, (size_t)N * C, -1, 1), bias = up_rand(tc, C, -1, 1);
         ON_BOTH(tc, be->bias_add_forward(P(x), P(bias), N, C));
         if (!settle(tc, "bias_add_forward"))
             return;
-        check_f32(tc, label(tc, "x[N=%d]", N), x, (size_t)N * C, TOL_F32);
+        check_exact(tc, label(tc, "x[N=%d,C=%d]", N, C), x, (size_t)N * C, sizeof(float));
     }
 }
 
@@ -813,8 +814,9 @@ static long long grouped_stride(int n) { return (long long)((n + 15) / 16 * 16 +
 
 static void t_bias_add_grouped_forward(tcase *tc, int arg)
 {
-    static const int shapes[][3] = {{3, 37, 83}, {4, 1001, 97}}; /* G, N, C */
-    for (int i = 0; i < 2; i++) {
+    /* G, N, C; the last C a multiple of 4 (so is grouped_stride: the 4-at-a-time path) */
+    static const int shapes[][3] = {{3, 37, 83}, {4, 1001, 97}, {3, 67, 768}};
+    for (int i = 0; i < 3; i++) {
         int G = shapes[i][0], N = shapes[i][1], C = shapes[i][2];
         long long bs = grouped_stride(C);
         size_t n = (size_t)G * N * C;
@@ -822,7 +824,7 @@ static void t_bias_add_grouped_forward(tcase *tc, int arg)
         ON_BOTH(tc, be->bias_add_grouped_forward(P(x), P(bias), bs, G, N, C));
         if (!settle(tc, "bias_add_grouped_forward"))
             return;
-        check_f32(tc, label(tc, "x[G=%d,N=%d]", G, N), x, n, TOL_F32);
+        check_exact(tc, label(tc, "x[G=%d,N=%d,C=%d]", G, N, C), x, n, sizeof(float));
     }
 }
 
@@ -1050,46 +1052,58 @@ static pair up_half_poison(tcase *tc, size_t n)
 
 /* The fused half tails at a small shape and at a feed-forward chunk's width, bf16 (arg 0) and
  * fp16 (arg 1), with and without a bias: the rounded gelu within one half step, its input
- * untouched; the rounding op's x + bias bit for bit (an fp32 add). */
-static const int fused_shapes[][2] = {{37, 83}, {67, 3072}};
+ * untouched; the rounding op's x + bias bit for bit (an fp32 add). {N, C, shift}: the CUDA
+ * backend takes 4 elements a thread where C % 4 == 0 and every pointer is aligned to 4
+ * elements, else one; a shift of one element (every buffer one longer, each pointer one
+ * further, bias included) sends a width of 3072 down the one-element path too. */
+static const int fused_shapes[][3] = {{37, 83, 0}, {67, 3072, 0}, {67, 3072, 1}};
+#define FUSED_SHAPES (int)(sizeof fused_shapes / sizeof fused_shapes[0])
+#define PH(x) ((uint16_t *)(x).p[side_])
 
 static void t_bias_gelu_half(tcase *tc, int arg)
 {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < FUSED_SHAPES; i++)
         for (int with_bias = 0; with_bias < 2; with_bias++) {
-            int N = fused_shapes[i][0], C = fused_shapes[i][1];
-            size_t n = (size_t)N * C;
+            int N = fused_shapes[i][0], C = fused_shapes[i][1], sh = fused_shapes[i][2];
+            size_t n = (size_t)N * C + sh;
             pair x = up_rand(tc, n, -6, 6), out = up_half_poison(tc, n), bias = {{NULL, NULL}};
             if (with_bias)
-                bias = up_rand(tc, (size_t)C, -1, 1);
-            ON_BOTH(tc, be->bias_gelu_half_forward(P(out), P(x), P(bias), N, C, arg));
+                bias = up_rand(tc, (size_t)C + sh, -1, 1);
+            ON_BOTH(tc, be->bias_gelu_half_forward(PH(out) + sh, PF(x) + sh,
+                                                   with_bias ? PF(bias) + sh : NULL, N, C, arg));
             if (!settle(tc, "bias_gelu_half_forward"))
                 return;
-            check_exact(tc, label(tc, "x unchanged[N=%d,bias=%d]", N, with_bias), x, n,
-                        sizeof(float));
-            check_half_steps(tc, label(tc, "out16[N=%d,bias=%d]", N, with_bias), out, n, 1);
+            check_exact(tc, label(tc, "x unchanged[N=%d,C=%d,shift=%d,bias=%d]", N, C, sh,
+                                  with_bias),
+                        x, n, sizeof(float));
+            check_half_steps(tc, label(tc, "out16[N=%d,C=%d,shift=%d,bias=%d]", N, C, sh,
+                                       with_bias),
+                             out, n, 1);
         }
 }
 
 /* variant 0: bias and x16, 1: no bias, 2: no x16; everything bit for bit */
 static void t_bias_half_round(tcase *tc, int arg)
 {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < FUSED_SHAPES; i++)
         for (int variant = 0; variant < 3; variant++) {
-            int N = fused_shapes[i][0], C = fused_shapes[i][1];
-            size_t n = (size_t)N * C;
+            int N = fused_shapes[i][0], C = fused_shapes[i][1], sh = fused_shapes[i][2];
+            size_t n = (size_t)N * C + sh;
             pair x = up_rand(tc, n, -3, 3), x16 = {{NULL, NULL}}, bias = {{NULL, NULL}};
             if (variant != 1)
-                bias = up_rand(tc, (size_t)C, -1, 1);
+                bias = up_rand(tc, (size_t)C + sh, -1, 1);
             if (variant != 2)
                 x16 = up_half_poison(tc, n);
-            ON_BOTH(tc, be->bias_half_round_forward(P(x), P(x16), P(bias), N, C, arg));
+            ON_BOTH(tc, be->bias_half_round_forward(PF(x) + sh, variant != 2 ? PH(x16) + sh : NULL,
+                                                    variant != 1 ? PF(bias) + sh : NULL, N, C,
+                                                    arg));
             if (!settle(tc, "bias_half_round_forward"))
                 return;
-            check_exact(tc, label(tc, "x[N=%d,variant=%d]", N, variant), x, n, sizeof(float));
+            check_exact(tc, label(tc, "x[N=%d,C=%d,shift=%d,variant=%d]", N, C, sh, variant), x,
+                        n, sizeof(float));
             if (variant != 2)
-                check_exact(tc, label(tc, "x16[N=%d,variant=%d]", N, variant), x16, n,
-                            sizeof(uint16_t));
+                check_exact(tc, label(tc, "x16[N=%d,C=%d,shift=%d,variant=%d]", N, C, sh, variant),
+                            x16, n, sizeof(uint16_t));
         }
 }
 
