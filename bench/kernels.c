@@ -110,7 +110,8 @@ static uint16_t *rand_bf16(size_t n, float lo, float hi, const char *what)
 enum {
     OP_COPY, OP_GEMM_BF16_CEIL, OP_GEMM_F32_CEIL,
     OP_MM_QKV, OP_MM_FF1, OP_MM_FF2, OP_MM_FF1_BWD, OP_GEMM_BF16_FF1, OP_GEMM_BATCHED_SCORES,
-    OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_RES_LN_HALF, OP_SOFTMAX_FWD,
+    OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_BIAS_HALF_ROUND, OP_RES_LN_HALF,
+    OP_SOFTMAX_FWD,
     OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_BWD,
     OP_MTSA_FWD, OP_MTSA_BWD, OP_ADAMW, OP_SUMSQ,
 };
@@ -129,7 +130,8 @@ typedef struct {
     /* Linear and LayerNorm */
     float *x, *ln_out, *ln_mean, *ln_rstd, *ln_w, *ln_b, *dx_c, *dln_w, *dln_b, *dout_c;
     float *w_qkv, *b_qkv, *qkv, *w1, *b1, *h1, *g1, *w2, *b2, *out2, *dw1, *db1;
-    uint16_t *x16, *w1_16, *g16, *ln16; /* g16 [N,FF], ln16 [N,C]: the fused tails' outputs */
+    uint16_t *x16, *w1_16, *g16, *ln16, *qkv16; /* g16 [N,FF], ln16 [N,C], qkv16 [N,3C]: the
+                                                 * fused tails' outputs */
     float *c16; /* fp32 output of the bf16 FF1 product */
     /* attention */
     float *q, *k, *scores, *mask, *probs_sm, *attn_out, *probs, *dqkv;
@@ -187,6 +189,10 @@ static void run_op(state *s, int op)
         break;
     case OP_BIAS_GELU_HALF: /* g16 = bf16(gelu(g1 + b1)): a half FF1's tail */
         be->bias_gelu_half_forward(s->g16, s->g1, s->b1, N, FF, SHERL_HALF_BF16);
+        break;
+    case OP_BIAS_HALF_ROUND: /* qkv = bf16(qkv + b_qkv) widened, qkv16 = its bits: a half Q|K|V's
+                              * tail (in place: repeats keep adding the bias, harmlessly) */
+        be->bias_half_round_forward(s->qkv, s->qkv16, s->b_qkv, N, 3 * C, SHERL_HALF_BF16);
         break;
     case OP_RES_LN_HALF: /* out2 = dout_c + b2 + x; ln_out = LN(out2); ln16 = bf16(ln_out) */
         be->residual_layernorm_forward(s->ln_out, s->ln16, s->out2, s->ln_mean, s->ln_rstd,
@@ -474,6 +480,7 @@ int main(int argc, char **argv)
     s->c16 = balloc(sizeof(float) * NFF, "bf16 FF1 out [N,FF]");
     s->g16 = balloc(sizeof(uint16_t) * NFF, "bf16 GELU out [N,FF]");
     s->ln16 = balloc(sizeof(uint16_t) * NC, "bf16 layernorm out [N,C]");
+    s->qkv16 = balloc(sizeof(uint16_t) * 3 * NC, "bf16 Q|K|V [N,3C]");
     s->q = rand_f32(NC, -1, 1, "q [B*NH,T,HS]");
     s->k = rand_f32(NC, -1, 1, "k [B*NH,T,HS]");
     s->scores = balloc(sizeof(float) * att, "scores [B,NH,T,T]");
@@ -543,6 +550,10 @@ int main(int argc, char **argv)
      * moved in three passes: 4 x 7 NFF bytes) */
     bench(s, OP_BIAS_GELU_HALF, rounds, "bias_gelu_half_forward", sh, 4.0 * NFF + 2.0 * NFF,
           CEIL_COPY, 0);
+    snprintf(sh, sizeof sh, "%dx%d", N, 3 * C);
+    /* reads x [N,3C] and the bias, writes x and its bf16 bits */
+    bench(s, OP_BIAS_HALF_ROUND, rounds, "bias_half_round_forward", sh,
+          (4.0 + 4.0 + 2.0) * 3 * NC, CEIL_COPY, 0);
     snprintf(sh, sizeof sh, "%dx%d", N, C);
     /* reads x and resid [N,C], writes res and out [N,C], the bf16 out, mean and rstd [N] */
     bench(s, OP_RES_LN_HALF, rounds, "residual_layernorm_forward", sh,
@@ -580,8 +591,8 @@ int main(int argc, char **argv)
                     &s->mdz, &s->mdx, &s->mdw, &s->mdc};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++)
         bfree(*fb[i]), *fb[i] = NULL;
-    bfree(s->x16), bfree(s->w1_16), bfree(s->g16), bfree(s->ln16);
-    s->x16 = s->w1_16 = s->g16 = s->ln16 = NULL;
+    bfree(s->x16), bfree(s->w1_16), bfree(s->g16), bfree(s->ln16), bfree(s->qkv16);
+    s->x16 = s->w1_16 = s->g16 = s->ln16 = s->qkv16 = NULL;
 
     /* ---- optimizer ---- */
     const size_t P = s->n_params;
