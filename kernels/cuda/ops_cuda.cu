@@ -905,9 +905,9 @@ static void column_sum(cuda_ctx *c, float *out0, float *out1, long long out_stri
 // Per-column element-wise ops ([rows, C] with a C-vector such as a bias) take 4 consecutive
 // elements of a row a thread at a time where they can (vec4_ok): C a multiple of 4, each
 // pointer aligned to 4 of its elements, and fewer than 2^31 groups of 4. Then one 32-bit
-// division per 4 elements finds the column, where the scalar kernels divide in 64 bits per
-// element (in the feed-forward tail that and erfc left the kernel bound by instructions, not by
-// memory). Each element gets the scalar kernel's own expression (a shared device function), so
+// division per 4 elements finds the column, where the scalar kernels divide in 64 bits (with a
+// check for the 32-bit case) per element: in the feed-forward tail that, erfc and the address
+// arithmetic left the kernel bound by instructions rather than memory. Each element gets the scalar kernel's own expression (a shared device function), so
 // both paths give the same bits; the scalar kernels remain for the other shapes.
 #define VEC4_MAX_GROUPS ((size_t)1 << 31)
 
