@@ -8,7 +8,8 @@ OBJECT_OR_SASS: ops_cuda.cu.o from a build with -DSHERL_CUDA=ON (e.g.
 build/release/kernels/CMakeFiles/sherl_kernels_cuda.dir/cuda/ops_cuda.cu.o), disassembled with
 cuobjdump -sass, or a text file that holds that disassembly already. For each kernel whose
 (mangled) name contains one of the substrings (every kernel without any), it prints the kernel's
-instruction count and each loop: a backward branch and the instructions from its target to it.
+instruction count and each loop: a backward branch and the instructions from its target to it
+(a branch to itself, as cuobjdump shows after each kernel's EXIT, is not counted).
 A loop over 4 elements a thread (the *_vec4 kernels) does 4 elements an iteration; a loop that
 holds both half types' code (a run-time type) runs only one of them per element.
 

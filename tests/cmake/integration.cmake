@@ -83,3 +83,7 @@ endif()
 add_test(NAME converters COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/converters.py
   ${CMAKE_SOURCE_DIR}/tools ${SHERL_TEST_WORK}/converters)
 set_tests_properties(converters PROPERTIES TIMEOUT 120)
+
+add_test(NAME sass_loops COMMAND ${SHERL_PYTHON} ${SHERL_TEST_DIR}/integration/sass_loops.py
+  ${CMAKE_SOURCE_DIR}/bench/sass_loops.py ${SHERL_TEST_WORK}/sass_loops)
+set_tests_properties(sass_loops PROPERTIES TIMEOUT 60)
