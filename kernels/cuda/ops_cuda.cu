@@ -907,8 +907,9 @@ static void column_sum(cuda_ctx *c, float *out0, float *out1, long long out_stri
 // pointer aligned to 4 of its elements, and fewer than 2^31 groups of 4. Then one 32-bit
 // division per 4 elements finds the column, where the scalar kernels divide in 64 bits (with a
 // check for the 32-bit case) per element: in the feed-forward tail that, erfc and the address
-// arithmetic left the kernel bound by instructions rather than memory. Each element gets the scalar kernel's own expression (a shared device function), so
-// both paths give the same bits; the scalar kernels remain for the other shapes.
+// arithmetic left the kernel bound by instructions rather than memory. Each element gets the
+// scalar kernel's own expression (a shared device function), so both paths give the same bits;
+// the scalar kernels remain for the other shapes.
 #define VEC4_MAX_GROUPS ((size_t)1 << 31)
 
 static bool vec4_aligned(const void *p, size_t elem)
