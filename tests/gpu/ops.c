@@ -1,6 +1,6 @@
 /* gpu_ops: every op of one backend against the CPU backend.
  *
- *   gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR|^PREFIX] [-v]
+ *   gpu_ops [--backend NAME] [--require] [--self-test] [--filter SUBSTR|^PREFIX] [-v]
  *
  * Each test makes fresh random inputs with its own fixed-seed generator, uploads the same bytes
  * to the CPU backend (the reference) and to the backend under test, runs the op on both and
@@ -11,7 +11,8 @@
  * max |got - ref| / max |ref|; fp32 ops must agree to TOL_F32.
  *
  * Plain C (no Criterion): it has to build on the GPU machine's image, which has none. Without a
- * usable CUDA backend the default run reports how many tests it did not run and exits 0.
+ * usable CUDA backend the default run reports how many tests it did not run and exits 0
+ * (--require: exits 1; the emulated CUDA build, gpu_ops_emu, always has its device).
  * --backend cpu runs the harness against the CPU itself (all must pass; CI runs it under
  * ASan/UBSan), and --self-test proves the harness can fail: it runs mutated copies of the CPU
  * table, each with one op broken slightly, and every mutation must be caught. */
@@ -2354,13 +2355,14 @@ static int self_test(int verbose)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: gpu_ops [--backend NAME] [--self-test] [--filter SUBSTR|^PREFIX] [-v]\n");
+            "usage: gpu_ops [--backend NAME] [--require] [--self-test] [--filter SUBSTR|^PREFIX] "
+            "[-v]\n");
     return 2;
 }
 
 /* No backend to test: say how much went untested and why, and pass (CI has no GPU). A GPU
  * that is there but gives no backend is a failure, not a skip. */
-static int no_backend(const char *name, const char *filter)
+static int no_backend(const char *name, const char *filter, int require)
 {
     int n = 0;
     for (size_t i = 0; i < NTESTS; i++)
@@ -2371,8 +2373,9 @@ static int no_backend(const char *name, const char *filter)
     }
     char why[256];
     if (sherl_cuda_absent(why, sizeof why) == 0) {
-        printf("gpu_ops: no GPU: %d tests not run (%s)\n", n, why);
-        return 0;
+        printf("gpu_ops: no GPU: %d tests not run (%s)%s\n", n, why,
+               require ? "; --require makes that a failure" : "");
+        return require;
     }
     printf("gpu_ops: cuda: %s: %d tests not run\n", why, n);
     return 1;
@@ -2438,7 +2441,7 @@ static int check_device_tables(void)
 int main(int argc, char **argv)
 {
     const char *name = "cuda", *filter = NULL;
-    int verbose = 0, selftest = 0;
+    int verbose = 0, selftest = 0, require = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc)
             name = argv[++i];
@@ -2448,6 +2451,8 @@ int main(int argc, char **argv)
             selftest = 1;
         else if (strcmp(argv[i], "-v") == 0)
             verbose = 1;
+        else if (strcmp(argv[i], "--require") == 0)
+            require = 1;
         else
             return usage();
     }
@@ -2456,7 +2461,7 @@ int main(int argc, char **argv)
 
     const sherl_backend *be = sherl_backend_by_name(name);
     if (!be)
-        return no_backend(name, filter);
+        return no_backend(name, filter, require);
     char desc[256] = "";
     be->describe(desc, sizeof desc);
     printf("gpu_ops: testing %s against cpu: %s\n", be->name, desc);
