@@ -112,7 +112,7 @@ enum {
     OP_MM_QKV, OP_MM_FF1, OP_MM_FF2, OP_MM_FF1_BWD, OP_GEMM_BF16_FF1, OP_GEMM_BATCHED_SCORES,
     OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_BIAS_HALF_ROUND, OP_RES_LN_HALF,
     OP_SOFTMAX_FWD,
-    OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_BWD,
+    OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_HALF_FUSED, OP_ATTN_BWD,
     OP_MTSA_FWD, OP_MTSA_BWD, OP_ADAMW, OP_SUMSQ,
 };
 
@@ -209,6 +209,10 @@ static void run_op(state *s, int op)
     case OP_ATTN_HALF_FWD: /* a bf16 layer's: on a GPU both products on TF32 tensor cores */
         be->attention_half_forward(s->attn_out, s->probs, s->qkv, s->mask, s->B, s->T, s->NH,
                                    s->HS, SHERL_HALF_BF16);
+        break;
+    case OP_ATTN_HALF_FUSED: /* a forward-only bf16 layer's: no probabilities (fused on a GPU) */
+        be->attention_half_forward(s->attn_out, NULL, s->qkv, s->mask, s->B, s->T, s->NH, s->HS,
+                                   SHERL_HALF_BF16);
         break;
     case OP_ATTN_BWD: /* dout = dout_c [N,C] */
         be->attention_backward(s->dqkv, s->dout_c, s->qkv, s->probs, s->B, s->T, s->NH, s->HS);
@@ -567,6 +571,8 @@ int main(int argc, char **argv)
     snprintf(sh, sizeof sh, "B=%d T=%d NH=%d HS=%d", B, T, NH, HS);
     bench(s, OP_ATTN_FWD, rounds, "attention_forward", sh, 4.0 * B * NH * T * T * HS, CEIL_F32, 0);
     bench(s, OP_ATTN_HALF_FWD, rounds, "attention_half_forward bf16", sh,
+          4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
+    bench(s, OP_ATTN_HALF_FUSED, rounds, "attention_half_forward bf16 without probs", sh,
           4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
     bench(s, OP_ATTN_BWD, rounds, "attention_backward", sh, 8.0 * B * NH * T * T * HS, CEIL_F32,
           0);

@@ -991,6 +991,9 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
      * bias to the fused ops after them (each the bits of the unfused ops in a row); an fp32
      * product adds its own, inside matmul_forward. */
     const int half = m->prec != SHERL_FP32;
+    /* A half layer that keeps no Q|K|V has no backward, so its probabilities need not exist: a
+     * device then runs its attention fused, with nothing of size T x T in memory. */
+    const int fused = half && !a->qkv16 && !be->host_memory && D / NH <= SHERL_ATTN_FUSED_MAX_HS;
     if (a->inp16)
         half_round(be, m->prec, a->inp16, inp, (size_t)N * D);
     for (int b0 = 0; b0 < B; b0 += seqs) {
@@ -1002,7 +1005,8 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         if (half) /* Q|K|V rounded, as autocast's Linear returns them */
             be->bias_half_round_forward(qkv, a->qkv16 ? a->qkv16 + r0 * 3 * D : NULL, ly->qkv_b,
                                         b * T, 3 * D, half_type(m->prec));
-        attention_forward(m, a->attn + r0 * D, a->probs, qkv, mask_add + r0, b, T);
+        attention_forward(m, a->attn + r0 * D, fused ? NULL : a->probs, qkv, mask_add + r0, b,
+                          T);
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);

@@ -225,7 +225,9 @@ struct sherl_backend {
      * half value, which TF32 holds exactly: a GPU runs them on tensor cores with the same
      * operands and exact products (its sums may run in another order). A trained half layer's
      * backward hands these probs to attention_backward (dV = half(P)^T dO, and the softmax's
-     * backward through them too). */
+     * backward through them too). probs may be NULL when HS <= SHERL_ATTN_FUSED_MAX_HS: the
+     * probabilities are then not kept, and a device computes the whole attention in one pass
+     * (the same formulas) without writing anything of size T x T. */
     void (*attention_half_forward)(float *out, float *probs, const float *qkv, const float *mask,
                                    int B, int T, int NH, int HS, int type);
 
@@ -435,6 +437,8 @@ int sherl_cuda_absent(char *why, size_t len);
 const sherl_backend *sherl_backend_cpu(void);
 /* The most CUDA devices one process uses (cuda:0 .. cuda:15; CUDA_VISIBLE_DEVICES picks them). */
 #define SHERL_CUDA_MAX_DEVICES 16
+/* attention_half_forward may go without probabilities (probs NULL) for heads up to this size */
+#define SHERL_ATTN_FUSED_MAX_HS 256
 /* CUDA device `index`'s table ("cuda:<index>"), or NULL when this build has no CUDA backend,
  * that device is absent or not usable (older than sm_90), or SHERL_CUDA_DISABLE is set. Every
  * call through a device's table runs on that device, from any thread: a thread may use several

@@ -657,18 +657,32 @@ static void attention_head_forward(float *out, float *probs, const float *base, 
     sgemm1(0, 0, T, HS, T, 1.0f, probs, T, base + 2 * C + h * HS, C3, 0.0f, out + h * HS, C);
 }
 
+/* probs NULL (attention_half_forward only): each thread's (batch, head) probabilities go to a
+ * [T, T] block of its own, not kept */
 static void attention_forward_any(float *out, float *probs, const float *qkv, const float *mask,
                                   int B, int T, int NH, int HS, int half)
 {
     const int C = NH * HS, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        attention_head_forward(out + (size_t)b * T * C, probs + (size_t)bh * T * T,
-                               qkv + (size_t)b * T * C3, mask ? mask + (size_t)b * T : NULL, T, C,
-                               h, HS, scale, half);
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *own = probs ? NULL : malloc((size_t)T * T * sizeof(float));
+        failed = !probs && !own;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * NH; bh++) {
+            int b = bh / NH, h = bh % NH;
+            if (!probs && !own)
+                continue;
+            attention_head_forward(out + (size_t)b * T * C,
+                                   probs ? probs + (size_t)bh * T * T : own,
+                                   qkv + (size_t)b * T * C3, mask ? mask + (size_t)b * T : NULL, T,
+                                   C, h, HS, scale, half);
+        }
+        free(own);
     }
+    if (failed)
+        cpu_fail("attention_half_forward's probabilities", (size_t)T * T * sizeof(float));
 }
 
 static void cpu_attention_forward(float *out, float *probs, const float *qkv, const float *mask,
@@ -1444,6 +1458,9 @@ static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
         if (b > most)
             most = b;
     }
+    /* attention_half_forward without probabilities: a [T, T] block per thread */
+    if (q->half && (b = threads * ((size_t)q->T * q->T * sizeof(float) + 16)) > most)
+        most = b;
     size_t nc = red_chunks(q->max_reduce);
     if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
         most = b;

@@ -25,7 +25,9 @@
 // embedding_backward, whose scatter-add uses atomics.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1621,11 +1623,240 @@ static void cuda_attention_forward(float *out, float *probs, const float *qkv, c
     attention_forward_any(out, probs, qkv, mask, B, T, NH, HS, -1);
 }
 
+// ---- fused half attention: attention_half_forward without probabilities
+//
+// One block per (sequence, head); each warp takes a strip of 16 query rows at a time and the
+// block's warps walk the keys together, a stage of 16-key tiles of K (and V) at a time staged
+// in shared memory as halves. Per strip, on tensor cores, three passes over the keys compute
+// each 16 x 16 tile of S = Q K^T again (the same operands, so the same bits each time) instead
+// of keeping S: pass 0 the row maxima, pass 1 the sums of the exponentials (in double), pass 2
+// P = half(exp(.) / sum) and O += P V. The formulas are softmax_forward_kernel's, and both
+// products sum the same exact half products as the unfused path's (in the tensor cores' order),
+// so nothing T x T is ever written to memory.
+//
+// Shared memory: the stage's K and V ([16 stage_tiles, hsp] halves each; hsp = HS rounded up
+// to 16, zero-padded, which adds nothing to a product), then per warp its strip of Q ([16, hsp]
+// halves), a tile of scores ([16, 16] floats) and of probabilities ([16, 16] halves).
+#define FUSED_MAX_WARPS 8
+#define FUSED_MAX_TILES 4
+#define FUSED_MAX_BYTES (48 * 1024) // what a launch may have without opting in
+
+struct fused_shape {
+    int hsp, stage_tiles, warps;
+    size_t bytes;
+};
+
+__host__ __device__ static size_t fused_warp_bytes(int hsp)
+{
+    return (size_t)16 * hsp * 2 + 16 * 16 * 4 + 16 * 16 * 2;
+}
+
+// The most warps (at most one per strip), then the longest stage, that fit; false for heads
+// wider than SHERL_ATTN_FUSED_MAX_HS (kernels.h), which the engine never sends here.
+static bool fused_plan(int T, int HS, fused_shape *f)
+{
+    f->hsp = (HS + 15) / 16 * 16;
+    int strips = (T + 15) / 16;
+    if (HS > SHERL_ATTN_FUSED_MAX_HS)
+        return false;
+    for (int w = FUSED_MAX_WARPS; w >= 1; w /= 2) {
+        if (w > 1 && w > strips)
+            continue;
+        for (int st = FUSED_MAX_TILES; st >= 1; st /= 2) {
+            size_t b = (size_t)2 * 16 * st * f->hsp * 2 + (size_t)w * fused_warp_bytes(f->hsp);
+            if (b <= FUSED_MAX_BYTES) {
+                f->stage_tiles = st, f->warps = w, f->bytes = b;
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+template <int TYPE> struct wmma_half;
+template <> struct wmma_half<SHERL_HALF_BF16> {
+    typedef __nv_bfloat16 t;
+};
+template <> struct wmma_half<SHERL_HALF_F16> {
+    typedef __half t;
+};
+
+// rows [r0, r0 + rows) of a head's [T, HS] slice (row stride ld) into dst[rows, hsp] as
+// halves, zero past T and HS; by threads tid, tid + nthreads, ...
+__device__ void fused_stage(uint16_t *dst, const float *src, int r0, int rows, int T, int HS,
+                            int hsp, int ld, int type, int tid, int nthreads)
+{
+    for (int i = tid; i < rows * hsp; i += nthreads) {
+        int r = i / hsp, c = i % hsp;
+        dst[i] = r0 + r < T && c < HS ? to_half_bits(src[(size_t)(r0 + r) * ld + c], type) : 0;
+    }
+}
+
+// ss[16, 16] = qs[16, hsp] . ks[16, hsp]^T, by the whole warp
+template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, const uint16_t *ks,
+                                                int hsp)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+    wmma::fill_fragment(s, 0.0f);
+    for (int k = 0; k < hsp; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major> kt;
+        wmma::load_matrix_sync(a, (const H *)(qs + k), hsp);
+        wmma::load_matrix_sync(kt, (const H *)(ks + k), hsp);
+        wmma::mma_sync(s, a, kt, s);
+    }
+    wmma::store_matrix_sync(ss, s, 16, wmma::mem_row_major);
+    __syncwarp();
+}
+
+// NCT: output column tiles held in registers at once (1, 2, 4 or 8); wider heads take pass 2
+// once per group of NCT tiles.
+template <int TYPE, int NCT>
+__global__ void attention_fused_kernel(float *out, const float *qkv, const float *mask, int T,
+                                       int NH, int HS, int hsp, int stage_tiles, float scale)
+{
+    using namespace nvcuda;
+    typedef typename wmma_half<TYPE>::t H;
+    extern __shared__ __align__(128) unsigned char fused_smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    const int C = NH * HS, C3 = 3 * C, strips = (T + 15) / 16, keys = 16 * stage_tiles;
+    const int col_tiles = hsp / 16, groups = (col_tiles + NCT - 1) / NCT;
+    const float *qb = qkv + (size_t)b * T * C3 + (size_t)h * HS, *kb = qb + C, *vb = qb + 2 * C;
+    const float *mk = mask ? mask + (size_t)b * T : NULL;
+    uint16_t *ks = (uint16_t *)fused_smem, *vs = ks + (size_t)keys * hsp;
+    uint16_t *qs = (uint16_t *)((unsigned char *)(vs + (size_t)keys * hsp) +
+                                (size_t)warp * fused_warp_bytes(hsp));
+    float *ss = (float *)(qs + 16 * hsp);
+    uint16_t *ps = (uint16_t *)(ss + 16 * 16);
+    // a lane's share of a score tile: row `row`, columns c0 .. c0 + 7
+    const int row = lane % 16, c0 = lane / 16 * 8;
+    for (int s0 = 0; s0 < strips; s0 += warps) {
+        const int r0 = (s0 + warp) * 16;
+        const bool active = s0 + warp < strips; // warp-uniform; idle warps still stage keys
+        if (active)
+            fused_stage(qs, qb, r0, 16, T, HS, hsp, C3, TYPE, lane, 32);
+        float mx = -INFINITY, inv = 0.0f;
+        double sum = 0.0;
+        for (int pass = 0; pass < 3; pass++) {
+            for (int g = 0; g < (pass < 2 ? 1 : groups); g++) {
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NCT];
+#pragma unroll
+                for (int i = 0; i < NCT; i++)
+                    wmma::fill_fragment(acc[i], 0.0f);
+                for (int k0 = 0; k0 < T; k0 += keys) {
+                    __syncthreads(); // every warp is done with the last stage
+                    fused_stage(ks, kb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x, blockDim.x);
+                    if (pass == 2)
+                        fused_stage(vs, vb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x,
+                                    blockDim.x);
+                    __syncthreads();
+                    if (!active)
+                        continue;
+                    for (int t = 0; t < stage_tiles && k0 + 16 * t < T; t++) {
+                        fused_scores<H>(ss, qs, ks + (size_t)16 * t * hsp, hsp);
+                        for (int j = 0; j < 8; j++) {
+                            int k = k0 + 16 * t + c0 + j;
+                            float x = k < T ? scale * ss[row * 16 + c0 + j] + (mk ? mk[k] : 0.0f)
+                                            : 0.0f;
+                            if (pass == 0 && k < T)
+                                mx = fmaxf(mx, x);
+                            else if (pass == 1 && k < T)
+                                sum += expf(x - mx);
+                            else if (pass == 2)
+                                ps[row * 16 + c0 + j] =
+                                    to_half_bits(k < T ? expf(x - mx) * inv : 0.0f, TYPE);
+                        }
+                        if (pass == 2) {
+                            __syncwarp();
+                            wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> pa;
+                            wmma::load_matrix_sync(pa, (const H *)ps, 16);
+#pragma unroll
+                            for (int i = 0; i < NCT; i++) {
+                                int ct = g * NCT + i;
+                                if (ct < col_tiles) {
+                                    wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major>
+                                        vt;
+                                    wmma::load_matrix_sync(
+                                        vt, (const H *)(vs + (size_t)16 * t * hsp + 16 * ct), hsp);
+                                    wmma::mma_sync(acc[i], pa, vt, acc[i]);
+                                }
+                            }
+                        }
+                        __syncwarp(); // ss and ps are the next tile's
+                    }
+                }
+                if (!active || pass < 2)
+                    continue;
+#pragma unroll
+                for (int i = 0; i < NCT; i++) {
+                    int ct = g * NCT + i;
+                    if (ct >= col_tiles)
+                        continue;
+                    wmma::store_matrix_sync(ss, acc[i], 16, wmma::mem_row_major);
+                    __syncwarp();
+                    for (int e = lane; e < 256; e += 32) {
+                        int r = e / 16, col = 16 * ct + e % 16;
+                        if (r0 + r < T && col < HS)
+                            out[((size_t)b * T + r0 + r) * C + (size_t)h * HS + col] = ss[e];
+                    }
+                    __syncwarp();
+                }
+            }
+            if (active && pass == 0)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            if (active && pass == 1) {
+                sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+                inv = (float)(1.0 / sum);
+            }
+        }
+    }
+}
+
+template <int TYPE>
+static void attention_fused(cuda_ctx *c, float *out, const float *qkv, const float *mask, int B,
+                            int T, int NH, int HS, const fused_shape &f)
+{
+    const int tiles = f.hsp / 16, nct = tiles >= 8 ? 8 : tiles >= 4 ? 4 : tiles >= 2 ? 2 : 1;
+    const float scale = 1.0f / sqrtf((float)HS);
+    dim3 grid((unsigned)B * NH), block(32 * f.warps);
+    if (nct == 8)
+        attention_fused_kernel<TYPE, 8><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+    else if (nct == 4)
+        attention_fused_kernel<TYPE, 4><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+    else if (nct == 2)
+        attention_fused_kernel<TYPE, 2><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+    else
+        attention_fused_kernel<TYPE, 1><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+    LAUNCHED(c, "attention_fused_kernel");
+}
+
 static void cuda_attention_half_forward(float *out, float *probs, const float *qkv,
                                         const float *mask, int B, int T, int NH, int HS, int type)
 {
-    attention_forward_any(out, probs, qkv, mask, B, T, NH, HS,
-                          type == SHERL_HALF_F16 ? SHERL_HALF_F16 : SHERL_HALF_BF16);
+    int half = type == SHERL_HALF_F16 ? SHERL_HALF_F16 : SHERL_HALF_BF16;
+    if (probs) {
+        attention_forward_any(out, probs, qkv, mask, B, T, NH, HS, half);
+        return;
+    }
+    cuda_ctx *c = ctx();
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0)
+        return;
+    fused_shape f;
+    if (!fused_plan(T, HS, &f)) {
+        record(c, "cuda: attention_half_forward without probabilities takes heads of at most %d, "
+                  "not %d (ops_cuda.cu:%d)", SHERL_ATTN_FUSED_MAX_HS, HS, __LINE__);
+        return;
+    }
+    if (half == SHERL_HALF_F16)
+        attention_fused<SHERL_HALF_F16>(c, out, qkv, mask, B, T, NH, HS, f);
+    else
+        attention_fused<SHERL_HALF_BF16>(c, out, qkv, mask, B, T, NH, HS, f);
 }
 
 // dS = scale * P (dP - rowsum(P dP)), in place in dp[B,hg,T,T] for heads h0 .. h0 + hg - 1 of

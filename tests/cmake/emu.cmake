@@ -19,9 +19,10 @@ target_include_directories(sherl_kernels_emu PUBLIC ${CMAKE_SOURCE_DIR}/kernels)
 target_include_directories(sherl_kernels_emu BEFORE PRIVATE ${SHERL_EMU_DIR}/include)
 target_include_directories(sherl_kernels_emu SYSTEM PRIVATE ${BLIS_INCLUDE_DIR})
 target_compile_definitions(sherl_kernels_emu PRIVATE SHERL_HAVE_CUDA=1)
-# -ffp-contract=off: no fused multiply-adds the CUDA source does not ask for
+# -ffp-contract=off: no fused multiply-adds the CUDA source does not ask for; #pragma unroll is
+# nvcc's
 target_compile_options(sherl_kernels_emu PRIVATE
-  $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off -Wall -Wextra -Wno-unused-parameter>
+  $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas>
   $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${SHERL_WERROR}>>:-Werror>)
 set_target_properties(sherl_kernels_emu PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON
   CXX_EXTENSIONS OFF)
@@ -34,3 +35,41 @@ set_target_properties(gpu_ops_emu PROPERTIES LINKER_LANGUAGE CXX)
 # --require: the emulated device must be there (no "no GPU, not run" pass)
 add_test(NAME gpu_ops_emu COMMAND gpu_ops_emu --backend cuda --require)
 set_tests_properties(gpu_ops_emu PROPERTIES TIMEOUT 600)
+
+# The engine over the emulated CUDA backend: training on "cuda" runs the GPU path (device
+# arenas, half copies of the frozen weights, the fused half ops, graphs) through the CUDA
+# kernels, checked against the CPU engine by tests/gpu/train_checks.c.
+get_target_property(SHERL_ENGINE_SOURCES sherl SOURCES)
+get_target_property(SHERL_ENGINE_DIR sherl SOURCE_DIR)
+list(TRANSFORM SHERL_ENGINE_SOURCES PREPEND ${SHERL_ENGINE_DIR}/)
+add_library(sherl_engine_emu STATIC ${SHERL_ENGINE_SOURCES})
+target_include_directories(sherl_engine_emu PUBLIC ${SHERL_ENGINE_DIR})
+target_link_libraries(sherl_engine_emu PUBLIC sherl_kernels_emu PkgConfig::CJSON
+  PkgConfig::UTF8PROC)
+
+add_executable(gpu_train_checks_emu ${SHERL_TEST_DIR}/gpu/train_checks.c
+  ${SHERL_TEST_DIR}/unit/guarded_backend.c)
+target_include_directories(gpu_train_checks_emu PRIVATE ${SHERL_TEST_DIR}/unit)
+target_link_libraries(gpu_train_checks_emu PRIVATE sherl_engine_emu Threads::Threads)
+set_target_properties(gpu_train_checks_emu PROPERTIES LINKER_LANGUAGE CXX)
+# the designs' GPU parity checks (tests/cmake/gpu_train.cmake), on the emulated device: fp32
+# op by op and from graphs, bf16 with the late layer trained op by op and from graphs, and 3
+# jobs sharing one resident backbone (the emulator counts device memory exactly)
+add_test(NAME gpu_train_parity_emu
+  COMMAND gpu_train_checks_emu parity --backend cuda ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_emu)
+add_test(NAME gpu_train_parity_graphs_emu
+  COMMAND gpu_train_checks_emu parity --backend cuda --graphs 1 ${small} --steps 20
+          --work ${SHERL_GPU_TRAIN_WORK}/parity_graphs_emu)
+add_test(NAME gpu_train_parity_bf16_tuned_emu
+  COMMAND gpu_train_checks_emu parity --backend cuda --precision bf16 --tune-late 1 ${small}
+          --steps 20 --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_tuned_emu)
+add_test(NAME gpu_train_parity_bf16_graphs_emu
+  COMMAND gpu_train_checks_emu parity --backend cuda --precision bf16 --tune-late 1 --graphs 1
+          ${small} --steps 20 --work ${SHERL_GPU_TRAIN_WORK}/parity_bf16_graphs_emu)
+add_test(NAME gpu_train_sharing_emu
+  COMMAND gpu_train_checks_emu sharing --backend cuda ${small} --jobs 3 --steps 4 --tol 0.01
+          --work ${SHERL_GPU_TRAIN_WORK}/sharing_emu)
+set_tests_properties(gpu_train_parity_emu gpu_train_parity_graphs_emu
+  gpu_train_parity_bf16_tuned_emu gpu_train_parity_bf16_graphs_emu gpu_train_sharing_emu
+  PROPERTIES FIXTURES_REQUIRED gpu_train_task TIMEOUT 600 LABELS emu)

@@ -441,10 +441,19 @@ struct scheduler {
     fiber *cur;
     emu::work *work;
     int live;
-    std::vector<unsigned char> dynamic; // the block's dynamic shared memory
+    unsigned char *dynamic; // the block's dynamic shared memory (128-byte aligned, as a GPU's)
+    size_t dynamic_cap;
+    bool faulted; // a thread of the launch hit a kernel_fault
     const void *main_bottom;
     size_t main_size;
     bool dirty_stacks; // fibers were abandoned mid-run: their stacks' poison is stale
+
+    ~scheduler()
+    {
+        for (char *st : stacks)
+            munmap(st, stack_bytes);
+        free(dynamic);
+    }
 };
 thread_local scheduler sched;
 
@@ -580,7 +589,7 @@ bool run_block(const emu::config &c, int nthreads, char *why, size_t why_len)
 #endif
     sched.fibers.resize(nthreads);
     if (c.shared)
-        memset(sched.dynamic.data(), 0xff, c.shared); // shared memory starts undefined
+        memset(sched.dynamic, 0xff, c.shared); // shared memory starts undefined
     for (int i = 0; i < nthreads; i++) {
         fiber *f = &sched.fibers[i];
         f->stack = sched.stacks[i];
@@ -652,7 +661,22 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src)
     return f->result;
 }
 
-void *dynamic_shared(void) { return sched.dynamic.data(); }
+void warp_barrier(unsigned mask) { (void)warp_exchange(mask, 0, -1); }
+
+void kernel_fault(const char *what)
+{
+    if (!sched.faulted) // the first thread's says it; the others' would repeat it
+        fprintf(stderr, "cuda_emu: thread (%u,%u,%u) of block (%u,%u,%u): %s\n", threadIdx.x,
+                threadIdx.y, threadIdx.z, blockIdx.x, blockIdx.y, blockIdx.z, what);
+    fiber *f = sched.cur;
+    sched.faulted = true;
+    f->state = DONE;
+    sched.live--;
+    switch_to_main(f, true);
+    abort(); // never resumed
+}
+
+void *dynamic_shared(void) { return sched.dynamic; }
 } // namespace emu
 
 static void run_grid(const emu::config &c, emu::work *w)
@@ -665,13 +689,31 @@ static void run_grid(const emu::config &c, emu::work *w)
     blockDim = c.block;
     gridDim = c.grid;
     sched.work = w;
-    sched.dynamic.assign(c.shared ? c.shared : 1, 0);
+    if (sched.dynamic_cap < c.shared || !sched.dynamic) {
+        free(sched.dynamic);
+        sched.dynamic_cap = c.shared > 256 ? c.shared : 256;
+        sched.dynamic = (unsigned char *)aligned_alloc(128, (sched.dynamic_cap + 127) & ~(size_t)127);
+        if (!sched.dynamic) {
+            sched.dynamic_cap = 0;
+            sched.work = NULL;
+            fprintf(stderr, "cuda_emu: no memory for %zu bytes of shared memory\n", c.shared);
+            fault();
+            return;
+        }
+    }
+    sched.faulted = false;
     char why[200] = "";
     for (unsigned z = 0; z < c.grid.z; z++)
         for (unsigned y = 0; y < c.grid.y; y++)
             for (unsigned x = 0; x < c.grid.x; x++) {
                 blockIdx = {x, y, z};
-                if (!run_block(c, nthreads, why, sizeof why)) {
+                bool finished = run_block(c, nthreads, why, sizeof why);
+                if (sched.faulted) { // the fault said why
+                    fault();
+                    sched.work = NULL;
+                    return;
+                }
+                if (!finished) {
                     fprintf(stderr, "cuda_emu: block (%u,%u,%u) of a grid (%u,%u,%u) x (%u,%u,%u) "
                                     "never finishes: %s\n", x, y, z, c.grid.x, c.grid.y,
                             c.grid.z, c.block.x, c.block.y, c.block.z, why);

@@ -1,14 +1,14 @@
 # cmake -DIN=ops_cuda.cu -DOUT=ops_cuda_emu.cpp -P translate.cmake
 # Rewrites what a C++ compiler cannot read in a CUDA file for cuda_emu (include/cuda_runtime.h):
 #   k<<<grid, block, shared, stream>>>(args)  ->  k| emu::config(grid, block, shared, stream) | emu::args(args)
-#   extern __shared__ T name[];               ->  T *name = (T *)emu::dynamic_shared();
+#   extern __shared__ [__align__(N)] T name[]; ->  T *name = (T *)emu::dynamic_shared();
 #   NULL                                      ->  nullptr (a launch argument keeps its type)
 # and points the compiler's messages at the original lines.
 file(READ "${IN}" text)
 string(REPLACE "<<<" "| emu::config(" text "${text}")
 string(REPLACE ">>>(" ") | emu::args(" text "${text}")
-string(REGEX REPLACE "extern __shared__ ([A-Za-z_][A-Za-z_0-9 ]*[A-Za-z_0-9]) ([A-Za-z_][A-Za-z_0-9]*)\\[\\];"
-       "\\1 *\\2 = (\\1 *)emu::dynamic_shared();" text "${text}")
+string(REGEX REPLACE "extern __shared__ (__align__\\([0-9]+\\) )?([A-Za-z_][A-Za-z_0-9 ]*[A-Za-z_0-9]) ([A-Za-z_][A-Za-z_0-9]*)\\[\\];"
+       "\\2 *\\3 = (\\2 *)emu::dynamic_shared();" text "${text}")
 string(REGEX REPLACE "([^A-Za-z0-9_])NULL([^A-Za-z0-9_])" "\\1nullptr\\2" text "${text}")
 foreach(left ">>>" "extern __shared__")
   string(FIND "${text}" "${left}" at)

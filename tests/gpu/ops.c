@@ -1260,6 +1260,55 @@ static void t_attention_half_forward(tcase *tc, int arg)
     }
 }
 
+/* attention_half_forward without probabilities (probs NULL: a device's fused kernel), arg =
+ * shape * 2 + type, with and without a mask: the reference gives the same bits with and
+ * without probabilities, and the tested is within the half type's ulp of it (as
+ * t_attention_half_forward's out). The shapes end their query strips and key stages part way
+ * (T 19, 130, 70, 5, 33, 17), take heads that are not a multiple of 16 (21, 48, 20), heads
+ * whose output takes two groups of column tiles (160), and the widest allowed. */
+static void t_attention_half_fused(tcase *tc, int arg)
+{
+    static const attention_shape shapes[] = {
+        {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {2, 70, 3, 48, 0, 0, 0},
+        {4, 5, 2, 16, 0, 0, 0},  {2, 33, 2, 160, 0, 0, 0}, {1, 17, 1, SHERL_ATTN_FUSED_MAX_HS, 0, 0, 0},
+        {5, 40, 7, 20, 0, 0, 0}};
+    int type = arg % 2;
+    attention_shape a = shapes[arg / 2];
+    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
+    a.nqkv = 3 * a.nout;
+    a.nprobs = (size_t)a.B * a.NH * a.T * a.T;
+    float *hq = host_rand(tc, a.nqkv, -2, 2);
+    for (size_t i = 0; i < a.nqkv; i++)
+        hq[i] = sherl_half_round_f32(hq[i], type);
+    pair qkv = up(tc, hq, a.nqkv * sizeof(float));
+    pair mask = up(tc, host_key_mask(tc, a.B, a.T, 0), sizeof(float) * a.B * a.T);
+    const double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7;
+    for (int masked = 0; masked < 2; masked++) {
+        pair m = masked ? mask : NONE;
+        pair with = up_poison(tc, a.nout), out = up_poison(tc, a.nout);
+        pair probs = up_poison(tc, a.nprobs);
+        ON_BOTH(tc, be->attention_half_forward(P(with), P(probs), P(qkv), P(m), a.B, a.T, a.NH,
+                                               a.HS, type));
+        ON_BOTH(tc, be->attention_half_forward(P(out), NULL, P(qkv), P(m), a.B, a.T, a.NH, a.HS,
+                                               type));
+        if (!settle(tc, "attention_half_forward"))
+            return;
+        const float *rw = fetch(tc, with, REF, a.nout * sizeof(float));
+        const float *ro = fetch(tc, out, REF, a.nout * sizeof(float));
+        if (!settle(tc, "copy_to_host"))
+            return;
+        size_t differ = 0, at = 0;
+        for (size_t i = 0; i < a.nout; i++)
+            if (memcmp(&rw[i], &ro[i], sizeof(float)) && differ++ == 0)
+                at = i;
+        char detail[96];
+        snprintf(detail, sizeof detail, "with %.9g without %.9g", rw[at], ro[at]);
+        verdict(tc, label(tc, "reference's out without probs differs[mask=%d]", masked),
+                (double)differ, 0.0, at, detail);
+        check_f32(tc, label(tc, "out[mask=%d]", masked), out, a.nout, ulp);
+    }
+}
+
 /* The scratch a backend reserves for the calling thread: prepare(NULL) gives it back, then
  * with `shape` a step of the test's T, NH, HS over `B` sequences is prepared. */
 static void prepare_scratch(tcase *tc, const attention_shape *shape, int B)
@@ -1879,6 +1928,15 @@ static const test_def tests[] = {
     {"attention_half_forward.small.f16", t_attention_half_forward, SHERL_HALF_F16},
     {"attention_half_forward.big.bf16", t_attention_half_forward, 2 + SHERL_HALF_BF16},
     {"attention_half_forward.big.f16", t_attention_half_forward, 2 + SHERL_HALF_F16},
+    {"attention_half_fused.t19_hs21.bf16", t_attention_half_fused, 0 + SHERL_HALF_BF16},
+    {"attention_half_fused.t19_hs21.f16", t_attention_half_fused, 0 + SHERL_HALF_F16},
+    {"attention_half_fused.t130_hs64.bf16", t_attention_half_fused, 2 + SHERL_HALF_BF16},
+    {"attention_half_fused.t130_hs64.f16", t_attention_half_fused, 2 + SHERL_HALF_F16},
+    {"attention_half_fused.t70_hs48.bf16", t_attention_half_fused, 4 + SHERL_HALF_BF16},
+    {"attention_half_fused.t5_hs16.bf16", t_attention_half_fused, 6 + SHERL_HALF_BF16},
+    {"attention_half_fused.t33_hs160.bf16", t_attention_half_fused, 8 + SHERL_HALF_BF16},
+    {"attention_half_fused.t17_hsmax.bf16", t_attention_half_fused, 10 + SHERL_HALF_BF16},
+    {"attention_half_fused.t40_hs20.f16", t_attention_half_fused, 12 + SHERL_HALF_F16},
     {"attention_backward.small", t_attention_backward, 0},
     {"attention_backward.big", t_attention_backward, 1},
     {"attention_backward.groups", t_attention_backward, 2},
@@ -2150,6 +2208,13 @@ static void mut_attention_half_forward(float *out, float *probs, const float *qk
         probs[i] = sherl_half_round_f32(probs[i], type);
 }
 
+/* attention_half_forward without probabilities ignores the mask */
+static void mut_attention_half_fused(float *out, float *probs, const float *qkv,
+                                     const float *mask, int B, int T, int NH, int HS, int type)
+{
+    real_ops->attention_half_forward(out, probs, qkv, probs ? mask : NULL, B, T, NH, HS, type);
+}
+
 /* embedding_backward: the last token's gradient is lost */
 static void mut_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
                                    int C)
@@ -2264,6 +2329,10 @@ INSTALL(layernorm_grouped_backward)
 INSTALL(softmax_forward)
 INSTALL(attention_backward)
 INSTALL(attention_half_forward)
+static void install_attention_half_fused(sherl_backend *be)
+{
+    be->attention_half_forward = mut_attention_half_fused;
+}
 INSTALL(embedding_backward)
 INSTALL(dropout_forward)
 INSTALL(l2norm_backward)
@@ -2310,6 +2379,8 @@ static const mutation mutations[] = {
     {"attention_backward.", "attention_backward: dqkv off by 1e-3", install_attention_backward},
     {"attention_half_forward.", "attention_half_forward: out from the unrounded probabilities",
      install_attention_half_forward},
+    {"attention_half_fused.", "attention_half_forward without probabilities ignores the mask",
+     install_attention_half_fused},
     {"embedding_backward.", "embedding_backward drops the last token",
      install_embedding_backward},
     {"dropout_forward", "dropout_forward flips one mask element", install_dropout_forward},

@@ -89,6 +89,9 @@ namespace emu {
 // lane `src` of its warp once every lane of `mask` has arrived (src < 0: its own).
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src);
 void block_barrier(void);
+void warp_barrier(unsigned mask);
+// a fault the kernel cannot go on from (a misaligned matrix load): the launch fails
+[[noreturn]] void kernel_fault(const char *what);
 void *dynamic_shared(void);
 int lane_id(void);
 
@@ -110,6 +113,7 @@ static inline int segment_base(int lane, int width) { return lane - lane % width
 } // namespace emu
 
 static inline void __syncthreads(void) { emu::block_barrier(); }
+static inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_barrier(mask); }
 
 template <class T> static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32)
 {
