@@ -996,7 +996,25 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     const int fused = half && !a->qkv16 && !be->host_memory && D / NH <= SHERL_ATTN_FUSED_MAX_HS;
     if (a->inp16)
         half_round(be, m->prec, a->inp16, inp, (size_t)N * D);
-    for (int b0 = 0; b0 < B; b0 += seqs) {
+    /* ...and when a pass's Q|K|V fits the probabilities' buffer (unused then) as halves, its
+     * Q|K|V and attention output exist only rounded, as its products read them: the Q|K|V
+     * product writes halves (its bias and rounding fused in), the attention reads and writes
+     * halves, its output in attn's floats. */
+    uint16_t *qkv16 = fused && a->probs && a->probs_n * sizeof(float) >=
+                                               (size_t)seqs * T * 3 * D * sizeof(uint16_t)
+                          ? (uint16_t *)a->probs
+                          : NULL;
+    uint16_t *attn16 = qkv16 ? (uint16_t *)a->attn : a->attn16;
+    for (int b0 = 0; qkv16 && b0 < B; b0 += seqs) {
+        int b = B - b0 < seqs ? B - b0 : seqs;
+        size_t r0 = (size_t)b0 * T;
+        half_round(be, m->prec, act16, inp + r0 * D, (size_t)b * T * D);
+        be->linear_half16_forward(qkv16, a->qkv, act16, ly->qkv_w16, ly->qkv_b, b * T, D, 3 * D,
+                                  half_type(m->prec));
+        be->attention_half16_forward(attn16 + r0 * D, qkv16, mask_add + r0, b, T, NH, D / NH,
+                                     half_type(m->prec));
+    }
+    for (int b0 = 0; !qkv16 && b0 < B; b0 += seqs) {
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
@@ -1010,7 +1028,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     }
     if (a->attn16)
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
-    linear_forward(m, a->res1, a->attn, a->attn16, ly->attn_out_w, ly->attn_out_w16,
+    linear_forward(m, a->res1, a->attn, attn16, ly->attn_out_w, ly->attn_out_w16,
                    half ? NULL : ly->attn_out_b, act16, act16_n, N, D, D);
     be->residual_layernorm_forward(a->ln1, a->ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
                                    half ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,

@@ -199,6 +199,14 @@ struct sherl_backend {
      * f32_to_half, half_to_f32) */
     void (*bias_half_round_forward)(float *x, uint16_t *x16, const float *bias, int N, int C,
                                     int type);
+    /* out16[N,OC] = half(inp16 . w16^T + bias), a forward-only half Linear whose output is only
+     * read rounded (a frozen layer's Q|K|V): the bits of gemm_bf16/gemm_f16 into fp32, then
+     * bias_half_round_forward's x16. tmp [N,OC] floats the op may overwrite (a device fuses
+     * the bias and the rounding into the product when its library can, and then leaves tmp
+     * alone). bias may be NULL. */
+    void (*linear_half16_forward)(uint16_t *out16, float *tmp, const uint16_t *inp16,
+                                  const uint16_t *w16, const float *bias, int N, int C, int OC,
+                                  int type);
 
     /* ---- softmax over the last dim of [B,H,Tq,Tk] of scale * inp + mask[b, k]
      * (mask: additive [B,Tk], may be NULL). out may alias inp. ---- */
@@ -230,6 +238,11 @@ struct sherl_backend {
      * (the same formulas) without writing anything of size T x T. */
     void (*attention_half_forward)(float *out, float *probs, const float *qkv, const float *mask,
                                    int B, int T, int NH, int HS, int type);
+    /* attention_half_forward without probabilities on halves: out16[B,T,C] = half(out) of
+     * qkv16[B,T,3C] widened (a forward-only half layer, whose projection reads its attention
+     * rounded); HS <= SHERL_ATTN_FUSED_MAX_HS */
+    void (*attention_half16_forward)(uint16_t *out16, const uint16_t *qkv16, const float *mask,
+                                     int B, int T, int NH, int HS, int type);
 
     /* ---- embedding gather: out[N,C] = table[ids[n], :] ---- */
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);

@@ -569,6 +569,15 @@ static void cpu_bias_half_round_forward(float *x, uint16_t *x16, const float *bi
     }
 }
 
+static void cpu_linear_half16_forward(uint16_t *out16, float *tmp, const uint16_t *inp16,
+                                      const uint16_t *w16, const float *bias, int N, int C, int OC,
+                                      int type)
+{
+    (type == SHERL_HALF_F16 ? cpu_gemm_f16 : cpu_gemm_bf16)(0, 1, N, OC, C, 1.0f, inp16, C, w16,
+                                                            C, 0.0f, tmp, OC);
+    cpu_bias_half_round_forward(tmp, out16, bias, N, OC, type);
+}
+
 /* ------------------------------------------------------------------------------------------
  * softmax */
 
@@ -696,6 +705,29 @@ static void cpu_attention_half_forward(float *out, float *probs, const float *qk
 {
     attention_forward_any(out, probs, qkv, mask, B, T, NH, HS,
                           type == SHERL_HALF_F16 ? SHERL_HALF_F16 : SHERL_HALF_BF16);
+}
+
+/* The reference semantics, a sequence at a time: its qkv16 widened, attention_half_forward
+ * without probabilities, the output rounded. */
+static void cpu_attention_half16_forward(uint16_t *out16, const uint16_t *qkv16,
+                                         const float *mask, int B, int T, int NH, int HS,
+                                         int type)
+{
+    size_t no = (size_t)T * NH * HS, nq = 3 * no;
+    float *qkv = malloc(nq * sizeof(float)), *out = malloc(no * sizeof(float));
+    if (!qkv || !out) {
+        free(qkv), free(out);
+        cpu_fail("attention_half16_forward's widened operands", (nq + no) * sizeof(float));
+        return;
+    }
+    int f16 = type == SHERL_HALF_F16;
+    for (int b = 0; b < B; b++) {
+        (f16 ? cpu_f16_to_f32 : cpu_bf16_to_f32)(qkv, qkv16 + (size_t)b * nq, nq);
+        attention_forward_any(out, NULL, qkv, mask ? mask + (size_t)b * T : NULL, 1, T, NH, HS,
+                              f16 ? SHERL_HALF_F16 : SHERL_HALF_BF16);
+        (f16 ? cpu_f32_to_f16 : cpu_f32_to_bf16)(out16 + (size_t)b * no, out, no);
+    }
+    free(qkv), free(out);
 }
 
 /* dS for a block of R query rows fits in this many floats on each thread's stack. */
@@ -1458,9 +1490,13 @@ static size_t cpu_scratch_bytes(const sherl_scratch_shape *q)
         if (b > most)
             most = b;
     }
-    /* attention_half_forward without probabilities: a [T, T] block per thread */
-    if (q->half && (b = threads * ((size_t)q->T * q->T * sizeof(float) + 16)) > most)
-        most = b;
+    /* attention_half_forward without probabilities: a [T, T] block per thread; with
+     * attention_half16_forward's widened Q|K|V and output of a sequence ([T, 4 C] floats) */
+    if (q->half) {
+        size_t att = (size_t)q->T * 4 * q->NH * q->HS * sizeof(float) + 32;
+        if ((b = att + threads * ((size_t)q->T * q->T * sizeof(float) + 16)) > most)
+            most = b;
+    }
     size_t nc = red_chunks(q->max_reduce);
     if (nc > 64 && (b = nc * sizeof(double) + 16) > most) /* partials beyond the stack slots */
         most = b;
@@ -1526,6 +1562,8 @@ static const sherl_backend cpu_backend = {
     .softmax_backward = cpu_softmax_backward,
     .attention_forward = cpu_attention_forward,
     .attention_half_forward = cpu_attention_half_forward,
+    .attention_half16_forward = cpu_attention_half16_forward,
+    .linear_half16_forward = cpu_linear_half16_forward,
     .attention_backward = cpu_attention_backward,
     .embedding_forward = cpu_embedding_forward,
     .embedding_forward_bf16 = cpu_embedding_forward_bf16,

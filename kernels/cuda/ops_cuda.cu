@@ -23,6 +23,7 @@
 // sumsq, the softmax backward dot) are done in double here too (and the softmax sum as well),
 // in a fixed order, so results do not depend on timing. The one exception is
 // embedding_backward, whose scatter-add uses atomics.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -68,7 +69,8 @@ struct cuda_ctx {
     char err[512];
     cudaStream_t stream;
     cublasHandle_t blas;
-    void *workspace;       // cuBLAS workspace
+    cublasLtHandle_t lt;   // cublasLt, for products with an epilogue (NULL: none to be had)
+    void *workspace;       // cuBLAS workspace (cublasLt's too: both run on the stream in order)
     void *scratch;         // the ops' own scratch (attention dP, reduction partials)
     size_t scratch_bytes;
     unsigned long long gen; // changes of scratch and cuBLAS workspace (graphs hold their pointers)
@@ -82,6 +84,8 @@ struct cuda_ctx {
             cudaStreamSynchronize(stream);
         if (blas_ready)
             cublasDestroy(blas);
+        if (lt)
+            cublasLtDestroy(lt);
         if (ready)
             cudaStreamDestroy(stream);
         if (workspace)
@@ -211,6 +215,9 @@ static int blas_ready(cuda_ctx *c)
         c->workspace = NULL;
         return 0;
     }
+    // without cublasLt the products it would fuse run unfused (lt_linear_half16)
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS)
+        c->lt = NULL;
     c->blas_ready = 1;
     c->gen++;
     return 1;
@@ -487,6 +494,9 @@ static int cuda_prepare(const sherl_scratch_shape *q)
         c->gen++;
         if (c->blas_ready) {
             cublasDestroy(c->blas);
+            if (c->lt)
+                cublasLtDestroy(c->lt);
+            c->lt = NULL;
             cudaFree(c->workspace);
             c->workspace = NULL;
             c->blas_ready = 0;
@@ -1416,6 +1426,101 @@ static void cuda_bias_half_round_forward(float *x, uint16_t *x16, const float *b
     }
 }
 
+// The largest power of two (at most 256) that divides p's address: cublasLt's heuristic must
+// be told the operands' alignment, or it may pick an algorithm that needs more.
+static uint32_t alignment_of(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && (uintptr_t)p % a)
+        a /= 2;
+    return a;
+}
+
+// out16 = half(inp16 . w16^T + bias) as one cublasLt product, the bias added in its epilogue
+// (in fp32, before the rounding to the 16-bit result, as bias_half_round_forward does): true
+// when it ran. False, with nothing recorded, when cublasLt offers no algorithm for it (or there
+// is no cublasLt); a failure of the product itself is recorded.
+static bool lt_linear_half16(cuda_ctx *c, uint16_t *out16, const uint16_t *inp16,
+                             const uint16_t *w16, const float *bias, int N, int C, int OC,
+                             int type)
+{
+    if (!c->lt)
+        return false;
+    // column-major: out^T [OC, N] = op_T(W as [C, OC]) . inp^T as [C, N]
+    const cudaDataType_t ht = type == SHERL_HALF_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtEpilogue_t ep = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    const uint64_t ws = CUBLAS_WORKSPACE_BYTES;
+    const uint32_t align_a = alignment_of(w16), align_b = alignment_of(inp16),
+                   align_d = alignment_of(out16);
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
+    bool usable =
+        cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == ok &&
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == ok &&
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == ok &&
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep) == ok &&
+        (!bias ||
+         (cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                         sizeof bias) == ok &&
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                         sizeof bias_type) == ok)) &&
+        cublasLtMatrixLayoutCreate(&la, ht, C, OC, C) == ok &&
+        cublasLtMatrixLayoutCreate(&lb, ht, C, N, C) == ok &&
+        cublasLtMatrixLayoutCreate(&ld, ht, OC, N, OC) == ok &&
+        cublasLtMatmulPreferenceCreate(&pref) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                             sizeof ws) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                             &align_a, sizeof align_a) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                             &align_b, sizeof align_b) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                             &align_d, sizeof align_d) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                             &align_d, sizeof align_d) == ok &&
+        cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &h, &found) == ok &&
+        found > 0;
+    if (usable) {
+        const float alpha = 1.0f, beta = 0.0f;
+        CKB(c, cublasLtMatmul(c->lt, op, &alpha, w16, la, inp16, lb, &beta, out16, ld, out16, ld,
+                              &h.algo, c->workspace, CUBLAS_WORKSPACE_BYTES, c->stream));
+    }
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (ld)
+        cublasLtMatrixLayoutDestroy(ld);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    return usable;
+}
+
+// SHERL_CUDA_LT=0 turns the fused cublasLt products off (the product and its tail run apart)
+static int use_lt = 1;
+
+static void cuda_linear_half16_forward(uint16_t *out16, float *tmp, const uint16_t *inp16,
+                                       const uint16_t *w16, const float *bias, int N, int C,
+                                       int OC, int type)
+{
+    cuda_ctx *c = ctx();
+    if (!c->ready || N <= 0 || OC <= 0 || !blas_ready(c))
+        return;
+    if (C > 0 && use_lt && lt_linear_half16(c, out16, inp16, w16, bias, N, C, OC, type))
+        return;
+    gemm_any(0, 1, N, OC, C, 1.0f, inp16, C, 0, w16, C, 0,
+             type == SHERL_HALF_F16 ? CUDA_R_16F : CUDA_R_16BF, 0.0f, tmp, OC, 0, 1);
+    cuda_bias_half_round_forward(tmp, out16, bias, N, OC, type);
+}
+
 static void cuda_residual_forward(float *out, const float *a, const float *b, size_t n)
 {
     ELEMENTWISE(residual_forward_kernel, n, out, a, b, n);
@@ -1681,14 +1786,19 @@ template <> struct wmma_half<SHERL_HALF_F16> {
     typedef __half t;
 };
 
+__device__ __forceinline__ uint16_t half_bits_of(float v, int type) { return to_half_bits(v, type); }
+__device__ __forceinline__ uint16_t half_bits_of(uint16_t v, int type) { return v; }
+
 // rows [r0, r0 + rows) of a head's [T, HS] slice (row stride ld) into dst[rows, hsp] as
-// halves, zero past T and HS; by threads tid, tid + nthreads, ...
-__device__ void fused_stage(uint16_t *dst, const float *src, int r0, int rows, int T, int HS,
+// halves, zero past T and HS; by threads tid, tid + nthreads, ... IN: float (half values) or
+// uint16_t (their bits).
+template <class IN>
+__device__ void fused_stage(uint16_t *dst, const IN *src, int r0, int rows, int T, int HS,
                             int hsp, int ld, int type, int tid, int nthreads)
 {
     for (int i = tid; i < rows * hsp; i += nthreads) {
         int r = i / hsp, c = i % hsp;
-        dst[i] = r0 + r < T && c < HS ? to_half_bits(src[(size_t)(r0 + r) * ld + c], type) : 0;
+        dst[i] = r0 + r < T && c < HS ? half_bits_of(src[(size_t)(r0 + r) * ld + c], type) : 0;
     }
 }
 
@@ -1712,9 +1822,11 @@ template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, c
 
 // NCT: output column tiles held in registers at once (1, 2, 4 or 8); wider heads take pass 2
 // once per group of NCT tiles.
-template <int TYPE, int NCT>
-__global__ void attention_fused_kernel(float *out, const float *qkv, const float *mask, int T,
-                                       int NH, int HS, int hsp, int stage_tiles, float scale)
+// IN: float (attention_half_forward's qkv of half values) or uint16_t (attention_half16's
+// qkv16); OUT16: out holds halves (out16) instead of floats.
+template <int TYPE, int NCT, class IN, bool OUT16>
+__global__ void attention_fused_kernel(void *out, const IN *qkv, const float *mask, int T, int NH,
+                                       int HS, int hsp, int stage_tiles, float scale)
 {
     using namespace nvcuda;
     typedef typename wmma_half<TYPE>::t H;
@@ -1723,7 +1835,7 @@ __global__ void attention_fused_kernel(float *out, const float *qkv, const float
     const int b = blockIdx.x / NH, h = blockIdx.x % NH;
     const int C = NH * HS, C3 = 3 * C, strips = (T + 15) / 16, keys = 16 * stage_tiles;
     const int col_tiles = hsp / 16, groups = (col_tiles + NCT - 1) / NCT;
-    const float *qb = qkv + (size_t)b * T * C3 + (size_t)h * HS, *kb = qb + C, *vb = qb + 2 * C;
+    const IN *qb = qkv + (size_t)b * T * C3 + (size_t)h * HS, *kb = qb + C, *vb = qb + 2 * C;
     const float *mk = mask ? mask + (size_t)b * T : NULL;
     uint16_t *ks = (uint16_t *)fused_smem, *vs = ks + (size_t)keys * hsp;
     uint16_t *qs = (uint16_t *)((unsigned char *)(vs + (size_t)keys * hsp) +
@@ -1798,8 +1910,11 @@ __global__ void attention_fused_kernel(float *out, const float *qkv, const float
                     __syncwarp();
                     for (int e = lane; e < 256; e += 32) {
                         int r = e / 16, col = 16 * ct + e % 16;
-                        if (r0 + r < T && col < HS)
-                            out[((size_t)b * T + r0 + r) * C + (size_t)h * HS + col] = ss[e];
+                        size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
+                        if (r0 + r < T && col < HS && OUT16)
+                            ((uint16_t *)out)[o] = to_half_bits(ss[e], TYPE);
+                        else if (r0 + r < T && col < HS)
+                            ((float *)out)[o] = ss[e];
                     }
                     __syncwarp();
                 }
@@ -1814,26 +1929,38 @@ __global__ void attention_fused_kernel(float *out, const float *qkv, const float
     }
 }
 
-template <int TYPE>
-static void attention_fused(cuda_ctx *c, float *out, const float *qkv, const float *mask, int B,
+template <int TYPE, class IN, bool OUT16>
+static void attention_fused(cuda_ctx *c, void *out, const IN *qkv, const float *mask, int B,
                             int T, int NH, int HS, const fused_shape &f)
 {
     const int tiles = f.hsp / 16, nct = tiles >= 8 ? 8 : tiles >= 4 ? 4 : tiles >= 2 ? 2 : 1;
     const float scale = 1.0f / sqrtf((float)HS);
     dim3 grid((unsigned)B * NH), block(32 * f.warps);
     if (nct == 8)
-        attention_fused_kernel<TYPE, 8><<<grid, block, f.bytes, c->stream>>>(
+        attention_fused_kernel<TYPE, 8, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
             out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
     else if (nct == 4)
-        attention_fused_kernel<TYPE, 4><<<grid, block, f.bytes, c->stream>>>(
+        attention_fused_kernel<TYPE, 4, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
             out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
     else if (nct == 2)
-        attention_fused_kernel<TYPE, 2><<<grid, block, f.bytes, c->stream>>>(
+        attention_fused_kernel<TYPE, 2, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
             out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
     else
-        attention_fused_kernel<TYPE, 1><<<grid, block, f.bytes, c->stream>>>(
+        attention_fused_kernel<TYPE, 1, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
             out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
     LAUNCHED(c, "attention_fused_kernel");
+}
+
+// The fused kernel's plan for a call, or false (recorded) for heads wider than it takes
+static bool fused_call(cuda_ctx *c, const char *op, int B, int T, int NH, int HS, fused_shape *f)
+{
+    if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0)
+        return false;
+    if (fused_plan(T, HS, f))
+        return true;
+    record(c, "cuda: %s takes heads of at most %d, not %d (ops_cuda.cu:%d)", op,
+           SHERL_ATTN_FUSED_MAX_HS, HS, __LINE__);
+    return false;
 }
 
 static void cuda_attention_half_forward(float *out, float *probs, const float *qkv,
@@ -1845,18 +1972,27 @@ static void cuda_attention_half_forward(float *out, float *probs, const float *q
         return;
     }
     cuda_ctx *c = ctx();
-    if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0)
-        return;
     fused_shape f;
-    if (!fused_plan(T, HS, &f)) {
-        record(c, "cuda: attention_half_forward without probabilities takes heads of at most %d, "
-                  "not %d (ops_cuda.cu:%d)", SHERL_ATTN_FUSED_MAX_HS, HS, __LINE__);
+    if (!fused_call(c, "attention_half_forward without probabilities", B, T, NH, HS, &f))
         return;
-    }
     if (half == SHERL_HALF_F16)
-        attention_fused<SHERL_HALF_F16>(c, out, qkv, mask, B, T, NH, HS, f);
+        attention_fused<SHERL_HALF_F16, float, false>(c, out, qkv, mask, B, T, NH, HS, f);
     else
-        attention_fused<SHERL_HALF_BF16>(c, out, qkv, mask, B, T, NH, HS, f);
+        attention_fused<SHERL_HALF_BF16, float, false>(c, out, qkv, mask, B, T, NH, HS, f);
+}
+
+static void cuda_attention_half16_forward(uint16_t *out16, const uint16_t *qkv16,
+                                          const float *mask, int B, int T, int NH, int HS,
+                                          int type)
+{
+    cuda_ctx *c = ctx();
+    fused_shape f;
+    if (!fused_call(c, "attention_half16_forward", B, T, NH, HS, &f))
+        return;
+    if (type == SHERL_HALF_F16)
+        attention_fused<SHERL_HALF_F16, uint16_t, true>(c, out16, qkv16, mask, B, T, NH, HS, f);
+    else
+        attention_fused<SHERL_HALF_BF16, uint16_t, true>(c, out16, qkv16, mask, B, T, NH, HS, f);
 }
 
 // dS = scale * P (dP - rowsum(P dP)), in place in dp[B,hg,T,T] for heads h0 .. h0 + hg - 1 of
@@ -2663,6 +2799,8 @@ template <int D> static void cuda_backend_fill(sherl_backend *t)
     OP(softmax_backward);
     OP(attention_forward);
     OP(attention_half_forward);
+    OP(attention_half16_forward);
+    OP(linear_half16_forward);
     OP(attention_backward);
     OP(embedding_forward);
     OP(embedding_forward_bf16);
@@ -2760,8 +2898,9 @@ extern "C" int cuda_list_devices(sherl_device_info *out, int max, char *why, siz
 static void cuda_backend_init(void)
 {
     const char *off = getenv("SHERL_CUDA_DISABLE");
-    const char *tf32 = getenv("SHERL_CUDA_TF32");
+    const char *tf32 = getenv("SHERL_CUDA_TF32"), *lt = getenv("SHERL_CUDA_LT");
     use_tf32 = tf32 && !strcmp(tf32, "1");
+    use_lt = !(lt && !strcmp(lt, "0"));
     // Every handle gets our own workspace (cublasSetWorkspace, counted by the planner); without
     // this cuBLAS also keeps a default one per handle, which on an H200 was 70 MiB a job thread
     // more than planned (4 jobs: 1.32x the plan; with it 1.03x). A value the user set stands.

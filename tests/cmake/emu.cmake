@@ -34,7 +34,10 @@ target_link_libraries(gpu_ops_emu PRIVATE sherl_kernels_emu)
 set_target_properties(gpu_ops_emu PROPERTIES LINKER_LANGUAGE CXX)
 # --require: the emulated device must be there (no "no GPU, not run" pass)
 add_test(NAME gpu_ops_emu COMMAND gpu_ops_emu --backend cuda --require)
-set_tests_properties(gpu_ops_emu PROPERTIES TIMEOUT 600)
+# SHERL_CUDA_LT=0: the ops that fuse a product's tail with cublasLt run product and tail apart
+add_test(NAME gpu_ops_emu_no_lt COMMAND gpu_ops_emu --backend cuda --require --filter half16)
+set_tests_properties(gpu_ops_emu_no_lt PROPERTIES ENVIRONMENT SHERL_CUDA_LT=0)
+set_tests_properties(gpu_ops_emu gpu_ops_emu_no_lt PROPERTIES TIMEOUT 600)
 
 # The engine over the emulated CUDA backend: training on "cuda" runs the GPU path (device
 # arenas, half copies of the frozen weights, the fused half ops, graphs) through the CUDA

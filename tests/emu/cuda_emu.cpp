@@ -2,6 +2,7 @@
 // include/cuda_runtime.h for what it is and is not). Every call runs synchronously on the
 // calling host thread, in stream order; a capturing stream records instead, and a graph launch
 // replays the record.
+#include "include/cublasLt.h"
 #include "include/cublas_v2.h"
 #include "include/cuda_runtime.h"
 
@@ -29,8 +30,6 @@ extern "C" {
 #define EMU_ASAN 0
 #endif
 
-thread_local uint3 threadIdx, blockIdx;
-thread_local dim3 blockDim, gridDim;
 
 static const int max_devices = 16;
 static thread_local cudaError_t last_error = cudaSuccess;
@@ -614,7 +613,8 @@ bool run_block(const emu::config &c, int nthreads, char *why, size_t why_len)
             at_barrier += sched.fibers[i].state == AT_BLOCK_BARRIER;
         if (at_barrier && at_barrier == sched.live) {
             for (int i = 0; i < nthreads; i++)
-                sched.fibers[i].state = RUNNABLE;
+                if (sched.fibers[i].state == AT_BLOCK_BARRIER)
+                    sched.fibers[i].state = RUNNABLE;
             progressed = true;
         }
         if (!release_warps(nthreads, &progressed, why, why_len))
@@ -977,6 +977,216 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_t ta, cubla
             }
             gemm_one(g, A[i], B[i], (float *)C[i]);
         }
+    });
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// ---- cublasLt
+struct emu_lt {
+    int unused;
+};
+struct emu_lt_desc {
+    cublasComputeType_t compute;
+    cudaDataType_t scale;
+    cublasOperation_t ta, tb;
+    cublasLtEpilogue_t epilogue;
+    const void *bias;
+    int bias_type; // -1: D's type
+};
+struct emu_lt_layout {
+    cudaDataType_t type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct emu_lt_pref {
+    uint64_t workspace;
+    uint32_t align[4]; // A, B, C, D
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
+{
+    *h = new emu_lt{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h)
+{
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
+                                        cudaDataType_t scale)
+{
+    *d = new emu_lt_desc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL,
+                         -1};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d)
+{
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+template <class T> static bool take(T *dst, const void *buf, size_t size)
+{
+    if (size != sizeof(T))
+        return false;
+    memcpy(dst, buf, sizeof(T));
+    return true;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d,
+                                              cublasLtMatmulDescAttributes_t a, const void *buf,
+                                              size_t size)
+{
+    bool ok = false;
+    switch (a) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: ok = take(&d->ta, buf, size); break;
+    case CUBLASLT_MATMUL_DESC_TRANSB: ok = take(&d->tb, buf, size); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: ok = take(&d->epilogue, buf, size); break;
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: ok = take(&d->bias, buf, size); break;
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: ok = take(&d->bias_type, buf, size); break;
+    }
+    return ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType_t type,
+                                          uint64_t rows, uint64_t cols, int64_t ld)
+{
+    *l = new emu_lt_layout{type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l)
+{
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p)
+{
+    *p = new emu_lt_pref{0, {256, 256, 256, 256}};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p)
+{
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t a,
+                                                    const void *buf, size_t size)
+{
+    bool ok = false;
+    switch (a) {
+    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: ok = take(&p->workspace, buf, size); break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: ok = take(&p->align[0], buf, size); break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: ok = take(&p->align[1], buf, size); break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: ok = take(&p->align[2], buf, size); break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: ok = take(&p->align[3], buf, size); break;
+    }
+    return ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+
+// The one kind of product offered: 16-bit A, B, C and D of one type, fp32 compute and scale,
+// no epilogue or a bias of fp32 or D's type, shapes that agree
+static bool lt_supported(const emu_lt_desc *d, const emu_lt_layout *a, const emu_lt_layout *b,
+                         const emu_lt_layout *c, const emu_lt_layout *dl)
+{
+    cudaDataType_t t = dl->type;
+    int bias_type = d->bias_type < 0 ? (int)t : d->bias_type;
+    uint64_t m = dl->rows, n = dl->cols;
+    uint64_t am = d->ta == CUBLAS_OP_N ? a->rows : a->cols, ak = d->ta == CUBLAS_OP_N ? a->cols : a->rows;
+    uint64_t bk = d->tb == CUBLAS_OP_N ? b->rows : b->cols, bn = d->tb == CUBLAS_OP_N ? b->cols : b->rows;
+    return (t == CUDA_R_16BF || t == CUDA_R_16F) && a->type == t && b->type == t && c->type == t &&
+           d->compute == CUBLAS_COMPUTE_32F && d->scale == CUDA_R_32F &&
+           (d->epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
+            (d->epilogue == CUBLASLT_EPILOGUE_BIAS &&
+             (bias_type == CUDA_R_32F || bias_type == (int)t))) &&
+           am == m && bn == n && ak == bk && c->rows == m && c->cols == n &&
+           a->ld >= (int64_t)a->rows && b->ld >= (int64_t)b->rows && dl->ld >= (int64_t)m &&
+           c->ld >= (int64_t)m;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t d,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl,
+                                              cublasLtMatmulPreference_t p, int requested,
+                                              cublasLtMatmulHeuristicResult_t results[],
+                                              int *returned)
+{
+    *returned = 0;
+    if (!h || requested < 1)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (!lt_supported(d, a, b, c, dl))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    memset(&results[0], 0, sizeof results[0]);
+    for (int i = 0; i < 4; i++) // the alignments the algorithm was chosen for
+        results[0].algo.data[i] = p->align[i];
+    results[0].state = CUBLAS_STATUS_SUCCESS;
+    *returned = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t a, const void *B,
+                              cublasLtMatrixLayout_t b, const void *beta, const void *C,
+                              cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t dl,
+                              const cublasLtMatmulAlgo_t *algo, void *workspace, size_t ws_bytes,
+                              cudaStream_t stream)
+{
+    if (!h || !algo || !lt_supported(d, a, b, c, dl))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const void *ptrs[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++)
+        if ((uintptr_t)ptrs[i] % algo->data[i]) {
+            fprintf(stderr, "cuda_emu: cublasLtMatmul operand %c at %p is less aligned than the "
+                            "%u bytes its algorithm was chosen for\n", "ABCD"[i], ptrs[i],
+                    (unsigned)algo->data[i]);
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
+    if (ws_bytes && !in_allocation(workspace, ws_bytes))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    gemm_args g = {d->ta, d->tb, (int)dl->rows, (int)dl->cols,
+                   (int)(d->ta == CUBLAS_OP_N ? a->cols : a->rows), *(const float *)alpha,
+                   *(const float *)beta, a->type, b->type, (int)a->ld, (int)b->ld, (int)dl->ld,
+                   false};
+    const emu_lt_desc desc = *d;
+    const cudaDataType_t t = dl->type, bias_type = desc.bias_type < 0 ? t : (cudaDataType_t)desc.bias_type;
+    const int ldc = (int)c->ld;
+    enqueue_call(stream, [g, desc, A, B, C, D, t, bias_type, ldc] {
+        int ra = g.ta == CUBLAS_OP_N ? g.m : g.k, ca = g.ta == CUBLAS_OP_N ? g.k : g.m;
+        int rb = g.tb == CUBLAS_OP_N ? g.k : g.n, cb = g.tb == CUBLAS_OP_N ? g.n : g.k;
+        bool bias = desc.epilogue == CUBLASLT_EPILOGUE_BIAS;
+        if (!operand_ok(A, g.at, ra, ca, g.lda) || !operand_ok(B, g.bt, rb, cb, g.ldb) ||
+            !operand_ok(D, t, g.m, g.n, g.ldc) ||
+            (g.beta != 0.0f && !operand_ok(C, t, g.m, g.n, ldc)) ||
+            (bias && !operand_ok(desc.bias, bias_type, g.m, 1, g.m))) {
+            fault();
+            return;
+        }
+        for (int j = 0; j < g.n; j++)
+            for (int i = 0; i < g.m; i++) {
+                float s = 0.0f;
+                for (int p = 0; p < g.k; p++) {
+                    size_t ia = g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * g.lda
+                                                    : (size_t)p + (size_t)i * g.lda;
+                    size_t ib = g.tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * g.ldb
+                                                    : (size_t)j + (size_t)p * g.ldb;
+                    s += load(A, g.at, ia, false) * load(B, g.bt, ib, false);
+                }
+                float v = g.alpha * s;
+                if (g.beta != 0.0f)
+                    v += g.beta * load(C, t, (size_t)i + (size_t)j * ldc, false);
+                if (bias)
+                    v += load(desc.bias, bias_type, (size_t)i, false);
+                uint16_t out = t == CUDA_R_16F ? sherl_f32_to_f16(v) : sherl_f32_to_bf16(v);
+                ((uint16_t *)D)[(size_t)i + (size_t)j * g.ldc] = out;
+            }
     });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -1309,6 +1309,158 @@ static void t_attention_half_fused(tcase *tc, int arg)
     }
 }
 
+/* Halves of `type` compared as values: max |got - ref| / max |ref| over the widened tensors
+ * (a NaN anywhere is an infinite error), for results whose fp32 sums may run in another order
+ * before the rounding (a half step apart at a tie) */
+static void check_half_rel(tcase *tc, const char *tensor, pair x, size_t n, int type, double tol)
+{
+    const uint16_t *want = fetch(tc, x, REF, n * sizeof(uint16_t));
+    const uint16_t *got = fetch(tc, x, GOT, n * sizeof(uint16_t));
+    if (!settle(tc, "copy_to_host"))
+        return;
+    double worst = 0.0, scale = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        if (fabs(w) > scale)
+            scale = fabs(w);
+    }
+    for (size_t i = 0; i < n; i++) {
+        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        double g = type == SHERL_HALF_F16 ? sherl_f16_to_f32(got[i]) : sherl_bf16_to_f32(got[i]);
+        double e = fabs(g - w) / (scale > 0.0 ? scale : 1.0);
+        if (!(e <= worst))
+            worst = isnan(e) ? INFINITY : e, at = i;
+    }
+    char detail[96];
+    snprintf(detail, sizeof detail, "got 0x%04x want 0x%04x", n ? got[at] : 0, n ? want[at] : 0);
+    verdict(tc, tensor, worst, tol, at, detail);
+}
+
+/* Halves of `type` element by element: |got - ref| within one rounding step of ref (ulp |ref|)
+ * plus floor * max |ref| (fp32 sums in another order differ by about that before rounding;
+ * near zero that is more than a step) */
+static void check_half_near(tcase *tc, const char *tensor, pair x, size_t n, int type,
+                            double floor)
+{
+    const uint16_t *want = fetch(tc, x, REF, n * sizeof(uint16_t));
+    const uint16_t *got = fetch(tc, x, GOT, n * sizeof(uint16_t));
+    if (!settle(tc, "copy_to_host"))
+        return;
+    const double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7;
+    double worst = 0.0, scale = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        if (fabs(w) > scale)
+            scale = fabs(w);
+    }
+    for (size_t i = 0; i < n; i++) {
+        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        double g = type == SHERL_HALF_F16 ? sherl_f16_to_f32(got[i]) : sherl_bf16_to_f32(got[i]);
+        double e = fabs(g - w) / (ulp * fabs(w) + floor * scale + 1e-30);
+        if (!(e <= worst))
+            worst = isnan(e) ? INFINITY : e, at = i;
+    }
+    char detail[96];
+    snprintf(detail, sizeof detail, "got 0x%04x want 0x%04x", n ? got[at] : 0, n ? want[at] : 0);
+    verdict(tc, tensor, worst, 1.0, at, detail);
+}
+
+/* attention_half16_forward (arg: shape * 2 + type, t_attention_half_fused's shapes) on the
+ * halves of a random Q|K|V, with and without a mask: the reference's out16 is its
+ * attention_half_forward without probabilities rounded, bit for bit, and the tested within
+ * the half type's ulp of it. */
+static void t_attention_half16(tcase *tc, int arg)
+{
+    static const attention_shape shapes[] = {
+        {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {2, 33, 2, 160, 0, 0, 0}};
+    int type = arg % 2;
+    attention_shape a = shapes[arg / 2];
+    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
+    a.nqkv = 3 * a.nout;
+    float *hq = host_rand(tc, a.nqkv, -2, 2);
+    uint16_t *h16 = host(tc, a.nqkv * sizeof(uint16_t));
+    for (size_t i = 0; i < a.nqkv; i++) {
+        hq[i] = sherl_half_round_f32(hq[i], type);
+        h16[i] = type == SHERL_HALF_F16 ? sherl_f32_to_f16(hq[i]) : sherl_f32_to_bf16(hq[i]);
+    }
+    pair qkv = up(tc, hq, a.nqkv * sizeof(float)), qkv16 = up(tc, h16, a.nqkv * sizeof(uint16_t));
+    pair mask = up(tc, host_key_mask(tc, a.B, a.T, 0), sizeof(float) * a.B * a.T);
+    const double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7;
+    for (int masked = 0; masked < 2; masked++) {
+        pair m = masked ? mask : NONE;
+        pair wide = up_poison(tc, a.nout), out16 = up_half_poison(tc, a.nout);
+        ON_BOTH(tc, be->attention_half_forward(P(wide), NULL, P(qkv), P(m), a.B, a.T, a.NH, a.HS,
+                                               type));
+        ON_BOTH(tc, be->attention_half16_forward(PH(out16), PH(qkv16), P(m), a.B, a.T, a.NH,
+                                                 a.HS, type));
+        if (!settle(tc, "attention_half16_forward"))
+            return;
+        const float *rw = fetch(tc, wide, REF, a.nout * sizeof(float));
+        const uint16_t *r16 = fetch(tc, out16, REF, a.nout * sizeof(uint16_t));
+        if (!settle(tc, "copy_to_host"))
+            return;
+        size_t differ = 0, at = 0;
+        for (size_t i = 0; i < a.nout; i++) {
+            uint16_t want = type == SHERL_HALF_F16 ? sherl_f32_to_f16(rw[i]) : sherl_f32_to_bf16(rw[i]);
+            if (r16[i] != want && differ++ == 0)
+                at = i;
+        }
+        verdict(tc, label(tc, "reference's out16 not its rounded out[mask=%d]", masked),
+                (double)differ, 0.0, at, "");
+        check_half_rel(tc, label(tc, "out16[mask=%d]", masked), out16, a.nout, type, ulp);
+    }
+}
+
+/* linear_half16_forward, bf16 (arg 0) and fp16 (arg 1), with and without a bias, at
+ * {N, C, OC, shift}: the reference's out16 is gemm_*16 into fp32 then bias_half_round's x16,
+ * bit for bit (it is defined so), and the tested within a rounding step of it (check_half_near); a shift of
+ * one element makes every pointer 2-byte aligned only (a device's fused product must then
+ * pick an algorithm for that, or run the product and the tail apart). */
+static void t_linear_half16(tcase *tc, int type)
+{
+    static const int shapes[][4] = {{37, 83, 67, 0}, {130, 256, 384, 0}, {19, 64, 96, 1}};
+    for (int i = 0; i < 3; i++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            int N = shapes[i][0], C = shapes[i][1], OC = shapes[i][2], sh = shapes[i][3];
+            size_t no = (size_t)N * OC;
+            pair inp = up_half(tc, (size_t)N * C + sh, type == SHERL_HALF_F16);
+            pair w = up_half(tc, (size_t)OC * C + sh, type == SHERL_HALF_F16);
+            pair bias = with_bias ? up_rand(tc, (size_t)OC + sh, -1, 1) : NONE;
+            pair tmp = up_poison(tc, no + sh), out16 = up_half_poison(tc, no + sh);
+            pair wide = up_poison(tc, no), want16 = up_half_poison(tc, no);
+            ON_BOTH(tc, be->linear_half16_forward(PH(out16) + sh, PF(tmp) + sh, PH(inp) + sh,
+                                                  PH(w) + sh, with_bias ? PF(bias) + sh : NULL,
+                                                  N, C, OC, type));
+            if (!settle(tc, "linear_half16_forward"))
+                return;
+            /* the definition, on the reference alone */
+            const sherl_backend *ref = tc->bk[REF];
+            (type == SHERL_HALF_F16 ? ref->gemm_f16 : ref->gemm_bf16)(
+                0, 1, N, OC, C, 1.0f, (uint16_t *)inp.p[REF] + sh, C, (uint16_t *)w.p[REF] + sh,
+                C, 0.0f, wide.p[REF], OC);
+            ref->bias_half_round_forward(wide.p[REF], want16.p[REF],
+                                         with_bias ? (float *)bias.p[REF] + sh : NULL, N, OC,
+                                         type);
+            const uint16_t *r16 = fetch(tc, out16, REF, (no + sh) * sizeof(uint16_t));
+            const uint16_t *d16 = fetch(tc, want16, REF, no * sizeof(uint16_t));
+            if (!settle(tc, "copy_to_host"))
+                return;
+            size_t differ = 0, at = 0;
+            for (size_t k = 0; k < no; k++)
+                if (r16[sh + k] != d16[k] && differ++ == 0)
+                    at = k;
+            verdict(tc, label(tc, "reference's out16 not its definition's[N=%d,bias=%d]", N,
+                              with_bias),
+                    (double)differ, 0.0, at, "");
+            pair got = {{(uint16_t *)out16.p[REF] + sh, (uint16_t *)out16.p[GOT] + sh}};
+            check_half_near(tc, label(tc, "out16[N=%d,C=%d,OC=%d,shift=%d,bias=%d]", N, C, OC,
+                                      sh, with_bias),
+                            got, no, type, 1e-5);
+        }
+}
+
 /* The scratch a backend reserves for the calling thread: prepare(NULL) gives it back, then
  * with `shape` a step of the test's T, NH, HS over `B` sequences is prepared. */
 static void prepare_scratch(tcase *tc, const attention_shape *shape, int B)
@@ -1937,6 +2089,12 @@ static const test_def tests[] = {
     {"attention_half_fused.t33_hs160.bf16", t_attention_half_fused, 8 + SHERL_HALF_BF16},
     {"attention_half_fused.t17_hsmax.bf16", t_attention_half_fused, 10 + SHERL_HALF_BF16},
     {"attention_half_fused.t40_hs20.f16", t_attention_half_fused, 12 + SHERL_HALF_F16},
+    {"attention_half16.t19_hs21.bf16", t_attention_half16, 0 + SHERL_HALF_BF16},
+    {"attention_half16.t130_hs64.bf16", t_attention_half16, 2 + SHERL_HALF_BF16},
+    {"attention_half16.t130_hs64.f16", t_attention_half16, 2 + SHERL_HALF_F16},
+    {"attention_half16.t33_hs160.bf16", t_attention_half16, 4 + SHERL_HALF_BF16},
+    {"linear_half16.bf16", t_linear_half16, SHERL_HALF_BF16},
+    {"linear_half16.f16", t_linear_half16, SHERL_HALF_F16},
     {"attention_backward.small", t_attention_backward, 0},
     {"attention_backward.big", t_attention_backward, 1},
     {"attention_backward.groups", t_attention_backward, 2},
@@ -2215,6 +2373,24 @@ static void mut_attention_half_fused(float *out, float *probs, const float *qkv,
     real_ops->attention_half_forward(out, probs, qkv, probs ? mask : NULL, B, T, NH, HS, type);
 }
 
+/* attention_half16_forward ignores the mask */
+static void mut_attention_half16_forward(uint16_t *out16, const uint16_t *qkv16,
+                                         const float *mask, int B, int T, int NH, int HS, int type)
+{
+    real_ops->attention_half16_forward(out16, qkv16, NULL, B, T, NH, HS, type);
+}
+
+/* linear_half16_forward: the last output row's bias left out */
+static void mut_linear_half16_forward(uint16_t *out16, float *tmp, const uint16_t *inp16,
+                                      const uint16_t *w16, const float *bias, int N, int C, int OC,
+                                      int type)
+{
+    real_ops->linear_half16_forward(out16, tmp, inp16, w16, bias, N, C, OC, type);
+    if (N > 1)
+        real_ops->linear_half16_forward(out16 + (size_t)(N - 1) * OC, tmp, inp16 + (size_t)(N - 1) * C,
+                                        w16, NULL, 1, C, OC, type);
+}
+
 /* embedding_backward: the last token's gradient is lost */
 static void mut_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N,
                                    int C)
@@ -2329,6 +2505,8 @@ INSTALL(layernorm_grouped_backward)
 INSTALL(softmax_forward)
 INSTALL(attention_backward)
 INSTALL(attention_half_forward)
+INSTALL(attention_half16_forward)
+INSTALL(linear_half16_forward)
 static void install_attention_half_fused(sherl_backend *be)
 {
     be->attention_half_forward = mut_attention_half_fused;
@@ -2381,6 +2559,10 @@ static const mutation mutations[] = {
      install_attention_half_forward},
     {"attention_half_fused.", "attention_half_forward without probabilities ignores the mask",
      install_attention_half_fused},
+    {"attention_half16.", "attention_half16_forward ignores the mask",
+     install_attention_half16_forward},
+    {"linear_half16.", "linear_half16_forward leaves the last row's bias out",
+     install_linear_half16_forward},
     {"embedding_backward.", "embedding_backward drops the last token",
      install_embedding_backward},
     {"dropout_forward", "dropout_forward flips one mask element", install_dropout_forward},

@@ -874,6 +874,48 @@ static void replay_attention_backward(const void *p)
     g_attention_backward(r->dqkv, r->dout, r->qkv, r->probs, r->B, r->T, r->NH, r->HS);
 }
 
+typedef struct { uint16_t *out16; const uint16_t *qkv16; const float *mask; int B; int T; int NH; int HS; int type; } rec_attention_half16_forward;
+static void replay_attention_half16_forward(const void *p);
+
+static void g_attention_half16_forward(uint16_t *out16, const uint16_t *qkv16, const float *mask, int B, int T, int NH, int HS, int type)
+{
+    if (capturing) {
+        rec_attention_half16_forward rec = {out16, qkv16, mask, B, T, NH, HS, type};
+        capture_add(replay_attention_half16_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->attention_half16_forward(out16, qkv16, mask, B, T, NH, HS, type);
+    close_all();
+}
+
+static void replay_attention_half16_forward(const void *p)
+{
+    const rec_attention_half16_forward *r = p;
+    g_attention_half16_forward(r->out16, r->qkv16, r->mask, r->B, r->T, r->NH, r->HS, r->type);
+}
+
+typedef struct { uint16_t *out16; float *tmp; const uint16_t *inp16; const uint16_t *w16; const float *bias; int N; int C; int OC; int type; } rec_linear_half16_forward;
+static void replay_linear_half16_forward(const void *p);
+
+static void g_linear_half16_forward(uint16_t *out16, float *tmp, const uint16_t *inp16, const uint16_t *w16, const float *bias, int N, int C, int OC, int type)
+{
+    if (capturing) {
+        rec_linear_half16_forward rec = {out16, tmp, inp16, w16, bias, N, C, OC, type};
+        capture_add(replay_linear_half16_forward, &rec, sizeof rec);
+        return;
+    }
+    open_call(__func__);
+    cpu->linear_half16_forward(out16, tmp, inp16, w16, bias, N, C, OC, type);
+    close_all();
+}
+
+static void replay_linear_half16_forward(const void *p)
+{
+    const rec_linear_half16_forward *r = p;
+    g_linear_half16_forward(r->out16, r->tmp, r->inp16, r->w16, r->bias, r->N, r->C, r->OC, r->type);
+}
+
 typedef struct { float *out; float *probs; const float *qkv; const float *mask; int B; int T; int NH; int HS; int type; } rec_attention_half_forward;
 static void replay_attention_half_forward(const void *p);
 
@@ -1517,6 +1559,8 @@ static void fill(void)
     t->softmax_backward = g_softmax_backward;
     t->attention_forward = g_attention_forward;
     t->attention_half_forward = g_attention_half_forward;
+    t->attention_half16_forward = g_attention_half16_forward;
+    t->linear_half16_forward = g_linear_half16_forward;
     t->attention_backward = g_attention_backward;
     t->embedding_forward = g_embedding_forward;
     t->embedding_forward_bf16 = g_embedding_forward_bf16;

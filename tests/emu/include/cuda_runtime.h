@@ -37,7 +37,7 @@ struct uint3 {
 };
 struct dim3 {
     unsigned x, y, z;
-    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -52,9 +52,12 @@ static inline ushort4 make_ushort4(unsigned short x, unsigned short y, unsigned 
     return {x, y, z, w};
 }
 
-// the executing thread's coordinates (set by the scheduler before it resumes a fiber)
-extern thread_local uint3 threadIdx, blockIdx;
-extern thread_local dim3 blockDim, gridDim;
+// the executing thread's coordinates (set by the scheduler before it resumes a fiber). Inline
+// variables with constant initialisers: GCC 12's UBSan null check on an extern thread_local's
+// address reads flags that binutils 2.40's TLS relaxation no longer sets, and reports a null
+// access that is not there.
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
 
 // IEEE round-to-nearest arithmetic: what the host's float operations are (built with
 // -ffp-contract=off, so nothing is fused)
@@ -133,10 +136,12 @@ template <class T> static inline T __shfl_up_sync(unsigned mask, T v, unsigned d
     int from = in - (int)d >= 0 ? lane - (int)d : -1;
     return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(v), from));
 }
+// the partner lane ^ m unless it lies past the end of the caller's segment (a later segment
+// may read an earlier one's)
 template <class T> static inline T __shfl_xor_sync(unsigned mask, T v, int m, int width = 32)
 {
-    int lane = emu::lane_id(), in = lane % width, to = in ^ m;
-    int from = to < width ? emu::segment_base(lane, width) + to : -1;
+    int lane = emu::lane_id(), to = lane ^ (m & 31);
+    int from = to < emu::segment_base(lane, width) + width ? to : -1;
     return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(v), from));
 }
 
