@@ -1751,9 +1751,13 @@ struct fused_shape {
     size_t bytes;
 };
 
+// A score tile's row stride in floats: 16 would put a lane's 8 reads of its row (lane % 16)
+// in 2 banks for 16 lanes; 20 (wmma needs a multiple of 4) spreads them over 8
+#define SS_LD 20
+
 __host__ __device__ static size_t fused_warp_bytes(int hsp)
 {
-    return (size_t)16 * hsp * 2 + 16 * 16 * 4 + 16 * 16 * 2;
+    return (size_t)16 * hsp * 2 + 16 * SS_LD * 4 + 16 * 16 * 2;
 }
 
 // The most warps (at most one per strip), then the longest stage, that fit; false for heads
@@ -1802,6 +1806,32 @@ __device__ void fused_stage(uint16_t *dst, const IN *src, int r0, int rows, int 
     }
 }
 
+// The same for 16-bit sources whose rows are 16-byte aligned runs of HS % 8 == 0 halves (hsp
+// is then HS rounded up to 16): 8 halves a thread per load, one division per 8
+__device__ void fused_stage(uint16_t *dst, const uint16_t *src, int r0, int rows, int T, int HS,
+                            int hsp, int ld, int type, int tid, int nthreads, bool wide)
+{
+    if (!wide) {
+        fused_stage<uint16_t>(dst, src, r0, rows, T, HS, hsp, ld, type, tid, nthreads);
+        return;
+    }
+    const int per_row = hsp / 8;
+    for (int i = tid; i < rows * per_row; i += nthreads) {
+        int r = i / per_row, c = (i % per_row) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r0 + r < T && c < HS)
+            v = *(const uint4 *)(src + (size_t)(r0 + r) * ld + c);
+        *(uint4 *)(dst + (size_t)r * hsp + c) = v;
+    }
+}
+
+__device__ __forceinline__ void fused_stage(uint16_t *dst, const float *src, int r0, int rows,
+                                            int T, int HS, int hsp, int ld, int type, int tid,
+                                            int nthreads, bool wide)
+{
+    fused_stage<float>(dst, src, r0, rows, T, HS, hsp, ld, type, tid, nthreads);
+}
+
 // ss[16, 16] = qs[16, hsp] . ks[16, hsp]^T, by the whole warp
 template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, const uint16_t *ks,
                                                 int hsp)
@@ -1816,7 +1846,7 @@ template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, c
         wmma::load_matrix_sync(kt, (const H *)(ks + k), hsp);
         wmma::mma_sync(s, a, kt, s);
     }
-    wmma::store_matrix_sync(ss, s, 16, wmma::mem_row_major);
+    wmma::store_matrix_sync(ss, s, SS_LD, wmma::mem_row_major);
     __syncwarp();
 }
 
@@ -1826,7 +1856,7 @@ template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, c
 // qkv16); OUT16: out holds halves (out16) instead of floats.
 template <int TYPE, int NCT, class IN, bool OUT16>
 __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *mask, int T, int NH,
-                                       int HS, int hsp, int stage_tiles, float scale)
+                                       int HS, int hsp, int stage_tiles, float scale, bool wide)
 {
     using namespace nvcuda;
     typedef typename wmma_half<TYPE>::t H;
@@ -1841,14 +1871,14 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
     uint16_t *qs = (uint16_t *)((unsigned char *)(vs + (size_t)keys * hsp) +
                                 (size_t)warp * fused_warp_bytes(hsp));
     float *ss = (float *)(qs + 16 * hsp);
-    uint16_t *ps = (uint16_t *)(ss + 16 * 16);
+    uint16_t *ps = (uint16_t *)(ss + 16 * SS_LD);
     // a lane's share of a score tile: row `row`, columns c0 .. c0 + 7
     const int row = lane % 16, c0 = lane / 16 * 8;
     for (int s0 = 0; s0 < strips; s0 += warps) {
         const int r0 = (s0 + warp) * 16;
         const bool active = s0 + warp < strips; // warp-uniform; idle warps still stage keys
         if (active)
-            fused_stage(qs, qb, r0, 16, T, HS, hsp, C3, TYPE, lane, 32);
+            fused_stage(qs, qb, r0, 16, T, HS, hsp, C3, TYPE, lane, 32, wide);
         float mx = -INFINITY, inv = 0.0f;
         double sum = 0.0;
         for (int pass = 0; pass < 3; pass++) {
@@ -1859,10 +1889,11 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                     wmma::fill_fragment(acc[i], 0.0f);
                 for (int k0 = 0; k0 < T; k0 += keys) {
                     __syncthreads(); // every warp is done with the last stage
-                    fused_stage(ks, kb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x, blockDim.x);
+                    fused_stage(ks, kb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x, blockDim.x,
+                                wide);
                     if (pass == 2)
                         fused_stage(vs, vb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x,
-                                    blockDim.x);
+                                    blockDim.x, wide);
                     __syncthreads();
                     if (!active)
                         continue;
@@ -1870,7 +1901,7 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                         fused_scores<H>(ss, qs, ks + (size_t)16 * t * hsp, hsp);
                         for (int j = 0; j < 8; j++) {
                             int k = k0 + 16 * t + c0 + j;
-                            float x = k < T ? scale * ss[row * 16 + c0 + j] + (mk ? mk[k] : 0.0f)
+                            float x = k < T ? scale * ss[row * SS_LD + c0 + j] + (mk ? mk[k] : 0.0f)
                                             : 0.0f;
                             if (pass == 0 && k < T)
                                 mx = fmaxf(mx, x);
@@ -1906,15 +1937,15 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                     int ct = g * NCT + i;
                     if (ct >= col_tiles)
                         continue;
-                    wmma::store_matrix_sync(ss, acc[i], 16, wmma::mem_row_major);
+                    wmma::store_matrix_sync(ss, acc[i], SS_LD, wmma::mem_row_major);
                     __syncwarp();
                     for (int e = lane; e < 256; e += 32) {
                         int r = e / 16, col = 16 * ct + e % 16;
                         size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
                         if (r0 + r < T && col < HS && OUT16)
-                            ((uint16_t *)out)[o] = to_half_bits(ss[e], TYPE);
+                            ((uint16_t *)out)[o] = to_half_bits(ss[r * SS_LD + e % 16], TYPE);
                         else if (r0 + r < T && col < HS)
-                            ((float *)out)[o] = ss[e];
+                            ((float *)out)[o] = ss[r * SS_LD + e % 16];
                     }
                     __syncwarp();
                 }
@@ -1935,19 +1966,22 @@ static void attention_fused(cuda_ctx *c, void *out, const IN *qkv, const float *
 {
     const int tiles = f.hsp / 16, nct = tiles >= 8 ? 8 : tiles >= 4 ? 4 : tiles >= 2 ? 2 : 1;
     const float scale = 1.0f / sqrtf((float)HS);
+    // 16-bit rows in 16-byte runs (fused_stage's wide loads): every head's start and row stride
+    // are multiples of 8 halves when HS is
+    const bool wide = sizeof(IN) == 2 && HS % 8 == 0 && (uintptr_t)qkv % 16 == 0;
     dim3 grid((unsigned)B * NH), block(32 * f.warps);
     if (nct == 8)
         attention_fused_kernel<TYPE, 8, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
-            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale, wide);
     else if (nct == 4)
         attention_fused_kernel<TYPE, 4, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
-            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale, wide);
     else if (nct == 2)
         attention_fused_kernel<TYPE, 2, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
-            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale, wide);
     else
         attention_fused_kernel<TYPE, 1, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
-            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale);
+            out, qkv, mask, T, NH, HS, f.hsp, f.stage_tiles, scale, wide);
     LAUNCHED(c, "attention_fused_kernel");
 }
 
