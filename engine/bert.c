@@ -979,6 +979,14 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
                         const float *inp, const float *mask_add, uint16_t *act16, size_t act16_n,
                         int B, int T)
 {
+    bert_layer_forward_halves(m, ly, a, out, NULL, inp, NULL, mask_add, act16, act16_n, B, T);
+}
+
+void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_layer_acts *a,
+                               float *out, uint16_t *out16, const float *inp,
+                               const uint16_t *inp16, const float *mask_add, uint16_t *act16,
+                               size_t act16_n, int B, int T)
+{
     const sherl_backend *be = m->be;
     const hf_config *c = &m->cfg;
     int D = c->hidden_size, F = c->intermediate_size, NH = c->num_attention_heads;
@@ -994,8 +1002,14 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     /* A half layer that keeps no Q|K|V has no backward, so its probabilities need not exist: a
      * device then runs its attention fused, with nothing of size T x T in memory. */
     const int fused = half && !a->qkv16 && !be->host_memory && D / NH <= SHERL_ATTN_FUSED_MAX_HS;
-    if (a->inp16)
+    if (m->prec == SHERL_FP32)
+        inp16 = NULL, out16 = NULL;
+    if (a->inp16 && inp16)
+        be->copy_device(a->inp16, inp16, (size_t)N * D * sizeof(uint16_t));
+    else if (a->inp16)
         half_round(be, m->prec, a->inp16, inp, (size_t)N * D);
+    if (a->inp16)
+        inp16 = a->inp16;
     /* ...and when a pass's Q|K|V fits the probabilities' buffer (unused then) as halves, its
      * Q|K|V and attention output exist only rounded, as its products read them: the Q|K|V
      * product writes halves (its bias and rounding fused in), the attention reads and writes
@@ -1008,8 +1022,10 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
     for (int b0 = 0; qkv16 && b0 < B; b0 += seqs) {
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
-        half_round(be, m->prec, act16, inp + r0 * D, (size_t)b * T * D);
-        be->linear_half16_forward(qkv16, a->qkv, act16, ly->qkv_w16, ly->qkv_b, b * T, D, 3 * D,
+        const uint16_t *x16 = inp16 ? inp16 + r0 * D : act16;
+        if (!inp16)
+            half_round(be, m->prec, act16, inp + r0 * D, (size_t)b * T * D);
+        be->linear_half16_forward(qkv16, a->qkv, x16, ly->qkv_w16, ly->qkv_b, b * T, D, 3 * D,
                                   half_type(m->prec));
         be->attention_half16_forward(attn16 + r0 * D, qkv16, mask_add + r0, b, T, NH, D / NH,
                                      half_type(m->prec));
@@ -1018,7 +1034,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         int b = B - b0 < seqs ? B - b0 : seqs;
         size_t r0 = (size_t)b0 * T;
         float *qkv = a->qkv + (a->qkv_whole ? r0 * 3 * D : 0);
-        linear_forward(m, qkv, inp + r0 * D, a->inp16 ? a->inp16 + r0 * D : NULL, ly->qkv_w,
+        linear_forward(m, qkv, inp + r0 * D, inp16 ? inp16 + r0 * D : NULL, ly->qkv_w,
                        ly->qkv_w16, half ? NULL : ly->qkv_b, act16, act16_n, b * T, D, 3 * D);
         if (half) /* Q|K|V rounded, as autocast's Linear returns them */
             be->bias_half_round_forward(qkv, a->qkv16 ? a->qkv16 + r0 * 3 * D : NULL, ly->qkv_b,
@@ -1054,7 +1070,7 @@ void bert_layer_forward(const bert_model *m, const bert_layer *ly, bert_layer_ac
         linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16,
                        ly->ffn_out_b, act16, act16_n, n, F, D);
     }
-    be->residual_layernorm_forward(out, NULL, a->res2, a->ln2_mean, a->ln2_rstd, a->res2,
+    be->residual_layernorm_forward(out, out16, a->res2, a->ln2_mean, a->ln2_rstd, a->res2,
                                    half ? ly->ffn_out_b : NULL, a->ln1, ly->ln2_w, ly->ln2_b, N,
                                    D, eps, half_type(m->prec));
 }

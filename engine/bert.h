@@ -227,6 +227,14 @@ void bert_embed_backward(const bert_model *m, const bert_embeddings *w,
 void bert_layer_forward(const bert_model *m, const bert_layer *layer, bert_layer_acts *acts,
                         float *out, const float *inp, const float *mask_add, uint16_t *act16,
                         size_t act16_n, int B, int T);
+/* The same in a half model with the rounded copies a caller keeps: out16 [B,T,D], when not
+ * NULL, gets half(out) from the last LayerNorm (a kept half tap, written in the same pass);
+ * inp16, when not NULL, is half(inp) already (the tap kept of the input), which the layer's
+ * products then read instead of rounding inp again. The same bits as bert_layer_forward. */
+void bert_layer_forward_halves(const bert_model *m, const bert_layer *layer,
+                               bert_layer_acts *acts, float *out, uint16_t *out16,
+                               const float *inp, const uint16_t *inp16, const float *mask_add,
+                               uint16_t *act16, size_t act16_n, int B, int T);
 /* Scratch for one layer's backward, reusable across layers of the same shape: [B,T,D] gradient
  * buffers, the feed-forward block's [chunk,F] ones (ffn_pre recomputed, its gelu and their
  * gradients) and the attention block's for one chunk of sequences (the probabilities computed

@@ -594,14 +594,25 @@ static void phase_end(const sherl_model *m, sherl_step *s, int phase, double *t0
 /* Half-precision taps: hidden state `state` (just computed, fp32) rounded into each tap that
  * reads it (taps a step's whole N x D apart, as the fp32 block, whatever this batch's size). */
 static void keep_half_taps(const sherl_model *m, sherl_step *s, int state, const float *h,
-                           size_t n)
+                           size_t n, const uint16_t *done)
 {
     if (m->opt.method != METHOD_SHERL || m->opt.precision == SHERL_FP32)
         return;
     size_t stride = (size_t)s->B * s->T * m->D;
     for (int t = 0; t < m->K; t++)
-        if (m->tap_layer[t] == state)
+        if (m->tap_layer[t] == state && s->taps16 + t * stride != done)
             half_round(m->be, m->opt.precision, s->taps16 + t * stride, h, n);
+}
+
+/* A half sherl job's kept tap of hidden state `state` (its first, if listed twice), or NULL */
+static uint16_t *half_tap(const sherl_model *m, sherl_step *s, int state)
+{
+    if (m->opt.method != METHOD_SHERL || m->opt.precision == SHERL_FP32 || !s->taps16)
+        return NULL;
+    for (int t = 0; t < m->K; t++)
+        if (m->tap_layer[t] == state)
+            return s->taps16 + t * (size_t)s->B * s->T * m->D;
+    return NULL;
 }
 
 /* The host side of a forward: the batch (and labels or targets, with want_loss) validated and
@@ -650,7 +661,7 @@ static void forward_ops(const sherl_model *m, sherl_step *s, int B, int T, int t
     float *prev = s->hidden[0] ? s->hidden[0] : s->scratch[0];
     bert_embed_compute(m->bb, m->opt.method == METHOD_FULL ? &m->emb : &m->bb->emb, &s->ws, B, T,
                        prev);
-    keep_half_taps(m, s, 0, prev, N * D);
+    keep_half_taps(m, s, 0, prev, N * D, NULL);
     phase_end(m, s, PH_EMBED, t0);
     int first_late = L - m->k; /* layers [first_late, L) are the late route (sherl, late) */
     for (int i = 0; i < L; i++) {
@@ -667,9 +678,13 @@ static void forward_ops(const sherl_model *m, sherl_step *s, int B, int T, int t
             dst = inp == s->scratch[0] ? s->scratch[1] : s->scratch[0];
         bert_layer_acts *acts = backprop_layer(m, i) ? &s->acts[i] : &s->ws.acts;
         bert_layer ly = layer_in_use(m, s, i);
-        bert_layer_forward(m->bb, &ly, acts, dst, inp, s->ws.mask_add, s->ws.act16,
-                           s->ws.act16_n, B, T);
-        keep_half_taps(m, s, i + 1, dst, N * D);
+        /* a half tap's rounding comes from the layer's last LayerNorm, and the layer after
+         * reads it instead of rounding its input again (not MTSA's output y: no tap) */
+        uint16_t *out16 = half_tap(m, s, i + 1);
+        const uint16_t *inp16 = inp == prev ? half_tap(m, s, i) : NULL;
+        bert_layer_forward_halves(m->bb, &ly, acts, dst, out16, inp, inp16, s->ws.mask_add,
+                                  s->ws.act16, s->ws.act16_n, B, T);
+        keep_half_taps(m, s, i + 1, dst, N * D, out16);
         prev = dst;
         phase_end(m, s, backprop_layer(m, i) ? PH_LATE_FWD : PH_FROZEN, t0);
     }
