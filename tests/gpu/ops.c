@@ -1309,62 +1309,36 @@ static void t_attention_half_fused(tcase *tc, int arg)
     }
 }
 
-/* Halves of `type` compared as values: max |got - ref| / max |ref| over the widened tensors
- * (a NaN anywhere is an infinite error), for results whose fp32 sums may run in another order
- * before the rounding (a half step apart at a tie) */
-static void check_half_rel(tcase *tc, const char *tensor, pair x, size_t n, int type, double tol)
+/* Halves of `type` compared as values, widened: the worst |got - ref| / (steps ulp |ref| +
+ * floor max |ref|) against tol, a NaN anywhere an infinite error. steps 0, floor 1: the error
+ * relative to the tensor's largest magnitude; steps 1, floor small: within a rounding step of
+ * each element, plus what fp32 sums in another order leave near zero (more than a step). */
+static void check_halves(tcase *tc, const char *tensor, pair x, size_t n, int type, double steps,
+                         double floor, double tol)
 {
     const uint16_t *want = fetch(tc, x, REF, n * sizeof(uint16_t));
     const uint16_t *got = fetch(tc, x, GOT, n * sizeof(uint16_t));
     if (!settle(tc, "copy_to_host"))
         return;
+    const int f16 = type == SHERL_HALF_F16;
+    const double ulp = f16 ? 0x1p-10 : 0x1p-7;
     double worst = 0.0, scale = 0.0;
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        double w = f16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
         if (fabs(w) > scale)
             scale = fabs(w);
     }
     for (size_t i = 0; i < n; i++) {
-        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
-        double g = type == SHERL_HALF_F16 ? sherl_f16_to_f32(got[i]) : sherl_bf16_to_f32(got[i]);
-        double e = fabs(g - w) / (scale > 0.0 ? scale : 1.0);
+        double w = f16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
+        double g = f16 ? sherl_f16_to_f32(got[i]) : sherl_bf16_to_f32(got[i]);
+        double e = fabs(g - w) / (steps * ulp * fabs(w) + floor * scale + 1e-30);
         if (!(e <= worst))
             worst = isnan(e) ? INFINITY : e, at = i;
     }
     char detail[96];
     snprintf(detail, sizeof detail, "got 0x%04x want 0x%04x", n ? got[at] : 0, n ? want[at] : 0);
     verdict(tc, tensor, worst, tol, at, detail);
-}
-
-/* Halves of `type` element by element: |got - ref| within one rounding step of ref (ulp |ref|)
- * plus floor * max |ref| (fp32 sums in another order differ by about that before rounding;
- * near zero that is more than a step) */
-static void check_half_near(tcase *tc, const char *tensor, pair x, size_t n, int type,
-                            double floor)
-{
-    const uint16_t *want = fetch(tc, x, REF, n * sizeof(uint16_t));
-    const uint16_t *got = fetch(tc, x, GOT, n * sizeof(uint16_t));
-    if (!settle(tc, "copy_to_host"))
-        return;
-    const double ulp = type == SHERL_HALF_F16 ? 0x1p-10 : 0x1p-7;
-    double worst = 0.0, scale = 0.0;
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
-        if (fabs(w) > scale)
-            scale = fabs(w);
-    }
-    for (size_t i = 0; i < n; i++) {
-        double w = type == SHERL_HALF_F16 ? sherl_f16_to_f32(want[i]) : sherl_bf16_to_f32(want[i]);
-        double g = type == SHERL_HALF_F16 ? sherl_f16_to_f32(got[i]) : sherl_bf16_to_f32(got[i]);
-        double e = fabs(g - w) / (ulp * fabs(w) + floor * scale + 1e-30);
-        if (!(e <= worst))
-            worst = isnan(e) ? INFINITY : e, at = i;
-    }
-    char detail[96];
-    snprintf(detail, sizeof detail, "got 0x%04x want 0x%04x", n ? got[at] : 0, n ? want[at] : 0);
-    verdict(tc, tensor, worst, 1.0, at, detail);
 }
 
 /* attention_half16_forward (arg: shape * 2 + type, t_attention_half_fused's shapes) on the
@@ -1409,13 +1383,13 @@ static void t_attention_half16(tcase *tc, int arg)
         }
         verdict(tc, label(tc, "reference's out16 not its rounded out[mask=%d]", masked),
                 (double)differ, 0.0, at, "");
-        check_half_rel(tc, label(tc, "out16[mask=%d]", masked), out16, a.nout, type, ulp);
+        check_halves(tc, label(tc, "out16[mask=%d]", masked), out16, a.nout, type, 0.0, 1.0, ulp);
     }
 }
 
 /* linear_half16_forward, bf16 (arg 0) and fp16 (arg 1), with and without a bias, at
  * {N, C, OC, shift}: the reference's out16 is gemm_*16 into fp32 then bias_half_round's x16,
- * bit for bit (it is defined so), and the tested within a rounding step of it (check_half_near); a shift of
+ * bit for bit (it is defined so), and the tested within a rounding step of it (check_halves); a shift of
  * one element makes every pointer 2-byte aligned only (a device's fused product must then
  * pick an algorithm for that, or run the product and the tail apart). */
 static void t_linear_half16(tcase *tc, int type)
@@ -1455,9 +1429,9 @@ static void t_linear_half16(tcase *tc, int type)
                               with_bias),
                     (double)differ, 0.0, at, "");
             pair got = {{(uint16_t *)out16.p[REF] + sh, (uint16_t *)out16.p[GOT] + sh}};
-            check_half_near(tc, label(tc, "out16[N=%d,C=%d,OC=%d,shift=%d,bias=%d]", N, C, OC,
-                                      sh, with_bias),
-                            got, no, type, 1e-5);
+            check_halves(tc, label(tc, "out16[N=%d,C=%d,OC=%d,shift=%d,bias=%d]", N, C, OC, sh,
+                                   with_bias),
+                         got, no, type, 1.0, 1e-5, 1.0);
         }
 }
 
