@@ -1046,7 +1046,15 @@ void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_l
         half_round(be, m->prec, a->attn16, a->attn, (size_t)N * D);
     linear_forward(m, a->res1, a->attn, attn16, ly->attn_out_w, ly->attn_out_w16,
                    half ? NULL : ly->attn_out_b, act16, act16_n, N, D, D);
-    be->residual_layernorm_forward(a->ln1, a->ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
+    /* A half layer that keeps no ln1_16 (forward only) rounds ln1 in the LayerNorm's pass too,
+     * into the chunk buffer ffn_act, which a half layer's feed-forward leaves unused (its GELU
+     * goes to act16): a pass's chunk holds at least N D / 2F rows (bert_ffn_chunk), so
+     * [chunk, F] floats hold [N, D] halves. */
+    uint16_t *ln1_16 = a->ln1_16;
+    if (!ln1_16 && half && a->ffn_act &&
+        (size_t)a->ffn_rows * F * sizeof(float) >= (size_t)N * D * sizeof(uint16_t))
+        ln1_16 = (uint16_t *)a->ffn_act;
+    be->residual_layernorm_forward(a->ln1, ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
                                    half ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,
                                    N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
@@ -1055,7 +1063,7 @@ void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_l
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int n = N - n0 < chunk ? N - n0 : chunk;
         size_t r = (size_t)n0 * D;
-        linear_forward(m, a->ffn_pre, a->ln1 + r, a->ln1_16 ? a->ln1_16 + r : NULL,
+        linear_forward(m, a->ffn_pre, a->ln1 + r, ln1_16 ? ln1_16 + r : NULL,
                        ly->ffn_in_w, ly->ffn_in_w16, half ? NULL : ly->ffn_in_b, act16, act16_n,
                        n, D, F);
         if (half) { /* act16 (at least a chunk's [n, F]) = half(gelu(ffn_pre + b1)); b2 is
