@@ -1436,6 +1436,42 @@ static uint32_t alignment_of(const void *p)
     return a;
 }
 
+// The heuristic's answer for a product, kept per thread and device: a step asks for the same
+// few shapes every time, and the query costs tens of microseconds of host time.
+struct lt_key {
+    int N, C, OC, type, bias;
+    uint32_t align_a, align_b, align_d;
+};
+#define LT_CACHE 16
+struct lt_entry {
+    lt_key key;
+    int found; // 1: algo; 0: none offered
+    cublasLtMatmulHeuristicResult_t h;
+    cublasLtHandle_t lt; // the handle it was asked of (a new handle asks again)
+};
+static thread_local lt_entry lt_cache[SHERL_CUDA_MAX_DEVICES][LT_CACHE];
+static thread_local unsigned lt_next[SHERL_CUDA_MAX_DEVICES];
+
+static bool lt_heuristic(cuda_ctx *c, const lt_key &key, cublasLtMatmulDesc_t op,
+                         cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                         cublasLtMatrixLayout_t ld, cublasLtMatmulPreference_t pref,
+                         cublasLtMatmulHeuristicResult_t *h)
+{
+    lt_entry *cache = lt_cache[c->dev];
+    for (int i = 0; i < LT_CACHE; i++)
+        if (cache[i].lt == c->lt && !memcmp(&cache[i].key, &key, sizeof key)) {
+            *h = cache[i].h;
+            return cache[i].found;
+        }
+    int found = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, h, &found) !=
+        CUBLAS_STATUS_SUCCESS)
+        found = 0;
+    lt_entry *e = &cache[lt_next[c->dev]++ % LT_CACHE];
+    e->key = key, e->found = found > 0, e->h = *h, e->lt = c->lt;
+    return found > 0;
+}
+
 // out16 = half(inp16 . w16^T + bias) as one cublasLt product, the bias added in its epilogue
 // (in fp32, before the rounding to the 16-bit result, as bias_half_round_forward does): true
 // when it ran. False, with nothing recorded, when cublasLt offers no algorithm for it (or there
@@ -1454,11 +1490,14 @@ static bool lt_linear_half16(cuda_ctx *c, uint16_t *out16, const uint16_t *inp16
     const uint64_t ws = CUBLAS_WORKSPACE_BYTES;
     const uint32_t align_a = alignment_of(w16), align_b = alignment_of(inp16),
                    align_d = alignment_of(out16);
+    // split-K partial sums only in fp32: in the output type (in place, or an output-type
+    // workspace) they would be rounded to 16 bits before they are added
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    const lt_key key = {N, C, OC, type, bias != NULL, align_a, align_b, align_d};
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t h;
-    int found = 0;
     const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
     bool usable =
         cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == ok &&
@@ -1484,8 +1523,9 @@ static bool lt_linear_half16(cuda_ctx *c, uint16_t *out16, const uint16_t *inp16
                                              &align_d, sizeof align_d) == ok &&
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                              &align_d, sizeof align_d) == ok &&
-        cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &h, &found) == ok &&
-        found > 0;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                             &reduction, sizeof reduction) == ok &&
+        lt_heuristic(c, key, op, la, lb, ld, pref, &h);
     if (usable) {
         const float alpha = 1.0f, beta = 0.0f;
         CKB(c, cublasLtMatmul(c->lt, op, &alpha, w16, la, inp16, lb, &beta, out16, ld, out16, ld,
@@ -1741,7 +1781,9 @@ static void cuda_attention_forward(float *out, float *probs, const float *qkv, c
 //
 // Shared memory: the stage's K and V ([16 stage_tiles, hsp] halves each; hsp = HS rounded up
 // to 16, zero-padded, which adds nothing to a product), then per warp its strip of Q ([16, hsp]
-// halves), a tile of scores ([16, 16] floats) and of probabilities ([16, 16] halves).
+// halves), a tile of scores ([16, 16] floats) and of probabilities ([16, 16] halves). Staged
+// rows are hsp + 8 halves apart (FUSED_PAD): at hsp apart (128 bytes for HS 64) a fragment
+// load's 8 rows all fall in the same 4 banks.
 #define FUSED_MAX_WARPS 8
 #define FUSED_MAX_TILES 4
 #define FUSED_MAX_BYTES (48 * 1024) // what a launch may have without opting in
@@ -1755,9 +1797,11 @@ struct fused_shape {
 // in 2 banks for 16 lanes; 20 (wmma needs a multiple of 4) spreads them over 8
 #define SS_LD 20
 
+#define FUSED_PAD 8
+
 __host__ __device__ static size_t fused_warp_bytes(int hsp)
 {
-    return (size_t)16 * hsp * 2 + 16 * SS_LD * 4 + 16 * 16 * 2;
+    return (size_t)16 * (hsp + FUSED_PAD) * 2 + 16 * SS_LD * 4 + 16 * 16 * 2;
 }
 
 // The most warps (at most one per strip), then the longest stage, that fit; false for heads
@@ -1772,7 +1816,8 @@ static bool fused_plan(int T, int HS, fused_shape *f)
         if (w > 1 && w > strips)
             continue;
         for (int st = FUSED_MAX_TILES; st >= 1; st /= 2) {
-            size_t b = (size_t)2 * 16 * st * f->hsp * 2 + (size_t)w * fused_warp_bytes(f->hsp);
+            size_t b = (size_t)2 * 16 * st * (f->hsp + FUSED_PAD) * 2 +
+                       (size_t)w * fused_warp_bytes(f->hsp);
             if (b <= FUSED_MAX_BYTES) {
                 f->stage_tiles = st, f->warps = w, f->bytes = b;
                 return true;
@@ -1793,16 +1838,17 @@ template <> struct wmma_half<SHERL_HALF_F16> {
 __device__ __forceinline__ uint16_t half_bits_of(float v, int type) { return to_half_bits(v, type); }
 __device__ __forceinline__ uint16_t half_bits_of(uint16_t v, int type) { return v; }
 
-// rows [r0, r0 + rows) of a head's [T, HS] slice (row stride ld) into dst[rows, hsp] as
-// halves, zero past T and HS; by threads tid, tid + nthreads, ... IN: float (half values) or
-// uint16_t (their bits).
+// rows [r0, r0 + rows) of a head's [T, HS] slice (row stride ld) into dst[rows, hsp] (rows
+// hsp + FUSED_PAD apart) as halves, zero past T and HS; by threads tid, tid + nthreads, ...
+// IN: float (half values) or uint16_t (their bits).
 template <class IN>
 __device__ void fused_stage(uint16_t *dst, const IN *src, int r0, int rows, int T, int HS,
                             int hsp, int ld, int type, int tid, int nthreads)
 {
     for (int i = tid; i < rows * hsp; i += nthreads) {
         int r = i / hsp, c = i % hsp;
-        dst[i] = r0 + r < T && c < HS ? half_bits_of(src[(size_t)(r0 + r) * ld + c], type) : 0;
+        dst[(size_t)r * (hsp + FUSED_PAD) + c] =
+            r0 + r < T && c < HS ? half_bits_of(src[(size_t)(r0 + r) * ld + c], type) : 0;
     }
 }
 
@@ -1821,7 +1867,7 @@ __device__ void fused_stage(uint16_t *dst, const uint16_t *src, int r0, int rows
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r0 + r < T && c < HS)
             v = *(const uint4 *)(src + (size_t)(r0 + r) * ld + c);
-        *(uint4 *)(dst + (size_t)r * hsp + c) = v;
+        *(uint4 *)(dst + (size_t)r * (hsp + FUSED_PAD) + c) = v;
     }
 }
 
@@ -1832,7 +1878,7 @@ __device__ __forceinline__ void fused_stage(uint16_t *dst, const float *src, int
     fused_stage<float>(dst, src, r0, rows, T, HS, hsp, ld, type, tid, nthreads);
 }
 
-// ss[16, 16] = qs[16, hsp] . ks[16, hsp]^T, by the whole warp
+// ss[16, 16] = qs[16, hsp] . ks[16, hsp]^T (staged rows), by the whole warp
 template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, const uint16_t *ks,
                                                 int hsp)
 {
@@ -1842,8 +1888,8 @@ template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, c
     for (int k = 0; k < hsp; k += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major> kt;
-        wmma::load_matrix_sync(a, (const H *)(qs + k), hsp);
-        wmma::load_matrix_sync(kt, (const H *)(ks + k), hsp);
+        wmma::load_matrix_sync(a, (const H *)(qs + k), hsp + FUSED_PAD);
+        wmma::load_matrix_sync(kt, (const H *)(ks + k), hsp + FUSED_PAD);
         wmma::mma_sync(s, a, kt, s);
     }
     wmma::store_matrix_sync(ss, s, SS_LD, wmma::mem_row_major);
@@ -1867,10 +1913,11 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
     const int col_tiles = hsp / 16, groups = (col_tiles + NCT - 1) / NCT;
     const IN *qb = qkv + (size_t)b * T * C3 + (size_t)h * HS, *kb = qb + C, *vb = qb + 2 * C;
     const float *mk = mask ? mask + (size_t)b * T : NULL;
-    uint16_t *ks = (uint16_t *)fused_smem, *vs = ks + (size_t)keys * hsp;
-    uint16_t *qs = (uint16_t *)((unsigned char *)(vs + (size_t)keys * hsp) +
+    const int hst = hsp + FUSED_PAD; // a staged row's stride
+    uint16_t *ks = (uint16_t *)fused_smem, *vs = ks + (size_t)keys * hst;
+    uint16_t *qs = (uint16_t *)((unsigned char *)(vs + (size_t)keys * hst) +
                                 (size_t)warp * fused_warp_bytes(hsp));
-    float *ss = (float *)(qs + 16 * hsp);
+    float *ss = (float *)(qs + 16 * hst);
     uint16_t *ps = (uint16_t *)(ss + 16 * SS_LD);
     // a lane's share of a score tile: row `row`, columns c0 .. c0 + 7
     const int row = lane % 16, c0 = lane / 16 * 8;
@@ -1898,19 +1945,30 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                     if (!active)
                         continue;
                     for (int t = 0; t < stage_tiles && k0 + 16 * t < T; t++) {
-                        fused_scores<H>(ss, qs, ks + (size_t)16 * t * hsp, hsp);
+                        fused_scores<H>(ss, qs, ks + (size_t)16 * t * hst, hsp);
+                        // the lane's 8 scores as two 16-byte loads (rows 80 bytes apart)
+                        const float4 *s4 = (const float4 *)(ss + row * SS_LD + c0);
+                        const float4 lo = s4[0], hi = s4[1];
+                        const float sv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+                        uint16_t pv[8];
+#pragma unroll
                         for (int j = 0; j < 8; j++) {
                             int k = k0 + 16 * t + c0 + j;
-                            float x = k < T ? scale * ss[row * SS_LD + c0 + j] + (mk ? mk[k] : 0.0f)
-                                            : 0.0f;
+                            float x = k < T ? scale * sv[j] + (mk ? mk[k] : 0.0f) : 0.0f;
                             if (pass == 0 && k < T)
                                 mx = fmaxf(mx, x);
                             else if (pass == 1 && k < T)
                                 sum += expf(x - mx);
-                            else if (pass == 2)
-                                ps[row * 16 + c0 + j] =
-                                    to_half_bits(k < T ? expf(x - mx) * inv : 0.0f, TYPE);
+                            pv[j] = pass == 2 ? to_half_bits(k < T ? expf(x - mx) * inv : 0.0f,
+                                                             TYPE)
+                                              : 0;
                         }
+                        if (pass == 2) // one 16-byte store of the lane's 8 probabilities
+                            *(uint4 *)(ps + row * 16 + c0) =
+                                make_uint4(pv[0] | (unsigned)pv[1] << 16,
+                                           pv[2] | (unsigned)pv[3] << 16,
+                                           pv[4] | (unsigned)pv[5] << 16,
+                                           pv[6] | (unsigned)pv[7] << 16);
                         if (pass == 2) {
                             __syncwarp();
                             wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> pa;
@@ -1922,7 +1980,7 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                                     wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major>
                                         vt;
                                     wmma::load_matrix_sync(
-                                        vt, (const H *)(vs + (size_t)16 * t * hsp + 16 * ct), hsp);
+                                        vt, (const H *)(vs + (size_t)16 * t * hst + 16 * ct), hst);
                                     wmma::mma_sync(acc[i], pa, vt, acc[i]);
                                 }
                             }

@@ -1001,6 +1001,7 @@ struct emu_lt_layout {
 struct emu_lt_pref {
     uint64_t workspace;
     uint32_t align[4]; // A, B, C, D
+    uint32_t reduction_mask;
 };
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
@@ -1067,7 +1068,7 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l)
 
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p)
 {
-    *p = new emu_lt_pref{0, {256, 256, 256, 256}};
+    *p = new emu_lt_pref{0, {256, 256, 256, 256}, 7};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -1084,6 +1085,7 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     bool ok = false;
     switch (a) {
     case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: ok = take(&p->workspace, buf, size); break;
+    case CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK: ok = take(&p->reduction_mask, buf, size); break;
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: ok = take(&p->align[0], buf, size); break;
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: ok = take(&p->align[1], buf, size); break;
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: ok = take(&p->align[2], buf, size); break;

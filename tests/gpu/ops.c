@@ -1394,8 +1394,12 @@ static void t_attention_half16(tcase *tc, int arg)
  * pick an algorithm for that, or run the product and the tail apart). */
 static void t_linear_half16(tcase *tc, int type)
 {
-    static const int shapes[][4] = {{37, 83, 67, 0}, {130, 256, 384, 0}, {19, 64, 96, 1}};
-    for (int i = 0; i < 3; i++)
+    /* {16, 3072, 64}: few outputs over a long sum, where a device's library likes to split
+     * the sum (its partial sums must stay fp32); its outputs near zero take the floor of 1e-4
+     * of the largest (cuda_emu's sequential fp32 sum is 0.73 of that off BLIS's) */
+    static const int shapes[][4] = {
+        {37, 83, 67, 0}, {130, 256, 384, 0}, {19, 64, 96, 1}, {16, 3072, 64, 0}};
+    for (int i = 0; i < 4; i++)
         for (int with_bias = 0; with_bias < 2; with_bias++) {
             int N = shapes[i][0], C = shapes[i][1], OC = shapes[i][2], sh = shapes[i][3];
             size_t no = (size_t)N * OC;
@@ -1431,7 +1435,7 @@ static void t_linear_half16(tcase *tc, int type)
             pair got = {{(uint16_t *)out16.p[REF] + sh, (uint16_t *)out16.p[GOT] + sh}};
             check_halves(tc, label(tc, "out16[N=%d,C=%d,OC=%d,shift=%d,bias=%d]", N, C, OC, sh,
                                    with_bias),
-                         got, no, type, 1.0, 1e-5, 1.0);
+                         got, no, type, 1.0, 1e-4, 1.0);
         }
 }
 

@@ -2,7 +2,9 @@
 // product with the bias epilogue, D = convert(alpha op(A) op(B) + beta C + bias[row]) in fp32
 // before the conversion to D's type. The bias is read as D's type unless its type is set, as
 // cublasLt does; the heuristic offers an algorithm only for the combinations checked below, and
-// the product refuses operands less aligned than the preference promised.
+// the product refuses operands less aligned than the preference promised. Its sums are fp32
+// whatever split-K reduction scheme the preference allows: a device's may not be (in place or in
+// the output type they are rounded to D's type first), which ops_cuda.cu must forbid itself.
 #pragma once
 #include "cublas_v2.h"
 
@@ -24,12 +26,19 @@ typedef enum {
 } cublasLtEpilogue_t;
 typedef enum {
     CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
+    CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK = 3,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
 } cublasLtMatmulPreferenceAttributes_t;
 
+typedef enum {
+    CUBLASLT_REDUCTION_SCHEME_NONE = 0,
+    CUBLASLT_REDUCTION_SCHEME_INPLACE = 1,
+    CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2,
+    CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE = 4,
+} cublasLtReductionScheme_t;
 typedef struct {
     uint64_t data[8];
 } cublasLtMatmulAlgo_t;
