@@ -428,7 +428,11 @@ struct fiber {
     int src;
     void *fake_stack; // AddressSanitizer's bookkeeping of the switch
 };
-const size_t stack_bytes = 256 << 10;
+// Kernel threads run shallow code (no recursion, small locals; a wmma fragment is 1 KiB here)
+const size_t stack_bytes = (EMU_ASAN ? 256 : 64) << 10;
+// Each fiber's stack top is this many bytes lower than the last's, modulo a page: tops at the
+// same offset of equally sized stacks fall in the same cache sets, and every switch missed.
+const size_t stack_stagger = 320;
 struct scheduler {
 #if EMU_ASM_SWITCH
     void *main_sp;
@@ -509,7 +513,9 @@ void fiber_init(fiber *f)
 #if EMU_ASM_SWITCH
     // the stack emu_switch pops: six callee-saved registers, then fiber_main as the return
     // address, entered with the stack aligned as after a call
-    uintptr_t top = ((uintptr_t)f->stack + stack_bytes) & ~(uintptr_t)15;
+    size_t index = (size_t)(f - sched.fibers.data());
+    uintptr_t top = ((uintptr_t)f->stack + stack_bytes - index * stack_stagger % 4096) &
+                    ~(uintptr_t)15;
     void **sp = (void **)top;
     *--sp = NULL;
     *--sp = (void *)fiber_main;
@@ -525,31 +531,33 @@ void fiber_init(fiber *f)
 #endif
 }
 
-// Wakes the lanes of each warp whose exchange every lane of the mask has reached; false when
-// some exchange waits on a lane that has exited (it never completes).
+// Wakes the lanes of each warp whose exchange every lane of the waiting lanes' masks has
+// reached; false when one waits on a lane that has exited (it never completes). One pass over
+// a warp's lanes for the union of their masks, then one over the lanes it names.
 bool release_warps(int nthreads, bool *progressed, char *why, size_t why_len)
 {
     for (int w0 = 0; w0 < nthreads; w0 += 32) {
         int n = nthreads - w0 < 32 ? nthreads - w0 : 32;
         fiber *lanes = &sched.fibers[w0];
-        bool any = false, ready = true;
-        for (int l = 0; l < n; l++) {
-            if (lanes[l].state != AT_WARP_EXCHANGE)
+        unsigned named = 0;
+        for (int l = 0; l < n; l++)
+            if (lanes[l].state == AT_WARP_EXCHANGE)
+                named |= lanes[l].mask;
+        if (!named)
+            continue;
+        bool ready = true;
+        for (int m = 0; m < n; m++) {
+            if (!(named >> m & 1u))
                 continue;
-            any = true;
-            for (int m = 0; m < n; m++) {
-                if (!(lanes[l].mask >> m & 1u))
-                    continue;
-                if (lanes[m].state == DONE) {
-                    snprintf(why, why_len, "lane %d of warp %d shuffles with lane %d, which has "
-                             "exited", l, w0 / 32, m);
-                    return false;
-                }
-                if (lanes[m].state != AT_WARP_EXCHANGE)
-                    ready = false;
+            if (lanes[m].state == DONE) {
+                snprintf(why, why_len, "a lane of warp %d shuffles with lane %d, which has exited",
+                         w0 / 32, m);
+                return false;
             }
+            if (lanes[m].state != AT_WARP_EXCHANGE)
+                ready = false;
         }
-        if (!any || !ready)
+        if (!ready)
             continue;
         for (int l = 0; l < n; l++) {
             if (lanes[l].state != AT_WARP_EXCHANGE)
