@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -840,19 +841,45 @@ struct gemm_args {
 };
 }
 
+// sums[j m + i] = sum over p of op(A)[i, p] op(B)[p, j], each in fp32 with p ascending (the
+// operands widened first, then a row of B at a time, which keeps each sum's order)
+static std::vector<float> gemm_sums(const gemm_args &g, const void *A, const void *B)
+{
+    std::vector<float> a((size_t)g.m * g.k), b((size_t)g.k * g.n), row(g.n),
+        sums((size_t)g.m * g.n);
+    for (int i = 0; i < g.m; i++)
+        for (int p = 0; p < g.k; p++)
+            a[(size_t)i * g.k + p] = load(A, g.at,
+                                          g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * g.lda
+                                                              : (size_t)p + (size_t)i * g.lda,
+                                          g.tf32);
+    for (int p = 0; p < g.k; p++)
+        for (int j = 0; j < g.n; j++)
+            b[(size_t)p * g.n + j] = load(B, g.bt,
+                                          g.tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * g.ldb
+                                                              : (size_t)j + (size_t)p * g.ldb,
+                                          g.tf32);
+    for (int i = 0; i < g.m; i++) {
+        std::fill(row.begin(), row.end(), 0.0f);
+        for (int p = 0; p < g.k; p++) {
+            float x = a[(size_t)i * g.k + p];
+            const float *bp = &b[(size_t)p * g.n];
+            for (int j = 0; j < g.n; j++)
+                row[j] += x * bp[j];
+        }
+        for (int j = 0; j < g.n; j++)
+            sums[(size_t)j * g.m + i] = row[j];
+    }
+    return sums;
+}
+
 // column-major C[m, n] = alpha op(A) op(B) + beta C; C is not read when beta is 0
 static void gemm_one(const gemm_args &g, const void *A, const void *B, float *C)
 {
+    std::vector<float> sums = gemm_sums(g, A, B);
     for (int j = 0; j < g.n; j++)
         for (int i = 0; i < g.m; i++) {
-            float s = 0.0f;
-            for (int p = 0; p < g.k; p++) {
-                size_t ia = g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * g.lda
-                                                : (size_t)p + (size_t)i * g.lda;
-                size_t ib = g.tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * g.ldb
-                                                : (size_t)j + (size_t)p * g.ldb;
-                s += load(A, g.at, ia, g.tf32) * load(B, g.bt, ib, g.tf32);
-            }
+            float s = sums[(size_t)j * g.m + i];
             float *c = &C[(size_t)i + (size_t)j * g.ldc];
             *c = g.beta == 0.0f ? g.alpha * s : g.alpha * s + g.beta * *c;
         }
@@ -1179,17 +1206,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
             fault();
             return;
         }
+        std::vector<float> sums = gemm_sums(g, A, B);
         for (int j = 0; j < g.n; j++)
             for (int i = 0; i < g.m; i++) {
-                float s = 0.0f;
-                for (int p = 0; p < g.k; p++) {
-                    size_t ia = g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * g.lda
-                                                    : (size_t)p + (size_t)i * g.lda;
-                    size_t ib = g.tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * g.ldb
-                                                    : (size_t)j + (size_t)p * g.ldb;
-                    s += load(A, g.at, ia, false) * load(B, g.bt, ib, false);
-                }
-                float v = g.alpha * s;
+                float v = g.alpha * sums[(size_t)j * g.m + i];
                 if (g.beta != 0.0f)
                     v += g.beta * load(C, t, (size_t)i + (size_t)j * ldc, false);
                 if (bias)
