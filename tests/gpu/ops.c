@@ -1160,16 +1160,21 @@ typedef struct {
     size_t nqkv, nout, nprobs;
 } attention_shape;
 
+/* a shape with its tensors' element counts filled in */
+static attention_shape attention_sized(attention_shape a)
+{
+    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
+    a.nqkv = 3 * a.nout;
+    a.nprobs = (size_t)a.B * a.NH * a.T * a.T;
+    return a;
+}
+
 /* 0 small, 1 big, 2 the backward's head groups (see t_attention_backward) */
 static attention_shape attention_of(int which)
 {
     static const attention_shape shapes[] = {
         {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {12, 150, 7, 20, 0, 0, 0}};
-    attention_shape a = shapes[which];
-    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
-    a.nqkv = 3 * a.nout;
-    a.nprobs = (size_t)a.B * a.NH * a.T * a.T;
-    return a;
+    return attention_sized(shapes[which]);
 }
 
 static void t_attention_forward(tcase *tc, int big)
@@ -1273,10 +1278,7 @@ static void t_attention_half_fused(tcase *tc, int arg)
         {4, 5, 2, 16, 0, 0, 0},  {2, 33, 2, 160, 0, 0, 0}, {1, 17, 1, SHERL_ATTN_FUSED_MAX_HS, 0, 0, 0},
         {5, 40, 7, 20, 0, 0, 0}};
     int type = arg % 2;
-    attention_shape a = shapes[arg / 2];
-    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
-    a.nqkv = 3 * a.nout;
-    a.nprobs = (size_t)a.B * a.NH * a.T * a.T;
+    attention_shape a = attention_sized(shapes[arg / 2]);
     float *hq = host_rand(tc, a.nqkv, -2, 2);
     for (size_t i = 0; i < a.nqkv; i++)
         hq[i] = sherl_half_round_f32(hq[i], type);
@@ -1350,9 +1352,7 @@ static void t_attention_half16(tcase *tc, int arg)
     static const attention_shape shapes[] = {
         {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {2, 33, 2, 160, 0, 0, 0}};
     int type = arg % 2;
-    attention_shape a = shapes[arg / 2];
-    a.nout = (size_t)a.B * a.T * a.NH * a.HS;
-    a.nqkv = 3 * a.nout;
+    attention_shape a = attention_sized(shapes[arg / 2]);
     float *hq = host_rand(tc, a.nqkv, -2, 2);
     uint16_t *h16 = host(tc, a.nqkv * sizeof(uint16_t));
     for (size_t i = 0; i < a.nqkv; i++) {
