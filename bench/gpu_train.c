@@ -46,6 +46,9 @@
  * not the samples/s.
  * --ffn-rows R: a device's feed-forward chunk is at least R rows instead of
  * BERT_FFN_DEVICE_ROWS (engine/bert.h; the CPU's N*D/(2F) when larger), to compare chunk sizes.
+ * --fused-forward 0: a device's forward-only half layers run as a training layer's forward does
+ * (probabilities and an fp32 Q|K|V written) instead of fused (bert_set_fused_forward), to time
+ * the fused path against the unfused one.
  * Exit status: 0, 1 on a failure, 2 on bad usage, 3 when this build lacks --precision. */
 #include <math.h>
 #include <stdint.h>
@@ -556,7 +559,7 @@ static void usage(FILE *f)
                "[--seq 128] [--layers L] [--hidden D] [--steps 10] [--warmup 3] "
                "[--profile-steps 2] [--methods sherl,late,full] [--late-layers 1] "
                "[--tune-late 1] [--ceiling S] [--graphs 0|1] [--threads N] [--ffn-rows R] "
-               "[--json FILE] MODEL_DIR\n");
+               "[--fused-forward 0|1] [--json FILE] MODEL_DIR\n");
 }
 
 int main(int argc, char **argv)
@@ -588,16 +591,16 @@ int main(int argc, char **argv)
     }
     int B = 64, T = 128, L = 0, D = 0, steps = 10, warmup = 3, profile_steps = 2, k = 1;
     int tune_late = 1, ceiling = -1, graphs = 1, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    int ffn_rows = 0;
+    int ffn_rows = 0, fused_forward = 1;
     /* zero-valued options go through strings (bench_parse takes positive integers only) */
     const char *str_names[] = {"--backend", "--precision", "--methods", "--json",
                                "--warmup", "--profile-steps", "--tune-late", "--ceiling",
-                               "--graphs"};
-    const char *sv[] = {NULL, "fp32", "sherl,late,full", NULL, NULL, NULL, NULL, NULL, NULL};
+                               "--graphs",  "--fused-forward"};
+    const char *sv[] = {NULL, "fp32", "sherl,late,full", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     bench_int_opt opts[] = {{"--batch", &B},       {"--seq", &T},         {"--layers", &L},
                             {"--hidden", &D},      {"--steps", &steps},   {"--late-layers", &k},
                             {"--threads", &threads}, {"--ffn-rows", &ffn_rows}};
-    int bad = bench_parse(PROG, optc, optv, 0, opts, 8, str_names, sv, 9);
+    int bad = bench_parse(PROG, optc, optv, 0, opts, 8, str_names, sv, 10);
     free(optv);
     if (bad) {
         usage(stderr);
@@ -605,10 +608,10 @@ int main(int argc, char **argv)
     }
     const char *backend = sv[0], *precision = sv[1], *methods = sv[2], *json = sv[3];
     const char *int0_names[] = {"--warmup", "--profile-steps", "--tune-late", "--ceiling",
-                                "--graphs"};
-    int *int0_vals[] = {&warmup, &profile_steps, &tune_late, &ceiling, &graphs};
-    const long int0_max[] = {1000, 1000, 1, 32768, 1};
-    for (int i = 0; i < 5; i++) {
+                                "--graphs",  "--fused-forward"};
+    int *int0_vals[] = {&warmup, &profile_steps, &tune_late, &ceiling, &graphs, &fused_forward};
+    const long int0_max[] = {1000, 1000, 1, 32768, 1, 1};
+    for (int i = 0; i < 6; i++) {
         const char *v = sv[4 + i];
         if (!v)
             continue;
@@ -623,6 +626,7 @@ int main(int argc, char **argv)
     }
     if (ffn_rows)
         bert_set_ffn_device_rows(ffn_rows);
+    bert_set_fused_forward(fused_forward);
     if (strcmp(precision, "fp32") && strcmp(precision, "bf16")) {
         fprintf(stderr, PROG ": --precision '%s': expected fp32 or bf16\n", precision);
         return 2;
@@ -712,6 +716,10 @@ int main(int argc, char **argv)
            steps, profile_steps);
     printf("feed-forward chunk: %d rows of %d (%s)\n", bert_ffn_chunk(hc, B * T, !be->host_memory),
            B * T, be->host_memory ? "the CPU's" : "a device's: bert_ffn_chunk");
+    if (!be->host_memory && strcmp(precision, "fp32"))
+        printf("forward-only layers: %s\n",
+               fused_forward ? "fused (Q|K|V as halves, attention without probabilities)"
+                             : "unfused (--fused-forward 0: probabilities and fp32 Q|K|V written)");
     fflush(stdout);
 
     const char *peak_source = gpu ? "device mem_info (total - free) minus before the backbone"

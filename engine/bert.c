@@ -593,6 +593,9 @@ void bert_batch_free(bert_batch *batch)
  * workspace */
 
 static int ffn_device_rows = BERT_FFN_DEVICE_ROWS;
+static int fused_forward = 1;
+
+void bert_set_fused_forward(int on) { fused_forward = on != 0; }
 
 void bert_set_ffn_device_rows(int rows)
 {
@@ -1001,7 +1004,8 @@ void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_l
     const int half = m->prec != SHERL_FP32;
     /* A half layer that keeps no Q|K|V has no backward, so its probabilities need not exist: a
      * device then runs its attention fused, with nothing of size T x T in memory. */
-    const int fused = half && !a->qkv16 && !be->host_memory && D / NH <= SHERL_ATTN_FUSED_MAX_HS;
+    const int fused = fused_forward && half && !a->qkv16 && !be->host_memory &&
+                      D / NH <= SHERL_ATTN_FUSED_MAX_HS;
     if (m->prec == SHERL_FP32)
         inp16 = NULL, out16 = NULL;
     if (a->inp16 && inp16)

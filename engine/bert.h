@@ -183,6 +183,11 @@ int bert_ffn_chunk(const hf_config *c, int N, int device);
  * keeps its buffers' rows (bert_layer_acts.ffn_rows), and its passes never take more, but a
  * larger value set after it only takes effect in layouts made after. */
 void bert_set_ffn_device_rows(int rows);
+/* Whether a device's forward-only half layers run fused (linear_half16_forward, then
+ * attention_half16_forward: no probabilities, no fp32 Q|K|V; the default, 1) or as a layer that
+ * trains does (0), for benchmarks that time both (bench_gpu_train --fused-forward). Either is
+ * the method's arithmetic; only the tensor cores' order of the P V sums differs. */
+void bert_set_fused_forward(int on);
 /* A pass's feed-forward chunk over N tokens: bert_ffn_chunk's, within the rows its buffers were
  * laid out for (layout_rows: bert_layer_acts.ffn_rows; 0: no bound). */
 int bert_ffn_pass_rows(const hf_config *c, int N, int device, int layout_rows);

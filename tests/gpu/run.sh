@@ -17,6 +17,7 @@
 #   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
 #   8. times the bf16 sherl step op by op (bench_gpu_train --backend cuda-timed),
 #   9. times the bf16 sherl step with the device's feed-forward chunk and with the CPU's,
+#  10. times it with the forward-only layers fused, unfused, and without cublasLt,
 # then prints one table (step, result, seconds) and exits 1 if any step failed.
 #
 #   tests/gpu/run.sh OUTDIR [--cpu]
@@ -31,7 +32,7 @@
 # /usr/bin/python3 that has them), SHERL_GPU_BUILD (build folder, default build/gpu-check),
 # SHERL_GPU_WORK (models and references, default /tmp/sherl-gpu-work), SHERL_DEPS_PREFIX (where
 # to unpack the .deb files, default /tmp/sherl-gpu-deps; it is emptied first),
-# SHERL_GPU_BENCH_ONLY=1 (steps 1, 2, 7, 8 and 9 only: a short re-measure of the training bench).
+# SHERL_GPU_BENCH_ONLY=1 (steps 1, 2, 7, 8, 9 and 10 only: a short re-measure of the training bench).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -561,6 +562,42 @@ if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" 
   cuda_result "ffn_chunk$([ "$cpu_flow" = 0 ] || echo _cpu)" "$flog" "$(ffn_detail)"
 elif [ "$built" = 1 ]; then
   record ffn_chunk "NOT RUN" 0 "no GPU"
+fi
+
+# ---- 10. the fused forward-only layers against the unfused ones, and without cublasLt ----
+# The same bf16 sherl step as step 9's first run (fused: the Q|K|V product writes halves through
+# a cublasLt bias epilogue, the attention runs without probabilities), then with
+# --fused-forward 0 (the unfused ops a training layer runs: probabilities and an fp32 Q|K|V
+# written) and with SHERL_CUDA_LT=0 (fused attention, the Q|K|V product and its rounding tail
+# apart): ms/step and peak of each, into 10-fused_forward.log. PASS means all three ran; which
+# is fastest is a number in the log, not a verdict. --cpu: cpu-guarded at the smoke shape.
+ulog=$out/10-fused_forward.log
+: >"$ulog"
+echo "== fused forward"
+fused_detail() { # each run's label, ms/step and peak
+  step_output "$ulog" | awk '/^== run / {label = $3}
+    /^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
+    printf "%s%s %.2f ms/step, peak %s MiB", sep, label, ms, pk; sep = "; "} END {print ""}'
+}
+if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" = 1 ] || [ "$gpu_present" = 1 ]; }; then
+  uargs=(--backend cuda --batch 64 --seq 128 --warmup 3 --steps 10 "${gmodel:-}")
+  [ "$cpu_flow" = 0 ] || uargs=(--backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1 \
+    "$work/gpu-train-smoke")
+  urc=0 utook=0
+  for run in fused unfused no-lt; do
+    echo "== run $run" >>"$ulog"
+    uenv=() uflag=()
+    [ "$run" != unfused ] || uflag=(--fused-forward 0)
+    [ "$run" != no-lt ] || uenv=(SHERL_CUDA_LT=0)
+    step "$ulog" 60 env "${uenv[@]}" "$build/bench/bench_gpu_train" --precision bf16 \
+      --methods sherl --profile-steps 0 --ceiling 0 "${uflag[@]}" "${uargs[@]}"
+    [ "$rc" = 0 ] || urc=$rc
+    utook=$((utook + took))
+  done
+  step_from=0 rc=$urc took=$utook # the detail reads all three runs' lines (the log started empty)
+  cuda_result "fused_forward$([ "$cpu_flow" = 0 ] || echo _cpu)" "$ulog" "$(fused_detail)"
+elif [ "$built" = 1 ]; then
+  record fused_forward "NOT RUN" 0 "no GPU"
 fi
 
 # ---- the table ----
