@@ -14,10 +14,9 @@
  * evenly spaced. */
 static long long spacing(const param_set *ps, const int *idx, int K)
 {
-    long long first = (long long)ps->items[idx[0]].offset;
-    long long step = (long long)ps->items[idx[1]].offset - first;
+    long long step = param_set_distance(ps, idx[0], idx[1]);
     for (int i = 2; i < K; i++)
-        if ((long long)ps->items[idx[i]].offset - first != i * step)
+        if (step < 0 || param_set_distance(ps, idx[0], idx[i]) != i * step)
             return -1;
     return step;
 }

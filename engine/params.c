@@ -33,11 +33,24 @@ int param_set_add(param_set *ps, const char *name, int64_t d0, int64_t d1, int d
     p->shape[0] = d0;
     p->shape[1] = d1 > 0 ? d1 : 1;
     p->numel = (size_t)d0 * (size_t)p->shape[1];
-    p->offset = ps->total;
-    p->decay = decay;
-    /* 16-float alignment keeps every tensor on its own cache lines (and SIMD-aligned) */
-    ps->total += (p->numel + 15) & ~(size_t)15;
+    p->decay = decay != 0;
+    /* Two groups, those with weight decay first, each in the order added: one AdamW call covers
+     * a group (its padding is zero in all four arenas, and AdamW keeps zeros at zero).
+     * 16-float alignment keeps every tensor on its own cache lines (and SIMD-aligned). */
+    size_t span = (p->numel + 15) & ~(size_t)15;
+    p->group_offset = p->decay ? ps->decay_total : ps->total - ps->decay_total;
+    ps->total += span;
+    if (p->decay)
+        ps->decay_total += span;
     return ps->n++;
+}
+
+long long param_set_distance(const param_set *ps, int i, int j)
+{
+    const sherl_param *a = &ps->items[i], *b = &ps->items[j];
+    if (a->decay != b->decay)
+        return -1;
+    return (long long)b->group_offset - (long long)a->group_offset;
 }
 
 sherl_status param_set_alloc(param_set *ps)
@@ -52,8 +65,13 @@ sherl_status param_set_alloc(param_set *ps)
         return sherl_errorf(SHERL_ENOMEM, "cannot allocate 4 x %.1f MB for trainable parameters",
                             bytes / 1e6);
     }
+    /* param_set_adamw runs over the padding too: it must hold zeros whatever alloc returns */
+    float *all[] = {ps->data, ps->grad, ps->m, ps->v};
+    for (int i = 0; i < 4; i++)
+        ps->be->zero(all[i], bytes);
     for (int i = 0; i < ps->n; i++) {
         sherl_param *p = &ps->items[i];
+        p->offset = p->decay ? p->group_offset : ps->decay_total + p->group_offset;
         p->data = ps->data + p->offset;
         p->grad = ps->grad + p->offset;
         p->m = ps->m + p->offset;
@@ -103,11 +121,15 @@ double param_set_grad_norm(const param_set *ps)
 void param_set_adamw(param_set *ps, float lr, float beta1, float beta2, float eps,
                      float weight_decay, int step)
 {
-    for (int i = 0; i < ps->n; i++) {
-        sherl_param *p = &ps->items[i];
-        ps->be->adamw_update(p->data, p->grad, p->m, p->v, p->numel, lr, beta1, beta2, eps,
-                             p->decay ? weight_decay : 0.0f, step);
-    }
+    /* param_set_add's two groups, one call each */
+    const sherl_backend *be = ps->be;
+    size_t d = ps->decay_total, rest = ps->total - ps->decay_total;
+    if (d)
+        be->adamw_update(ps->data, ps->grad, ps->m, ps->v, d, lr, beta1, beta2, eps,
+                         weight_decay, step);
+    if (rest)
+        be->adamw_update(ps->data + d, ps->grad + d, ps->m + d, ps->v + d, rest, lr, beta1,
+                         beta2, eps, 0.0f, step);
 }
 
 sherl_status param_set_load(param_set *ps, const char *path, int require_all)

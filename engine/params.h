@@ -15,8 +15,9 @@ typedef struct {
     int ndim;
     int64_t shape[2];
     size_t numel;
-    size_t offset;  /* in floats, within each arena */
-    int decay;      /* AdamW weight decay applies (not to biases, LayerNorm, the gate) */
+    size_t offset;  /* in floats, within each arena; set by param_set_alloc */
+    size_t group_offset; /* in floats, within its group (decay or not; see param_set_add) */
+    int decay;      /* 1: AdamW weight decay applies (not to biases, LayerNorm, the gate) */
     float *data, *grad, *m, *v; /* backend memory, valid after param_set_alloc */
 } sherl_param;
 
@@ -24,7 +25,8 @@ typedef struct {
     const sherl_backend *be;
     sherl_param *items;
     int n, cap;
-    size_t total; /* floats per arena */
+    size_t total;       /* floats per arena */
+    size_t decay_total; /* of which the first decay_total hold the tensors with weight decay */
     float *data, *grad, *m, *v;
 } param_set;
 
@@ -32,6 +34,11 @@ void param_set_init(param_set *ps, const sherl_backend *be);
 /* Registers a tensor (shape d0, or d0 x d1 when d1 > 0); returns its index or -1 on failure
  * (out of memory, duplicate name). Only before param_set_alloc. */
 int param_set_add(param_set *ps, const char *name, int64_t d0, int64_t d1, int decay);
+/* The distance in floats from tensor i to tensor j in the arenas, known from registration on:
+ * tensors with weight decay come first, then the others, each group in the order added (so each
+ * group is one AdamW call). -1 when one has weight decay and the other not (their distance is
+ * only known after param_set_alloc). */
+long long param_set_distance(const param_set *ps, int i, int j);
 /* Allocates the four arenas (zeroed) and points every tensor into them. */
 sherl_status param_set_alloc(param_set *ps);
 void param_set_free(param_set *ps);

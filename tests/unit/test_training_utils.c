@@ -2,6 +2,8 @@
  * hand-computed values. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bert.h"
@@ -77,6 +79,85 @@ Test(optim, clip_grad_norm_scales_to_max_norm)
     be->copy_to_host(ga, ps.items[0].grad, sizeof ga);
     NEAR(ga[0], 3.0 / (5.0 + 1e-6), 1e-6);
     NEAR(clip_grad_norm(&ps, 0.0), param_set_grad_norm(&ps), 1e-12); /* 0: off */
+    param_set_free(&ps);
+}
+
+/* The arenas hold the tensors with weight decay first, then the others, each group in the order
+ * added and padded to 16 floats, so param_set_adamw is one backend call per group: its result
+ * must be each tensor's own AdamW step (hand-computed below), with the padding between tensors
+ * still zero after it. */
+Test(optim, adamw_over_the_two_groups_is_each_tensors_own_step)
+{
+    const sherl_backend *be = sherl_backend_cpu();
+    param_set ps;
+    param_set_init(&ps, be);
+    /* decay flags 1, 0, 1, 0, 1 with odd sizes, so every tensor has padding after it */
+    const int64_t d0[5] = {3, 5, 2, 17, 1}, d1[5] = {2, 0, 3, 0, 0};
+    for (int i = 0; i < 5; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "t%d", i);
+        cr_assert(param_set_add(&ps, name, d0[i], d1[i], i % 2 == 0 ? 7 : 0) == i);
+    }
+    /* known before the arenas exist: group distances; none across groups */
+    cr_expect_eq(param_set_distance(&ps, 0, 2), 16);
+    cr_expect_eq(param_set_distance(&ps, 0, 4), 32);
+    cr_expect_eq(param_set_distance(&ps, 1, 3), 16);
+    cr_expect_eq(param_set_distance(&ps, 0, 1), -1);
+    cr_assert(param_set_alloc(&ps).code == SHERL_OK);
+    const size_t want_off[5] = {0, 48, 16, 64, 32};
+    for (int i = 0; i < 5; i++)
+        cr_expect_eq(ps.items[i].offset, want_off[i], "t%d at %zu, expected %zu", i,
+                     ps.items[i].offset, want_off[i]);
+    cr_expect_eq(ps.decay_total, 48);
+    cr_expect_eq(ps.total, 96);
+    /* every tensor: data, grad, m and v distinct per element */
+    float *h = calloc(ps.total, sizeof(float));
+    cr_assert(h);
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < 5; i++) {
+            sherl_param *p = &ps.items[i];
+            float *dst = k == 0 ? p->data : k == 1 ? p->grad : k == 2 ? p->m : p->v;
+            for (size_t e = 0; e < p->numel; e++)
+                h[e] = (float)(0.25 * (k + 1) + 0.01 * (double)(i * 20 + (int)e)) *
+                       (k == 1 && e % 2 ? -1.0f : 1.0f);
+            be->copy_to_device(dst, h, p->numel * sizeof(float));
+        }
+    }
+    const float lr = 0.01f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+    const int step = 3;
+    param_set_adamw(&ps, lr, b1, b2, eps, wd, step);
+    float *data = calloc(ps.total, sizeof(float)), *m = calloc(ps.total, sizeof(float)),
+          *v = calloc(ps.total, sizeof(float));
+    cr_assert(data && m && v);
+    be->copy_to_host(data, ps.data, ps.total * sizeof(float));
+    be->copy_to_host(m, ps.m, ps.total * sizeof(float));
+    be->copy_to_host(v, ps.v, ps.total * sizeof(float));
+    size_t seen = 0;
+    for (int i = 0; i < 5; i++) {
+        const sherl_param *p = &ps.items[i];
+        double decay = i % 2 == 0 ? wd : 0.0;
+        for (size_t e = 0; e < p->numel; e++) {
+            double p0 = 0.25 + 0.01 * (i * 20 + (int)e), g = (0.5 + 0.01 * (i * 20 + (int)e)) *
+                                                          (e % 2 ? -1.0 : 1.0);
+            double m0 = 0.75 + 0.01 * (i * 20 + (int)e), v0 = 1.0 + 0.01 * (i * 20 + (int)e);
+            double m1 = b1 * m0 + (1 - b1) * g, v1 = b2 * v0 + (1 - b2) * g * g;
+            double mh = m1 / (1 - pow(b1, step)), vh = v1 / (1 - pow(b2, step));
+            double want = p0 * (1 - lr * decay) - lr * mh / (sqrt(vh) + eps);
+            size_t at = p->offset + e;
+            cr_expect(fabs(data[at] - want) <= 1e-6 * fabs(want) + 1e-7,
+                      "t%d[%zu] = %.9g, expected %.9g", i, e, data[at], want);
+            cr_expect(fabs(m[at] - m1) <= 1e-6 * fabs(m1), "m of t%d[%zu]", i, e);
+            cr_expect(fabs(v[at] - v1) <= 1e-6 * fabs(v1), "v of t%d[%zu]", i, e);
+        }
+        seen += p->numel;
+        /* the padding after the tensor */
+        for (size_t at = p->offset + p->numel; at < p->offset + ((p->numel + 15) & ~(size_t)15);
+             at++)
+            cr_expect(data[at] == 0.0f && m[at] == 0.0f && v[at] == 0.0f,
+                      "padding at %zu after t%d: %g %g %g", at, i, data[at], m[at], v[at]);
+    }
+    cr_expect_eq(seen, 6 + 5 + 6 + 17 + 1);
+    free(h), free(data), free(m), free(v);
     param_set_free(&ps);
 }
 
