@@ -662,6 +662,7 @@ void bert_layer_acts_layout(bert_layer_acts *a, sherl_arena *ar, int B, int T, i
     a->res2 = arena_floats(ar, BT * D);
     a->ln2_mean = arena_floats(ar, BT);
     a->ln2_rstd = arena_floats(ar, BT);
+    a->kept = 1;
     /* forward scratch (bert_layer_acts_share_scratch): the backward computes them again */
     a->probs = a->ffn_pre = a->ffn_act = NULL;
     a->probs_n = 0, a->chunk_rows = 0, a->ffn_rows = 0;
@@ -695,7 +696,7 @@ void bert_layer_scratch_layout(bert_layer_acts *a, sherl_arena *ar, const hf_con
     int seqs = attn_layout_seqs(c, B, T, device);
     a->chunk_rows = seqs * T;
     a->probs_n = (size_t)seqs * NH * T * T;
-    a->qkv_whole = 0;
+    a->qkv_whole = 0, a->kept = 0;
     a->qkv16 = NULL, a->attn16 = a->ln1_16 = a->inp16 = NULL;
     /* the attention block's buffers: its output, and one chunk's Q|K|V and probabilities... */
     a->attn = arena_floats(ar, BT * D);
@@ -1058,7 +1059,9 @@ void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_l
     if (!ln1_16 && half && a->ffn_act &&
         (size_t)a->ffn_rows * F * sizeof(float) >= (size_t)N * D * sizeof(uint16_t))
         ln1_16 = (uint16_t *)a->ffn_act;
-    be->residual_layernorm_forward(a->ln1, ln1_16, a->res1, a->ln1_mean, a->ln1_rstd, a->res1,
+    /* a layer that is not kept needs neither LayerNorm's input afterwards: not written */
+    be->residual_layernorm_forward(a->ln1, ln1_16, a->kept ? a->res1 : NULL, a->ln1_mean,
+                                   a->ln1_rstd, a->res1,
                                    half ? ly->attn_out_b : NULL, inp, ly->ln1_w, ly->ln1_b,
                                    N, D, eps, half_type(m->prec));
     /* feed-forward block: LN2(h + W2 gelu(W1 h)), a chunk of tokens at a time through the
@@ -1082,7 +1085,8 @@ void bert_layer_forward_halves(const bert_model *m, const bert_layer *ly, bert_l
         linear_forward(m, a->res2 + r, a->ffn_act, NULL, ly->ffn_out_w, ly->ffn_out_w16,
                        ly->ffn_out_b, act16, act16_n, n, F, D);
     }
-    be->residual_layernorm_forward(out, out16, a->res2, a->ln2_mean, a->ln2_rstd, a->res2,
+    be->residual_layernorm_forward(out, out16, a->kept ? a->res2 : NULL, a->ln2_mean,
+                                   a->ln2_rstd, a->res2,
                                    half ? ly->ffn_out_b : NULL, a->ln1, ly->ln2_w, ly->ln2_b, N,
                                    D, eps, half_type(m->prec));
 }

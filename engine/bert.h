@@ -136,6 +136,9 @@ typedef struct {
     /* a trained half layer's input, rounded: the Q|K|V weight gradient's operand (the caller
      * then need not keep the input); NULL otherwise */
     uint16_t *inp16;           /* [B,T,D] */
+    /* 1: kept for a backward (bert_layer_acts_layout); 0: forward scratch, whose LayerNorm
+     * inputs (res1, res2) then need not be written */
+    int kept;
 } bert_layer_acts;
 
 /* Scratch for the forward of batches up to B x T (one layer's activations, reused). */

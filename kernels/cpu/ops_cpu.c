@@ -384,7 +384,7 @@ static void cpu_residual_layernorm_forward(float *out, uint16_t *out16, float *r
 #pragma omp parallel for if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         size_t at = (size_t)n * C;
-        float *r = res + at;
+        float *r = (res ? res : out) + at; /* out: LayerNorm reads each element before its own */
         for (int c = 0; c < C; c++) {
             float v = x[at + c];
             if (lin_bias)

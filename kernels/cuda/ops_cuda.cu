@@ -74,6 +74,7 @@ struct cuda_ctx {
     void *scratch;         // the ops' own scratch (attention dP, reduction partials)
     size_t scratch_bytes;
     unsigned long long gen; // changes of scratch and cuBLAS workspace (graphs hold their pointers)
+    size_t strip_bytes;     // dynamic shared memory attention_strip_kernel may have (set when ready)
 
     ~cuda_ctx()
     {
@@ -147,6 +148,8 @@ static int check_blas(cuda_ctx *c, cublasStatus_t s, const char *call, int line)
 // The calling thread's context: its stream, created on first use. On failure it stays unready
 // with the reason recorded, and every op on this thread does nothing until take_error reports
 // it.
+static void strip_opt_in(cuda_ctx *c);
+
 static cuda_ctx *ctx(void)
 {
     cuda_ctx *c = cur();
@@ -158,6 +161,7 @@ static cuda_ctx *ctx(void)
         return c;
     c->dev = tls_dev;
     c->ready = 1;
+    strip_opt_in(c);
     return c;
 }
 
@@ -1096,7 +1100,9 @@ __global__ void residual_layernorm_kernel(float *out, uint16_t *out16, float *re
     if (row >= N)
         return;
     size_t at = (size_t)row * C;
-    float *x = res + at;
+    // no res: the sum passes through out (each lane's LayerNorm reads an element of x before it
+    // writes the same element of out), so only out's lines reach memory
+    float *x = (res ? res : out) + at;
     for (int i = lane; i < C; i += 32) {
         float v = xin[at + i];
         if (lin_bias)
@@ -1878,9 +1884,10 @@ __device__ __forceinline__ void fused_stage(uint16_t *dst, const float *src, int
     fused_stage<float>(dst, src, r0, rows, T, HS, hsp, ld, type, tid, nthreads);
 }
 
-// ss[16, 16] = qs[16, hsp] . ks[16, hsp]^T (staged rows), by the whole warp
-template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, const uint16_t *ks,
-                                                int hsp)
+// ss[16, 16] (rows ld floats apart) = qs[16, hsp] . ks[16, hsp]^T (staged rows), by the whole
+// warp
+template <class H> __device__ void fused_scores(float *ss, int ld, const uint16_t *qs,
+                                                const uint16_t *ks, int hsp)
 {
     using namespace nvcuda;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
@@ -1892,7 +1899,7 @@ template <class H> __device__ void fused_scores(float *ss, const uint16_t *qs, c
         wmma::load_matrix_sync(kt, (const H *)(ks + k), hsp + FUSED_PAD);
         wmma::mma_sync(s, a, kt, s);
     }
-    wmma::store_matrix_sync(ss, s, SS_LD, wmma::mem_row_major);
+    wmma::store_matrix_sync(ss, s, ld, wmma::mem_row_major);
     __syncwarp();
 }
 
@@ -1945,7 +1952,7 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                     if (!active)
                         continue;
                     for (int t = 0; t < stage_tiles && k0 + 16 * t < T; t++) {
-                        fused_scores<H>(ss, qs, ks + (size_t)16 * t * hst, hsp);
+                        fused_scores<H>(ss, SS_LD, qs, ks + (size_t)16 * t * hst, hsp);
                         // the lane's 8 scores as two 16-byte loads (rows 80 bytes apart)
                         const float4 *s4 = (const float4 *)(ss + row * SS_LD + c0);
                         const float4 lo = s4[0], hi = s4[1];
@@ -2043,16 +2050,290 @@ static void attention_fused(cuda_ctx *c, void *out, const IN *qkv, const float *
     LAUNCHED(c, "attention_fused_kernel");
 }
 
-// The fused kernel's plan for a call, or false (recorded) for heads wider than it takes
-static bool fused_call(cuda_ctx *c, const char *op, int B, int T, int NH, int HS, fused_shape *f)
+// ---- fused half attention with the score strip kept (the usual case)
+//
+// attention_fused_kernel's arithmetic, but each warp keeps its strip's scores [16, T] (fp32) in
+// shared memory, so S = Q K^T is computed once instead of three times: the keys pass once (S),
+// the softmax runs over the kept strip (x = scale s + mask in place; the row maximum; e =
+// exp(x - max) in place with the sum in double; then half(e / sum) over the strip's own floats,
+// 32 columns at a time, ascending, so a chunk's halves land only on floats already read), and the
+// values pass once (O += P V, P read as halves from the strip). A block takes `warps` strips of
+// one (sequence, head), grid B NH per_head, and stages K, then V, `keys` rows at a time.
+// Shared memory: the stage [keys, hsp + FUSED_PAD] halves, then per warp its Q strip [16,
+// hsp + FUSED_PAD] halves, its scores [16, lds] floats (lds = T rounded up to 16, plus 4: rows
+// 16 bytes off a bank multiple) and an output tile [16, SS_LD] floats. Over 48 KiB it needs the
+// opt-in strip_opt_in makes; sequences too long for one warp's strip within what the device
+// allows take attention_fused_kernel.
+#define STRIP_MAX_WARPS 4
+#define STRIP_MAX_BYTES (112 * 1024) // two blocks an SM on an H100/H200 (228 KiB)
+
+__host__ __device__ static size_t strip_warp_bytes(int hsp, int lds)
+{
+    return (size_t)16 * (hsp + FUSED_PAD) * 2 + (size_t)16 * lds * 4 + 16 * SS_LD * 4;
+}
+
+template <int TYPE, int NCT, class IN, bool OUT16>
+__global__ void __launch_bounds__(32 * STRIP_MAX_WARPS)
+    attention_strip_kernel(void *out, const IN *qkv, const float *mask, int T, int NH, int HS,
+                           int hsp, int lds, int keys, int per_head, float scale, bool wide)
+{
+    using namespace nvcuda;
+    typedef typename wmma_half<TYPE>::t H;
+    extern __shared__ __align__(128) unsigned char strip_smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int bh = blockIdx.x / per_head, b = bh / NH, h = bh % NH;
+    const int C = NH * HS, C3 = 3 * C, tp = (T + 15) / 16 * 16;
+    const int col_tiles = hsp / 16, groups = (col_tiles + NCT - 1) / NCT;
+    const int r0 = (blockIdx.x % per_head * warps + warp) * 16;
+    const bool active = r0 < T; // warp-uniform; idle warps still stage
+    const IN *qb = qkv + (size_t)b * T * C3 + (size_t)h * HS, *kb = qb + C, *vb = qb + 2 * C;
+    const float *mk = mask ? mask + (size_t)b * T : NULL;
+    const int hst = hsp + FUSED_PAD;
+    uint16_t *kv = (uint16_t *)strip_smem;
+    unsigned char *mine =
+        strip_smem + (size_t)keys * hst * 2 + (size_t)warp * strip_warp_bytes(hsp, lds);
+    uint16_t *qs = (uint16_t *)mine;
+    float *ss = (float *)(mine + (size_t)16 * hst * 2), *os = ss + (size_t)16 * lds;
+    const uint16_t *ps = (const uint16_t *)ss; // the probabilities, rows 2 lds halves apart
+    if (active)
+        fused_stage(qs, qb, r0, 16, T, HS, hsp, C3, TYPE, lane, 32, wide);
+    // S = Q K^T, a stage of keys at a time
+    for (int k0 = 0; k0 < T; k0 += keys) {
+        __syncthreads(); // every warp is done with the last stage (and qs is staged)
+        fused_stage(kv, kb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x, blockDim.x, wide);
+        __syncthreads();
+        if (!active)
+            continue;
+        for (int t = 0; t < keys / 16 && k0 + 16 * t < T; t++)
+            fused_scores<H>(ss + k0 + 16 * t, lds, qs, kv + (size_t)16 * t * hst, hsp);
+    }
+    if (active) {
+        // a lane's share of the strip: row `row`, 16 columns of every 32 (c0 = 16 half + 32 q)
+        const int row = lane % 16, half = lane / 16;
+        float *sr = ss + (size_t)row * lds;
+        float mx = -INFINITY;
+        for (int c0 = 16 * half; c0 < tp; c0 += 32)
+            for (int j = 0; j < 16; j += 4) {
+                float4 v = *(float4 *)(sr + c0 + j);
+                float x[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int k = c0 + j + i;
+                    x[i] = k < T ? scale * x[i] + (mk ? mk[k] : 0.0f) : 0.0f;
+                    if (k < T)
+                        mx = fmaxf(mx, x[i]);
+                }
+                *(float4 *)(sr + c0 + j) = make_float4(x[0], x[1], x[2], x[3]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        double sum = 0.0;
+        for (int c0 = 16 * half; c0 < tp; c0 += 32)
+            for (int j = 0; j < 16; j += 4) {
+                float4 v = *(float4 *)(sr + c0 + j);
+                float x[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int k = c0 + j + i;
+                    x[i] = k < T ? expf(x[i] - mx) : 0.0f;
+                    if (k < T)
+                        sum += x[i];
+                }
+                *(float4 *)(sr + c0 + j) = make_float4(x[0], x[1], x[2], x[3]);
+            }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+        const float inv = (float)(1.0 / sum);
+        // halves over the floats: chunk q's go to bytes [64 q, 64 q + 64) of the row, floats of
+        // chunk q / 2 <= q, all read before (chunk 0's own before the first __syncwarp)
+        for (int q = 0; q < (tp + 31) / 32; q++) {
+            const int c0 = 32 * q + 16 * half;
+            uint32_t pk[8];
+            if (c0 < tp)
+#pragma unroll
+                for (int j = 0; j < 16; j += 2)
+                    pk[j / 2] = to_half_bits(sr[c0 + j] * inv, TYPE) |
+                                (uint32_t)to_half_bits(sr[c0 + j + 1] * inv, TYPE) << 16;
+            __syncwarp();
+            if (c0 < tp) {
+                uint4 *dst = (uint4 *)((uint16_t *)sr + c0);
+                dst[0] = make_uint4(pk[0], pk[1], pk[2], pk[3]);
+                dst[1] = make_uint4(pk[4], pk[5], pk[6], pk[7]);
+            }
+            __syncwarp();
+        }
+    }
+    // O = P V, a group of NCT column tiles at a time, a stage of values at a time
+    for (int g = 0; g < groups; g++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NCT];
+#pragma unroll
+        for (int i = 0; i < NCT; i++)
+            wmma::fill_fragment(acc[i], 0.0f);
+        for (int k0 = 0; k0 < T; k0 += keys) {
+            __syncthreads();
+            fused_stage(kv, vb, k0, keys, T, HS, hsp, C3, TYPE, threadIdx.x, blockDim.x, wide);
+            __syncthreads();
+            if (!active)
+                continue;
+            for (int t = 0; t < keys / 16 && k0 + 16 * t < T; t++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> pa;
+                wmma::load_matrix_sync(pa, (const H *)(ps + k0 + 16 * t), 2 * lds);
+#pragma unroll
+                for (int i = 0; i < NCT; i++) {
+                    int ct = g * NCT + i;
+                    if (ct < col_tiles) {
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major> vt;
+                        wmma::load_matrix_sync(vt, (const H *)(kv + (size_t)16 * t * hst + 16 * ct),
+                                               hst);
+                        wmma::mma_sync(acc[i], pa, vt, acc[i]);
+                    }
+                }
+            }
+        }
+        if (!active)
+            continue;
+#pragma unroll
+        for (int i = 0; i < NCT; i++) {
+            int ct = g * NCT + i;
+            if (ct >= col_tiles)
+                continue;
+            wmma::store_matrix_sync(os, acc[i], SS_LD, wmma::mem_row_major);
+            __syncwarp();
+            for (int e = lane; e < 256; e += 32) {
+                int r = e / 16, col = 16 * ct + e % 16;
+                size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
+                if (r0 + r < T && col < HS && OUT16)
+                    ((uint16_t *)out)[o] = to_half_bits(os[r * SS_LD + e % 16], TYPE);
+                else if (r0 + r < T && col < HS)
+                    ((float *)out)[o] = os[r * SS_LD + e % 16];
+            }
+            __syncwarp();
+        }
+    }
+}
+
+struct strip_shape {
+    int hsp, lds, keys, warps, per_head;
+    size_t bytes;
+};
+
+// The most warps (at most one per strip), then the longest stage (at most 128 keys), that fit
+// in max_bytes; false when one warp's strip does not (long sequences) or the head is wider than
+// SHERL_ATTN_FUSED_MAX_HS.
+static bool strip_plan(int T, int HS, size_t max_bytes, strip_shape *f)
+{
+    if (HS > SHERL_ATTN_FUSED_MAX_HS)
+        return false;
+    const int tp = (T + 15) / 16 * 16, strips = tp / 16;
+    f->hsp = (HS + 15) / 16 * 16;
+    f->lds = tp + 4;
+    const size_t per = strip_warp_bytes(f->hsp, f->lds);
+    for (int w = STRIP_MAX_WARPS; w >= 1; w /= 2) {
+        if (w > 1 && w > strips)
+            continue;
+        for (int keys = tp < 128 ? tp : 128; keys >= 16; keys = keys / 32 * 16) {
+            size_t bytes = (size_t)keys * (f->hsp + FUSED_PAD) * 2 + (size_t)w * per;
+            if (bytes <= max_bytes) {
+                f->keys = keys, f->warps = w, f->per_head = (strips + w - 1) / w, f->bytes = bytes;
+                return true;
+            }
+            if (keys == 16)
+                break;
+        }
+    }
+    return false;
+}
+
+template <int TYPE, int NCT, class IN, bool OUT16> static cudaError_t strip_allow(int bytes)
+{
+    return cudaFuncSetAttribute(attention_strip_kernel<TYPE, NCT, IN, OUT16>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+template <int TYPE, class IN, bool OUT16> static cudaError_t strip_allow_all(int bytes)
+{
+    cudaError_t e = strip_allow<TYPE, 1, IN, OUT16>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow<TYPE, 2, IN, OUT16>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow<TYPE, 4, IN, OUT16>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow<TYPE, 8, IN, OUT16>(bytes);
+    return e;
+}
+
+// Lets every attention_strip_kernel have STRIP_MAX_BYTES of shared memory, or what the device
+// allows when less (the plan then takes shorter stages, fewer warps, or attention_fused_kernel);
+// once per thread and device, outside any capture (the attribute is the function's on the
+// device, so the threads' calls agree).
+static void strip_opt_in(cuda_ctx *c)
+{
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->dev) !=
+        cudaSuccess) {
+        (void)cudaGetLastError();
+        optin = 0;
+    }
+    int bytes = optin < STRIP_MAX_BYTES ? optin : STRIP_MAX_BYTES;
+    c->strip_bytes = FUSED_MAX_BYTES;
+    const char *env = getenv("SHERL_CUDA_ATTN_STRIP");
+    if (env && !strcmp(env, "0")) { // the three-pass kernel always (to time or check it)
+        c->strip_bytes = 0;
+        return;
+    }
+    if (bytes <= FUSED_MAX_BYTES)
+        return;
+    cudaError_t e = strip_allow_all<SHERL_HALF_BF16, float, false>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow_all<SHERL_HALF_F16, float, false>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow_all<SHERL_HALF_BF16, uint16_t, true>(bytes);
+    if (e == cudaSuccess)
+        e = strip_allow_all<SHERL_HALF_F16, uint16_t, true>(bytes);
+    if (e == cudaSuccess)
+        c->strip_bytes = (size_t)bytes;
+    else
+        (void)cudaGetLastError(); // 48 KiB then: a smaller plan, not a failure
+}
+
+template <int TYPE, class IN, bool OUT16>
+static void attention_strip(cuda_ctx *c, void *out, const IN *qkv, const float *mask, int B,
+                            int T, int NH, int HS, const strip_shape &f)
+{
+    const int tiles = f.hsp / 16, nct = tiles >= 8 ? 8 : tiles >= 4 ? 4 : tiles >= 2 ? 2 : 1;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const bool wide = sizeof(IN) == 2 && HS % 8 == 0 && (uintptr_t)qkv % 16 == 0;
+    dim3 grid((unsigned)B * NH * f.per_head), block(32 * f.warps);
+    if (nct == 8)
+        attention_strip_kernel<TYPE, 8, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.lds, f.keys, f.per_head, scale, wide);
+    else if (nct == 4)
+        attention_strip_kernel<TYPE, 4, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.lds, f.keys, f.per_head, scale, wide);
+    else if (nct == 2)
+        attention_strip_kernel<TYPE, 2, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.lds, f.keys, f.per_head, scale, wide);
+    else
+        attention_strip_kernel<TYPE, 1, IN, OUT16><<<grid, block, f.bytes, c->stream>>>(
+            out, qkv, mask, T, NH, HS, f.hsp, f.lds, f.keys, f.per_head, scale, wide);
+    LAUNCHED(c, "attention_strip_kernel");
+}
+
+// The fused attention: with the strip kept where one fits, else in three passes; heads wider
+// than they take are a recorded error (the engine never sends them)
+template <int TYPE, class IN, bool OUT16>
+static void attention_fused_call(cuda_ctx *c, const char *op, void *out, const IN *qkv,
+                                 const float *mask, int B, int T, int NH, int HS)
 {
     if (!c->ready || B <= 0 || T <= 0 || NH <= 0 || HS <= 0)
-        return false;
-    if (fused_plan(T, HS, f))
-        return true;
-    record(c, "cuda: %s takes heads of at most %d, not %d (ops_cuda.cu:%d)", op,
-           SHERL_ATTN_FUSED_MAX_HS, HS, __LINE__);
-    return false;
+        return;
+    strip_shape sf;
+    fused_shape f;
+    if (strip_plan(T, HS, c->strip_bytes, &sf))
+        attention_strip<TYPE, IN, OUT16>(c, out, qkv, mask, B, T, NH, HS, sf);
+    else if (fused_plan(T, HS, &f))
+        attention_fused<TYPE, IN, OUT16>(c, out, qkv, mask, B, T, NH, HS, f);
+    else
+        record(c, "cuda: %s takes heads of at most %d, not %d (ops_cuda.cu:%d)", op,
+               SHERL_ATTN_FUSED_MAX_HS, HS, __LINE__);
 }
 
 static void cuda_attention_half_forward(float *out, float *probs, const float *qkv,
@@ -2063,28 +2344,26 @@ static void cuda_attention_half_forward(float *out, float *probs, const float *q
         attention_forward_any(out, probs, qkv, mask, B, T, NH, HS, half);
         return;
     }
-    cuda_ctx *c = ctx();
-    fused_shape f;
-    if (!fused_call(c, "attention_half_forward without probabilities", B, T, NH, HS, &f))
-        return;
+    const char *op = "attention_half_forward without probabilities";
     if (half == SHERL_HALF_F16)
-        attention_fused<SHERL_HALF_F16, float, false>(c, out, qkv, mask, B, T, NH, HS, f);
+        attention_fused_call<SHERL_HALF_F16, float, false>(ctx(), op, out, qkv, mask, B, T, NH,
+                                                           HS);
     else
-        attention_fused<SHERL_HALF_BF16, float, false>(c, out, qkv, mask, B, T, NH, HS, f);
+        attention_fused_call<SHERL_HALF_BF16, float, false>(ctx(), op, out, qkv, mask, B, T, NH,
+                                                            HS);
 }
 
 static void cuda_attention_half16_forward(uint16_t *out16, const uint16_t *qkv16,
                                           const float *mask, int B, int T, int NH, int HS,
                                           int type)
 {
-    cuda_ctx *c = ctx();
-    fused_shape f;
-    if (!fused_call(c, "attention_half16_forward", B, T, NH, HS, &f))
-        return;
+    const char *op = "attention_half16_forward";
     if (type == SHERL_HALF_F16)
-        attention_fused<SHERL_HALF_F16, uint16_t, true>(c, out16, qkv16, mask, B, T, NH, HS, f);
+        attention_fused_call<SHERL_HALF_F16, uint16_t, true>(ctx(), op, out16, qkv16, mask, B, T,
+                                                             NH, HS);
     else
-        attention_fused<SHERL_HALF_BF16, uint16_t, true>(c, out16, qkv16, mask, B, T, NH, HS, f);
+        attention_fused_call<SHERL_HALF_BF16, uint16_t, true>(ctx(), op, out16, qkv16, mask, B, T,
+                                                              NH, HS);
 }
 
 // dS = scale * P (dP - rowsum(P dP)), in place in dp[B,hg,T,T] for heads h0 .. h0 + hg - 1 of

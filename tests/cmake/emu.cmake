@@ -37,7 +37,12 @@ add_test(NAME gpu_ops_emu COMMAND gpu_ops_emu --backend cuda --require)
 # SHERL_CUDA_LT=0: the ops that fuse a product's tail with cublasLt run product and tail apart
 add_test(NAME gpu_ops_emu_no_lt COMMAND gpu_ops_emu --backend cuda --require --filter half16)
 set_tests_properties(gpu_ops_emu_no_lt PROPERTIES ENVIRONMENT SHERL_CUDA_LT=0)
-set_tests_properties(gpu_ops_emu gpu_ops_emu_no_lt PROPERTIES TIMEOUT 600)
+# SHERL_CUDA_ATTN_STRIP=0: the fused attention in three passes (attention_fused_kernel, which
+# sequences too long for a kept score strip take) where it would keep the strip
+add_test(NAME gpu_ops_emu_three_pass
+         COMMAND gpu_ops_emu --backend cuda --require --filter attention_half)
+set_tests_properties(gpu_ops_emu_three_pass PROPERTIES ENVIRONMENT SHERL_CUDA_ATTN_STRIP=0)
+set_tests_properties(gpu_ops_emu gpu_ops_emu_no_lt gpu_ops_emu_three_pass PROPERTIES TIMEOUT 600)
 
 # The engine over the emulated CUDA backend: training on "cuda" runs the GPU path (device
 # arenas, half copies of the frozen weights, the fused half ops, graphs) through the CUDA

@@ -19,6 +19,9 @@
 #include <mutex>
 #include <vector>
 
+// An H100/H200's largest dynamic shared memory a block may opt in to (227 KiB)
+#define EMU_SHARED_OPTIN 232448
+
 extern "C" {
 #include "kernels.h" // the half conversions, the CPU backend's own
 }
@@ -152,6 +155,8 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
         *v = 9;
     else if (a == cudaDevAttrComputeCapabilityMinor)
         *v = 0;
+    else if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin)
+        *v = EMU_SHARED_OPTIN;
     else
         return fail(cudaErrorInvalidValue);
     return cudaSuccess;
@@ -734,17 +739,44 @@ static void run_grid(const emu::config &c, emu::work *w)
     sched.work = NULL;
 }
 
-void emu::launch(const config &c, work *w)
+// Each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (48 KiB until set), for every
+// device alike
+static std::mutex attr_lock;
+static std::map<const void *, int> max_dynamic_shared;
+
+cudaError_t emu::func_set_attribute(const void *kernel, cudaFuncAttribute attr, int value)
+{
+    if (!kernel || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+        value > EMU_SHARED_OPTIN) {
+        fprintf(stderr, "cuda_emu: cudaFuncSetAttribute(%d, %d): the attribute is not "
+                        "emulated or the value is past %d\n", (int)attr, value, EMU_SHARED_OPTIN);
+        return fail(cudaErrorInvalidValue);
+    }
+    std::lock_guard<std::mutex> g(attr_lock);
+    max_dynamic_shared[kernel] = value;
+    return cudaSuccess;
+}
+
+static size_t dynamic_shared_limit(const void *kernel)
+{
+    std::lock_guard<std::mutex> g(attr_lock);
+    auto it = max_dynamic_shared.find(kernel);
+    return it != max_dynamic_shared.end() && it->second > 48 * 1024 ? (size_t)it->second
+                                                                     : 48 * 1024;
+}
+
+void emu::launch(const config &c, work *w, const void *kernel)
 {
     std::shared_ptr<work> owned(w);
     unsigned long long threads = (unsigned long long)c.block.x * c.block.y * c.block.z;
     if (c.block.x == 0 || c.block.y == 0 || c.block.z == 0 || threads > 1024 ||
         c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 ||
         c.grid.x > 0x7fffffffu || c.grid.y > 65535 || c.grid.z > 65535 ||
-        c.shared > 48 * 1024) {
+        c.shared > dynamic_shared_limit(kernel)) {
         fprintf(stderr, "cuda_emu: invalid launch: grid (%u,%u,%u), block (%u,%u,%u), %zu bytes "
-                        "of shared memory\n", c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y,
-                c.block.z, c.shared);
+                        "of shared memory (at most %zu for this kernel)\n", c.grid.x, c.grid.y,
+                c.grid.z, c.block.x, c.block.y, c.block.z, c.shared,
+                dynamic_shared_limit(kernel));
         fail(cudaErrorInvalidConfiguration);
         return;
     }

@@ -822,6 +822,70 @@ static void fail_shared_too_large(void)
     cudaStreamDestroy(s);
 }
 
+// k_big_shared's twin, whose limit the check below raises (the attribute is per function)
+__global__ void k_big_shared_opted(int *out, unsigned bytes)
+{
+    extern __shared__ unsigned char big[];
+    if (threadIdx.x == 0)
+        big[bytes - 1] = 7;
+    __syncthreads();
+    out[threadIdx.x] = big[bytes - 1] + (int)threadIdx.x;
+}
+
+// Past 48 KiB only after cudaFuncSetAttribute(MaxDynamicSharedMemorySize), and only as far as
+// it allowed; the device's opt-in limit (an H100's 227 KiB) bounds the attribute.
+static void fail_shared_past_opt_in(void)
+{
+    cudaStream_t s = NULL;
+    check c;
+    start(&c, "fail_dynamic_shared_past_opt_in", NULL);
+    if (!CUDA(&c, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)))
+        return finish(&c);
+    c.stream = s;
+    int optin = 0;
+    CUDA(&c, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    if (optin != 232448)
+        failf(&c, "opt-in limit %d, expected 232448", optin);
+    if (cudaFuncSetAttribute(k_big_shared_opted, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             optin + 1) != cudaErrorInvalidValue)
+        failf(&c, "an attribute past the opt-in limit was taken");
+    (void)cudaGetLastError();
+    const int n = 64, bytes = 100 << 10;
+    std::vector<int> out(n);
+    int *d_out = (int *)dalloc(&c, n * sizeof(int));
+    if (!failed(&c)) {
+        CUDA(&c, cudaFuncSetAttribute(k_big_shared_opted,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        k_big_shared_opted<<<1, n, bytes, s>>>(d_out, bytes);
+        launched(&c, "a launch with 100 KiB after opting in to 100 KiB");
+        to_host(&c, out.data(), d_out, n * sizeof(int));
+        if (sync_stream(&c))
+            for (int i = 0; i < n; i++)
+                if (out[i] != 7 + i) {
+                    failf(&c, "with 100 KiB, element %d is %d, expected %d", i, out[i], 7 + i);
+                    break;
+                }
+    }
+    if (!failed(&c)) {
+        // one byte more than allowed: refused, and nothing runs
+        CUDA(&c, cudaMemsetAsync(d_out, 0, n * sizeof(int), s));
+        k_big_shared_opted<<<1, n, bytes + 1, s>>>(d_out, bytes + 1);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaErrorInvalidConfiguration)
+            failf(&c, "cudaGetLastError after a launch past the opt-in: %s, expected "
+                      "cudaErrorInvalidConfiguration", cudaGetErrorName(e));
+        to_host(&c, out.data(), d_out, n * sizeof(int));
+        if (sync_stream(&c))
+            for (int i = 0; i < n; i++)
+                if (out[i] != 0) {
+                    failf(&c, "the kernel ran past its opt-in: element %d is %d", i, out[i]);
+                    break;
+                }
+    }
+    finish(&c);
+    cudaStreamDestroy(s);
+}
+
 static void fail_copy_past_allocation(void)
 {
     cudaStream_t s = NULL;
@@ -1405,6 +1469,7 @@ int main(void)
     in_own_thread(fail_shuffle_with_exited_lane);
     in_own_thread(fail_block_too_large);
     in_own_thread(fail_shared_too_large);
+    in_own_thread(fail_shared_past_opt_in);
     in_own_thread(fail_copy_past_allocation);
     in_own_thread(fail_gemm_operand_past_allocation);
 

@@ -871,25 +871,27 @@ static void t_layernorm_forward(tcase *tc, int big)
 
 /* The fused sublayer end: res bit for bit (fp32 adds), out, mean and rstd as layernorm_forward,
  * out16 within one half step of the reference's; variants: 0 lin_bias and out16, 1 neither,
- * 2 res written over x (aliased); arg: the half type. */
+ * 2 res written over x (aliased), 3 no res (x then unchanged); arg: the half type. */
 static void t_residual_layernorm(tcase *tc, int arg)
 {
     const int N = 260, C = 771;
     const size_t NC = (size_t)N * C;
     pair w = up_rand(tc, C, -1, 1), b = up_rand(tc, C, -1, 1);
-    for (int variant = 0; variant < 3; variant++) {
+    for (int variant = 0; variant < 4; variant++) {
         pair x = up_rand(tc, NC, -1.5f, 2.5f), resid = up_rand(tc, NC, -1, 1);
         pair lb = {{NULL, NULL}}, out16 = {{NULL, NULL}};
         if (variant != 1)
             lb = up_rand(tc, C, -1, 1), out16 = up_half_poison(tc, NC);
-        pair res = variant == 2 ? x : up_poison(tc, NC);
+        pair res = variant == 2 ? x : variant == 3 ? NONE : up_poison(tc, NC);
         pair out = up_poison(tc, NC), mean = up_poison(tc, N), rstd = up_poison(tc, N);
         ON_BOTH(tc, be->residual_layernorm_forward(P(out), P(out16), P(res), P(mean), P(rstd),
                                                    P(x), P(lb), P(resid), P(w), P(b), N, C,
                                                    1e-12f, arg));
         if (!settle(tc, "residual_layernorm_forward"))
             return;
-        check_exact(tc, label(tc, "res[variant=%d]", variant), res, NC, sizeof(float));
+        /* variant 3: x as uploaded, on both (check_exact compares the two backends' copies) */
+        check_exact(tc, label(tc, "%s[variant=%d]", variant == 3 ? "x" : "res", variant),
+                    variant == 3 ? x : res, NC, sizeof(float));
         check_f32(tc, label(tc, "out[variant=%d]", variant), out, NC, TOL_F32);
         check_f32(tc, label(tc, "mean[variant=%d]", variant), mean, N, TOL_F32);
         check_f32(tc, label(tc, "rstd[variant=%d]", variant), rstd, N, TOL_F32);
@@ -1270,13 +1272,15 @@ static void t_attention_half_forward(tcase *tc, int arg)
  * without probabilities, and the tested is within the half type's ulp of it (as
  * t_attention_half_forward's out). The shapes end their query strips and key stages part way
  * (T 19, 130, 70, 5, 33, 17), take heads that are not a multiple of 16 (21, 48, 20), heads
- * whose output takes two groups of column tiles (160), and the widest allowed. */
+ * whose output takes two groups of column tiles (160), and the widest allowed; BERT's longest
+ * sequence (512: a device keeps the score strips two warps a block), and one too long for a
+ * kept strip within 112 KiB (1800: the three-pass kernel). */
 static void t_attention_half_fused(tcase *tc, int arg)
 {
     static const attention_shape shapes[] = {
         {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {2, 70, 3, 48, 0, 0, 0},
         {4, 5, 2, 16, 0, 0, 0},  {2, 33, 2, 160, 0, 0, 0}, {1, 17, 1, SHERL_ATTN_FUSED_MAX_HS, 0, 0, 0},
-        {5, 40, 7, 20, 0, 0, 0}};
+        {5, 40, 7, 20, 0, 0, 0}, {1, 512, 2, 64, 0, 0, 0}, {1, 1800, 1, 16, 0, 0, 0}};
     int type = arg % 2;
     attention_shape a = attention_sized(shapes[arg / 2]);
     float *hq = host_rand(tc, a.nqkv, -2, 2);
@@ -2067,6 +2071,8 @@ static const test_def tests[] = {
     {"attention_half_fused.t33_hs160.bf16", t_attention_half_fused, 8 + SHERL_HALF_BF16},
     {"attention_half_fused.t17_hsmax.bf16", t_attention_half_fused, 10 + SHERL_HALF_BF16},
     {"attention_half_fused.t40_hs20.f16", t_attention_half_fused, 12 + SHERL_HALF_F16},
+    {"attention_half_fused.t512_hs64.bf16", t_attention_half_fused, 14 + SHERL_HALF_BF16},
+    {"attention_half_fused.t1800_hs16.f16", t_attention_half_fused, 16 + SHERL_HALF_F16},
     {"attention_half16.t19_hs21.bf16", t_attention_half16, 0 + SHERL_HALF_BF16},
     {"attention_half16.t130_hs64.bf16", t_attention_half16, 2 + SHERL_HALF_BF16},
     {"attention_half16.t130_hs64.f16", t_attention_half16, 2 + SHERL_HALF_F16},
@@ -2233,11 +2239,12 @@ static void mut_residual_layernorm_forward(float *out, uint16_t *out16, float *r
     real_ops->residual_layernorm_forward(out, out16, res, mean, rstd, x, lin_bias, resid, weight,
                                          bias, N - 1, C, eps, type);
     size_t at = (size_t)(N - 1) * C;
-    if (N > 0 && res != x)
-        real_ops->copy_device(res + at, x + at, (size_t)C * sizeof(float));
+    float *sum = res ? res : out; /* without res, the row passes through out */
+    if (N > 0 && sum != x)
+        real_ops->copy_device(sum + at, x + at, (size_t)C * sizeof(float));
     if (N > 0)
         real_ops->layernorm_forward(out + at, mean ? mean + N - 1 : NULL,
-                                    rstd ? rstd + N - 1 : NULL, res + at, weight, bias, 1, C,
+                                    rstd ? rstd + N - 1 : NULL, sum + at, weight, bias, 1, C,
                                     eps);
 }
 

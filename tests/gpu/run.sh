@@ -17,7 +17,8 @@
 #   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
 #   8. times the bf16 sherl step op by op (bench_gpu_train --backend cuda-timed),
 #   9. times the bf16 sherl step with the device's feed-forward chunk and with the CPU's,
-#  10. times it with the forward-only layers fused, unfused, and without cublasLt,
+#  10. times it with the forward-only layers fused, unfused, without cublasLt, and with the
+#      attention in three passes,
 # then prints one table (step, result, seconds) and exits 1 if any step failed.
 #
 #   tests/gpu/run.sh OUTDIR [--cpu]
@@ -281,8 +282,10 @@ olog=$out/02-gpu_ops.log
 echo "== gpu_ops"
 if [ "$built" = 1 ] && [ -x "$build/tests/gpu_ops" ]; then
   # then the half16 ops again with their products and tails apart (SHERL_CUDA_LT=0), as where
-  # cublasLt offers no fused algorithm
-  step "$olog" 150 bash -c '"$1" && SHERL_CUDA_LT=0 "$1" --filter half16' gpu_ops "$build/tests/gpu_ops"
+  # cublasLt offers no fused algorithm, and the fused attention in three passes
+  # (SHERL_CUDA_ATTN_STRIP=0), as sequences too long for a kept score strip take it
+  step "$olog" 150 bash -c '"$1" && SHERL_CUDA_LT=0 "$1" --filter half16 &&
+    SHERL_CUDA_ATTN_STRIP=0 "$1" --filter attention_half' gpu_ops "$build/tests/gpu_ops"
   ops_line=$(step_output "$olog" | grep -E '^gpu_ops: [a-z0-9:]+: [0-9]+ passed' | head -1 | cut -c1-80 || true)
   dev_line=$(step_output "$olog" | grep -E '^gpu_ops: devices: ' | grep -oE '[0-9]+ usable of [0-9]+|(PASS|FAIL)$' | tr '\n' ' ' || true)
   cuda_result gpu_ops "$olog" "$ops_line${dev_line:+; devices: $dev_line}"
@@ -564,13 +567,16 @@ elif [ "$built" = 1 ]; then
   record ffn_chunk "NOT RUN" 0 "no GPU"
 fi
 
-# ---- 10. the fused forward-only layers against the unfused ones, and without cublasLt ----
+# ---- 10. the fused forward-only layers against the unfused ones, without cublasLt, and with
+# the attention in three passes ----
 # The same bf16 sherl step as step 9's first run (fused: the Q|K|V product writes halves through
 # a cublasLt bias epilogue, the attention runs without probabilities), then with
 # --fused-forward 0 (the unfused ops a training layer runs: probabilities and an fp32 Q|K|V
-# written) and with SHERL_CUDA_LT=0 (fused attention, the Q|K|V product and its rounding tail
-# apart): ms/step and peak of each, into 10-fused_forward.log. PASS means all three ran; which
-# is fastest is a number in the log, not a verdict. --cpu: cpu-guarded at the smoke shape.
+# written), with SHERL_CUDA_LT=0 (fused attention, the Q|K|V product and its rounding tail
+# apart) and with SHERL_CUDA_ATTN_STRIP=0 (the fused attention computing each score tile three
+# times instead of keeping the strip): ms/step and peak of each, into 10-fused_forward.log.
+# PASS means all four ran; which is fastest is a number in the log, not a verdict. --cpu:
+# cpu-guarded at the smoke shape.
 ulog=$out/10-fused_forward.log
 : >"$ulog"
 echo "== fused forward"
@@ -584,17 +590,18 @@ if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" 
   [ "$cpu_flow" = 0 ] || uargs=(--backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1 \
     "$work/gpu-train-smoke")
   urc=0 utook=0
-  for run in fused unfused no-lt; do
+  for run in fused unfused no-lt three-pass; do
     echo "== run $run" >>"$ulog"
     uenv=() uflag=()
     [ "$run" != unfused ] || uflag=(--fused-forward 0)
     [ "$run" != no-lt ] || uenv=(SHERL_CUDA_LT=0)
+    [ "$run" != three-pass ] || uenv=(SHERL_CUDA_ATTN_STRIP=0)
     step "$ulog" 60 env "${uenv[@]}" "$build/bench/bench_gpu_train" --precision bf16 \
       --methods sherl --profile-steps 0 --ceiling 0 "${uflag[@]}" "${uargs[@]}"
     [ "$rc" = 0 ] || urc=$rc
     utook=$((utook + took))
   done
-  step_from=0 rc=$urc took=$utook # the detail reads all three runs' lines (the log started empty)
+  step_from=0 rc=$urc took=$utook # the detail reads all four runs' lines (the log started empty)
   cuda_result "fused_forward$([ "$cpu_flow" = 0 ] || echo _cpu)" "$ulog" "$(fused_detail)"
 elif [ "$built" = 1 ]; then
   record fused_forward "NOT RUN" 0 "no GPU"

@@ -758,7 +758,8 @@ Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
 {
     FOR_EACH_BACKEND(be)
     for (int type = SHERL_HALF_BF16; type <= SHERL_HALF_F16; type++)
-        for (int variant = 0; variant < 3; variant++) { /* lin_bias + out16; neither; aliased */
+        for (int variant = 0; variant < 4; variant++) {
+            /* lin_bias + out16; neither; res aliased over x; no res (x left as it was) */
             int N = 37, C = 771;
             size_t n = (size_t)N * C;
             float *x = randv(n, 2), *r = randv(n, 1), *lb = randv(C, 1), *w = randv(C, 1),
@@ -766,7 +767,7 @@ Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
             float *dx1 = dev_f(be, x, n), *dx2 = dev_f(be, x, n), *dr = dev_f(be, r, n);
             float *dw = dev_f(be, w, C), *db = dev_f(be, b, C);
             float *dlb = variant != 1 ? dev_f(be, lb, C) : NULL;
-            float *res2 = variant == 2 ? dx2 : be->alloc(4 * n);
+            float *res2 = variant == 2 ? dx2 : variant == 3 ? NULL : be->alloc(4 * n);
             float *o1 = be->alloc(4 * n), *o2 = be->alloc(4 * n);
             float *st1 = be->alloc(8 * N), *st2 = be->alloc(8 * N);
             uint16_t *h1 = be->alloc(2 * n), *h2 = variant != 1 ? be->alloc(2 * n) : NULL;
@@ -783,10 +784,13 @@ Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
                                            C, 1e-12f, type);
             float *a1 = malloc(4 * n), *a2 = malloc(4 * n), *s1 = malloc(8 * N),
                   *s2 = malloc(8 * N), *e1 = malloc(4 * n), *e2 = malloc(4 * n);
-            back_f(be, a1, dx1, n), back_f(be, a2, res2, n);
+            back_f(be, a1, dx1, n), back_f(be, a2, res2 ? res2 : dx2, n);
             back_f(be, e1, o1, n), back_f(be, e2, o2, n);
             back_f(be, s1, st1, 2 * N), back_f(be, s2, st2, 2 * N);
-            expect_same("residual_layernorm_forward: res", a2, a1, n);
+            if (res2)
+                expect_same("residual_layernorm_forward: res", a2, a1, n);
+            else
+                expect_same("residual_layernorm_forward without res: x", a2, x, n);
             expect_same("residual_layernorm_forward: out", e2, e1, n);
             expect_same("residual_layernorm_forward: mean, rstd", s2, s1, 2 * (size_t)N);
             if (h2)
@@ -809,7 +813,7 @@ Test(kernels, residual_layernorm_forward_is_the_unfused_ops)
             }
             expect_close("residual_layernorm_forward vs double", e2, want, n, 1e-5, 1e-5);
             be->free(dx1), be->free(dr), be->free(dw), be->free(db), be->free(dlb);
-            if (res2 != dx2)
+            if (res2 && res2 != dx2)
                 be->free(res2);
             be->free(dx2), be->free(o1), be->free(o2), be->free(st1), be->free(st2);
             be->free(h1), be->free(h2);

@@ -28,6 +28,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...) // a hint to the register allocator; nothing to check here
 #define __restrict__ __restrict
 // One copy per block: blocks run one at a time on the launching thread, whose fibers share it.
 #define __shared__ static thread_local
@@ -180,6 +181,10 @@ enum cudaStreamCaptureMode {
 enum cudaDeviceAttr {
     cudaDevAttrComputeCapabilityMajor = 75,
     cudaDevAttrComputeCapabilityMinor = 76,
+    cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+enum cudaFuncAttribute {
+    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
 };
 #define cudaStreamNonBlocking 0x01
 
@@ -238,7 +243,10 @@ struct work {
     virtual void run_thread(void) = 0;
 };
 // Runs `w` over the grid now, or records it when `stream` is capturing (taking ownership).
-void launch(const config &c, work *w);
+// kernel: the launched function, whose dynamic shared memory may exceed 48 KiB only as far as
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ...) allowed.
+void launch(const config &c, work *w, const void *kernel);
+cudaError_t func_set_attribute(const void *kernel, cudaFuncAttribute attr, int value);
 
 template <class... P> struct bound {
     void (*kernel)(P...);
@@ -276,6 +284,13 @@ static inline void operator|(const bound<P...> &b, const arg_pack<A...> &a)
                 static_cast<typename std::decay<P>::type>(v)...);
         },
         a.values);
-    launch(b.cfg, new kernel_work<P...>(b.kernel, std::move(params)));
+    launch(b.cfg, new kernel_work<P...>(b.kernel, std::move(params)),
+           reinterpret_cast<const void *>(b.kernel));
 }
 } // namespace emu
+
+template <class T> static inline cudaError_t cudaFuncSetAttribute(T *entry, cudaFuncAttribute attr,
+                                                                  int value)
+{
+    return emu::func_set_attribute(reinterpret_cast<const void *>(entry), attr, value);
+}
