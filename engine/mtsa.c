@@ -224,7 +224,7 @@ void mtsa_scratch_layout(mtsa_acts *t, const mtsa *a, int N, size_t budget, sher
  * or in half precision half(half tap . half(W_i)^T + b_i) with fp32 sums, as autocast's Linear
  * returns it (the LayerNorm then reads it widened), all K taps in one batched product. The
  * forward and the backward both compute them, with the same bits, so nothing of them is kept
- * between the two. Half precision uses x16 (over d_x) as its scratch. */
+ * between the two. */
 static void project_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t, const float *taps,
                           const uint16_t *taps16, int n0, int n)
 {
@@ -237,11 +237,15 @@ static void project_chunk(const mtsa *a, const param_set *ps, mtsa_acts *t, cons
     else
         half_gemm_batched(be, a->prec, 0, 1, n, d, D, taps16 + (size_t)n0 * D, D, tap, t->w16, D,
                           a->w_stride, 0.0f, t->xpre, d, cd, K);
-    be->bias_add_grouped_forward(t->xpre, P(ps, a->proj_b[0]), a->v_stride, K, n, d);
-    if (a->prec != SHERL_FP32) {
-        half_round(be, a->prec, t->x16, t->xpre, (size_t)(K * cd));
-        half_widen(be, a->prec, t->xpre, t->x16, (size_t)(K * cd));
+    if (a->prec == SHERL_FP32) {
+        be->bias_add_grouped_forward(t->xpre, P(ps, a->proj_b[0]), a->v_stride, K, n, d);
+        return;
     }
+    /* bias_add, round, widen in one pass a tap (the three ops' bits; 2 [K, n, d] floats moved
+     * where the three moved 6 and the halves) */
+    for (int i = 0; i < K; i++)
+        be->bias_half_round_forward(t->xpre + (size_t)i * cd, NULL, P(ps, a->proj_b[i]), n, d,
+                                    half_type(a->prec));
 }
 
 /* x = LayerNorm_i(xpre) for every tap of a chunk (statistics saved when mean is given) */
