@@ -75,6 +75,7 @@ struct cuda_ctx {
     size_t scratch_bytes;
     unsigned long long gen; // changes of scratch and cuBLAS workspace (graphs hold their pointers)
     size_t strip_bytes;     // dynamic shared memory attention_strip_kernel may have (set when ready)
+    size_t sm_shared;       // an SM's shared memory (set when ready; 0: unknown)
 
     ~cuda_ctx()
     {
@@ -2066,6 +2067,10 @@ static void attention_fused(cuda_ctx *c, void *out, const IN *qkv, const float *
 // allows take attention_fused_kernel.
 #define STRIP_MAX_WARPS 4
 #define STRIP_MAX_BYTES (112 * 1024) // two blocks an SM on an H100/H200 (228 KiB)
+// The fewest warps an SM must hold for the strip kernel to be taken: a long sequence's strips
+// (T 384 and up at a head of 64) leave 2 to 6, each stage then latency-bound with little to
+// hide it, where the three-pass kernel keeps 16 an SM for three times the products.
+#define STRIP_MIN_WARPS_PER_SM 8
 
 __host__ __device__ static size_t strip_warp_bytes(int hsp, int lds)
 {
@@ -2149,9 +2154,13 @@ __global__ void __launch_bounds__(32 * STRIP_MAX_WARPS)
             uint32_t pk[8];
             if (c0 < tp)
 #pragma unroll
-                for (int j = 0; j < 16; j += 2)
-                    pk[j / 2] = to_half_bits(sr[c0 + j] * inv, TYPE) |
-                                (uint32_t)to_half_bits(sr[c0 + j + 1] * inv, TYPE) << 16;
+                for (int j = 0; j < 16; j += 4) { // 16-byte reads: 4 rows of a row's 8 banks
+                    float4 e = *(const float4 *)(sr + c0 + j);
+                    pk[j / 2] = to_half_bits(e.x * inv, TYPE) |
+                                (uint32_t)to_half_bits(e.y * inv, TYPE) << 16;
+                    pk[j / 2 + 1] = to_half_bits(e.z * inv, TYPE) |
+                                    (uint32_t)to_half_bits(e.w * inv, TYPE) << 16;
+                }
             __syncwarp();
             if (c0 < tp) {
                 uint4 *dst = (uint4 *)((uint16_t *)sr + c0);
@@ -2216,9 +2225,10 @@ struct strip_shape {
 };
 
 // The most warps (at most one per strip), then the longest stage (at most 128 keys), that fit
-// in max_bytes; false when one warp's strip does not (long sequences) or the head is wider than
-// SHERL_ATTN_FUSED_MAX_HS.
-static bool strip_plan(int T, int HS, size_t max_bytes, strip_shape *f)
+// in max_bytes; false when one warp's strip does not (long sequences), when the SM would hold
+// fewer than STRIP_MIN_WARPS_PER_SM of them (sm_shared bytes an SM; 0: not checked), or when
+// the head is wider than SHERL_ATTN_FUSED_MAX_HS.
+static bool strip_plan(int T, int HS, size_t max_bytes, size_t sm_shared, strip_shape *f)
 {
     if (HS > SHERL_ATTN_FUSED_MAX_HS)
         return false;
@@ -2233,7 +2243,9 @@ static bool strip_plan(int T, int HS, size_t max_bytes, strip_shape *f)
             size_t bytes = (size_t)keys * (f->hsp + FUSED_PAD) * 2 + (size_t)w * per;
             if (bytes <= max_bytes) {
                 f->keys = keys, f->warps = w, f->per_head = (strips + w - 1) / w, f->bytes = bytes;
-                return true;
+                // an SM keeps 1 KiB of its shared memory per block for the system
+                size_t blocks = sm_shared ? sm_shared / (bytes + 1024) : STRIP_MIN_WARPS_PER_SM;
+                return blocks * (size_t)w >= STRIP_MIN_WARPS_PER_SM;
             }
             if (keys == 16)
                 break;
@@ -2272,15 +2284,35 @@ static void strip_opt_in(cuda_ctx *c)
         (void)cudaGetLastError();
         optin = 0;
     }
-    int bytes = optin < STRIP_MAX_BYTES ? optin : STRIP_MAX_BYTES;
+    int per_sm = 0;
+    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, c->dev) !=
+        cudaSuccess) {
+        (void)cudaGetLastError();
+        per_sm = 0;
+    }
+    c->sm_shared = per_sm > 0 ? (size_t)per_sm : 0;
+    // the device's opt-in within STRIP_MAX_BYTES; without one, what any launch may have
+    int bytes = optin <= FUSED_MAX_BYTES ? FUSED_MAX_BYTES
+                : optin < STRIP_MAX_BYTES ? optin
+                                          : STRIP_MAX_BYTES;
     c->strip_bytes = FUSED_MAX_BYTES;
+    // SHERL_CUDA_ATTN_STRIP=0: the three-pass kernel always; =N: at most N bytes a block (as a
+    // device with less to opt in to), to time or check those plans
     const char *env = getenv("SHERL_CUDA_ATTN_STRIP");
-    if (env && !strcmp(env, "0")) { // the three-pass kernel always (to time or check it)
+    char *end = NULL;
+    long cap = env ? strtol(env, &end, 10) : -1;
+    if (env && (end == env || *end || cap < 0))
+        cap = -1; // not a byte count: ignored
+    if (cap == 0) {
         c->strip_bytes = 0;
         return;
     }
-    if (bytes <= FUSED_MAX_BYTES)
+    if (cap > 0 && cap < bytes)
+        bytes = (int)cap;
+    if (bytes <= FUSED_MAX_BYTES) {
+        c->strip_bytes = (size_t)bytes;
         return;
+    }
     cudaError_t e = strip_allow_all<SHERL_HALF_BF16, float, false>(bytes);
     if (e == cudaSuccess)
         e = strip_allow_all<SHERL_HALF_F16, float, false>(bytes);
@@ -2327,7 +2359,7 @@ static void attention_fused_call(cuda_ctx *c, const char *op, void *out, const I
         return;
     strip_shape sf;
     fused_shape f;
-    if (strip_plan(T, HS, c->strip_bytes, &sf))
+    if (strip_plan(T, HS, c->strip_bytes, c->sm_shared, &sf))
         attention_strip<TYPE, IN, OUT16>(c, out, qkv, mask, B, T, NH, HS, sf);
     else if (fused_plan(T, HS, &f))
         attention_fused<TYPE, IN, OUT16>(c, out, qkv, mask, B, T, NH, HS, f);

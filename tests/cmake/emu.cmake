@@ -42,7 +42,12 @@ set_tests_properties(gpu_ops_emu_no_lt PROPERTIES ENVIRONMENT SHERL_CUDA_LT=0)
 add_test(NAME gpu_ops_emu_three_pass
          COMMAND gpu_ops_emu --backend cuda --require --filter attention_half)
 set_tests_properties(gpu_ops_emu_three_pass PROPERTIES ENVIRONMENT SHERL_CUDA_ATTN_STRIP=0)
-set_tests_properties(gpu_ops_emu gpu_ops_emu_no_lt gpu_ops_emu_three_pass PROPERTIES TIMEOUT 600)
+# SHERL_CUDA_ATTN_STRIP=49152: the strip plans of a device that cannot opt in past 48 KiB
+add_test(NAME gpu_ops_emu_strip_48k
+         COMMAND gpu_ops_emu --backend cuda --require --filter attention_half)
+set_tests_properties(gpu_ops_emu_strip_48k PROPERTIES ENVIRONMENT SHERL_CUDA_ATTN_STRIP=49152)
+set_tests_properties(gpu_ops_emu gpu_ops_emu_no_lt gpu_ops_emu_three_pass gpu_ops_emu_strip_48k
+                     PROPERTIES TIMEOUT 600)
 
 # The engine over the emulated CUDA backend: training on "cuda" runs the GPU path (device
 # arenas, half copies of the frozen weights, the fused half ops, graphs) through the CUDA

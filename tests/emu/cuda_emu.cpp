@@ -19,8 +19,10 @@
 #include <mutex>
 #include <vector>
 
-// An H100/H200's largest dynamic shared memory a block may opt in to (227 KiB)
+// An H100/H200's largest dynamic shared memory a block may opt in to (227 KiB), and an SM's
+// (228 KiB)
 #define EMU_SHARED_OPTIN 232448
+#define EMU_SHARED_PER_SM 233472
 
 extern "C" {
 #include "kernels.h" // the half conversions, the CPU backend's own
@@ -157,6 +159,8 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
         *v = 0;
     else if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin)
         *v = EMU_SHARED_OPTIN;
+    else if (a == cudaDevAttrMaxSharedMemoryPerMultiprocessor)
+        *v = EMU_SHARED_PER_SM;
     else
         return fail(cudaErrorInvalidValue);
     return cudaSuccess;

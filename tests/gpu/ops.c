@@ -1272,15 +1272,17 @@ static void t_attention_half_forward(tcase *tc, int arg)
  * without probabilities, and the tested is within the half type's ulp of it (as
  * t_attention_half_forward's out). The shapes end their query strips and key stages part way
  * (T 19, 130, 70, 5, 33, 17), take heads that are not a multiple of 16 (21, 48, 20), heads
- * whose output takes two groups of column tiles (160), and the widest allowed; BERT's longest
- * sequence (512: a device keeps the score strips two warps a block), and one too long for a
- * kept strip within 112 KiB (1800: the three-pass kernel). */
+ * whose output takes two groups of column tiles (160), and the widest allowed; on a device
+ * that keeps the score strips, T 256 (two stages of 128 keys), 130 at the widest head (two
+ * groups of column tiles over three stages of 64 keys, three idle warps in the last block), and
+ * BERT's longest, 512, which keeps too few strips an SM and takes the three-pass kernel. */
 static void t_attention_half_fused(tcase *tc, int arg)
 {
     static const attention_shape shapes[] = {
         {3, 19, 3, 21, 0, 0, 0}, {2, 130, 4, 64, 0, 0, 0}, {2, 70, 3, 48, 0, 0, 0},
         {4, 5, 2, 16, 0, 0, 0},  {2, 33, 2, 160, 0, 0, 0}, {1, 17, 1, SHERL_ATTN_FUSED_MAX_HS, 0, 0, 0},
-        {5, 40, 7, 20, 0, 0, 0}, {1, 512, 2, 64, 0, 0, 0}, {1, 1800, 1, 16, 0, 0, 0}};
+        {5, 40, 7, 20, 0, 0, 0}, {1, 512, 2, 64, 0, 0, 0}, {2, 256, 2, 64, 0, 0, 0},
+        {1, 130, 1, SHERL_ATTN_FUSED_MAX_HS, 0, 0, 0}};
     int type = arg % 2;
     attention_shape a = attention_sized(shapes[arg / 2]);
     float *hq = host_rand(tc, a.nqkv, -2, 2);
@@ -2072,7 +2074,8 @@ static const test_def tests[] = {
     {"attention_half_fused.t17_hsmax.bf16", t_attention_half_fused, 10 + SHERL_HALF_BF16},
     {"attention_half_fused.t40_hs20.f16", t_attention_half_fused, 12 + SHERL_HALF_F16},
     {"attention_half_fused.t512_hs64.bf16", t_attention_half_fused, 14 + SHERL_HALF_BF16},
-    {"attention_half_fused.t1800_hs16.f16", t_attention_half_fused, 16 + SHERL_HALF_F16},
+    {"attention_half_fused.t256_hs64.f16", t_attention_half_fused, 16 + SHERL_HALF_F16},
+    {"attention_half_fused.t130_hsmax.bf16", t_attention_half_fused, 18 + SHERL_HALF_BF16},
     {"attention_half16.t19_hs21.bf16", t_attention_half16, 0 + SHERL_HALF_BF16},
     {"attention_half16.t130_hs64.bf16", t_attention_half16, 2 + SHERL_HALF_BF16},
     {"attention_half16.t130_hs64.f16", t_attention_half16, 2 + SHERL_HALF_F16},
