@@ -2,7 +2,7 @@
  * through the op table of one backend, next to ceilings measured in the same run (device copy
  * bandwidth, a large bf16 GEMM, a large fp32 GEMM). Prints numbers; never fails on a timing.
  *
- *   bench_kernels [--backend cuda|cpu] [--rounds 5] [--json FILE]
+ *   bench_kernels [--backend cuda|cpu] [--rounds 5] [--only SUBSTR] [--json FILE]
  *
  * Per op: one warm-up call, then a calibrating call sets how many calls one timed region holds
  * (enough to last >= 20 ms), then --rounds timed regions; the median time per call is reported.
@@ -112,7 +112,7 @@ enum {
     OP_MM_QKV, OP_MM_FF1, OP_MM_FF2, OP_MM_FF1_BWD, OP_GEMM_BF16_FF1, OP_GEMM_BATCHED_SCORES,
     OP_LN_FWD, OP_LN_BWD, OP_GELU_FWD, OP_BIAS_GELU_HALF, OP_BIAS_HALF_ROUND, OP_RES_LN_HALF,
     OP_SOFTMAX_FWD,
-    OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_HALF_FUSED, OP_ATTN_BWD,
+    OP_ATTN_FWD, OP_ATTN_HALF_FWD, OP_ATTN_HALF_FUSED, OP_ATTN_HALF16, OP_ATTN_BWD,
     OP_MTSA_FWD, OP_MTSA_BWD, OP_ADAMW, OP_SUMSQ,
 };
 
@@ -214,6 +214,10 @@ static void run_op(state *s, int op)
         be->attention_half_forward(s->attn_out, NULL, s->qkv, s->mask, s->B, s->T, s->NH, s->HS,
                                    SHERL_HALF_BF16);
         break;
+    case OP_ATTN_HALF16: /* a frozen bf16 layer's as the engine runs it: Q|K|V and out as halves */
+        be->attention_half16_forward(s->ln16, s->qkv16, s->mask, s->B, s->T, s->NH, s->HS,
+                                     SHERL_HALF_BF16);
+        break;
     case OP_ATTN_BWD: /* dout = dout_c [N,C] */
         be->attention_backward(s->dqkv, s->dout_c, s->qkv, s->probs, s->B, s->T, s->NH, s->HS);
         break;
@@ -284,9 +288,13 @@ static int n_rows;
 static double ceil_val[4];
 
 /* Measures op and appends its row: work is flops (TFLOP/s) or bytes (GB/s). */
+static const char *only; /* --only: the rows whose op contains it (and the ceilings) */
+
 static void bench(state *s, int op, int rounds, const char *name, const char *shape, double work,
                   int ceiling, int is_ceiling)
 {
+    if (only && !is_ceiling && !strstr(name, only))
+        return;
     fprintf(stderr, PROG ": %-28s %s ...\n", name, shape);
     double t = measure(s, op, rounds, name);
     row *r = &rows[n_rows++];
@@ -363,7 +371,8 @@ static int write_json(const char *path, const char *desc, const char *device, co
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: " PROG " [--backend cuda|cpu] [--rounds 5] [--json FILE]\n");
+    fprintf(f, "usage: " PROG " [--backend cuda|cpu] [--rounds 5] [--only SUBSTR] [--json FILE]\n"
+               "  --only SUBSTR: only the ops whose name contains SUBSTR, beside the ceilings\n");
 }
 
 int main(int argc, char **argv)
@@ -376,13 +385,13 @@ int main(int argc, char **argv)
     int rounds = 5;
     const char *backend = NULL, *json = NULL;
     bench_int_opt opts[] = {{"--rounds", &rounds}};
-    const char *str_names[] = {"--backend", "--json"};
-    const char *str_values[] = {NULL, NULL};
-    if (bench_parse(PROG, argc, argv, 1, opts, 1, str_names, str_values, 2)) {
+    const char *str_names[] = {"--backend", "--json", "--only"};
+    const char *str_values[] = {NULL, NULL, NULL};
+    if (bench_parse(PROG, argc, argv, 1, opts, 1, str_names, str_values, 3)) {
         usage(stderr);
         return 2;
     }
-    backend = str_values[0], json = str_values[1];
+    backend = str_values[0], json = str_values[1], only = str_values[2];
 
     sherl_device_info dev[8];
     char why[256] = "";
@@ -573,6 +582,8 @@ int main(int argc, char **argv)
     bench(s, OP_ATTN_HALF_FWD, rounds, "attention_half_forward bf16", sh,
           4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
     bench(s, OP_ATTN_HALF_FUSED, rounds, "attention_half_forward bf16 without probs", sh,
+          4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
+    bench(s, OP_ATTN_HALF16, rounds, "attention_half16_forward bf16", sh,
           4.0 * B * NH * T * T * HS, CEIL_BF16, 0);
     bench(s, OP_ATTN_BWD, rounds, "attention_backward", sh, 8.0 * B * NH * T * T * HS, CEIL_F32,
           0);
