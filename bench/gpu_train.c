@@ -265,6 +265,7 @@ typedef struct {
     int count_calls; /* --backend cpu-guarded or *-timed: the backend counts its calls */
     int time_ops;    /* --backend *-timed: ... and times them */
     int graphs;      /* --graphs: passes recorded into a graph and replayed (sherl_train_pass) */
+    int fused_forward; /* --fused-forward (bert_set_fused_forward) */
 } bench_cfg;
 
 /* One optimizer step as the trainer takes it (engine/trainer.c): zero the gradients, forward,
@@ -494,6 +495,7 @@ static int write_json(const char *path, const char *desc, const bench_cfg *cfg,
     cJSON_AddStringToObject(o, "device", desc);
     cJSON_AddStringToObject(o, "precision", cfg->precision);
     cJSON_AddBoolToObject(o, "graphs", cfg->graphs);
+    cJSON_AddBoolToObject(o, "fused_forward", cfg->fused_forward);
     cJSON_AddNumberToObject(o, "batch", cfg->B);
     cJSON_AddNumberToObject(o, "seq", cfg->T);
     cJSON_AddNumberToObject(o, "layers", hc->num_hidden_layers);
@@ -684,7 +686,7 @@ int main(int argc, char **argv)
         ceiling = gpu ? 8192 : 2048;
     be->set_threads(threads);
     bench_cfg cfg = {B, T, steps, warmup, profile_steps, k, tune_late, threads, precision,
-                     model_dir, count_calls, time_ops, graphs};
+                     model_dir, count_calls, time_ops, graphs, fused_forward};
 
     mem_probe mem;
     mem_init(&mem);

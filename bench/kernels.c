@@ -493,7 +493,7 @@ int main(int argc, char **argv)
     s->c16 = balloc(sizeof(float) * NFF, "bf16 FF1 out [N,FF]");
     s->g16 = balloc(sizeof(uint16_t) * NFF, "bf16 GELU out [N,FF]");
     s->ln16 = balloc(sizeof(uint16_t) * NC, "bf16 layernorm out [N,C]");
-    s->qkv16 = balloc(sizeof(uint16_t) * 3 * NC, "bf16 Q|K|V [N,3C]");
+    s->qkv16 = rand_bf16((size_t)3 * NC, -1, 1, "bf16 Q|K|V [N,3C]"); /* for --only's rows */
     s->q = rand_f32(NC, -1, 1, "q [B*NH,T,HS]");
     s->k = rand_f32(NC, -1, 1, "k [B*NH,T,HS]");
     s->scores = balloc(sizeof(float) * att, "scores [B,NH,T,T]");

@@ -11,7 +11,7 @@
 #define G(ps, i) ((ps)->items[(i)].grad)
 
 /* The distance in floats between consecutive tensors idx[0..K) of ps, or -1 when they are not
- * evenly spaced. */
+ * evenly spaced, in order. */
 static long long spacing(const param_set *ps, const int *idx, int K)
 {
     long long step = param_set_distance(ps, idx[0], idx[1]);

@@ -1,5 +1,6 @@
 #include "params.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,7 +50,7 @@ long long param_set_distance(const param_set *ps, int i, int j)
 {
     const sherl_param *a = &ps->items[i], *b = &ps->items[j];
     if (a->decay != b->decay)
-        return -1;
+        return LLONG_MIN;
     return (long long)b->group_offset - (long long)a->group_offset;
 }
 

@@ -34,10 +34,10 @@ void param_set_init(param_set *ps, const sherl_backend *be);
 /* Registers a tensor (shape d0, or d0 x d1 when d1 > 0); returns its index or -1 on failure
  * (out of memory, duplicate name). Only before param_set_alloc. */
 int param_set_add(param_set *ps, const char *name, int64_t d0, int64_t d1, int decay);
-/* The distance in floats from tensor i to tensor j in the arenas, known from registration on:
- * tensors with weight decay come first, then the others, each group in the order added (so each
- * group is one AdamW call). -1 when one has weight decay and the other not (their distance is
- * only known after param_set_alloc). */
+/* The distance in floats from tensor i to tensor j in the arenas (negative when j comes first),
+ * known from registration on: tensors with weight decay come first, then the others, each group
+ * in the order added (so each group is one AdamW call). LLONG_MIN when one has weight decay and
+ * the other not (their distance is only known after param_set_alloc). */
 long long param_set_distance(const param_set *ps, int i, int j);
 /* Allocates the four arenas (zeroed) and points every tensor into them. */
 sherl_status param_set_alloc(param_set *ps);

@@ -164,7 +164,8 @@ struct sherl_backend {
     /* ---- a sublayer's end, fused: res[N,C] = (x + lin_bias) + resid, out = LayerNorm(res)
      * with mean/rstd saved, and out16 = half(out) (type SHERL_HALF_BF16/F16) when not NULL;
      * lin_bias may be NULL, res may alias x, or be NULL when the sum need not be kept (a
-     * forward-only layer: it then passes through out, and memory moves one [N,C] less). Exactly
+     * forward-only layer: it then passes through out, and memory moves one [N,C] less; out may
+     * then alias x or resid exactly, never in part). Exactly
      * bias_add_forward, residual_forward, layernorm_forward and f32_to_half in a row, bit for
      * bit on each backend. ---- */
     void (*residual_layernorm_forward)(float *out, uint16_t *out16, float *res, float *mean,

@@ -856,6 +856,10 @@ static void fail_shared_past_opt_in(void)
     if (!failed(&c)) {
         CUDA(&c, cudaFuncSetAttribute(k_big_shared_opted,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        // the attribute is the function's: its twin still gets 48 KiB at most
+        k_big_shared<<<1, n, bytes, s>>>(d_out, bytes);
+        if (cudaGetLastError() != cudaErrorInvalidConfiguration)
+            failf(&c, "another kernel took 100 KiB on the first one's attribute");
         k_big_shared_opted<<<1, n, bytes, s>>>(d_out, bytes);
         launched(&c, "a launch with 100 KiB after opting in to 100 KiB");
         to_host(&c, out.data(), d_out, n * sizeof(int));

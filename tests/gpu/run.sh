@@ -4,7 +4,8 @@
 #   1. unpacks tests/gpu/debs/*.deb (scripts/fetch_gpu_debs) into a private prefix under /tmp,
 #   2. configures (SHERL_SERVICE=OFF, SHERL_CUDA=ON, SHERL_WERROR=ON) and builds gpu_ops,
 #      gpu_bert_oracle, gpu_train_checks and bench_kernels with every core,
-#   3. runs gpu_ops (every op of the CUDA backend against the CPU backend; each GPU's own table),
+#   3. runs gpu_ops (every op of the CUDA backend against the CPU backend; each GPU's own table;
+#      the half16 ops again without cublasLt, the fused attention again in three passes),
 #   4. makes a BERT-base-shaped random model and Hugging Face's hidden states for a padded
 #      8 x 128 batch, and runs gpu_bert_oracle --backend cuda on it (<= 1e-4 relative),
 #   5. trains one SHERL job on the CPU and on the GPU in fp32 (MTSA dropout 0, and 0.1 with a
