@@ -1904,6 +1904,35 @@ template <class H> __device__ void fused_scores(float *ss, int ld, const uint16_
     __syncwarp();
 }
 
+// A warp's output tiles of column group g: O[16, 16 NCT] (rows r0.., columns 16 g NCT.. of head
+// h of sequence b) through the warp's [16, SS_LD] float tile, as floats or (OUT16) halves,
+// rows past T and columns past HS left out
+template <int TYPE, int NCT, bool OUT16>
+__device__ __forceinline__ void fused_store_out(void *out,
+                                nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16,
+                                                       float> (&acc)[NCT],
+                                float *tile, int g, int col_tiles, int b, int h, int r0, int T,
+                                int C, int HS, int lane)
+{
+#pragma unroll
+    for (int i = 0; i < NCT; i++) {
+        int ct = g * NCT + i;
+        if (ct >= col_tiles)
+            continue;
+        nvcuda::wmma::store_matrix_sync(tile, acc[i], SS_LD, nvcuda::wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < 256; e += 32) {
+            int r = e / 16, col = 16 * ct + e % 16;
+            size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
+            if (r0 + r < T && col < HS && OUT16)
+                ((uint16_t *)out)[o] = to_half_bits(tile[r * SS_LD + e % 16], TYPE);
+            else if (r0 + r < T && col < HS)
+                ((float *)out)[o] = tile[r * SS_LD + e % 16];
+        }
+        __syncwarp();
+    }
+}
+
 // NCT: output column tiles held in registers at once (1, 2, 4 or 8); wider heads take pass 2
 // once per group of NCT tiles.
 // IN: float (attention_half_forward's qkv of half values) or uint16_t (attention_half16's
@@ -1998,23 +2027,8 @@ __global__ void attention_fused_kernel(void *out, const IN *qkv, const float *ma
                 }
                 if (!active || pass < 2)
                     continue;
-#pragma unroll
-                for (int i = 0; i < NCT; i++) {
-                    int ct = g * NCT + i;
-                    if (ct >= col_tiles)
-                        continue;
-                    wmma::store_matrix_sync(ss, acc[i], SS_LD, wmma::mem_row_major);
-                    __syncwarp();
-                    for (int e = lane; e < 256; e += 32) {
-                        int r = e / 16, col = 16 * ct + e % 16;
-                        size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
-                        if (r0 + r < T && col < HS && OUT16)
-                            ((uint16_t *)out)[o] = to_half_bits(ss[r * SS_LD + e % 16], TYPE);
-                        else if (r0 + r < T && col < HS)
-                            ((float *)out)[o] = ss[r * SS_LD + e % 16];
-                    }
-                    __syncwarp();
-                }
+                fused_store_out<TYPE, NCT, OUT16>(out, acc, ss, g, col_tiles, b, h, r0, T, C, HS,
+                                                  lane);
             }
             if (active && pass == 0)
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -2077,6 +2091,33 @@ __host__ __device__ static size_t strip_warp_bytes(int hsp, int lds)
     return (size_t)16 * (hsp + FUSED_PAD) * 2 + (size_t)16 * lds * 4 + 16 * SS_LD * 4;
 }
 
+// A lane's share of its strip row (the 16-column runs c0 = 16 half, 16 half + 32, ..., 16 bytes
+// a read and a write), in place; columns past T (to tp) become 0. PASS 0: x = scale s + mask,
+// their maximum into mx; PASS 1: e = exp(x - mx), their sum into sum.
+template <int PASS>
+__device__ __forceinline__ void strip_row_pass(float *sr, int half, int tp, int T, float scale,
+                                               const float *mk, float &mx, double &sum)
+{
+    for (int c0 = 16 * half; c0 < tp; c0 += 32)
+        for (int j = 0; j < 16; j += 4) {
+            float4 v = *(float4 *)(sr + c0 + j);
+            float x[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int k = c0 + j + i;
+                if (PASS == 0)
+                    x[i] = k < T ? scale * x[i] + (mk ? mk[k] : 0.0f) : 0.0f;
+                else
+                    x[i] = k < T ? expf(x[i] - mx) : 0.0f;
+                if (PASS == 0 && k < T)
+                    mx = fmaxf(mx, x[i]);
+                else if (k < T)
+                    sum += x[i];
+            }
+            *(float4 *)(sr + c0 + j) = make_float4(x[0], x[1], x[2], x[3]);
+        }
+}
+
 template <int TYPE, int NCT, class IN, bool OUT16>
 __global__ void __launch_bounds__(32 * STRIP_MAX_WARPS)
     attention_strip_kernel(void *out, const IN *qkv, const float *mask, int T, int NH, int HS,
@@ -2117,34 +2158,10 @@ __global__ void __launch_bounds__(32 * STRIP_MAX_WARPS)
         const int row = lane % 16, half = lane / 16;
         float *sr = ss + (size_t)row * lds;
         float mx = -INFINITY;
-        for (int c0 = 16 * half; c0 < tp; c0 += 32)
-            for (int j = 0; j < 16; j += 4) {
-                float4 v = *(float4 *)(sr + c0 + j);
-                float x[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    int k = c0 + j + i;
-                    x[i] = k < T ? scale * x[i] + (mk ? mk[k] : 0.0f) : 0.0f;
-                    if (k < T)
-                        mx = fmaxf(mx, x[i]);
-                }
-                *(float4 *)(sr + c0 + j) = make_float4(x[0], x[1], x[2], x[3]);
-            }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         double sum = 0.0;
-        for (int c0 = 16 * half; c0 < tp; c0 += 32)
-            for (int j = 0; j < 16; j += 4) {
-                float4 v = *(float4 *)(sr + c0 + j);
-                float x[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    int k = c0 + j + i;
-                    x[i] = k < T ? expf(x[i] - mx) : 0.0f;
-                    if (k < T)
-                        sum += x[i];
-                }
-                *(float4 *)(sr + c0 + j) = make_float4(x[0], x[1], x[2], x[3]);
-            }
+        strip_row_pass<0>(sr, half, tp, T, scale, mk, mx, sum);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        strip_row_pass<1>(sr, half, tp, T, scale, mk, mx, sum);
         sum += __shfl_xor_sync(0xffffffffu, sum, 16);
         const float inv = (float)(1.0 / sum);
         // halves over the floats: chunk q's go to bytes [64 q, 64 q + 64) of the row, floats of
@@ -2199,23 +2216,7 @@ __global__ void __launch_bounds__(32 * STRIP_MAX_WARPS)
         }
         if (!active)
             continue;
-#pragma unroll
-        for (int i = 0; i < NCT; i++) {
-            int ct = g * NCT + i;
-            if (ct >= col_tiles)
-                continue;
-            wmma::store_matrix_sync(os, acc[i], SS_LD, wmma::mem_row_major);
-            __syncwarp();
-            for (int e = lane; e < 256; e += 32) {
-                int r = e / 16, col = 16 * ct + e % 16;
-                size_t o = ((size_t)b * T + r0 + r) * C + (size_t)h * HS + col;
-                if (r0 + r < T && col < HS && OUT16)
-                    ((uint16_t *)out)[o] = to_half_bits(os[r * SS_LD + e % 16], TYPE);
-                else if (r0 + r < T && col < HS)
-                    ((float *)out)[o] = os[r * SS_LD + e % 16];
-            }
-            __syncwarp();
-        }
+        fused_store_out<TYPE, NCT, OUT16>(out, acc, os, g, col_tiles, b, h, r0, T, C, HS, lane);
     }
 }
 
