@@ -877,24 +877,25 @@ struct gemm_args {
 };
 }
 
+// dst[r cols + c] = op(X)[r, c] widened, X column-major with leading dimension ld
+static void widen_operand(std::vector<float> &dst, const void *X, cudaDataType_t t,
+                          cublasOperation_t op, int rows, int cols, int ld, bool tf32)
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            size_t at = op == CUBLAS_OP_N ? (size_t)r + (size_t)c * ld : (size_t)c + (size_t)r * ld;
+            dst[(size_t)r * cols + c] = load(X, t, at, tf32);
+        }
+}
+
 // sums[j m + i] = sum over p of op(A)[i, p] op(B)[p, j], each in fp32 with p ascending (the
 // operands widened first, then a row of B at a time, which keeps each sum's order)
 static std::vector<float> gemm_sums(const gemm_args &g, const void *A, const void *B)
 {
     std::vector<float> a((size_t)g.m * g.k), b((size_t)g.k * g.n), row(g.n),
         sums((size_t)g.m * g.n);
-    for (int i = 0; i < g.m; i++)
-        for (int p = 0; p < g.k; p++)
-            a[(size_t)i * g.k + p] = load(A, g.at,
-                                          g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * g.lda
-                                                              : (size_t)p + (size_t)i * g.lda,
-                                          g.tf32);
-    for (int p = 0; p < g.k; p++)
-        for (int j = 0; j < g.n; j++)
-            b[(size_t)p * g.n + j] = load(B, g.bt,
-                                          g.tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * g.ldb
-                                                              : (size_t)j + (size_t)p * g.ldb,
-                                          g.tf32);
+    widen_operand(a, A, g.at, g.ta, g.m, g.k, g.lda, g.tf32);
+    widen_operand(b, B, g.bt, g.tb, g.k, g.n, g.ldb, g.tf32);
     for (int i = 0; i < g.m; i++) {
         std::fill(row.begin(), row.end(), 0.0f);
         for (int p = 0; p < g.k; p++) {
