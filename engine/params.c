@@ -66,10 +66,8 @@ sherl_status param_set_alloc(param_set *ps)
         return sherl_errorf(SHERL_ENOMEM, "cannot allocate 4 x %.1f MB for trainable parameters",
                             bytes / 1e6);
     }
-    /* param_set_adamw runs over the padding too: it must hold zeros whatever alloc returns */
-    float *all[] = {ps->data, ps->grad, ps->m, ps->v};
-    for (int i = 0; i < 4; i++)
-        ps->be->zero(all[i], bytes);
+    /* param_set_adamw runs over the padding too: backend memory comes zeroed (kernels.h), and
+     * AdamW keeps a zero parameter with zero gradient and moments at zero */
     for (int i = 0; i < ps->n; i++) {
         sherl_param *p = &ps->items[i];
         p->offset = p->decay ? p->group_offset : ps->decay_total + p->group_offset;
