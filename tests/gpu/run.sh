@@ -480,7 +480,9 @@ fi # SHERL_GPU_BENCH_ONLY
 # sherl, late and full in our engine and PyTorch's SHERL and full fine-tuning (bf16 autocast) on
 # BERT-base (the BERT step's model when it made one), batch 64 x 128, 5 warm-up + 30 timed steps
 # each (PyTorch's median moved by 1.7x between runs of 10 timed steps on an H200; more steps give
-# a steadier median for a few seconds more in all): samples/s, peak memory and the ratios against
+# a steadier median for a few seconds more in all), and the speed goal's pair (our bf16 sherl,
+# PyTorch's SHERL) in 3 alternating rounds of fresh processes, its ratio their median (the rounds
+# tell drift in a run from a real difference): samples/s, peak memory and the ratios against
 # their goals, in 05-bench_gpu_train.log.
 # Ours at bf16 (the headline; "not available in this build" is reported, not failed) then fp32
 # (no TF32: several times slower). PASS means it ran: the goals are numbers in the table.
@@ -510,8 +512,9 @@ elif [ "$gpu_present" = 0 ]; then
 else
   gmodel=$work/bert-base-random
   [ ! -f "$work/bert/model/model.safetensors" ] || gmodel=$work/bert/model
-  step "$glog" 240 "$root/bench/gpu_train" "$build" --backend cuda --precision both \
-    --batch 64 --seq 128 --layers 12 --hidden 768 --steps 30 --warmup 5 --model "$gmodel"
+  step "$glog" 300 "$root/bench/gpu_train" "$build" --backend cuda --precision both \
+    --batch 64 --seq 128 --layers 12 --hidden 768 --steps 30 --warmup 5 --rounds 3 \
+    --model "$gmodel"
   cuda_result bench_gpu_train "$glog" "$(gpu_train_detail)"
 fi
 
