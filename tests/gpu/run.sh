@@ -15,7 +15,8 @@
 #      all-MiniLM-L6-v2 on WordNet glosses trained in fp32 and bf16 with `sherl train`
 #      (validation accuracy within 1 point; needs tests/gpu/task from scripts/pack_gpu_task),
 #   6. runs bench_kernels --backend cuda (the attention rows also with SHERL_CUDA_ATTN_STRIP=0),
-#   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128),
+#   7. runs bench/gpu_train (sherl, late, full vs PyTorch's SHERL and full on BERT-base, 64 x 128;
+#      the speed goal's pair in 3 alternating rounds),
 #   8. times the bf16 sherl step op by op (bench_gpu_train --backend cuda-timed),
 #   9. times the bf16 sherl step with the device's feed-forward chunk and with the CPU's,
 #  10. times it with the forward-only layers fused, unfused, without cublasLt, and with the
