@@ -555,24 +555,26 @@ fi
 flog=$out/09-ffn_chunk.log
 : >"$flog"
 echo "== ffn chunk"
-ffn_detail() { # each run's chunk (its "feed-forward chunk:" line), ms/step and peak
-  step_output "$flog" | awk '/^feed-forward chunk:/ {rows = $3}
-    /^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
-    printf "%s%s-row chunks %.2f ms/step, peak %s MiB", sep, rows, ms, pk; sep = "; "} END {print ""}'
+# steps 9 and 10: bench_gpu_train's bf16 sherl step, or with --cpu the guarded CPU backend (a
+# device to the engine) at the smoke shape
+sherl_step_args=(--precision bf16 --methods sherl --profile-steps 0 --ceiling 0 --backend cuda
+                 --batch 64 --seq 128 --warmup 3 --steps 10 "${gmodel:-}")
+[ "$cpu_flow" = 0 ] || sherl_step_args=(--precision bf16 --methods sherl --profile-steps 0
+                 --ceiling 0 --backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1
+                 "$work/gpu-train-smoke")
+# runs_detail LOG LABEL_AWK FORMAT: each run's label (set by LABEL_AWK), ms/step and peak
+runs_detail() {
+  step_output "$1" | awk "$2"' /^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
+    printf "%s'"$3"' %.2f ms/step, peak %s MiB", sep, label, ms, pk; sep = "; "} END {print ""}'
 }
 if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" = 1 ] || [ "$gpu_present" = 1 ]; }; then
-  # --cpu: the guarded CPU backend (a device to the engine) at the smoke shape
-  fargs=(--backend cuda --batch 64 --seq 128 --warmup 3 --steps 10 "${gmodel:-}")
-  [ "$cpu_flow" = 0 ] || fargs=(--backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1 \
-    "$work/gpu-train-smoke")
-  step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
-    --profile-steps 0 --ceiling 0 "${fargs[@]}"
+  step "$flog" 60 "$build/bench/bench_gpu_train" "${sherl_step_args[@]}"
   r1=$rc t1=$took
-  step "$flog" 60 "$build/bench/bench_gpu_train" --precision bf16 --methods sherl \
-    --profile-steps 0 --ceiling 0 --ffn-rows 1 "${fargs[@]}"
+  step "$flog" 60 "$build/bench/bench_gpu_train" --ffn-rows 1 "${sherl_step_args[@]}"
   step_from=0 took=$((t1 + took)) # the detail reads both runs' lines (the log started empty)
   [ "$r1" = 0 ] || rc=$r1
-  cuda_result "ffn_chunk$([ "$cpu_flow" = 0 ] || echo _cpu)" "$flog" "$(ffn_detail)"
+  cuda_result "ffn_chunk$([ "$cpu_flow" = 0 ] || echo _cpu)" "$flog" \
+    "$(runs_detail "$flog" '/^feed-forward chunk:/ {label = $3}' '%s-row chunks')"
 elif [ "$built" = 1 ]; then
   record ffn_chunk "NOT RUN" 0 "no GPU"
 fi
@@ -590,15 +592,7 @@ fi
 ulog=$out/10-fused_forward.log
 : >"$ulog"
 echo "== fused forward"
-fused_detail() { # each run's label, ms/step and peak
-  step_output "$ulog" | awk '/^== run / {label = $3}
-    /^ours sherl/ {for (i = 1; i <= NF; i++) {if ($i == "median") ms = $(i + 1) * 1000; if ($i == "peak") pk = $(i + 1)}
-    printf "%s%s %.2f ms/step, peak %s MiB", sep, label, ms, pk; sep = "; "} END {print ""}'
-}
 if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" = 1 ] || [ "$gpu_present" = 1 ]; }; then
-  uargs=(--backend cuda --batch 64 --seq 128 --warmup 3 --steps 10 "${gmodel:-}")
-  [ "$cpu_flow" = 0 ] || uargs=(--backend cpu-guarded --batch 4 --seq 16 --warmup 1 --steps 1 \
-    "$work/gpu-train-smoke")
   urc=0 utook=0
   for run in fused unfused no-lt three-pass; do
     echo "== run $run" >>"$ulog"
@@ -606,13 +600,14 @@ if [ "$built" = 1 ] && [ -x "$build/bench/bench_gpu_train" ] && { [ "$cpu_flow" 
     [ "$run" != unfused ] || uflag=(--fused-forward 0)
     [ "$run" != no-lt ] || uenv=(SHERL_CUDA_LT=0)
     [ "$run" != three-pass ] || uenv=(SHERL_CUDA_ATTN_STRIP=0)
-    step "$ulog" 60 env "${uenv[@]}" "$build/bench/bench_gpu_train" --precision bf16 \
-      --methods sherl --profile-steps 0 --ceiling 0 "${uflag[@]}" "${uargs[@]}"
+    step "$ulog" 60 env "${uenv[@]}" "$build/bench/bench_gpu_train" "${uflag[@]}" \
+      "${sherl_step_args[@]}"
     [ "$rc" = 0 ] || urc=$rc
     utook=$((utook + took))
   done
   step_from=0 rc=$urc took=$utook # the detail reads all four runs' lines (the log started empty)
-  cuda_result "fused_forward$([ "$cpu_flow" = 0 ] || echo _cpu)" "$ulog" "$(fused_detail)"
+  cuda_result "fused_forward$([ "$cpu_flow" = 0 ] || echo _cpu)" "$ulog" \
+    "$(runs_detail "$ulog" '/^== run / {label = $3}' '%s')"
 elif [ "$built" = 1 ]; then
   record fused_forward "NOT RUN" 0 "no GPU"
 fi
